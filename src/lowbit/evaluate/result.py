@@ -1,0 +1,57 @@
+"""Typed evaluation results and the pinned protocol that produced them."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """How the text metrics were computed; written into every result.
+
+    Perplexity: the data is tokenized with the model's tokenizer (no special tokens, documents joined by
+    EOS), cut into ``windows`` non-overlapping windows of ``seq_len`` tokens (stride = seq_len), each
+    scored independently with no carried context; the first token of each window is context only, so
+    ``windows * (seq_len - 1)`` tokens are predicted. PPL = exp(mean token NLL), natural log.
+    KL is KL(reference || quantized) of the next-token distributions at those same positions.
+    """
+
+    data: str
+    windows: int
+    seq_len: int
+    seed: int
+    stride: int = 0
+    counted: str = "tokens 2..seq_len of each window"
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["stride"] = self.stride or self.seq_len
+        return d
+
+
+@dataclass
+class EvalResult:
+    model: str
+    kind: str
+    protocol: Protocol | None
+    n_tokens: int = 0
+    ppl: float | None = None
+    ref_ppl: float | None = None
+    kl_mean: float | None = None
+    kl_p99: float | None = None
+    top1_agreement: float | None = None
+    cosine_mean: float | None = None
+    cosine_min: float | None = None
+    bits_per_weight: float | None = None
+    size_bytes: int | None = None
+    quantized_params: int | None = None
+    prefill_tok_s: float | None = None
+    decode_tok_s: float | None = None
+    reference: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["protocol"] = self.protocol.to_dict() if self.protocol else None
+        return d

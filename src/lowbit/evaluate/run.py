@@ -1,0 +1,117 @@
+"""Evaluate a model (optionally against a reference) on a data set; one EvalResult per model.
+
+An :class:`Evaluator` holds the data and the reference's outputs, so several candidates are compared
+on identical windows with one reference pass.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import torch
+
+from lowbit.calib import load_corpus, sample_texts, token_windows
+from lowbit.errors import InputError
+from lowbit.evaluate import encoder as enc_metrics
+from lowbit.evaluate import speed
+from lowbit.evaluate.lm import ReferenceLM, score_lm
+from lowbit.evaluate.result import EvalResult, Protocol
+from lowbit.evaluate.size import model_bytes, quantized_layer_bits
+from lowbit.load.handle import CAUSAL_LM, ENCODER, ModelHandle
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class EvalSettings:
+    """Defaults sized to about a minute for smollm2 on 2 CPU cores; raise ``windows`` for tighter numbers."""
+
+    data: str = "pydoc:eval"
+    windows: int = 4
+    seq_len: int = 512
+    seed: int = 0
+    speed: bool = True
+    texts: int = 64
+    decode_tokens: int = 16
+
+
+class Evaluator:
+    def __init__(self, reference: ModelHandle | None, settings: EvalSettings = EvalSettings(),
+                 tokenizer: object = None) -> None:
+        self.reference, self.settings = reference, settings
+        self.corpus = load_corpus(settings.data)
+        self.tokenizer = tokenizer or (reference.tokenizer if reference else None)
+        self._windows: torch.Tensor | None = None
+        self._ref_lm: ReferenceLM | None = None
+        self._texts: list[str] | None = None
+        self._ref_emb: torch.Tensor | None = None
+
+    # --- data --------------------------------------------------------------------------------
+    def windows(self, tokenizer: object) -> torch.Tensor:
+        if self._windows is None:
+            s = self.settings
+            self._windows = token_windows(self.corpus, self.tokenizer or tokenizer, s.windows, s.seq_len, s.seed)
+        return self._windows
+
+    def texts(self) -> list[str]:
+        if self._texts is None:
+            self._texts = sample_texts(self.corpus, self.settings.texts, self.settings.seed)
+        return self._texts
+
+    # --- run ---------------------------------------------------------------------------------
+    def run(self, handle: ModelHandle, label: str | None = None) -> EvalResult:
+        if self.reference is not None and self.reference.kind != handle.kind:
+            raise InputError(f"reference is a {self.reference.kind} model but {handle.name} is a {handle.kind}")
+        bpw, nq = quantized_layer_bits(handle.model)
+        res = EvalResult(model=label or handle.name, kind=handle.kind, protocol=None, bits_per_weight=bpw,
+                         size_bytes=model_bytes(handle.model), quantized_params=nq,
+                         reference=self.reference.name if self.reference else None)
+        if handle.kind == CAUSAL_LM:
+            self._run_lm(handle, res)
+        elif handle.kind == ENCODER:
+            self._run_encoder(handle, res)
+        else:
+            raise InputError(f"{handle.name}: text evaluation needs a causal LM or an encoder, not a bare module")
+        return res
+
+    def _run_lm(self, handle: ModelHandle, res: EvalResult) -> None:
+        s = self.settings
+        win = self.windows(handle.tokenizer)
+        vocab = handle.model.get_output_embeddings().out_features if hasattr(handle.model, "get_output_embeddings") else None
+        if vocab is not None and int(win.max()) >= vocab:
+            raise InputError(f"{handle.name}: the data's token ids exceed its vocabulary ({vocab}); wrong tokenizer?")
+        if self.reference is not None and self._ref_lm is None:
+            self._ref_lm = ReferenceLM(self.reference.model, win)
+        sc = score_lm(handle.model, win, self._ref_lm, label=res.model)
+        res.protocol = Protocol(s.data, len(win), win.shape[1], s.seed)
+        res.n_tokens, res.ppl = sc.n_tokens, sc.ppl
+        if sc.kl is not None:
+            res.kl_mean = float(sc.kl.mean())
+            res.kl_p99 = float(torch.quantile(sc.kl.double(), 0.99))
+            res.top1_agreement = sc.top1_agree / sc.n_tokens
+            res.ref_ppl = self._ref_lm.ppl if self._ref_lm else None
+        if s.speed:
+            res.prefill_tok_s = speed.prefill_tok_s(handle.model, win[0, : min(256, win.shape[1])])
+            res.decode_tok_s = speed.decode_tok_s(handle.model, win[0, : min(32, win.shape[1])], s.decode_tokens)
+
+    def _run_encoder(self, handle: ModelHandle, res: EvalResult) -> None:
+        tok = self.tokenizer or handle.tokenizer
+        texts = self.texts()
+        emb = enc_metrics.embed(handle.model, tok, texts)
+        res.protocol = Protocol(self.settings.data, len(texts), 128, self.settings.seed,
+                                counted="mean-pooled embeddings of text passages, max 128 tokens")
+        res.n_tokens = int(sum(len(tok(t, truncation=True, max_length=128)["input_ids"]) for t in texts))
+        if self.reference is not None:
+            if self._ref_emb is None:
+                self._ref_emb = enc_metrics.embed(self.reference.model, tok, texts)
+            cos = enc_metrics.cosine_to_reference(emb, self._ref_emb)
+            res.cosine_mean, res.cosine_min = float(cos.mean()), float(cos.min())
+        if self.settings.speed:
+            enc = tok(texts[:16], padding=True, truncation=True, max_length=128, return_tensors="pt")
+            res.prefill_tok_s = speed.encoder_tok_s(handle.model, enc)
+
+
+def evaluate(handle: ModelHandle, reference: ModelHandle | None = None, settings: EvalSettings = EvalSettings()) -> EvalResult:
+    """Evaluate ``handle`` on ``settings.data`` against ``reference`` (PPL alone without one)."""
+    return Evaluator(reference, settings, tokenizer=(reference or handle).tokenizer).run(handle)

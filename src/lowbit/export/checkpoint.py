@@ -1,0 +1,132 @@
+"""lowbit's native checkpoint: a Hugging Face directory whose Linear layers hold packed codes.
+
+    DIR/config.json          the model's config + quantization_config {"quant_method": "lowbit", ...}
+    DIR/model.safetensors    every tensor; QuantizedLinear layers as  <name>.qweight / .scale / .zero
+                             (metadata "lowbit" repeats the quantization record)
+    DIR/tokenizer*           the tokenizer, when the model has one
+
+Reloading rebuilds the architecture from config.json, swaps in QuantizedLinear modules with the
+recorded specs and loads the tensors as they were saved, so logits are bit-identical.
+The directory is written beside its final path and renamed into place: never half-written.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from lowbit.errors import ExportError, InputError
+from lowbit.load.cache import atomic_dir, publish_dir
+from lowbit.load.handle import CAUSAL_LM, ModelHandle
+from lowbit.spec import QuantSpec
+
+FORMAT_VERSION = 1
+
+
+def _dedupe(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Drop tensors that share storage with an earlier one (tied weights); return the tie map."""
+    seen: dict[tuple[int, tuple[int, ...]], str] = {}
+    out: dict[str, torch.Tensor] = {}
+    ties: dict[str, str] = {}
+    for k, v in state.items():
+        key = (v.untyped_storage().data_ptr(), tuple(v.shape)) if v.numel() else (id(v), ())
+        if key in seen:
+            ties[k] = seen[key]
+            continue
+        seen[key] = k
+        out[k] = v.detach().contiguous()
+    return out, ties
+
+
+def save_checkpoint(handle: ModelHandle, out: str | Path, overwrite: bool = False) -> Path:
+    """Write ``handle`` (a quantized model) to ``out``; returns the path."""
+    from safetensors.torch import save_file
+
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise ExportError(f"{out} already exists; choose another --out or pass --overwrite")
+    if handle.quant is None:
+        raise ExportError("this model is not quantized by lowbit; nothing to save as a lowbit checkpoint")
+    tensors, ties = _dedupe(handle.model.state_dict())
+    record = dict(handle.quant, quant_method="lowbit", format_version=FORMAT_VERSION, tied=ties, kind=handle.kind)
+    tmp = atomic_dir(out)
+    try:
+        save_file(tensors, str(tmp / "model.safetensors"), metadata={"lowbit": json.dumps(record)})
+        config = getattr(handle.model, "config", None)
+        if config is None or not hasattr(config, "to_dict"):
+            raise ExportError("only models with a Hugging Face config can be saved as a reloadable checkpoint")
+        cfg = config.to_dict()
+        cfg["quantization_config"] = record
+        (tmp / "config.json").write_text(json.dumps(cfg, indent=2, default=str))
+        if handle.tokenizer is not None:
+            handle.tokenizer.save_pretrained(tmp)
+        publish_dir(tmp, out, overwrite=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def load_checkpoint(path: str | Path) -> ModelHandle:
+    """Rebuild a model saved by :func:`save_checkpoint`."""
+    from safetensors import safe_open
+    from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
+
+    from lowbit.modules.qlinear import QuantizedLinear
+
+    path = Path(path)
+    st = path / "model.safetensors"
+    if not st.is_file():
+        raise InputError(f"{path}: lowbit checkpoint without model.safetensors")
+    try:
+        with safe_open(str(st), framework="pt") as f:
+            record = json.loads(f.metadata()["lowbit"])
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as e:  # safetensors raises its own error types for corrupt files
+        raise InputError(f"{st} cannot be read: {e}") from None
+    raw = json.loads((path / "config.json").read_text())
+    raw.pop("quantization_config", None)
+    config = AutoConfig.for_model(**{k: v for k, v in raw.items() if k != "model_type"}, model_type=raw["model_type"])
+    cls = AutoModelForCausalLM if record.get("kind") == CAUSAL_LM else AutoModel
+    model = cls.from_config(config, dtype=torch.float32)
+    for name, info in record["layers"].items():
+        lin = model.get_submodule(name)
+        q = QuantizedLinear(lin.in_features, lin.out_features, QuantSpec.from_dict(info["spec"]), lin.bias is not None)
+        _set_submodule(model, name, q)
+    missing, unexpected = model.load_state_dict(tensors, strict=False)
+    missing = [k for k in missing if k not in record.get("tied", {})]
+    if missing or unexpected:
+        raise InputError(f"{path}: checkpoint does not match its config (missing {missing[:3]}, unexpected {unexpected[:3]})")
+    for dup, kept in record.get("tied", {}).items():
+        _tie(model, dup, kept)
+    tokenizer = None
+    if any(path.glob("tokenizer*")):
+        tokenizer = AutoTokenizer.from_pretrained(path)
+    return ModelHandle(model=model.eval(), tokenizer=tokenizer, kind=record.get("kind", CAUSAL_LM),
+                       name=str(path), path=str(path), quant=record)
+
+
+def _set_submodule(model: nn.Module, name: str, new: nn.Module) -> None:
+    parent, _, leaf = name.rpartition(".")
+    setattr(model.get_submodule(parent) if parent else model, leaf, new)
+
+
+def _tie(model: nn.Module, dup: str, kept: str) -> None:
+    mod_name, _, leaf = dup.rpartition(".")
+    kmod, _, kleaf = kept.rpartition(".")
+    src = getattr(model.get_submodule(kmod) if kmod else model, kleaf)
+    dst = model.get_submodule(mod_name) if mod_name else model
+    if isinstance(src, nn.Parameter):
+        dst._parameters[leaf] = src
+    else:
+        dst._buffers[leaf] = src
+
+
+def record_for(method_cfg: Any, layers: dict[str, Any], skipped: list[str], source: str, seconds: float) -> dict[str, Any]:
+    return {"method": method_cfg.to_dict(), "layers": layers, "skipped": skipped, "source": source,
+            "quantize_seconds": round(seconds, 3)}

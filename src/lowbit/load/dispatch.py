@@ -1,0 +1,159 @@
+"""Decide what a model argument is and load it; every failure is one clear line (InputError)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from lowbit.errors import InputError
+from lowbit.load.builtin import BUILTINS, builtin_path
+from lowbit.load.handle import CAUSAL_LM, ENCODER, MODULE, ModelHandle
+
+log = logging.getLogger(__name__)
+
+GGUF_MAGIC = b"GGUF"
+ACCEPTED = "a Hugging Face model directory, a .gguf file, a lowbit checkpoint, or a built-in name (smollm2, minilm)"
+
+
+def load_model(source: str | os.PathLike[str] | nn.Module, **kw: Any) -> ModelHandle:
+    """Load ``source`` into a :class:`ModelHandle` (float32, eval mode).
+
+    >>> h = load_model("smollm2")            # doctest: +SKIP
+    >>> h.kind, type(h.model).__name__        # doctest: +SKIP
+    ('causal-lm', 'LlamaForCausalLM')
+    """
+    if isinstance(source, ModelHandle):
+        return source
+    if isinstance(source, nn.Module):
+        return ModelHandle(model=source.eval(), kind=kw.get("kind", MODULE), name=type(source).__name__)
+    text = str(source)
+    if text in BUILTINS:
+        handle = _load_path(builtin_path(text))
+        handle.name = text
+        return handle
+    path = Path(text).expanduser()
+    if not path.exists():
+        raise InputError(f"model {text!r} not found: no such file or directory, and not {ACCEPTED}")
+    return _load_path(path)
+
+
+def _load_path(path: Path) -> ModelHandle:
+    if path.is_dir():
+        config = path / "config.json"
+        if not config.is_file():
+            raise InputError(f"{path} is a directory without config.json; expected {ACCEPTED}")
+        qc = _read_json(config).get("quantization_config") or {}
+        if qc.get("quant_method") == "lowbit":
+            from lowbit.export.checkpoint import load_checkpoint
+
+            return load_checkpoint(path)
+        return load_hf_dir(path)
+    head = _head(path)
+    if head[:4] == GGUF_MAGIC:
+        return load_gguf(path)
+    if path.suffix == ".safetensors" and (path.parent / "config.json").is_file():
+        return _load_path(path.parent)
+    if path.suffix == ".safetensors":
+        raise InputError(f"{path}: a bare .safetensors file needs a config.json beside it to build the model")
+    raise InputError(f"{path} is not a model: expected {ACCEPTED}")
+
+
+def _head(path: Path) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            return f.read(16)
+    except OSError as e:
+        raise InputError(f"cannot read {path}: {e.strerror}") from None
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise InputError(f"{path} is not valid JSON: {e}") from None
+
+
+def model_kind(config: Any) -> str:
+    archs = getattr(config, "architectures", None) or []
+    if any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in archs):
+        return CAUSAL_LM
+    return ENCODER
+
+
+def load_hf_dir(path: Path) -> ModelHandle:
+    """A Hugging Face directory: causal LMs through AutoModelForCausalLM, encoders through AutoModel."""
+    import torch
+    from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
+
+    try:
+        config = AutoConfig.from_pretrained(path)
+        kind = model_kind(config)
+        cls = AutoModelForCausalLM if kind == CAUSAL_LM else AutoModel
+        model = cls.from_pretrained(path, dtype=torch.float32)
+    except (OSError, ValueError, KeyError) as e:
+        raise InputError(f"{path}: transformers cannot load it: {str(e).splitlines()[0]}") from None
+    tokenizer = None
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+    except (OSError, ValueError, TypeError) as e:
+        log.warning("%s: no tokenizer (%s); text evaluation will not be available", path, e)
+    return ModelHandle(model=model.eval(), tokenizer=tokenizer, kind=kind, name=str(path), path=str(path))
+
+
+def check_gguf(path: Path) -> None:
+    """Parse the GGUF header and tensor table; a truncated or corrupt file is an InputError."""
+    import gguf
+
+    try:
+        reader = gguf.GGUFReader(str(path))
+        end = max((int(t.data_offset) + int(t.n_bytes) for t in reader.tensors), default=0)
+    except Exception as e:  # gguf-py raises ValueError, struct.error, IndexError... on bad files
+        raise InputError(f"{path} is not a readable GGUF file ({type(e).__name__}: {e}); is it truncated?") from None
+    if end > path.stat().st_size:
+        raise InputError(f"{path} is truncated: tensor data ends at byte {end}, file has {path.stat().st_size}")
+
+
+def load_gguf(path: Path) -> ModelHandle:
+    """A GGUF file, dequantized to float32 via transformers, cached as a HF directory.
+
+    The first load takes ~30 s for smollm2; later loads read the cached float32 safetensors.
+    """
+    from lowbit.load.cache import atomic_dir, cache_root, file_key, publish_dir
+
+    check_gguf(path)
+    final = cache_root() / f"gguf-{path.stem}-{file_key(path)}"
+    if not (final / "config.json").is_file():
+        log.info("dequantizing %s to float32 (first use; cached in %s)", path.name, final)
+        tmp = atomic_dir(final)
+        try:
+            _dequantize_gguf_to(path, tmp)
+            publish_dir(tmp, final)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+    handle = load_hf_dir(final)
+    handle.name, handle.extra["gguf"] = str(path), str(path)
+    return handle
+
+
+def _dequantize_gguf_to(path: Path, out: Path) -> None:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    try:
+        tok = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+        model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
+    except (OSError, ValueError, KeyError, RuntimeError) as e:
+        raise InputError(f"{path}: transformers cannot load this GGUF: {str(e).splitlines()[0]}") from None
+    # transformers marks GGUF-loaded models as quantized and then refuses to save them.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    model.save_pretrained(out)
+    tok.save_pretrained(out)

@@ -1,0 +1,150 @@
+"""QuantizedLinear: an ``nn.Linear`` replacement that stores packed codes, not floats.
+
+Buffers (saved in the state dict)::
+
+    qweight  uint8 (ceil(out*in*bits/8),)   packed codes, formats/intpack.py
+    scale    (n_blocks,) float16/float32
+    zero     (n_blocks,) uint8              asymmetric specs only
+
+Forward: with bfloat16 activations, it uses torch's CPU weight-only kernels where the spec fits
+them (``_weight_int8pack_mm`` for 8-bit symmetric per-channel, ``_weight_int4pack_mm_for_cpu`` for
+4-bit groups of 32/64/128/256). Those kernels are slow with float32 activations on CPU (6-9x), so
+larger float32 inputs dequantize the weight exactly and call ``F.linear``: evaluation numbers are
+those of the exact quantized weights. Small float32 inputs (decode steps, at most KERNEL_MAX_ROWS
+rows) are cast to bfloat16 for the kernel, where one exists, and cast back.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lowbit.spec import QuantSpec
+from lowbit.tensor import QuantizedTensor
+
+INT4_KERNEL_GROUPS = (32, 64, 128, 256)
+# float32 inputs of at most this many rows (decode steps) go through the kernels in bfloat16: the
+# unpack-per-call of the dequantize path costs more than the matmul there. Larger inputs dequantize.
+KERNEL_MAX_ROWS = 8
+
+
+class QuantizedLinear(nn.Module):
+    #: "auto": kernels for bfloat16 inputs and small float32 inputs; "dequant": always exact float
+    #: dequantization (what evaluation uses); "kernel": kernels whenever the spec has one.
+    kernel_mode: str = "auto"
+
+    def __init__(self, in_features: int, out_features: int, spec: QuantSpec, bias: bool = False) -> None:
+        super().__init__()
+        self.in_features, self.out_features, self.spec = in_features, out_features, spec
+        shape = (out_features, in_features)
+        nblk = spec.n_blocks(shape)
+        from lowbit.formats.intpack import packed_nbytes
+        from lowbit.grid import scale_dtype
+
+        self.register_buffer("qweight", torch.zeros(packed_nbytes(out_features * in_features, spec.bits), dtype=torch.uint8))
+        self.register_buffer("scale", torch.ones(nblk, dtype=scale_dtype(spec)))
+        if not spec.symmetric:
+            self.register_buffer("zero", torch.zeros(nblk, dtype=torch.uint8))
+        else:
+            self.zero = None
+        self.bias = nn.Parameter(torch.zeros(out_features)) if bias else None
+        self._kernel: tuple[str, torch.Tensor, torch.Tensor] | None = None
+
+    # --- construction ------------------------------------------------------------------------
+    @classmethod
+    def from_linear(cls, linear: nn.Linear, qt: QuantizedTensor) -> QuantizedLinear:
+        m = cls(linear.in_features, linear.out_features, qt.spec, bias=linear.bias is not None)
+        m.load_quantized(qt)
+        if linear.bias is not None:
+            m.bias.data.copy_(linear.bias.data.float())
+        return m
+
+    def load_quantized(self, qt: QuantizedTensor) -> None:
+        assert qt.shape == (self.out_features, self.in_features) and qt.spec == self.spec
+        self.qweight = qt.packed.clone()
+        self.scale = qt.scale.clone()
+        if self.zero is not None:
+            self.zero = qt.zero.clone()
+        self._kernel = None
+
+    def quantized_tensor(self) -> QuantizedTensor:
+        return QuantizedTensor(self.qweight, self.scale, self.zero, self.spec, (self.out_features, self.in_features))
+
+    def dequantize(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        return self.quantized_tensor().dequantize(dtype)
+
+    # --- forward -----------------------------------------------------------------------------
+    def kernel_name(self) -> str | None:
+        """Which torch CPU kernel a bfloat16 forward uses, or None (dequantize + F.linear)."""
+        s = self.spec
+        if s.bits == 8 and s.symmetric and s.group_size == -1:
+            return "int8pack"
+        if s.bits == 4 and s.group_size in INT4_KERNEL_GROUPS:
+            return "int4pack"
+        return None
+
+    def _prepare_kernel(self) -> tuple[str, torch.Tensor, torch.Tensor] | None:
+        name = self.kernel_name()
+        if name is None or self._kernel is not None:
+            return self._kernel
+        codes = self.quantized_tensor().codes().view(self.out_features, self.in_features)
+        if name == "int8pack":
+            w = (codes.to(torch.int16) - 128).to(torch.int8)
+            self._kernel = (name, w, self.scale.to(torch.bfloat16))
+        else:
+            wp = torch.ops.aten._convert_weight_to_int4pack_for_cpu(codes.to(torch.int32), 1)
+            s = self.scale.float().view(self.out_features, -1)  # (out, in/g)
+            zc = (self.zero.float() if self.zero is not None else torch.full_like(self.scale.float(), 8.0))
+            z = (8.0 - zc.view(self.out_features, -1)) * s  # w = (q-8)*s + z
+            sz = torch.stack([s.t(), z.t()], dim=-1).contiguous().to(torch.bfloat16)  # (in/g, out, 2)
+            self._kernel = (name, wp, sz)
+        return self._kernel
+
+    def _use_kernel(self, x: torch.Tensor) -> bool:
+        if x.device.type != "cpu" or self.kernel_name() is None or self.kernel_mode == "dequant":
+            return False
+        if x.dtype == torch.bfloat16:
+            return True
+        rows = x.numel() // self.in_features
+        if x.dtype != torch.float32:
+            return False
+        return self.kernel_mode == "kernel" or (self.kernel_mode == "auto" and rows <= KERNEL_MAX_ROWS)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self._use_kernel(x):
+            name, w, aux = self._prepare_kernel()  # type: ignore[misc]
+            x2 = x.reshape(-1, self.in_features).to(torch.bfloat16).contiguous()
+            if name == "int8pack":
+                y = torch.ops.aten._weight_int8pack_mm(x2, w, aux)
+            else:
+                y = torch.ops.aten._weight_int4pack_mm_for_cpu(x2, w, self.spec.group_size, aux)
+            y = y.view(*x.shape[:-1], self.out_features).to(x.dtype)
+            return y if self.bias is None else y + self.bias.to(y.dtype)
+        w = self.dequantize(x.dtype)
+        return F.linear(x, w, None if self.bias is None else self.bias.to(x.dtype))
+
+    def _apply(self, fn, recurse=True):  # noqa: ANN001 - nn.Module signature
+        # model.to(bfloat16) must not round the stored scales: they keep their dtype, move device only.
+        scale = self.scale
+        out = super()._apply(fn, recurse)
+        self.scale = scale.to(self.qweight.device)
+        self._kernel = None
+        return out
+
+    @classmethod
+    @contextlib.contextmanager
+    def mode(cls, mode: str) -> Iterator[None]:
+        """Temporarily set the kernel mode of every QuantizedLinear ("auto", "dequant", "kernel")."""
+        assert mode in ("auto", "dequant", "kernel"), mode
+        old, cls.kernel_mode = cls.kernel_mode, mode
+        try:
+            yield
+        finally:
+            cls.kernel_mode = old
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, spec={self.spec}"

@@ -1,0 +1,66 @@
+"""QuantizedTensor: packed integer codes + scales (+ zero points) + the spec that produced them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from lowbit import grid
+from lowbit.formats.intpack import pack_codes, packed_nbytes, unpack_codes
+from lowbit.spec import QuantSpec
+
+
+@dataclass
+class QuantizedTensor:
+    """A weight stored as ``bits``-bit codes.
+
+    packed: uint8 (ceil(numel*bits/8),)  dense little-endian codes, see formats/intpack.py
+    scale:  (n_blocks,) in spec.scale_dtype
+    zero:   (n_blocks,) uint8 integer zero points, or None for a symmetric spec
+    shape:  the original weight shape (out, in, ...)
+    """
+
+    packed: torch.Tensor
+    scale: torch.Tensor
+    zero: torch.Tensor | None
+    spec: QuantSpec
+    shape: tuple[int, ...]
+
+    @classmethod
+    def from_codes(
+        cls, codes: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor | None, spec: QuantSpec,
+        shape: tuple[int, ...],
+    ) -> QuantizedTensor:
+        assert int(codes.max()) <= spec.qmax, "codes exceed the spec's range"
+        return cls(pack_codes(codes.reshape(-1), spec.bits), scale, zero, spec, tuple(shape))
+
+    @property
+    def numel(self) -> int:
+        n = 1
+        for d in self.shape:
+            n *= d
+        return n
+
+    def codes(self) -> torch.Tensor:
+        """Unpacked codes, shape (n_blocks, block_len)."""
+        flat = unpack_codes(self.packed, self.spec.bits, self.numel)
+        return flat.view(-1, self.spec.block_len(self.shape))
+
+    def dequantize(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        w = grid.dequantize_blocks(self.codes(), self.scale, self.zero, self.spec, dtype)
+        return w.view(self.shape)
+
+    @property
+    def nbytes(self) -> int:
+        n = self.packed.numel() * self.packed.element_size() + self.scale.numel() * self.scale.element_size()
+        if self.zero is not None:
+            n += self.zero.numel() * self.zero.element_size()
+        return n
+
+    @property
+    def bits_per_weight(self) -> float:
+        return 8 * self.nbytes / self.numel
+
+    def __post_init__(self) -> None:
+        assert self.packed.numel() == packed_nbytes(self.numel, self.spec.bits), "packed size mismatch"
