@@ -1,1 +1,25 @@
-"""lowbit."""
+"""lowbit: quantize a neural network and know what you gave up.
+
+The public API is a handful of verbs::
+
+    import lowbit
+    ref = lowbit.load("smollm2")
+    q, report = lowbit.quantize(ref, lowbit.make_config("rtn", lowbit.QuantSpec(bits=4, group_size=64)))
+    result = lowbit.evaluate(q, reference=ref)
+    lowbit.save(q, "out/smollm2-int4")
+"""
+
+from lowbit.api import QuantizeReport, make_config, quantize, save
+from lowbit.errors import LowbitError
+from lowbit.evaluate import EvalResult, evaluate
+from lowbit.evaluate.run import EvalSettings, Evaluator
+from lowbit.load import ModelHandle, load_model
+from lowbit.spec import QuantSpec
+
+load = load_model
+__version__ = "0.1.0"
+
+__all__ = [
+    "load", "load_model", "quantize", "make_config", "evaluate", "save", "EvalSettings", "Evaluator",
+    "EvalResult", "ModelHandle", "QuantSpec", "QuantizeReport", "LowbitError",
+]

@@ -1,1 +1,204 @@
-def main(): pass
+"""The `lowbit` command line: one thin command per API verb.
+
+Each command parses its options into configs and calls the API; user errors (LowbitError) print
+one line and exit with code 2, and nothing half-written is left behind.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+
+from lowbit.errors import LowbitError
+
+app = typer.Typer(
+    name="lowbit",
+    help="Quantize a neural network and know what you gave up: quantize, evaluate, inspect.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+out = Console(width=None if sys.stdout.isatty() else 160)
+err = Console(stderr=True)
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def user_errors(fn: F) -> F:
+    @functools.wraps(fn)
+    def wrapper(*a: Any, **kw: Any) -> Any:
+        try:
+            return fn(*a, **kw)
+        except LowbitError as e:
+            err.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+            raise typer.Exit(2) from None
+        except KeyboardInterrupt:
+            err.print("interrupted")
+            raise typer.Exit(130) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _quiet_libraries() -> None:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    import warnings
+
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=UserWarning, module="transformers")
+    try:
+        import transformers
+
+        transformers.utils.logging.set_verbosity_error()
+        transformers.utils.logging.disable_progress_bar()
+    except ImportError:
+        pass
+
+
+@app.callback()
+def _root(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log what lowbit is doing.")] = False) -> None:
+    from rich.logging import RichHandler
+
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(message)s",
+                        handlers=[RichHandler(console=err, show_path=False, show_time=False)])
+
+
+# --- quantize ------------------------------------------------------------------------------------
+@app.command()
+@user_errors
+def quantize(
+    model: Annotated[str, typer.Argument(help="smollm2, minilm, a Hugging Face directory or a .gguf file.")],
+    out_dir: Annotated[Path, typer.Option("--out", help="Directory to write the quantized checkpoint to.")],
+    method: Annotated[str, typer.Option(help="Quantization method.")] = "rtn",
+    bits: Annotated[int, typer.Option(help="Bits per weight code, 2 to 8.")] = 4,
+    group_size: Annotated[int, typer.Option(help="Group size; -1 per-channel, 0 per-tensor.")] = 64,
+    asym: Annotated[bool, typer.Option("--asym/--sym", help="Asymmetric (zero point) or symmetric grid.")] = False,
+    clip_search: Annotated[bool, typer.Option(help="RTN: per-block MSE search of the clipping range.")] = False,
+    targets: Annotated[list[str] | None, typer.Option("--targets", help="Regex of Linear names to quantize (repeatable).")] = None,
+    ignore: Annotated[list[str] | None, typer.Option("--ignore", help="Regex of Linear names to keep (repeatable); default lm_head.")] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace --out if it exists.")] = False,
+) -> None:
+    """Quantize MODEL and save a checkpoint that `lowbit eval` and the Python API reload."""
+    from lowbit import api
+    from lowbit.errors import ExportError
+    from lowbit.spec import QuantSpec
+
+    spec = QuantSpec(bits=bits, symmetric=not asym, group_size=group_size)  # validates before any loading
+    options = {"clip_search": True} if clip_search else {}
+    config = api.make_config(method, spec, **options)
+    if out_dir.exists() and not overwrite:
+        raise ExportError(f"{out_dir} already exists; choose another --out or pass --overwrite")
+    _quiet_libraries()
+    from lowbit.load import load_model
+
+    handle = load_model(model)
+    qhandle, report = api.quantize(handle, config, targets=targets, ignore=ignore, inplace=True)
+    api.save(qhandle, out_dir, overwrite=overwrite)
+    out.print(f"{report.method} {report.spec}: {len(report.layers)} layers quantized "
+              f"({len(report.skipped)} kept: {', '.join(report.skipped) or 'none'}), "
+              f"{report.bits_per_weight:.3f} bits/weight, {report.seconds:.1f} s -> {out_dir}")
+
+
+# --- eval ----------------------------------------------------------------------------------------
+@app.command("eval")
+@user_errors
+def eval_(
+    model: Annotated[str, typer.Argument(help="A model or a lowbit checkpoint directory.")],
+    data: Annotated[str, typer.Option(help="Evaluation data: pydoc:eval, stdlib:eval, a file, folder or .jsonl.")] = "pydoc:eval",
+    reference: Annotated[str | None, typer.Option(help="Full-precision model to compare with (default: the checkpoint's source).")] = None,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Write the metrics as JSON here.")] = None,
+    windows: Annotated[int, typer.Option(help="Number of token windows (passages for encoders: x16).")] = 4,
+    seq_len: Annotated[int, typer.Option(help="Tokens per window.")] = 512,
+    seed: Annotated[int, typer.Option(help="Seed for sampling the windows.")] = 0,
+    speed: Annotated[bool, typer.Option(help="Measure prefill/decode speed.")] = True,
+) -> None:
+    """Evaluate MODEL on your data: PPL, KL and top-1 vs the reference, size, bits/weight, speed."""
+    from lowbit.calib import load_corpus
+    from lowbit.evaluate.run import EvalSettings, Evaluator
+    from lowbit.report import results_table, write_json
+
+    load_corpus(data)  # fail on bad data before loading any model
+    _quiet_libraries()
+    from lowbit.load import load_model
+
+    handle = load_model(model)
+    ref_name = reference or handle.reference_name
+    ref = load_model(ref_name) if ref_name else None
+    settings = EvalSettings(data=data, windows=windows, seq_len=seq_len, seed=seed, speed=speed, texts=16 * windows)
+    ev = Evaluator(ref, settings, tokenizer=(ref or handle).tokenizer)
+    results = [ev.run(ref, label=f"{ref.name} (reference)")] if ref is not None else []
+    results.append(ev.run(handle))
+    out.print(results_table(results, title=f"{data}"))
+    if json_out:
+        d = results[-1].to_dict()
+        d["reference_result"] = results[0].to_dict() if ref is not None else None
+        write_json(d, json_out)
+        out.print(f"wrote {json_out}")
+
+
+# --- inspect -------------------------------------------------------------------------------------
+@app.command()
+@user_errors
+def inspect(
+    path: Annotated[Path, typer.Argument(help="A .gguf file, a .safetensors file or a checkpoint directory.")],
+    all_tensors: Annotated[bool, typer.Option("--all", help="List every tensor, not only a summary by type.")] = False,
+) -> None:
+    """Show each tensor's type, shape and bits per weight, and the whole file's bits per weight."""
+    from rich.table import Table
+
+    from lowbit.report.inspect import inspect_path
+
+    info = inspect_path(path)
+    if all_tensors:
+        t = Table(title=f"{info.path} ({info.format})")
+        for c in ("tensor", "type", "shape", "bytes", "bpw"):
+            t.add_column(c, justify="left" if c in ("tensor", "type") else "right")
+        for r in info.tensors:
+            t.add_row(r.name, r.dtype, "×".join(map(str, r.shape)), f"{r.nbytes:,}", f"{r.bpw:.3f}")
+    else:
+        groups: dict[str, list[Any]] = {}
+        for r in info.tensors:
+            groups.setdefault(r.dtype, []).append(r)
+        t = Table(title=f"{info.path} ({info.format}); --all lists every tensor")
+        for c in ("type", "tensors", "weights", "bytes", "bpw"):
+            t.add_column(c, justify="left" if c == "type" else "right")
+        for k, rows in sorted(groups.items()):
+            n, b = sum(r.numel for r in rows), sum(r.nbytes for r in rows)
+            t.add_row(k, str(len(rows)), f"{n:,}", f"{b:,}", f"{8 * b / max(n, 1):.3f}")
+    out.print(t)
+    total = sum(r.nbytes for r in info.tensors)
+    out.print(f"{len(info.tensors)} tensors, {sum(r.numel for r in info.tensors):,} weights, "
+              f"{total:,} bytes, {info.bpw:.3f} bits per weight overall")
+
+
+# --- demo ----------------------------------------------------------------------------------------
+@app.command()
+@user_errors
+def demo(
+    windows: Annotated[int, typer.Option(help="Evaluation windows of 512 tokens.")] = 4,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Write all results as JSON here.")] = None,
+) -> None:
+    """The main job on built-in defaults: smollm2 with RTN 8-bit and 4-bit, measured on pydoc:eval."""
+    from lowbit.demo import run_demo
+
+    _quiet_libraries()
+    t0 = time.perf_counter()
+    run_demo(out, windows=windows, json_out=json_out)
+    out.print(f"[dim]demo finished in {time.perf_counter() - t0:.0f} s[/]")
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,69 @@
+"""Result tables (rich) and atomic JSON output."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from rich.table import Table
+
+from lowbit.evaluate.result import EvalResult
+
+COLUMNS: list[tuple[str, str, str]] = [
+    # (header, attribute, format)
+    ("PPL", "ppl", "{:.3f}"),
+    ("KL mean", "kl_mean", "{:.4f}"),
+    ("KL p99", "kl_p99", "{:.3f}"),
+    ("top-1", "top1_agreement", "{:.3f}"),
+    ("cosine", "cosine_mean", "{:.5f}"),
+    ("bpw", "bits_per_weight", "{:.3f}"),
+    ("size MB", "size_bytes", "{:.1f}"),
+    ("prefill tok/s", "prefill_tok_s", "{:.0f}"),
+    ("decode tok/s", "decode_tok_s", "{:.1f}"),
+]
+
+
+def _fmt(attr: str, fmt: str, v: Any) -> str:
+    if v is None:
+        return "–"
+    if attr == "size_bytes":
+        v = v / 1e6
+    return fmt.format(v)
+
+
+def results_table(results: Sequence[EvalResult], title: str = "", extra: dict[str, dict[str, str]] | None = None) -> Table:
+    """One row per result; columns with no value in any row are left out."""
+    cols = [c for c in COLUMNS if any(getattr(r, c[1]) is not None for r in results)]
+    extra = extra or {}
+    extra_cols = sorted({k for v in extra.values() for k in v})
+    table = Table(title=title or None)
+    table.add_column("model")
+    for h, _, _ in cols:
+        table.add_column(h, justify="right")
+    for h in extra_cols:
+        table.add_column(h, justify="right")
+    for r in results:
+        row = [r.model] + [_fmt(a, f, getattr(r, a)) for _, a, f in cols]
+        row += [extra.get(r.model, {}).get(h, "–") for h in extra_cols]
+        table.add_row(*row)
+    return table
+
+
+def write_json(obj: Any, path: str | os.PathLike[str]) -> Path:
+    """Write JSON atomically (temp file + rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(obj, f, indent=2, default=str)
+            f.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
