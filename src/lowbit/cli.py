@@ -100,7 +100,8 @@ def quantize(
     _quiet_libraries()
     from lowbit.load import load_model
 
-    handle = load_model(model)
+    with err.status(f"loading {model}"):
+        handle = load_model(model)
     qhandle, report = api.quantize(handle, config, targets=targets, ignore=ignore, inplace=True)
     api.save(qhandle, out_dir, overwrite=overwrite)
     out.print(f"{report.method} {report.spec}: {len(report.layers)} layers quantized "
@@ -130,9 +131,11 @@ def eval_(
     _quiet_libraries()
     from lowbit.load import load_model
 
-    handle = load_model(model)
+    with err.status(f"loading {model}"):
+        handle = load_model(model)
     ref_name = reference or handle.reference_name
-    ref = load_model(ref_name) if ref_name else None
+    with err.status(f"loading reference {ref_name}"):
+        ref = load_model(ref_name) if ref_name else None
     settings = EvalSettings(data=data, windows=windows, seq_len=seq_len, seed=seed, speed=speed, texts=16 * windows)
     ev = Evaluator(ref, settings, tokenizer=(ref or handle).tokenizer)
     results = [ev.run(ref, label=f"{ref.name} (reference)")] if ref is not None else []

@@ -7,8 +7,9 @@ Buffers (saved in the state dict)::
     zero     (n_blocks,) uint8              asymmetric specs only
 
 Forward: with bfloat16 activations, it uses torch's CPU weight-only kernels where the spec fits
-them (``_weight_int8pack_mm`` for 8-bit symmetric per-channel, ``_weight_int4pack_mm_for_cpu`` for
-4-bit groups of 32/64/128/256). Those kernels are slow with float32 activations on CPU (6-9x), so
+them (``_weight_int4pack_mm_for_cpu`` for codes of <= 4 bits whose blocks are multiples of 32,
+``_weight_int8pack_mm`` for symmetric 5-8 bit per-channel or per-tensor); see ``kernel_name``. The
+kernel layout is built on first use and kept in memory beside the packed buffers. Those kernels are slow with float32 activations on CPU (6-9x), so
 larger float32 inputs dequantize the weight exactly and call ``F.linear``: evaluation numbers are
 those of the exact quantized weights. Small float32 inputs (decode steps, at most KERNEL_MAX_ROWS
 rows) are cast to bfloat16 for the kernel, where one exists, and cast back.
@@ -23,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lowbit.spec import QuantSpec
+from lowbit.spec import PER_CHANNEL, PER_TENSOR, QuantSpec
 from lowbit.tensor import QuantizedTensor
 
 INT4_KERNEL_GROUPS = (32, 64, 128, 256)
@@ -78,14 +79,36 @@ class QuantizedLinear(nn.Module):
         return self.quantized_tensor().dequantize(dtype)
 
     # --- forward -----------------------------------------------------------------------------
-    def kernel_name(self) -> str | None:
-        """Which torch CPU kernel a bfloat16 forward uses, or None (dequantize + F.linear)."""
-        s = self.spec
-        if s.bits == 8 and s.symmetric and s.group_size == -1:
-            return "int8pack"
-        if s.bits == 4 and s.group_size in INT4_KERNEL_GROUPS:
-            return "int4pack"
+    def kernel_group(self) -> int | None:
+        """The int4 kernel's group size for this layer: the largest of 256..32 dividing both the input
+        width and the spec's block (per-channel and per-tensor scales are repeated per kernel group)."""
+        block = self.spec.block_len((self.out_features, self.in_features))
+        for g in sorted(INT4_KERNEL_GROUPS, reverse=True):
+            if self.in_features % g == 0 and block % g == 0:
+                return g
         return None
+
+    def kernel_name(self) -> str | None:
+        """Which torch CPU kernel a bfloat16 forward uses, or None (dequantize + F.linear).
+
+        - ``int4pack`` (``_weight_int4pack_mm_for_cpu``): codes of 4 bits or fewer fit its 4-bit
+          slots, with ``w = (q - 8) * s + z`` per kernel group, so sym and asym both map onto it;
+        - ``int8pack`` (``_weight_int8pack_mm``): symmetric 5-8 bit codes minus the midpoint fit int8,
+          with one scale per output row (per-channel or per-tensor specs).
+        """
+        s = self.spec
+        if s.bits <= 4 and self.kernel_group() is not None:
+            return "int4pack"
+        if s.bits > 4 and s.symmetric and s.group_size in (PER_CHANNEL, PER_TENSOR):
+            return "int8pack"
+        return None
+
+    def _per_row_group(self, v: torch.Tensor, g: int) -> torch.Tensor:
+        """Expand per-block values (n_blocks,) to one value per (row, kernel group): (out, in/g)."""
+        block = self.spec.block_len((self.out_features, self.in_features))
+        if block >= g:  # each block spans block/g kernel groups (blocks never straddle rows unless per-tensor)
+            return v.repeat_interleave(block // g).view(self.out_features, self.in_features // g)
+        raise AssertionError("kernel group larger than the block")
 
     def _prepare_kernel(self) -> tuple[str, torch.Tensor, torch.Tensor] | None:
         name = self.kernel_name()
@@ -93,13 +116,16 @@ class QuantizedLinear(nn.Module):
             return self._kernel
         codes = self.quantized_tensor().codes().view(self.out_features, self.in_features)
         if name == "int8pack":
-            w = (codes.to(torch.int16) - 128).to(torch.int8)
-            self._kernel = (name, w, self.scale.to(torch.bfloat16))
+            w = (codes.to(torch.int16) - self.spec.mid).to(torch.int8)
+            scale = self.scale.float().expand(self.out_features) if self.scale.numel() == 1 else self.scale.float()
+            self._kernel = (name, w, scale.to(torch.bfloat16))
         else:
+            g = self.kernel_group()
+            assert g is not None
             wp = torch.ops.aten._convert_weight_to_int4pack_for_cpu(codes.to(torch.int32), 1)
-            s = self.scale.float().view(self.out_features, -1)  # (out, in/g)
-            zc = (self.zero.float() if self.zero is not None else torch.full_like(self.scale.float(), 8.0))
-            z = (8.0 - zc.view(self.out_features, -1)) * s  # w = (q-8)*s + z
+            s = self._per_row_group(self.scale.float(), g)  # (out, in/g)
+            zc = self._per_row_group(self.zero.float(), g) if self.zero is not None else torch.full_like(s, self.spec.mid)
+            z = (8.0 - zc) * s  # (q - zero) * s == (q - 8) * s + (8 - zero) * s
             sz = torch.stack([s.t(), z.t()], dim=-1).contiguous().to(torch.bfloat16)  # (in/g, out, 2)
             self._kernel = (name, wp, sz)
         return self._kernel
@@ -121,7 +147,7 @@ class QuantizedLinear(nn.Module):
             if name == "int8pack":
                 y = torch.ops.aten._weight_int8pack_mm(x2, w, aux)
             else:
-                y = torch.ops.aten._weight_int4pack_mm_for_cpu(x2, w, self.spec.group_size, aux)
+                y = torch.ops.aten._weight_int4pack_mm_for_cpu(x2, w, self.kernel_group(), aux)
             y = y.view(*x.shape[:-1], self.out_features).to(x.dtype)
             return y if self.bias is None else y + self.bias.to(y.dtype)
         w = self.dequantize(x.dtype)
