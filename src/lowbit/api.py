@@ -18,7 +18,8 @@ from lowbit.load import ModelHandle, load_model
 from lowbit.methods import get_method
 from lowbit.methods.base import MethodConfig
 from lowbit.modules.qlinear import QuantizedLinear
-from lowbit.modules.select import select_linears
+from lowbit.modules.qembedding import QuantizedEmbedding
+from lowbit.modules.select import select_modules
 from lowbit.progress import track
 from lowbit.spec import QuantSpec
 
@@ -55,32 +56,43 @@ def quantize(
     *,
     targets: Sequence[str] | None = None,
     ignore: Sequence[str] | None = None,
+    embeddings: bool = False,
     inplace: bool = False,
 ) -> tuple[ModelHandle, QuantizeReport]:
     """Quantize the selected Linear layers of ``model`` with ``config`` (default: RTN int4 g64 sym).
+
+    ``targets`` / ``ignore`` are regexes over module names (default: every Linear but the output head);
+    ``embeddings=True`` quantizes ``nn.Embedding`` tables too.
 
     Returns a new handle (the input is left untouched unless ``inplace``) and a report.
 
     >>> qh, rep = quantize("smollm2", make_config("rtn", QuantSpec(4, True, 64)))  # doctest: +SKIP
     """
     handle = load_model(model)
+    targets = [targets] if isinstance(targets, str) else targets
+    ignore = [ignore] if isinstance(ignore, str) else ignore
     config = config or make_config()
     entry = get_method(config.method)
     if entry.needs:
         raise InputError(f"method {entry.name!r} needs calibration data ({', '.join(entry.needs)})")
     net = handle.model if inplace else copy.deepcopy(handle.model)
-    selected, skipped = select_linears(net, targets, ignore)
+    selected, skipped = select_modules(net, targets, ignore, embeddings)
     if not selected:
         raise InputError("no Linear layer matches the targets/ignore patterns; nothing to quantize")
-    for name, lin in selected.items():  # check every shape before doing any work
-        config.spec.block_len(tuple(lin.weight.shape), name)
+    for name, mod in selected.items():  # check every shape before doing any work
+        config.spec.block_len(tuple(mod.weight.shape), name)
     t0 = time.perf_counter()
     layers: dict[str, Any] = {}
     nparams = nbytes = 0
-    for name, lin in track(list(selected.items()), f"quantize {entry.name} {config.spec}"):
-        qt = entry.fn(lin.weight.data, config, None)
-        _set_submodule(net, name, QuantizedLinear.from_linear(lin, qt))
-        layers[name] = {"spec": qt.spec.to_dict(), "shape": list(qt.shape), "format": "intpack"}
+    for name, mod in track(list(selected.items()), f"quantize {entry.name} {config.spec}"):
+        qt = entry.fn(mod.weight.data, config, None)
+        if isinstance(mod, nn.Embedding):
+            _set_submodule(net, name, QuantizedEmbedding.from_embedding(mod, qt))
+            module = "embedding"
+        else:
+            _set_submodule(net, name, QuantizedLinear.from_linear(mod, qt))
+            module = "linear"
+        layers[name] = {"spec": qt.spec.to_dict(), "shape": list(qt.shape), "format": "intpack", "module": module}
         nparams += qt.numel
         nbytes += qt.nbytes
     seconds = time.perf_counter() - t0

@@ -84,7 +84,8 @@ def quantize(
     asym: Annotated[bool, typer.Option("--asym/--sym", help="Asymmetric (zero point) or symmetric grid.")] = False,
     clip_search: Annotated[bool, typer.Option(help="RTN: per-block MSE search of the clipping range.")] = False,
     targets: Annotated[list[str] | None, typer.Option("--targets", help="Regex of Linear names to quantize (repeatable).")] = None,
-    ignore: Annotated[list[str] | None, typer.Option("--ignore", help="Regex of Linear names to keep (repeatable); default lm_head.")] = None,
+    ignore: Annotated[list[str] | None, typer.Option("--ignore", help="Regex of module names to keep in full precision (repeatable); replaces the default (lm_head); 'none' keeps nothing.")] = None,
+    embeddings: Annotated[bool, typer.Option("--embeddings", help="Quantize nn.Embedding tables too (kept by default).")] = False,
     overwrite: Annotated[bool, typer.Option(help="Replace --out if it exists.")] = False,
 ) -> None:
     """Quantize MODEL and save a checkpoint that `lowbit eval` and the Python API reload."""
@@ -102,7 +103,9 @@ def quantize(
 
     with err.status(f"loading {model}"):
         handle = load_model(model)
-    qhandle, report = api.quantize(handle, config, targets=targets, ignore=ignore, inplace=True)
+    if ignore is not None and [i.lower() for i in ignore] == ["none"]:
+        ignore = []
+    qhandle, report = api.quantize(handle, config, targets=targets, ignore=ignore, embeddings=embeddings, inplace=True)
     api.save(qhandle, out_dir, overwrite=overwrite)
     out.print(f"{report.method} {report.spec}: {len(report.layers)} layers quantized "
               f"({len(report.skipped)} kept: {', '.join(report.skipped) or 'none'}), "

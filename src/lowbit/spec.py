@@ -13,6 +13,7 @@ This module imports no torch: ``plan`` uses it to reason about formats instantly
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -73,9 +74,7 @@ class QuantSpec:
         """Elements per scale block for a weight of ``shape`` (out, in, ...); checks divisibility."""
         if len(shape) < 2:
             raise ShapeError(f"{name} has shape {tuple(shape)}: only 2-D (or flattened N-D) weights quantize")
-        width = 1
-        for d in shape[1:]:
-            width *= d
+        width = math.prod(shape[1:])
         if self.group_size == PER_TENSOR:
             return shape[0] * width
         if self.group_size == PER_CHANNEL:
@@ -90,16 +89,11 @@ class QuantSpec:
         return self.group_size
 
     def n_blocks(self, shape: tuple[int, ...], name: str = "weight") -> int:
-        numel = 1
-        for d in shape:
-            numel *= d
-        return numel // self.block_len(shape, name)
+        return math.prod(shape) // self.block_len(shape, name)
 
     def bits_per_weight(self, shape: tuple[int, ...]) -> float:
         """Storage cost per weight: codes + scale + (asym) one 8-bit zero point per block."""
-        numel = 1
-        for d in shape:
-            numel *= d
+        numel = math.prod(shape)
         per_block = SCALE_DTYPES[self.scale_dtype] + (0 if self.symmetric else 8)
         return self.bits + per_block * self.n_blocks(shape) / numel
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -37,10 +38,7 @@ class QuantizedTensor:
 
     @property
     def numel(self) -> int:
-        n = 1
-        for d in self.shape:
-            n *= d
-        return n
+        return math.prod(self.shape)
 
     def codes(self) -> torch.Tensor:
         """Unpacked codes, shape (n_blocks, block_len)."""

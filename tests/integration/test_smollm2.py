@@ -26,7 +26,7 @@ def test_rtn_int8_per_channel_is_near_lossless(smollm2, smollm2_eval):
     ref = smollm2_eval.run(smollm2)
     q, rep = api.quantize(smollm2, api.make_config("rtn", QuantSpec(8, True, -1)))
     r = smollm2_eval.run(q)
-    assert len(rep.layers) == 210 and rep.skipped == ["lm_head"]
+    assert len(rep.layers) == 210 and rep.skipped == ["model.embed_tokens", "lm_head"]
     assert abs(r.ppl / ref.ppl - 1) < 0.01, (r.ppl, ref.ppl)
     assert r.kl_mean < 0.01
     assert r.top1_agreement > 0.95
@@ -116,3 +116,16 @@ def test_json_keys_from_cli(tmp_path: Path, smollm2):
     assert d["bits_per_weight"] == pytest.approx(4.25)
     res = runner.invoke(app, ["inspect", str(out)])
     assert res.exit_code == 0 and "int4-sym-group64" in res.output and "bits per weight overall" in res.output
+
+
+def test_embeddings_and_head_can_be_quantized(smollm2, smollm2_eval):
+    """Overriding the defaults: the tied embedding table and lm_head quantize too, and the model shrinks."""
+    from lowbit.modules.qembedding import QuantizedEmbedding
+
+    q, rep = api.quantize(smollm2, api.make_config("rtn", QuantSpec(8, True, -1)), ignore=[], embeddings=True)
+    assert rep.skipped == [] and len(rep.layers) == 212
+    assert isinstance(q.model.model.embed_tokens, QuantizedEmbedding)
+    assert isinstance(q.model.lm_head, QuantizedLinear)
+    r = smollm2_eval.run(q)
+    assert r.size_bytes < 0.30 * smollm2_eval.run(smollm2).size_bytes
+    assert r.kl_mean < 0.02

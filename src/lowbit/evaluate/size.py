@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from torch import nn
 
+from lowbit.modules.qembedding import QuantizedEmbedding
 from lowbit.modules.qlinear import QuantizedLinear
 from lowbit.modules.select import select_linears
 
@@ -28,7 +29,7 @@ def quantized_layer_bits(model: nn.Module) -> tuple[float, int]:
     For an unquantized model, the same measure over the Linear layers lowbit would quantize by
     default (so the reference reads 32.0 in float32).
     """
-    qmods = [m for m in model.modules() if isinstance(m, QuantizedLinear)]
+    qmods = [m for m in model.modules() if isinstance(m, (QuantizedLinear, QuantizedEmbedding))]
     if qmods:
         nbytes = sum(m.quantized_tensor().nbytes for m in qmods)
         numel = sum(m.in_features * m.out_features for m in qmods)

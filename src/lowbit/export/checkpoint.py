@@ -34,7 +34,7 @@ def _dedupe(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], di
     out: dict[str, torch.Tensor] = {}
     ties: dict[str, str] = {}
     for k, v in state.items():
-        key = (v.untyped_storage().data_ptr(), tuple(v.shape)) if v.numel() else (id(v), ())
+        key = (v.untyped_storage().data_ptr(), v.storage_offset(), tuple(v.shape), v.stride()) if v.numel() else (id(v),)
         if key in seen:
             ties[k] = seen[key]
             continue
@@ -77,6 +77,7 @@ def load_checkpoint(path: str | Path) -> ModelHandle:
     from safetensors import safe_open
     from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
 
+    from lowbit.modules.qembedding import QuantizedEmbedding
     from lowbit.modules.qlinear import QuantizedLinear
 
     path = Path(path)
@@ -95,8 +96,12 @@ def load_checkpoint(path: str | Path) -> ModelHandle:
     cls = AutoModelForCausalLM if record.get("kind") == CAUSAL_LM else AutoModel
     model = cls.from_config(config, dtype=torch.float32)
     for name, info in record["layers"].items():
-        lin = model.get_submodule(name)
-        q = QuantizedLinear(lin.in_features, lin.out_features, QuantSpec.from_dict(info["spec"]), lin.bias is not None)
+        mod = model.get_submodule(name)
+        spec = QuantSpec.from_dict(info["spec"])
+        if info.get("module") == "embedding":
+            q: nn.Module = QuantizedEmbedding(mod.num_embeddings, mod.embedding_dim, spec, mod.padding_idx)
+        else:
+            q = QuantizedLinear(mod.in_features, mod.out_features, spec, mod.bias is not None)
         _set_submodule(model, name, q)
     missing, unexpected = model.load_state_dict(tensors, strict=False)
     missing = [k for k in missing if k not in record.get("tied", {})]

@@ -49,6 +49,9 @@ def publish_dir(tmp: Path, final: Path, overwrite: bool = False) -> None:
         old = final.with_name(f".{final.name}.old-{os.getpid()}")
         os.replace(final, old)
         os.replace(tmp, final)
-        shutil.rmtree(old, ignore_errors=True)
+        if old.is_dir():
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            old.unlink(missing_ok=True)
         return
     os.replace(tmp, final)

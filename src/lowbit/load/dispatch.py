@@ -40,7 +40,7 @@ def load_model(source: str | os.PathLike[str] | nn.Module, **kw: Any) -> ModelHa
     path = Path(text).expanduser()
     if not path.exists():
         raise InputError(f"model {text!r} not found: no such file or directory, and not {ACCEPTED}")
-    return _load_path(path)
+    return _load_path(path.resolve())  # absolute, so a checkpoint's recorded source resolves from anywhere
 
 
 def _load_path(path: Path) -> ModelHandle:
@@ -74,9 +74,12 @@ def _head(path: Path) -> bytes:
 
 def _read_json(path: Path) -> dict[str, Any]:
     try:
-        return json.loads(path.read_text())
+        data = json.loads(path.read_text())
     except (OSError, ValueError) as e:
         raise InputError(f"{path} is not valid JSON: {e}") from None
+    if not isinstance(data, dict):
+        raise InputError(f"{path} must hold a JSON object (a model config), not {type(data).__name__}")
+    return data
 
 
 def model_kind(config: Any) -> str:

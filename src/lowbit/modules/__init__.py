@@ -1,6 +1,7 @@
 """Runnable quantized layers and the one module selector."""
 
+from lowbit.modules.qembedding import QuantizedEmbedding
 from lowbit.modules.qlinear import QuantizedLinear
-from lowbit.modules.select import DEFAULT_IGNORE, select_linears
+from lowbit.modules.select import DEFAULT_IGNORE, select_linears, select_modules
 
-__all__ = ["QuantizedLinear", "select_linears", "DEFAULT_IGNORE"]
+__all__ = ["QuantizedLinear", "QuantizedEmbedding", "select_linears", "select_modules", "DEFAULT_IGNORE"]

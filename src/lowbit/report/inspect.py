@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,10 +19,7 @@ class TensorInfo:
 
     @property
     def numel(self) -> int:
-        n = 1
-        for d in self.shape:
-            n *= d
-        return n
+        return math.prod(self.shape)
 
     @property
     def bpw(self) -> float:
@@ -84,7 +82,7 @@ def inspect_safetensors(path: Path) -> FileInfo:
         dtypes = {k: str(s.get_dtype()) for k, s in raw.items()}
     record = json.loads(meta["lowbit"]) if "lowbit" in meta else None
     sizes = {"F32": 4, "F16": 2, "BF16": 2, "U8": 1, "I8": 1, "I32": 4, "I64": 8, "F64": 8, "I16": 2, "BOOL": 1}
-    nbytes = {k: _numel(shapes[k]) * sizes.get(dtypes[k].upper(), 4) for k in shapes}
+    nbytes = {k: math.prod(shapes[k]) * sizes.get(dtypes[k].upper(), 4) for k in shapes}
     rows: list[TensorInfo] = []
     used: set[str] = set()
     if record:
@@ -99,10 +97,3 @@ def inspect_safetensors(path: Path) -> FileInfo:
         if k not in used:
             rows.append(TensorInfo(k, dtypes[k], shapes[k], nbytes[k]))
     return FileInfo(str(path), "lowbit" if record else "safetensors", rows)
-
-
-def _numel(shape: tuple[int, ...]) -> int:
-    n = 1
-    for d in shape:
-        n *= d
-    return n
