@@ -18,17 +18,6 @@ def scale_dtype(spec: QuantSpec) -> torch.dtype:
     return _DTYPES[spec.scale_dtype]
 
 
-def _cast_up(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """Cast positive ``x`` to ``dtype`` rounding up, so a stored scale never shrinks the grid's range
-    (a scale rounded down would clip the block's largest weight by more than half a step)."""
-    y = x.to(dtype)
-    if dtype == torch.float32:
-        return y
-    low = y.float() < x
-    bumped = (y.view(torch.int16) + 1).view(dtype)  # next representable value, for y >= 0
-    return torch.where(low, bumped, y)
-
-
 def as_blocks(w: torch.Tensor, spec: QuantSpec, name: str = "weight") -> torch.Tensor:
     """View ``w`` (out, in, ...) as (n_blocks, block_len), in float32."""
     return w.detach().to(torch.float32).reshape(-1, spec.block_len(tuple(w.shape), name))
@@ -57,7 +46,10 @@ def qparams(
         raise ShapeError(
             "a block's scale overflows float16 (weights above ~4e5); use scale_dtype='float32'"
         )
-    scale = _cast_up(scale, sdt)
+    # Rounded to nearest, as GPTQ and compressed-tensors store it. A scale that rounds down lets the
+    # block's extreme weights reach past +-(qmax/2) steps: the negative one then uses the lowest code
+    # (-2**(bits-1)), the positive one is clipped by at most (qmax/2) * 2**-11 extra steps (float16).
+    scale = scale.to(sdt)
     # A block of zeros (or one whose scale underflows) gets scale 1: its codes sit on the zero point.
     scale = torch.where(scale == 0, torch.ones_like(scale), scale)
     if not spec.symmetric:
