@@ -60,11 +60,43 @@ def run_model(name: str, settings: EvalSettings, console: Console) -> list[dict]
     return [dict(base.to_dict(), spec=None)] + rows
 
 
+def markdown(out: dict) -> str:
+    """The tables of docs/benchmarks.md, from the figures this script writes."""
+    lines: list[str] = []
+    for name, rows in out["models"].items():
+        ref = rows[0]
+        p = ref["protocol"]
+        if ref["kind"] == "causal-lm":
+            lines += [f"### {name} (float32 reference: PPL {ref['ppl']:.3f}, {ref['size_bytes'] / 1e6:.1f} MB, "
+                      f"prefill {ref['prefill_tok_s']:.0f} tok/s, decode {ref['decode_tok_s']:.1f} tok/s)", "",
+                      f"{p['data']}, {p['windows']} windows x {p['seq_len']} tokens, seed {p['seed']}, "
+                      f"{ref['n_tokens']} predicted tokens.", "",
+                      "| spec | PPL | ΔPPL | KL mean | KL p99 | top-1 | bpw | model MB | size × fp32 | prefill × fp32 "
+                      "| decode × fp32 | quantize s |", "|---|" + "---|" * 11]
+            for r in rows[1:]:
+                lines.append(f"| {r['model'].split('rtn ')[1]} | {r['ppl']:.3f} | {100 * (r['ppl_ratio'] - 1):+.1f}% | "
+                             f"{r['kl_mean']:.4f} | {r['kl_p99']:.3f} | {r['top1_agreement']:.3f} | {r['bits_per_weight']:.3f} | "
+                             f"{r['size_bytes'] / 1e6:.1f} | {r['size_ratio']:.3f} | {r['prefill_ratio']:.2f} | "
+                             f"{r['decode_ratio']:.2f} | {r['quantize_seconds']:.2f} |")
+        else:
+            lines += [f"### {name} (float32 reference: {ref['size_bytes'] / 1e6:.1f} MB, prefill {ref['prefill_tok_s']:.0f} tok/s)",
+                      "", f"{p['data']}, {p['windows']} passages, mean-pooled embeddings, max 128 tokens.", "",
+                      "| spec | cosine mean | cosine min | bpw | model MB | size × fp32 | prefill × fp32 | quantize s |",
+                      "|---|" + "---|" * 7]
+            for r in rows[1:]:
+                lines.append(f"| {r['model'].split('rtn ')[1]} | {r['cosine_mean']:.5f} | {r['cosine_min']:.5f} | "
+                             f"{r['bits_per_weight']:.3f} | {r['size_bytes'] / 1e6:.1f} | {r['size_ratio']:.3f} | "
+                             f"{r['prefill_ratio']:.2f} | {r['quantize_seconds']:.2f} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="few windows; finishes in a few minutes")
     p.add_argument("--json", dest="json_out", help="write the figures here")
     p.add_argument("--models", default="smollm2,minilm")
+    p.add_argument("--markdown", help="also write the tables as markdown here (for docs/benchmarks.md)")
     args = p.parse_args(argv)
     console = Console(width=200)
     windows = 4 if args.quick else 16
@@ -84,6 +116,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.json_out:
         write_json(out, args.json_out)
         console.print(f"wrote {args.json_out}")
+    if args.markdown:
+        with open(args.markdown, "w") as f:
+            f.write(markdown(out))
+        console.print(f"wrote {args.markdown}")
     return 0
 
 
