@@ -9,7 +9,7 @@ The public API is a handful of verbs::
     lowbit.save(q, "out/smollm2-int4")
 """
 
-from lowbit.api import QuantizeReport, make_config, quantize, save
+from lowbit.api import CalibSettings, QuantizeReport, export, make_config, quantize, save
 from lowbit.errors import LowbitError
 from lowbit.evaluate import EvalResult, evaluate
 from lowbit.evaluate.run import EvalSettings, Evaluator
@@ -20,6 +20,6 @@ load = load_model
 __version__ = "0.1.0"
 
 __all__ = [
-    "load", "load_model", "quantize", "make_config", "evaluate", "save", "EvalSettings", "Evaluator",
+    "load", "load_model", "quantize", "make_config", "evaluate", "save", "export", "CalibSettings", "EvalSettings", "Evaluator",
     "EvalResult", "ModelHandle", "QuantSpec", "QuantizeReport", "LowbitError",
 ]

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import copy
 import logging
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -12,10 +11,12 @@ from typing import Any
 
 from torch import nn
 
+from lowbit.calib.capture import run_sequential
+from lowbit.calib.cost import PeakRSS
 from lowbit.errors import InputError
 from lowbit.export.checkpoint import _set_submodule, record_for, save_checkpoint
 from lowbit.load import ModelHandle, load_model
-from lowbit.methods import get_method
+from lowbit.methods import get_method  # noqa: F401  (re-exported for the CLI)
 from lowbit.methods.base import MethodConfig
 from lowbit.modules.qlinear import QuantizedLinear
 from lowbit.modules.qembedding import QuantizedEmbedding
@@ -50,10 +51,21 @@ def make_config(method: str = "rtn", spec: QuantSpec | None = None, **options: A
         raise InputError(f"method {method!r} does not take these options: {e}") from None
 
 
+@dataclass(frozen=True)
+class CalibSettings:
+    """Calibration data for methods that need it: ``n_samples`` windows of ``seq_len`` tokens."""
+
+    data: str = "pydoc:calib"
+    n_samples: int = 16
+    seq_len: int = 512
+    seed: int = 0
+
+
 def quantize(
     model: ModelHandle | nn.Module | str,
     config: MethodConfig | None = None,
     *,
+    calib: CalibSettings | str | None = None,
     targets: Sequence[str] | None = None,
     ignore: Sequence[str] | None = None,
     embeddings: bool = False,
@@ -61,49 +73,106 @@ def quantize(
 ) -> tuple[ModelHandle, QuantizeReport]:
     """Quantize the selected Linear layers of ``model`` with ``config`` (default: RTN int4 g64 sym).
 
-    ``targets`` / ``ignore`` are regexes over module names (default: every Linear but the output head);
-    ``embeddings=True`` quantizes ``nn.Embedding`` tables too.
+    ``calib`` gives the calibration data for methods that need it (GPTQ, AWQ); a string is a data
+    argument with the default sizes (16 x 512 tokens). ``targets`` / ``ignore`` are regexes over
+    module names (default: every Linear but the output head); ``embeddings=True`` quantizes
+    ``nn.Embedding`` tables too (always data-free, with RTN, for calibrated methods).
 
-    Returns a new handle (the input is left untouched unless ``inplace``) and a report.
+    Returns a new handle (the input is left untouched unless ``inplace``) and a report whose
+    ``extra["calibration"]`` holds the cost: seconds, samples, tokens, peak RSS.
 
-    >>> qh, rep = quantize("smollm2", make_config("rtn", QuantSpec(4, True, 64)))  # doctest: +SKIP
+    >>> qh, rep = quantize("smollm2", make_config("gptq", QuantSpec(4, True, 64)), calib="pydoc:calib")  # doctest: +SKIP
     """
     handle = load_model(model)
     targets = [targets] if isinstance(targets, str) else targets
     ignore = [ignore] if isinstance(ignore, str) else ignore
     config = config or make_config()
     entry = get_method(config.method)
+    if isinstance(calib, str):
+        calib = CalibSettings(data=calib)
+    if entry.needs and calib is None:
+        raise InputError(f"method {entry.name!r} needs calibration data (--calib), for its {', '.join(entry.needs)}")
+    windows = None
     if entry.needs:
-        raise InputError(f"method {entry.name!r} needs calibration data ({', '.join(entry.needs)})")
+        from lowbit.calib import load_corpus, token_windows
+
+        windows = token_windows(load_corpus(calib.data), handle.tokenizer, calib.n_samples, calib.seq_len, calib.seed)
     net = handle.model if inplace else copy.deepcopy(handle.model)
     selected, skipped = select_modules(net, targets, ignore, embeddings)
-    if not selected:
+    if not any(isinstance(m, nn.Linear) for m in selected.values()):
         raise InputError("no Linear layer matches the targets/ignore patterns; nothing to quantize")
     for name, mod in selected.items():  # check every shape before doing any work
         config.spec.block_len(tuple(mod.weight.shape), name)
-    t0 = time.perf_counter()
     layers: dict[str, Any] = {}
-    nparams = nbytes = 0
-    for name, mod in track(list(selected.items()), f"quantize {entry.name} {config.spec}"):
-        qt = entry.fn(mod.weight.data, config, None)
-        if isinstance(mod, nn.Embedding):
-            _set_submodule(net, name, QuantizedEmbedding.from_embedding(mod, qt))
-            module = "embedding"
+    sizes = [0, 0]
+
+    def record(name: str, qmod: nn.Module, qt: Any) -> nn.Module:
+        kind = "embedding" if isinstance(qmod, QuantizedEmbedding) else "linear"
+        layers[name] = {"spec": qt.spec.to_dict(), "shape": list(qt.shape), "format": "intpack", "module": kind}
+        sizes[0] += qt.numel
+        sizes[1] += qt.nbytes
+        return qmod
+
+    with PeakRSS() as cost:
+        if entry.needs:
+            linears = {n: m for n, m in selected.items() if isinstance(m, nn.Linear)}
+            others = {n: m for n, m in selected.items() if n not in linears}
+
+            def quantize_layer(name: str, lin: nn.Linear, stats: dict) -> nn.Module:
+                if int(stats.get("rows", 0)) == 0:
+                    log.warning("%s: no calibration data reached it; quantized with RTN instead", name)
+                    qt = get_method("rtn").fn(lin.weight.data, make_config("rtn", config.spec), None)
+                else:
+                    qt = entry.fn(lin.weight.data, config, stats)
+                return record(name, QuantizedLinear.from_linear(lin, qt), qt)
+
+            cap = run_sequential(net, windows, linears, entry.needs, quantize_layer)
+            extra_cal = {"samples": cap.samples, "tokens": cap.tokens, "schedule": cap.schedule,
+                         "unreached": cap.unreached, "data": calib.data}
+            _quantize_data_free(net, others, make_config("rtn", config.spec), record)
         else:
-            _set_submodule(net, name, QuantizedLinear.from_linear(mod, qt))
-            module = "linear"
-        layers[name] = {"spec": qt.spec.to_dict(), "shape": list(qt.shape), "format": "intpack", "module": module}
-        nparams += qt.numel
-        nbytes += qt.nbytes
-    seconds = time.perf_counter() - t0
-    out = ModelHandle(model=net.eval(), tokenizer=handle.tokenizer, kind=handle.kind, name=handle.name,
-                      path=None, quant=record_for(config, layers, skipped, handle.reference_name or handle.name, seconds))
-    report = QuantizeReport(entry.name, config.spec, list(layers), skipped, seconds, nparams, nbytes)
+            _quantize_data_free(net, selected, config, record)
+            extra_cal = {"samples": 0, "tokens": 0}
+    seconds = cost.seconds
+    calibration = dict(extra_cal, seconds=round(seconds, 3), peak_rss_bytes=cost.peak)
+    quant = record_for(config, dict(sorted(layers.items(), key=lambda kv: list(selected).index(kv[0]))), skipped,
+                       handle.reference_name or handle.name, seconds)
+    quant["calibration"] = calibration
+    out = ModelHandle(model=net.eval(), tokenizer=handle.tokenizer, kind=handle.kind, name=handle.name, path=None,
+                      quant=quant)
+    report = QuantizeReport(entry.name, config.spec, list(quant["layers"]), skipped, seconds, sizes[0], sizes[1],
+                            extra={"calibration": calibration})
     log.info("quantized %d layers (%d skipped) in %.1f s, %.3f bpw", len(layers), len(skipped), seconds,
              report.bits_per_weight)
     return out, report
 
 
+def _quantize_data_free(net: nn.Module, selected: dict[str, nn.Module], config: MethodConfig, record: Any) -> None:
+    entry = get_method(config.method)
+    for name, mod in track(list(selected.items()), f"quantize {entry.name} {config.spec}"):
+        qt = entry.fn(mod.weight.data, config, None)
+        if isinstance(mod, nn.Embedding):
+            _set_submodule(net, name, record(name, QuantizedEmbedding.from_embedding(mod, qt), qt))
+        else:
+            _set_submodule(net, name, record(name, QuantizedLinear.from_linear(mod, qt), qt))
+
+
 def save(handle: ModelHandle, out: str | Path, overwrite: bool = False) -> Path:
     """Write a quantized model as a lowbit checkpoint (safetensors + config), atomically."""
     return save_checkpoint(handle, out, overwrite=overwrite)
+
+
+EXPORT_FORMATS = ("compressed-tensors",)
+
+
+def export(handle: ModelHandle, out: str | Path, fmt: str = "compressed-tensors", overwrite: bool = False) -> Path:
+    """Write a quantized model in a format another runtime executes (atomically).
+
+    ``compressed-tensors``: the ``pack-quantized`` checkpoint llm-compressor writes; transformers
+    (with the ``compressed-tensors`` package) and vLLM load it.
+    """
+    if fmt == "compressed-tensors":
+        from lowbit.export.compressed_tensors import export_compressed_tensors
+
+        return export_compressed_tensors(handle, out, overwrite=overwrite)
+    raise InputError(f"unknown export format {fmt!r}; use one of {', '.join(EXPORT_FORMATS)}")

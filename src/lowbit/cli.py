@@ -83,6 +83,10 @@ def quantize(
     group_size: Annotated[int, typer.Option(help="Group size; -1 per-channel, 0 per-tensor.")] = 64,
     asym: Annotated[bool, typer.Option("--asym/--sym", help="Asymmetric (zero point) or symmetric grid.")] = False,
     clip_search: Annotated[bool, typer.Option(help="RTN: per-block MSE search of the clipping range.")] = False,
+    act_order: Annotated[bool, typer.Option(help="GPTQ: quantize columns by decreasing Hessian diagonal (static groups).")] = False,
+    calib: Annotated[str | None, typer.Option(help="Calibration data for gptq/awq: pydoc:calib, stdlib:calib, a file, folder or .jsonl.")] = None,
+    n_samples: Annotated[int, typer.Option(help="Calibration windows.")] = 16,
+    seq_len: Annotated[int, typer.Option(help="Tokens per calibration window.")] = 512,
     targets: Annotated[list[str] | None, typer.Option("--targets", help="Regex of Linear names to quantize (repeatable).")] = None,
     ignore: Annotated[list[str] | None, typer.Option("--ignore", help="Regex of module names to keep in full precision (repeatable); replaces the default (lm_head); 'none' keeps nothing.")] = None,
     embeddings: Annotated[bool, typer.Option("--embeddings", help="Quantize nn.Embedding tables too (kept by default).")] = False,
@@ -94,8 +98,21 @@ def quantize(
     from lowbit.spec import QuantSpec
 
     spec = QuantSpec(bits=bits, symmetric=not asym, group_size=group_size)  # validates before any loading
-    options = {"clip_search": True} if clip_search else {}
+    options: dict[str, Any] = {}
+    if clip_search:
+        options["clip_search"] = True
+    if act_order:
+        options["act_order"] = True
     config = api.make_config(method, spec, **options)
+    needs = api.get_method(method).needs
+    if needs and calib is None:
+        calib = "pydoc:calib"
+        err.print(f"{method} needs calibration data; using the built-in pydoc:calib ({n_samples} x {seq_len} tokens)")
+    calib_settings = api.CalibSettings(calib, n_samples, seq_len) if calib else None
+    if calib:
+        from lowbit.calib import load_corpus
+
+        load_corpus(calib)  # fail on bad data before loading any model
     if out_dir.exists() and not overwrite:
         raise ExportError(f"{out_dir} already exists; choose another --out or pass --overwrite")
     _quiet_libraries()
@@ -105,11 +122,40 @@ def quantize(
         handle = load_model(model)
     if ignore is not None and [i.lower() for i in ignore] == ["none"]:
         ignore = []
-    qhandle, report = api.quantize(handle, config, targets=targets, ignore=ignore, embeddings=embeddings, inplace=True)
+    qhandle, report = api.quantize(handle, config, calib=calib_settings, targets=targets, ignore=ignore,
+                                   embeddings=embeddings, inplace=True)
     api.save(qhandle, out_dir, overwrite=overwrite)
+    cal = report.extra.get("calibration", {})
     out.print(f"{report.method} {report.spec}: {len(report.layers)} layers quantized "
               f"({len(report.skipped)} kept: {', '.join(report.skipped) or 'none'}), "
-              f"{report.bits_per_weight:.3f} bits/weight, {report.seconds:.1f} s -> {out_dir}")
+              f"{report.bits_per_weight:.3f} bits/weight, {report.seconds:.1f} s, "
+              f"{cal.get('tokens', 0)} calibration tokens, peak RSS {cal.get('peak_rss_bytes', 0) / 2**20:.0f} MiB -> {out_dir}")
+
+
+# --- export --------------------------------------------------------------------------------------
+@app.command()
+@user_errors
+def export(
+    checkpoint: Annotated[str, typer.Argument(help="A lowbit checkpoint directory (from `lowbit quantize`).")],
+    out_dir: Annotated[Path, typer.Option("--out", help="Directory to write.")],
+    fmt: Annotated[str, typer.Option("--format", help="compressed-tensors (pack-quantized; transformers and vLLM load it).")] = "compressed-tensors",
+    overwrite: Annotated[bool, typer.Option(help="Replace --out if it exists.")] = False,
+) -> None:
+    """Export a quantized checkpoint in a format another runtime loads."""
+    from lowbit import api
+    from lowbit.errors import ExportError
+
+    if fmt not in api.EXPORT_FORMATS:
+        raise ExportError(f"--format {fmt!r} is not supported; use one of {', '.join(api.EXPORT_FORMATS)}")
+    if out_dir.exists() and not overwrite:
+        raise ExportError(f"{out_dir} already exists; choose another --out or pass --overwrite")
+    _quiet_libraries()
+    from lowbit.load import load_model
+
+    with err.status(f"loading {checkpoint}"):
+        handle = load_model(checkpoint)
+    path = api.export(handle, out_dir, fmt=fmt, overwrite=overwrite)
+    out.print(f"{fmt} -> {path} ({(path / 'model.safetensors').stat().st_size:,} bytes)")
 
 
 # --- eval ----------------------------------------------------------------------------------------

@@ -1,6 +1,6 @@
 """Quantization methods: one file each (config dataclass + pure function + registration)."""
 
 from lowbit.methods.base import METHODS, Method, MethodConfig, get_method
-from lowbit.methods import rtn  # noqa: F401  (registers itself)
+from lowbit.methods import gptq, rtn  # noqa: F401  (register themselves)
 
 __all__ = ["METHODS", "Method", "MethodConfig", "get_method"]

@@ -1,0 +1,271 @@
+"""Sequential, block-by-block calibration for any Hugging Face decoder or encoder.
+
+    tokens -> embeddings -> [block 0] -> [block 1] -> ... -> [block n-1] -> head
+                              ^ inputs caught with a pre-hook and a private stop signal
+
+The blocks are found from the module tree (the ``nn.ModuleList`` holding most of the model's
+Linear weights), not from per-architecture code. Each block runs on the outputs of the blocks before
+it *after* those were quantized ("true sequential"), and only one block's activations are alive.
+
+Two schedules, chosen by the activation memory of the calibration set:
+
+- **fused** (the whole set fits in one batch, e.g. 16 x 512 tokens): one forward per block. A
+  pre-hook on each target Linear gathers its statistics from the full batch, quantizes it, and writes
+  the quantized weights in place before the Linear runs, so later Linears of the same block already
+  see quantized inputs, and the block's output is the quantized block's output. One pass in all.
+- **two-pass** (larger sets, micro-batches): per block, a statistics pass with hooks over all
+  micro-batches, then quantization, then a propagation pass.
+
+Statistics are gathered only when a method asks for them (``Method.needs``):
+``hessian`` (X^T X, GPTQ), ``act_absmean`` (mean |x| per input channel, AWQ), ``act_sqmean``
+(mean x^2 per input channel, importance matrices), ``inputs`` (a row sample of X, AWQ's search).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from lowbit.errors import CalibrationError, InputError
+from lowbit.progress import track
+
+log = logging.getLogger(__name__)
+
+STATS = ("hessian", "act_absmean", "act_sqmean", "inputs")
+FUSED_BUDGET_BYTES = 3 << 30
+INPUT_SAMPLE_ROWS = 4096
+
+
+class _StopForward(Exception):
+    """Private signal: the first block's inputs are caught, the rest of the forward is not needed."""
+
+
+@dataclass
+class LayerStats:
+    """What calibration saw at one Linear's input (in features = d)."""
+
+    needs: tuple[str, ...]
+    rows: int = 0
+    xtx: torch.Tensor | None = None  # (d, d) float32, sum of x^T x
+    abs_sum: torch.Tensor | None = None  # (d,) sum of |x|
+    sq_sum: torch.Tensor | None = None  # (d,) sum of x^2
+    sample: list[torch.Tensor] = field(default_factory=list)  # rows of x, float32
+
+    def add(self, x: torch.Tensor) -> None:
+        x = x.detach().reshape(-1, x.shape[-1]).float()
+        self.rows += x.shape[0]
+        if "hessian" in self.needs:
+            xtx = x.t() @ x
+            self.xtx = xtx if self.xtx is None else self.xtx + xtx
+        if "act_absmean" in self.needs:
+            a = x.abs().sum(0)
+            self.abs_sum = a if self.abs_sum is None else self.abs_sum + a
+        if "act_sqmean" in self.needs:
+            s = x.pow(2).sum(0)
+            self.sq_sum = s if self.sq_sum is None else self.sq_sum + s
+        if "inputs" in self.needs:
+            have = sum(t.shape[0] for t in self.sample)
+            if have < INPUT_SAMPLE_ROWS:
+                step = max(1, x.shape[0] // (INPUT_SAMPLE_ROWS - have))
+                self.sample.append(x[::step][: INPUT_SAMPLE_ROWS - have].clone())
+
+    def as_dict(self) -> dict[str, torch.Tensor]:
+        """The statistics a method function receives: hessian = 2 X^T X / n, as in the GPTQ paper."""
+        out: dict[str, torch.Tensor] = {"rows": torch.tensor(self.rows)}
+        n = max(self.rows, 1)
+        if self.xtx is not None:
+            out["hessian"] = self.xtx * (2.0 / n)
+        if self.abs_sum is not None:
+            out["act_absmean"] = self.abs_sum / n
+        if self.sq_sum is not None:
+            out["act_sqmean"] = self.sq_sum / n
+        if self.sample:
+            out["inputs"] = torch.cat(self.sample)
+        return out
+
+
+# A callback that quantizes one Linear from its statistics and returns the module to install.
+QuantizeLayer = Callable[[str, nn.Linear, dict[str, torch.Tensor]], nn.Module]
+
+
+def find_blocks(model: nn.Module) -> tuple[str, nn.ModuleList]:
+    """The ModuleList of repeated blocks holding the most Linear weights (layers, h, encoder.layer, ...)."""
+    best: tuple[int, str, nn.ModuleList] | None = None
+    for name, mod in model.named_modules():
+        if isinstance(mod, nn.ModuleList) and len(mod) > 0:
+            n = sum(m.weight.numel() for m in mod.modules() if isinstance(m, nn.Linear))
+            if n and (best is None or n > best[0]):
+                best = (n, name, mod)
+    if best is None:
+        raise InputError("the model has no list of blocks holding Linear layers; calibrated methods cannot run on it")
+    return best[1], best[2]
+
+
+def _catch_block_inputs(model: nn.Module, block: nn.Module, batches: Iterable[torch.Tensor]) -> list[tuple[tuple, dict]]:
+    caught: list[tuple[tuple, dict]] = []
+
+    def hook(_mod: nn.Module, args: tuple, kwargs: dict) -> None:
+        caught.append((args, kwargs))
+        raise _StopForward
+
+    handle = block.register_forward_pre_hook(hook, with_kwargs=True)
+    try:
+        for ids in batches:
+            try:
+                with torch.inference_mode():
+                    model(input_ids=ids, use_cache=False) if _takes(model, "use_cache") else model(input_ids=ids)
+            except _StopForward:
+                pass
+    finally:
+        handle.remove()
+    return caught
+
+
+def _takes(model: nn.Module, arg: str) -> bool:
+    import inspect
+
+    try:
+        return arg in inspect.signature(model.forward).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def _first_output(out: Any) -> torch.Tensor:
+    return out[0] if isinstance(out, (tuple, list)) else out
+
+
+def _fused_fits(model: nn.Module, windows: torch.Tensor) -> bool:
+    cfg = getattr(model, "config", None)
+    n, length = windows.shape
+    hidden = getattr(cfg, "hidden_size", 1024)
+    inter = getattr(cfg, "intermediate_size", 4 * hidden)
+    heads = getattr(cfg, "num_attention_heads", 16)
+    est = 4 * n * length * (6 * hidden + 3 * inter) + 4 * 2 * n * heads * length * length
+    return est <= FUSED_BUDGET_BYTES
+
+
+@dataclass
+class CaptureReport:
+    blocks: int
+    schedule: str
+    samples: int
+    tokens: int
+    unreached: list[str]
+
+
+def run_sequential(
+    model: nn.Module,
+    windows: torch.Tensor,
+    targets: dict[str, nn.Linear],
+    needs: tuple[str, ...],
+    quantize_layer: QuantizeLayer,
+    micro_batch: int = 4,
+) -> CaptureReport:
+    """Calibrate ``targets`` block by block on ``windows`` (n, L); install what ``quantize_layer`` returns."""
+    unknown = set(needs) - set(STATS)
+    assert not unknown, f"unknown statistics {unknown}"
+    if windows.numel() == 0:
+        raise CalibrationError("no calibration tokens")
+    prefix, blocks = find_blocks(model)
+    fused = _fused_fits(model, windows)
+    batches = [windows] if fused else list(windows.split(micro_batch))
+    names = {mod: name for name, mod in targets.items()}
+    chunks = _catch_block_inputs(model, blocks[0], batches)
+    if len(chunks) != len(batches):
+        raise CalibrationError("the first block was never reached; cannot calibrate this model")
+    done: set[str] = set()
+    for i in track(range(len(blocks)), f"calibrate {len(blocks)} blocks ({'fused' if fused else 'two-pass'})"):
+        block = blocks[i]
+        in_block = {m: n for m, n in names.items() if n.startswith(f"{prefix}.{i}.") or (prefix == "" and n.startswith(f"{i}."))}
+        step = _block_fused if fused else _block_two_pass
+        chunks = step(block, chunks, in_block, needs, quantize_layer, model)
+        done.update(in_block.values())
+    leftovers = {n: m for n, m in targets.items() if n not in done}
+    unreached = _leftovers(model, batches, leftovers, needs, quantize_layer) if leftovers else []
+    return CaptureReport(len(blocks), "fused" if fused else "two-pass", windows.shape[0], windows.numel(), unreached)
+
+
+def _install(model: nn.Module, name: str, new: nn.Module) -> None:
+    parent, _, leaf = name.rpartition(".")
+    setattr(model.get_submodule(parent) if parent else model, leaf, new)
+
+
+def _block_fused(block: nn.Module, chunks: list[tuple[tuple, dict]], in_block: dict[nn.Module, str],
+                 needs: tuple[str, ...], quantize_layer: QuantizeLayer, model: nn.Module) -> list[tuple[tuple, dict]]:
+    cache: dict[tuple[int, tuple[int, ...]], dict[str, torch.Tensor]] = {}
+    installed: dict[str, nn.Module] = {}
+
+    def pre_hook(mod: nn.Module, args: tuple) -> None:
+        x = args[0]
+        key = (x.data_ptr(), tuple(x.shape))  # q/k/v share one input: gather its statistics once
+        if key not in cache:
+            st = LayerStats(needs)
+            st.add(x)
+            cache[key] = st.as_dict()
+        new = quantize_layer(in_block[mod], mod, cache[key])
+        installed[in_block[mod]] = new
+        mod.weight.data.copy_(_effective_weight(new).to(mod.weight.dtype))  # this call runs quantized
+
+    hooks = [m.register_forward_pre_hook(pre_hook) for m in in_block]
+    try:
+        args, kwargs = chunks[0]
+        with torch.inference_mode():
+            out = _first_output(block(*args, **kwargs))
+    finally:
+        for h in hooks:
+            h.remove()
+    for name, new in installed.items():
+        _install(model, name, new)
+    return [((out, *args[1:]), kwargs)]
+
+
+def _block_two_pass(block: nn.Module, chunks: list[tuple[tuple, dict]], in_block: dict[nn.Module, str],
+                    needs: tuple[str, ...], quantize_layer: QuantizeLayer, model: nn.Module) -> list[tuple[tuple, dict]]:
+    stats = {m: LayerStats(needs) for m in in_block}
+    hooks = [m.register_forward_pre_hook(lambda mod, a: stats[mod].add(a[0])) for m in in_block]
+    try:
+        with torch.inference_mode():
+            for args, kwargs in chunks:
+                block(*args, **kwargs)
+    finally:
+        for h in hooks:
+            h.remove()
+    for mod, name in in_block.items():
+        _install(model, name, quantize_layer(name, mod, stats[mod].as_dict()))
+    out = []
+    with torch.inference_mode():
+        for args, kwargs in chunks:
+            out.append(((_first_output(block(*args, **kwargs)), *args[1:]), kwargs))
+    return out
+
+
+def _leftovers(model: nn.Module, batches: list[torch.Tensor], leftovers: dict[str, nn.Linear],
+               needs: tuple[str, ...], quantize_layer: QuantizeLayer) -> list[str]:
+    """Targets outside the blocks (e.g. a pooler): one full forward with hooks, then quantize."""
+    stats = {m: LayerStats(needs) for m in leftovers.values()}
+    hooks = [m.register_forward_pre_hook(lambda mod, a: stats[mod].add(a[0])) for m in leftovers.values()]
+    try:
+        with torch.inference_mode():
+            for ids in batches:
+                model(input_ids=ids)
+    finally:
+        for h in hooks:
+            h.remove()
+    unreached = []
+    for name, mod in leftovers.items():
+        if stats[mod].rows == 0:
+            unreached.append(name)
+        _install(model, name, quantize_layer(name, mod, stats[mod].as_dict()))
+    return unreached
+
+
+def _effective_weight(mod: nn.Module) -> torch.Tensor:
+    """The float weight a quantized module computes with (what later layers must see)."""
+    if hasattr(mod, "dequantize"):
+        return mod.dequantize(torch.float32)
+    return mod.weight.data
