@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
 from lowbit.calib.capture import run_sequential
@@ -118,15 +119,19 @@ def quantize(
             linears = {n: m for n, m in selected.items() if isinstance(m, nn.Linear)}
             others = {n: m for n, m in selected.items() if n not in linears}
 
-            def quantize_layer(name: str, lin: nn.Linear, stats: dict) -> nn.Module:
+            def quantize_group(names: list[str], lins: list[nn.Linear], stats: dict) -> list[nn.Module]:
                 if int(stats.get("rows", 0)) == 0:
-                    log.warning("%s: no calibration data reached it; quantized with RTN instead", name)
-                    qt = get_method("rtn").fn(lin.weight.data, make_config("rtn", config.spec), None)
+                    log.warning("%s: no calibration data reached it; quantized with RTN instead", ", ".join(names))
+                    qts = [get_method("rtn").fn(m.weight.data, make_config("rtn", config.spec), None) for m in lins]
+                elif len(lins) > 1 and entry.row_independent and config.spec.group_size != 0:
+                    # Linears reading one input share its statistics: quantize them stacked, then split
+                    stacked = torch.cat([m.weight.data for m in lins])
+                    qts = entry.fn(stacked, config, stats).split_rows([m.out_features for m in lins])
                 else:
-                    qt = entry.fn(lin.weight.data, config, stats)
-                return record(name, QuantizedLinear.from_linear(lin, qt), qt)
+                    qts = [entry.fn(m.weight.data, config, stats) for m in lins]
+                return [record(n, QuantizedLinear.from_linear(m, qt), qt) for n, m, qt in zip(names, lins, qts)]
 
-            cap = run_sequential(net, windows, linears, entry.needs, quantize_layer)
+            cap = run_sequential(net, windows, linears, entry.needs, quantize_group)
             extra_cal = {"samples": cap.samples, "tokens": cap.tokens, "schedule": cap.schedule,
                          "unreached": cap.unreached, "data": calib.data}
             _quantize_data_free(net, others, make_config("rtn", config.spec), record)

@@ -83,7 +83,7 @@ def quantize(
     group_size: Annotated[int, typer.Option(help="Group size; -1 per-channel, 0 per-tensor.")] = 64,
     asym: Annotated[bool, typer.Option("--asym/--sym", help="Asymmetric (zero point) or symmetric grid.")] = False,
     clip_search: Annotated[bool, typer.Option(help="RTN: per-block MSE search of the clipping range.")] = False,
-    act_order: Annotated[bool, typer.Option(help="GPTQ: quantize columns by decreasing Hessian diagonal (static groups).")] = False,
+    act_order: Annotated[bool, typer.Option("--act-order/--no-act-order", help="GPTQ: quantize columns by decreasing Hessian diagonal (static groups).")] = True,
     calib: Annotated[str | None, typer.Option(help="Calibration data for gptq/awq: pydoc:calib, stdlib:calib, a file, folder or .jsonl.")] = None,
     n_samples: Annotated[int, typer.Option(help="Calibration windows.")] = 16,
     seq_len: Annotated[int, typer.Option(help="Tokens per calibration window.")] = 512,
@@ -101,8 +101,8 @@ def quantize(
     options: dict[str, Any] = {}
     if clip_search:
         options["clip_search"] = True
-    if act_order:
-        options["act_order"] = True
+    if method == "gptq":
+        options["act_order"] = act_order
     config = api.make_config(method, spec, **options)
     needs = api.get_method(method).needs
     if needs and calib is None:

@@ -49,6 +49,21 @@ class QuantizedTensor:
         w = grid.dequantize_blocks(self.codes(), self.scale, self.zero, self.spec, dtype)
         return w.view(self.shape)
 
+    def split_rows(self, sizes: list[int]) -> list[QuantizedTensor]:
+        """Split a per-channel or per-group tensor along its output rows (e.g. stacked q/k/v)."""
+        assert self.spec.group_size != 0 and sum(sizes) == self.shape[0], "only row-wise blocks split"
+        per_row = self.scale.numel() // self.shape[0]
+        codes = self.codes().reshape(self.shape[0], -1)
+        out, r0 = [], 0
+        for n in sizes:
+            rows = slice(r0, r0 + n)
+            sc = self.scale.view(self.shape[0], per_row)[rows].reshape(-1).clone()
+            zr = None if self.zero is None else self.zero.view(self.shape[0], per_row)[rows].reshape(-1).clone()
+            shape = (n, *self.shape[1:])
+            out.append(QuantizedTensor.from_codes(codes[rows].reshape(-1), sc, zr, self.spec, shape))
+            r0 += n
+        return out
+
     @property
     def nbytes(self) -> int:
         n = self.packed.numel() * self.packed.element_size() + self.scale.numel() * self.scale.element_size()

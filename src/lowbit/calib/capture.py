@@ -89,8 +89,9 @@ class LayerStats:
         return out
 
 
-# A callback that quantizes one Linear from its statistics and returns the module to install.
-QuantizeLayer = Callable[[str, nn.Linear, dict[str, torch.Tensor]], nn.Module]
+# A callback that quantizes Linears reading the same input (e.g. q/k/v) from their shared statistics
+# and returns the modules to install, in the same order.
+QuantizeGroup = Callable[[list[str], list[nn.Linear], dict[str, torch.Tensor]], list[nn.Module]]
 
 
 def find_blocks(model: nn.Module) -> tuple[str, nn.ModuleList]:
@@ -149,6 +150,43 @@ def _fused_fits(model: nn.Module, windows: torch.Tensor) -> bool:
     return est <= FUSED_BUDGET_BYTES
 
 
+def shared_input_groups(model: nn.Module, blocks: nn.ModuleList, windows: torch.Tensor) -> list[list[str]]:
+    """Names (relative to a block) of the Linears that read the very same input tensor, found by running
+    block 0 once on a few tokens: e.g. [[q_proj, k_proj, v_proj], [o_proj], [gate_proj, up_proj], [down_proj]]."""
+    probe = windows[:1, : min(16, windows.shape[1])]
+    args, kwargs = _catch_block_inputs(model, blocks[0], [probe])[0]
+    rel = {m: n for n, m in blocks[0].named_modules() if isinstance(m, nn.Linear)}
+    seen: list[tuple[torch.Tensor, list[str]]] = []
+
+    def hook(mod: nn.Module, a: tuple) -> None:
+        for t, names in seen:
+            if t is a[0]:
+                names.append(rel[mod])
+                return
+        seen.append((a[0], [rel[mod]]))
+
+    hooks = [m.register_forward_pre_hook(hook) for m in rel]
+    try:
+        with torch.inference_mode():
+            blocks[0](*args, **kwargs)
+    finally:
+        for h in hooks:
+            h.remove()
+    return [names for _, names in seen]
+
+
+def _groups_in_block(prefix: str, i: int, in_block: dict[nn.Module, str], shared: list[list[str]]) -> list[list[nn.Module]]:
+    by_name = {n: m for m, n in in_block.items()}
+    head = f"{prefix}.{i}." if prefix else f"{i}."
+    groups: list[list[nn.Module]] = []
+    for names in shared:
+        g = [by_name.pop(head + n) for n in names if head + n in by_name]
+        if g:
+            groups.append(g)
+    groups += [[m] for m in by_name.values()]  # anything block 0 did not show: on its own
+    return groups
+
+
 @dataclass
 class CaptureReport:
     blocks: int
@@ -156,6 +194,7 @@ class CaptureReport:
     samples: int
     tokens: int
     unreached: list[str]
+    groups: list[list[str]] = field(default_factory=list)
 
 
 def run_sequential(
@@ -163,10 +202,10 @@ def run_sequential(
     windows: torch.Tensor,
     targets: dict[str, nn.Linear],
     needs: tuple[str, ...],
-    quantize_layer: QuantizeLayer,
+    quantize_group: QuantizeGroup,
     micro_batch: int = 4,
 ) -> CaptureReport:
-    """Calibrate ``targets`` block by block on ``windows`` (n, L); install what ``quantize_layer`` returns."""
+    """Calibrate ``targets`` block by block on ``windows`` (n, L); install what ``quantize_group`` returns."""
     unknown = set(needs) - set(STATS)
     assert not unknown, f"unknown statistics {unknown}"
     if windows.numel() == 0:
@@ -175,19 +214,22 @@ def run_sequential(
     fused = _fused_fits(model, windows)
     batches = [windows] if fused else list(windows.split(micro_batch))
     names = {mod: name for name, mod in targets.items()}
+    shared = shared_input_groups(model, blocks, windows)
     chunks = _catch_block_inputs(model, blocks[0], batches)
     if len(chunks) != len(batches):
         raise CalibrationError("the first block was never reached; cannot calibrate this model")
     done: set[str] = set()
     for i in track(range(len(blocks)), f"calibrate {len(blocks)} blocks ({'fused' if fused else 'two-pass'})"):
-        block = blocks[i]
-        in_block = {m: n for m, n in names.items() if n.startswith(f"{prefix}.{i}.") or (prefix == "" and n.startswith(f"{i}."))}
+        head = f"{prefix}.{i}." if prefix else f"{i}."
+        in_block = {m: n for m, n in names.items() if n.startswith(head)}
+        groups = _groups_in_block(prefix, i, in_block, shared)
         step = _block_fused if fused else _block_two_pass
-        chunks = step(block, chunks, in_block, needs, quantize_layer, model)
+        chunks = step(blocks[i], chunks, in_block, groups, needs, quantize_group, model)
         done.update(in_block.values())
     leftovers = {n: m for n, m in targets.items() if n not in done}
-    unreached = _leftovers(model, batches, leftovers, needs, quantize_layer) if leftovers else []
-    return CaptureReport(len(blocks), "fused" if fused else "two-pass", windows.shape[0], windows.numel(), unreached)
+    unreached = _leftovers(model, batches, leftovers, needs, quantize_group) if leftovers else []
+    return CaptureReport(len(blocks), "fused" if fused else "two-pass", windows.shape[0], windows.numel(), unreached,
+                         shared)
 
 
 def _install(model: nn.Module, name: str, new: nn.Module) -> None:
@@ -196,20 +238,21 @@ def _install(model: nn.Module, name: str, new: nn.Module) -> None:
 
 
 def _block_fused(block: nn.Module, chunks: list[tuple[tuple, dict]], in_block: dict[nn.Module, str],
-                 needs: tuple[str, ...], quantize_layer: QuantizeLayer, model: nn.Module) -> list[tuple[tuple, dict]]:
-    cache: dict[tuple[int, tuple[int, ...]], dict[str, torch.Tensor]] = {}
+                 groups: list[list[nn.Module]], needs: tuple[str, ...], quantize_group: QuantizeGroup,
+                 model: nn.Module) -> list[tuple[tuple, dict]]:
+    group_of = {m: g for g in groups for m in g}
     installed: dict[str, nn.Module] = {}
 
     def pre_hook(mod: nn.Module, args: tuple) -> None:
-        x = args[0]
-        key = (x.data_ptr(), tuple(x.shape))  # q/k/v share one input: gather its statistics once
-        if key not in cache:
-            st = LayerStats(needs)
-            st.add(x)
-            cache[key] = st.as_dict()
-        new = quantize_layer(in_block[mod], mod, cache[key])
-        installed[in_block[mod]] = new
-        mod.weight.data.copy_(_effective_weight(new).to(mod.weight.dtype))  # this call runs quantized
+        if in_block[mod] in installed:  # quantized with its group, weights already written
+            return
+        st = LayerStats(needs)
+        st.add(args[0])
+        group = group_of[mod]
+        news = quantize_group([in_block[m] for m in group], group, st.as_dict())
+        for m, new in zip(group, news):
+            installed[in_block[m]] = new
+            m.weight.data.copy_(_effective_weight(new).to(m.weight.dtype))  # the rest of this pass runs quantized
 
     hooks = [m.register_forward_pre_hook(pre_hook) for m in in_block]
     try:
@@ -225,9 +268,10 @@ def _block_fused(block: nn.Module, chunks: list[tuple[tuple, dict]], in_block: d
 
 
 def _block_two_pass(block: nn.Module, chunks: list[tuple[tuple, dict]], in_block: dict[nn.Module, str],
-                    needs: tuple[str, ...], quantize_layer: QuantizeLayer, model: nn.Module) -> list[tuple[tuple, dict]]:
-    stats = {m: LayerStats(needs) for m in in_block}
-    hooks = [m.register_forward_pre_hook(lambda mod, a: stats[mod].add(a[0])) for m in in_block]
+                    groups: list[list[nn.Module]], needs: tuple[str, ...], quantize_group: QuantizeGroup,
+                    model: nn.Module) -> list[tuple[tuple, dict]]:
+    stats = {g[0]: LayerStats(needs) for g in groups}  # one accumulator per shared input
+    hooks = [m.register_forward_pre_hook(lambda mod, a: stats[mod].add(a[0])) for m in stats]
     try:
         with torch.inference_mode():
             for args, kwargs in chunks:
@@ -235,8 +279,9 @@ def _block_two_pass(block: nn.Module, chunks: list[tuple[tuple, dict]], in_block
     finally:
         for h in hooks:
             h.remove()
-    for mod, name in in_block.items():
-        _install(model, name, quantize_layer(name, mod, stats[mod].as_dict()))
+    for g in groups:
+        for m, new in zip(g, quantize_group([in_block[m] for m in g], g, stats[g[0]].as_dict())):
+            _install(model, in_block[m], new)
     out = []
     with torch.inference_mode():
         for args, kwargs in chunks:
@@ -245,8 +290,8 @@ def _block_two_pass(block: nn.Module, chunks: list[tuple[tuple, dict]], in_block
 
 
 def _leftovers(model: nn.Module, batches: list[torch.Tensor], leftovers: dict[str, nn.Linear],
-               needs: tuple[str, ...], quantize_layer: QuantizeLayer) -> list[str]:
-    """Targets outside the blocks (e.g. a pooler): one full forward with hooks, then quantize."""
+               needs: tuple[str, ...], quantize_group: QuantizeGroup) -> list[str]:
+    """Targets outside the blocks (e.g. a pooler): one full forward with hooks, then quantize each."""
     stats = {m: LayerStats(needs) for m in leftovers.values()}
     hooks = [m.register_forward_pre_hook(lambda mod, a: stats[mod].add(a[0])) for m in leftovers.values()]
     try:
@@ -260,7 +305,7 @@ def _leftovers(model: nn.Module, batches: list[torch.Tensor], leftovers: dict[st
     for name, mod in leftovers.items():
         if stats[mod].rows == 0:
             unreached.append(name)
-        _install(model, name, quantize_layer(name, mod, stats[mod].as_dict()))
+        _install(model, name, quantize_group([name], [mod], stats[mod].as_dict())[0])
     return unreached
 
 

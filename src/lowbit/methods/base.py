@@ -48,17 +48,21 @@ class Method:
     fn: QuantizeFn
     needs: tuple[str, ...] = ()
     summary: str = ""
+    #: rows are quantized independently given shared statistics, so Linears that read the same input
+    #: (q/k/v, gate/up) can be stacked into one call (one Hessian inverse instead of three)
+    row_independent: bool = True
 
 
 METHODS: Registry[Method] = Registry("method")
 
 
 def register_method(
-    name: str, config: type[MethodConfig], needs: tuple[str, ...] = (), summary: str = ""
+    name: str, config: type[MethodConfig], needs: tuple[str, ...] = (), summary: str = "",
+    row_independent: bool = True,
 ) -> Callable[[QuantizeFn], QuantizeFn]:
     def deco(fn: QuantizeFn) -> QuantizeFn:
         config.method = name
-        METHODS.add(name, Method(name, config, fn, needs, summary))
+        METHODS.add(name, Method(name, config, fn, needs, summary, row_independent))
         return fn
 
     return deco

@@ -39,13 +39,14 @@ class GPTQConfig(MethodConfig):
 
     damp:        dampening, as a fraction of the mean Hessian diagonal added to the diagonal
     block_size:  columns per lazy batch update
-    act_order:   quantize columns by decreasing Hessian diagonal (desc_act), with static groups
+    act_order:   quantize columns by decreasing Hessian diagonal (desc_act), with static groups; on by
+                 default: it costs nothing here and on smollm2 it roughly halves the KL of plain GPTQ
     max_damp:    give up (CalibrationError) if the Hessian is still not positive definite at this damping
     """
 
     damp: float = 0.01
     block_size: int = 128
-    act_order: bool = False
+    act_order: bool = True
     max_damp: float = 10.0
 
     def __post_init__(self) -> None:
@@ -62,16 +63,23 @@ class GPTQInfo:
 
 
 def _inverse_cholesky(h: torch.Tensor, cfg: GPTQConfig) -> tuple[torch.Tensor, float, int]:
-    """Upper Cholesky factor of H^-1 after dampening; raises the damping until H is positive definite."""
+    """Upper triangular U with U^T U = (H + damp)^-1, raising the damping until H is positive definite.
+
+    One Cholesky and one triangular inverse: with J the order-reversing permutation and
+    J H J = L L^T, (H)^-1 = (J L^-1 J)^T (J L^-1 J), and J L^-1 J is upper triangular. (The reference
+    code takes cholesky -> cholesky_inverse -> cholesky, about twice the work.)
+    """
     mean_diag = float(torch.diag(h).mean())
     damp, retries = cfg.damp, 0
-    eye = torch.eye(h.shape[0], dtype=h.dtype)
+    n = h.shape[0]
+    eye = torch.eye(n, dtype=h.dtype)
+    flipped = h.flip(0, 1)
     while True:
-        chol, info = torch.linalg.cholesky_ex(h + (damp * mean_diag) * eye)
+        chol, info = torch.linalg.cholesky_ex(flipped + (damp * mean_diag) * eye)
         if int(info) == 0:
-            hinv = torch.cholesky_inverse(chol)
-            upper, info2 = torch.linalg.cholesky_ex(hinv, upper=True)
-            if int(info2) == 0:
+            linv = torch.linalg.solve_triangular(chol, eye, upper=False)
+            upper = linv.flip(0, 1)
+            if bool(torch.isfinite(upper).all()):
                 return upper, damp, retries
         retries += 1
         damp = max(damp * 10, 1e-4)
@@ -123,8 +131,13 @@ def gptq_quantize(
     # machine); the block update is one matmul and keeps every thread.
     wt = w.t().contiguous()
     codes_t = torch.empty(cols, rows, dtype=torch.uint8)
-    loss = torch.zeros(())
+    loss = 0.0
     mid = float(spec.mid)
+    groups = group_of.tolist()
+    diag = torch.diag(hinv).tolist()
+    # float copies of the grid, one contiguous row per group: (n_groups, rows)
+    scale_f = scale_g.float().t().contiguous() if static else torch.empty(cols // g, rows)
+    zero_f = (zero_g.float().t().contiguous() if static else torch.empty(cols // g, rows)) if zero_g is not None else None
     threads = torch.get_num_threads()
     for b0 in range(0, cols, cfg.block_size):
         b1 = min(b0 + cfg.block_size, cols)
@@ -135,27 +148,27 @@ def gptq_quantize(
         try:
             for j in range(b1 - b0):
                 col = b0 + j
-                gi = int(group_of[col])
+                gi = groups[col]
                 if not static and col % g == 0:  # dynamic groups: fix the grid from the updated weights
                     # the group's columns as updated so far (the reference code reads the stale W here)
-                    grp = torch.cat([w1[j:], wt[b1:]], 0)[:g].t()
-                    sc, zc = grid.qparams(grp, spec)
+                    sc, zc = grid.qparams(torch.cat([w1[j:], wt[b1:]], 0)[:g].t(), spec)
                     scale_g[:, gi] = sc
+                    scale_f[gi] = sc.float()
                     if zero_g is not None:
                         zero_g[:, gi] = zc
-                s = scale_g[:, gi].float()
-                z = zero_g[:, gi].float() if zero_g is not None else mid
+                        zero_f[gi] = zc.float()
+                s = scale_f[gi]
+                z = zero_f[gi] if zero_f is not None else mid
                 x = w1[j]
-                q = torch.clamp(torch.round(x / s) + z, 0, spec.qmax)
-                codes_t[col] = q.to(torch.uint8)
-                diff = x - (q - z) * s
-                d = hinv1[j, j]
-                e = diff / d
-                loss += diff.pow(2).sum() / (2 * d * d)
-                w1[j:] -= hinv1[j, j:, None] * e[None, :]
+                q = torch.clamp_(torch.round(x / s).add_(z), 0, spec.qmax)
+                codes_t[col] = q
+                e = (x - (q - z) * s).div_(diag[col])
                 err1[j] = e
+                if j + 1 < b1 - b0:
+                    w1[j + 1 :].addr_(hinv1[j, j + 1 :], e, alpha=-1)
         finally:
             torch.set_num_threads(threads)
+        loss += 0.5 * float((err1.pow(2).sum(1) * torch.tensor(diag[b0:b1]).pow(2)).sum())
         wt[b1:] -= hinv[b0:b1, b1:].t() @ err1
     codes = codes_t.t()
     losses = loss
