@@ -93,17 +93,22 @@ def quantize(
         calib = CalibSettings(data=calib)
     if entry.needs and calib is None:
         raise InputError(f"method {entry.name!r} needs calibration data (--calib), for its {', '.join(entry.needs)}")
+    selected, skipped = select_modules(handle.model, targets, ignore, embeddings)
+    if not any(isinstance(m, nn.Linear) for m in selected.values()):
+        all_linear = [n for n, m in handle.model.named_modules() if isinstance(m, nn.Linear)]
+        if not all_linear:
+            raise InputError(f"{handle.name} has no nn.Linear layer: nothing lowbit can quantize")
+        raise InputError(f"targets {list(targets or [])} / ignore {list(ignore) if ignore is not None else 'default'} match "
+                         f"none of the {len(all_linear)} Linear layers (e.g. {all_linear[0]}); nothing to quantize")
+    for name, mod in selected.items():  # check every shape before doing any work
+        config.spec.block_len(tuple(mod.weight.shape), name)
     windows = None
     if entry.needs:
         from lowbit.calib import load_corpus, token_windows
 
         windows = token_windows(load_corpus(calib.data), handle.tokenizer, calib.n_samples, calib.seq_len, calib.seed)
     net = handle.model if inplace else copy.deepcopy(handle.model)
-    selected, skipped = select_modules(net, targets, ignore, embeddings)
-    if not any(isinstance(m, nn.Linear) for m in selected.values()):
-        raise InputError("no Linear layer matches the targets/ignore patterns; nothing to quantize")
-    for name, mod in selected.items():  # check every shape before doing any work
-        config.spec.block_len(tuple(mod.weight.shape), name)
+    selected = {n: net.get_submodule(n) for n in selected}  # the same modules in the copy
     layers: dict[str, Any] = {}
     sizes = [0, 0]
 
