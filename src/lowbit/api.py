@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import functools
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -136,7 +137,10 @@ def quantize(
                     qts = [entry.fn(m.weight.data, config, stats) for m in lins]
                 return [record(n, QuantizedLinear.from_linear(m, qt), qt) for n, m, qt in zip(names, lins, qts)]
 
-            cap = run_sequential(net, windows, linears, entry.needs, quantize_group)
+            transform = None
+            if entry.block_transform is not None:
+                transform = functools.partial(entry.block_transform, cfg=config)
+            cap = run_sequential(net, windows, linears, entry.needs, quantize_group, block_transform=transform)
             extra_cal = {"samples": cap.samples, "tokens": cap.tokens, "schedule": cap.schedule,
                          "unreached": cap.unreached, "data": calib.data}
             _quantize_data_free(net, others, make_config("rtn", config.spec), record)

@@ -24,13 +24,14 @@ def as_blocks(w: torch.Tensor, spec: QuantSpec, name: str = "weight") -> torch.T
 
 
 def qparams(
-    blocks: torch.Tensor, spec: QuantSpec, shrink: torch.Tensor | float = 1.0
+    blocks: torch.Tensor, spec: QuantSpec, shrink: torch.Tensor | float = 1.0, check: bool = True
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Scale (n_blocks,) in ``spec.scale_dtype`` and integer zero (n_blocks,) uint8, or None if symmetric.
 
     ``shrink`` (scalar or per block) narrows the range before rounding: the clipping search.
+    ``check=False`` skips the NaN/inf scan, for search loops over a weight already checked once.
     """
-    if not torch.isfinite(blocks).all():
+    if check and not torch.isfinite(blocks).all():
         raise ShapeError("weight holds NaN or inf values; quantizing it would spread them to whole blocks")
     shrink = torch.as_tensor(shrink, dtype=torch.float32)
     if spec.symmetric:

@@ -150,11 +150,13 @@ def _fused_fits(model: nn.Module, windows: torch.Tensor) -> bool:
     return est <= FUSED_BUDGET_BYTES
 
 
-def shared_input_groups(model: nn.Module, blocks: nn.ModuleList, windows: torch.Tensor) -> list[list[str]]:
+def shared_input_groups(model: nn.Module, blocks: nn.ModuleList, windows: torch.Tensor,
+                        probe: list[tuple[tuple, dict]] | None = None) -> list[list[str]]:
     """Names (relative to a block) of the Linears that read the very same input tensor, found by running
     block 0 once on a few tokens: e.g. [[q_proj, k_proj, v_proj], [o_proj], [gate_proj, up_proj], [down_proj]]."""
-    probe = windows[:1, : min(16, windows.shape[1])]
-    args, kwargs = _catch_block_inputs(model, blocks[0], [probe])[0]
+    args, kwargs = _catch_block_inputs(model, blocks[0], [windows[:1, : min(16, windows.shape[1])]])[0]
+    if probe is not None:
+        probe.append((args, kwargs))
     rel = {m: n for n, m in blocks[0].named_modules() if isinstance(m, nn.Linear)}
     seen: list[tuple[torch.Tensor, list[str]]] = []
 
@@ -204,17 +206,29 @@ def run_sequential(
     needs: tuple[str, ...],
     quantize_group: QuantizeGroup,
     micro_batch: int = 4,
+    block_transform: Callable[..., list[dict[str, torch.Tensor]]] | None = None,
 ) -> CaptureReport:
-    """Calibrate ``targets`` block by block on ``windows`` (n, L); install what ``quantize_group`` returns."""
+    """Calibrate ``targets`` block by block on ``windows`` (n, L); install what ``quantize_group`` returns.
+
+    ``block_transform(groups, stats)`` (AWQ) runs between a block's statistics and its quantization,
+    with each group's fold target (found by modules/fold.py), and returns the statistics to use; it
+    implies the two-pass schedule.
+    """
     unknown = set(needs) - set(STATS)
     assert not unknown, f"unknown statistics {unknown}"
     if windows.numel() == 0:
         raise CalibrationError("no calibration tokens")
     prefix, blocks = find_blocks(model)
-    fused = _fused_fits(model, windows)
+    fused = _fused_fits(model, windows) and block_transform is None
     batches = [windows] if fused else list(windows.split(micro_batch))
     names = {mod: name for name, mod in targets.items()}
-    shared = shared_input_groups(model, blocks, windows)
+    probe: list[tuple[tuple, dict]] = []
+    shared = shared_input_groups(model, blocks, windows, probe)
+    folds: dict[str, str | None] = {}
+    if block_transform is not None:
+        from lowbit.modules.fold import find_fold_targets
+
+        folds = find_fold_targets(blocks[0], *probe[0], shared)
     chunks = _catch_block_inputs(model, blocks[0], batches)
     if len(chunks) != len(batches):
         raise CalibrationError("the first block was never reached; cannot calibrate this model")
@@ -223,8 +237,13 @@ def run_sequential(
         head = f"{prefix}.{i}." if prefix else f"{i}."
         in_block = {m: n for m, n in names.items() if n.startswith(head)}
         groups = _groups_in_block(prefix, i, in_block, shared)
-        step = _block_fused if fused else _block_two_pass
-        chunks = step(blocks[i], chunks, in_block, groups, needs, quantize_group, model)
+        if fused:
+            chunks = _block_fused(blocks[i], chunks, in_block, groups, needs, quantize_group, model)
+        else:
+            transform = None
+            if block_transform is not None:
+                transform = _bind_transform(block_transform, blocks[i], head, folds)
+            chunks = _block_two_pass(blocks[i], chunks, in_block, groups, needs, quantize_group, model, transform)
         done.update(in_block.values())
     leftovers = {n: m for n, m in targets.items() if n not in done}
     unreached = _leftovers(model, batches, leftovers, needs, quantize_group) if leftovers else []
@@ -267,9 +286,22 @@ def _block_fused(block: nn.Module, chunks: list[tuple[tuple, dict]], in_block: d
     return [((out, *args[1:]), kwargs)]
 
 
+def _bind_transform(transform: Callable[..., Any], block: nn.Module, head: str, folds: dict[str, str | None]) -> Callable[..., Any]:
+    """Give a block transform each group's names, modules and fold target (a module of this block)."""
+
+    def run(groups: list[list[nn.Module]], names: list[list[str]], stats: list[dict]) -> list[dict]:
+        info = []
+        for g, ns in zip(groups, names):
+            target = folds.get(ns[0][len(head):])
+            info.append((ns, g, block.get_submodule(target) if target else None))
+        return transform(info, stats)
+
+    return run
+
+
 def _block_two_pass(block: nn.Module, chunks: list[tuple[tuple, dict]], in_block: dict[nn.Module, str],
                     groups: list[list[nn.Module]], needs: tuple[str, ...], quantize_group: QuantizeGroup,
-                    model: nn.Module) -> list[tuple[tuple, dict]]:
+                    model: nn.Module, transform: Callable[..., Any] | None = None) -> list[tuple[tuple, dict]]:
     stats = {g[0]: LayerStats(needs) for g in groups}  # one accumulator per shared input
     hooks = [m.register_forward_pre_hook(lambda mod, a: stats[mod].add(a[0])) for m in stats]
     try:
@@ -279,8 +311,13 @@ def _block_two_pass(block: nn.Module, chunks: list[tuple[tuple, dict]], in_block
     finally:
         for h in hooks:
             h.remove()
-    for g in groups:
-        for m, new in zip(g, quantize_group([in_block[m] for m in g], g, stats[g[0]].as_dict())):
+    names = [[in_block[m] for m in g] for g in groups]
+    group_stats = [stats[g[0]].as_dict() for g in groups]
+    if transform is not None:
+        with torch.inference_mode():
+            group_stats = transform(groups, names, group_stats)
+    for g, ns, st in zip(groups, names, group_stats):
+        for m, new in zip(g, quantize_group(ns, g, st)):
             _install(model, in_block[m], new)
     out = []
     with torch.inference_mode():

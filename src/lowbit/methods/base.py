@@ -51,6 +51,9 @@ class Method:
     #: rows are quantized independently given shared statistics, so Linears that read the same input
     #: (q/k/v, gate/up) can be stacked into one call (one Hessian inverse instead of three)
     row_independent: bool = True
+    #: optional per-block step run after the block's statistics are gathered and before its Linears
+    #: are quantized (AWQ: search and fold input scales); it returns the statistics as seen afterwards
+    block_transform: Callable[..., Any] | None = None
 
 
 METHODS: Registry[Method] = Registry("method")
@@ -59,10 +62,11 @@ METHODS: Registry[Method] = Registry("method")
 def register_method(
     name: str, config: type[MethodConfig], needs: tuple[str, ...] = (), summary: str = "",
     row_independent: bool = True,
+    block_transform: Callable[..., Any] | None = None,
 ) -> Callable[[QuantizeFn], QuantizeFn]:
     def deco(fn: QuantizeFn) -> QuantizeFn:
         config.method = name
-        METHODS.add(name, Method(name, config, fn, needs, summary, row_independent))
+        METHODS.add(name, Method(name, config, fn, needs, summary, row_independent, block_transform))
         return fn
 
     return deco

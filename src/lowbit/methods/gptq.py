@@ -108,6 +108,7 @@ def gptq_quantize(
     rows, cols = w.shape
     spec.block_len(tuple(w.shape))  # validates the group size
     g = cols if spec.group_size in (PER_CHANNEL, PER_TENSOR) else spec.group_size
+    grid.qparams(grid.as_blocks(w, spec), spec)  # NaN / inf in the weight is a clear error, once
     h = hessian.to(torch.float32).clone()
     dead = torch.diag(h) == 0
     h[dead, dead] = 1.0
@@ -151,7 +152,7 @@ def gptq_quantize(
                 gi = groups[col]
                 if not static and col % g == 0:  # dynamic groups: fix the grid from the updated weights
                     # the group's columns as updated so far (the reference code reads the stale W here)
-                    sc, zc = grid.qparams(torch.cat([w1[j:], wt[b1:]], 0)[:g].t(), spec)
+                    sc, zc = grid.qparams(torch.cat([w1[j:], wt[b1:]], 0)[:g].t(), spec, check=False)
                     scale_g[:, gi] = sc
                     scale_f[gi] = sc.float()
                     if zero_g is not None:

@@ -44,7 +44,7 @@ def _mse_shrink(blocks: torch.Tensor, cfg: RTNConfig) -> torch.Tensor:
     best = torch.ones(blocks.shape[0])
     for k in range(cfg.clip_grid):
         p = 1.0 - (1.0 - cfg.clip_min) * k / max(cfg.clip_grid - 1, 1)
-        scale, zero = grid.qparams(blocks, spec, shrink=p)
+        scale, zero = grid.qparams(blocks, spec, shrink=p, check=k == 0)
         deq = grid.dequantize_blocks(grid.quantize_blocks(blocks, scale, zero, spec), scale, zero, spec)
         err = (deq - blocks).pow(2).sum(dim=1)
         better = err < best_err
