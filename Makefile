@@ -7,7 +7,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: venv demo test test-unit bench-quick clean
+.PHONY: venv demo test test-unit bench-quick bench-reference bench-calibrated clean
 
 venv: $(STAMP)
 
@@ -34,3 +34,18 @@ bench-quick: $(STAMP)
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info
+
+# Reference implementations for bench/ only (never needed by `make test`): llm-compressor pins
+# transformers <= 5.17 and compressed-tensors 0.19, so it lives in its own venv.
+LLMC_VENV ?= .venv-llmc
+bench-reference: $(LLMC_VENV)/.installed
+
+$(LLMC_VENV)/.installed:
+	$(PY) -m venv $(LLMC_VENV)
+	$(LLMC_VENV)/bin/pip install -q --upgrade pip
+	$(LLMC_VENV)/bin/pip install -q torch==2.13.0
+	$(LLMC_VENV)/bin/pip install -q llmcompressor==0.14.0.1
+	touch $(LLMC_VENV)/.installed
+
+bench-calibrated: $(STAMP) $(LLMC_VENV)/.installed
+	$(BIN)/python bench/calibrated.py --quick --json docs/bench-calibrated-quick.json

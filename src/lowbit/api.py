@@ -163,12 +163,21 @@ def quantize(
 
 def _quantize_data_free(net: nn.Module, selected: dict[str, nn.Module], config: MethodConfig, record: Any) -> None:
     entry = get_method(config.method)
+    done: dict[int, nn.Module] = {}  # tied weights (embedding = lm_head) are quantized once and shared
     for name, mod in track(list(selected.items()), f"quantize {entry.name} {config.spec}"):
-        qt = entry.fn(mod.weight.data, config, None)
+        src = done.get(id(mod.weight))
+        qt = src.quantized_tensor() if src is not None else entry.fn(mod.weight.data, config, None)
         if isinstance(mod, nn.Embedding):
-            _set_submodule(net, name, record(name, QuantizedEmbedding.from_embedding(mod, qt), qt))
+            new: nn.Module = QuantizedEmbedding.from_embedding(mod, qt)
         else:
-            _set_submodule(net, name, record(name, QuantizedLinear.from_linear(mod, qt), qt))
+            new = QuantizedLinear.from_linear(mod, qt)
+        if src is None:
+            done[id(mod.weight)] = new
+        else:
+            new.qweight, new.scale = src.qweight, src.scale
+            if src.zero is not None:
+                new.zero = src.zero
+        _set_submodule(net, name, record(name, new, qt))
 
 
 def save(handle: ModelHandle, out: str | Path, overwrite: bool = False) -> Path:

@@ -118,7 +118,7 @@ def test_json_keys_from_cli(tmp_path: Path, smollm2):
     assert res.exit_code == 0 and "int4-sym-group64" in res.output and "bits per weight overall" in res.output
 
 
-def test_embeddings_and_head_can_be_quantized(smollm2, smollm2_eval):
+def test_embeddings_and_head_can_be_quantized(smollm2, smollm2_eval, tmp_path: Path):
     """Overriding the defaults: the tied embedding table and lm_head quantize too, and the model shrinks."""
     from lowbit.modules.qembedding import QuantizedEmbedding
 
@@ -126,6 +126,14 @@ def test_embeddings_and_head_can_be_quantized(smollm2, smollm2_eval):
     assert rep.skipped == [] and len(rep.layers) == 212
     assert isinstance(q.model.model.embed_tokens, QuantizedEmbedding)
     assert isinstance(q.model.lm_head, QuantizedLinear)
+    # the tied table is quantized once and shared by both modules, as the float model shares it
+    assert q.model.lm_head.qweight.data_ptr() == q.model.model.embed_tokens.qweight.data_ptr()
     r = smollm2_eval.run(q)
-    assert r.size_bytes < 0.30 * smollm2_eval.run(smollm2).size_bytes
+    assert r.size_bytes < 0.26 * smollm2_eval.run(smollm2).size_bytes  # ~8/32 of everything
     assert r.kl_mean < 0.02
+    out = api.save(q, tmp_path / "q8all")
+    back = load_model(out)
+    assert back.model.lm_head.qweight.data_ptr() == back.model.model.embed_tokens.qweight.data_ptr()
+    ids = smollm2_eval.windows(None)[:1, :64]
+    with torch.inference_mode():
+        assert torch.equal(q.model(input_ids=ids).logits, back.model(input_ids=ids).logits)
