@@ -114,3 +114,17 @@ def test_awq_errors() -> None:
     assert set(get_method("awq").needs) == {"hessian", "act_absmean"}
     with pytest.raises(InputError, match="needs calibration data"):
         api.quantize(nn.Sequential(nn.Linear(4, 4)), api.make_config("awq", QuantSpec(4, True, -1)))
+
+
+@pytest.mark.parametrize("spec", [QuantSpec(4, True, 64), QuantSpec(3, False, 32), QuantSpec(4, True, -1),
+                                  QuantSpec(2, False, 0)], ids=str)
+def test_fused_fake_quant_matches_the_grid_exactly(spec: QuantSpec) -> None:
+    from lowbit import grid
+    from lowbit.methods.awq import _fake
+
+    w = torch.randn(16, 128, generator=torch.Generator().manual_seed(3))
+    blocks = grid.as_blocks(w, spec)
+    shrink = torch.rand(blocks.shape[0], generator=torch.Generator().manual_seed(4)) * 0.5 + 0.5
+    scale, zero = grid.qparams(blocks, spec, shrink=shrink)
+    ref = grid.dequantize_blocks(grid.quantize_blocks(blocks, scale, zero, spec), scale, zero, spec).view(w.shape)
+    assert torch.equal(_fake(w, spec, shrink), ref)
