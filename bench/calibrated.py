@@ -27,17 +27,17 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-import torch  # noqa: E402
-from rich.console import Console  # noqa: E402
-from rich.table import Table  # noqa: E402
+import torch
+from rich.console import Console
+from rich.table import Table
 
-from lowbit import api  # noqa: E402
-from lowbit.calib import load_corpus, token_windows  # noqa: E402
-from lowbit.evaluate.run import EvalSettings, Evaluator  # noqa: E402
-from lowbit.evaluate.size import model_bytes  # noqa: E402
-from lowbit.load import load_model  # noqa: E402
-from lowbit.report import write_json  # noqa: E402
-from lowbit.spec import QuantSpec  # noqa: E402
+from lowbit import api
+from lowbit.calib import load_corpus, token_windows
+from lowbit.evaluate.run import EvalSettings, Evaluator
+from lowbit.evaluate.size import model_bytes
+from lowbit.load import load_model
+from lowbit.report import write_json
+from lowbit.spec import QuantSpec
 
 ROOT = Path(__file__).resolve().parents[1]
 LLMC_PY = ROOT / ".venv-llmc" / "bin" / "python"

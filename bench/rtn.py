@@ -17,14 +17,14 @@ import time
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-import torch  # noqa: E402
-from rich.console import Console  # noqa: E402
+import torch
+from rich.console import Console
 
-from lowbit import api  # noqa: E402
-from lowbit.evaluate.run import EvalSettings, Evaluator  # noqa: E402
-from lowbit.load import load_model  # noqa: E402
-from lowbit.report import results_table, write_json  # noqa: E402
-from lowbit.spec import QuantSpec  # noqa: E402
+from lowbit import api
+from lowbit.evaluate.run import EvalSettings, Evaluator
+from lowbit.load import load_model
+from lowbit.report import results_table, write_json
+from lowbit.spec import QuantSpec
 
 VARIANTS = [
     QuantSpec(8, True, -1),

@@ -20,6 +20,19 @@ load = load_model
 __version__ = "0.1.0"
 
 __all__ = [
-    "load", "load_model", "quantize", "make_config", "evaluate", "save", "export", "CalibSettings", "EvalSettings", "Evaluator",
-    "EvalResult", "ModelHandle", "QuantSpec", "QuantizeReport", "LowbitError",
+    "CalibSettings",
+    "EvalResult",
+    "EvalSettings",
+    "Evaluator",
+    "LowbitError",
+    "ModelHandle",
+    "QuantSpec",
+    "QuantizeReport",
+    "evaluate",
+    "export",
+    "load",
+    "load_model",
+    "make_config",
+    "quantize",
+    "save",
 ]

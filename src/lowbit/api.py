@@ -18,10 +18,10 @@ from lowbit.calib.cost import PeakRSS
 from lowbit.errors import InputError
 from lowbit.export.checkpoint import _set_submodule, record_for, save_checkpoint
 from lowbit.load import ModelHandle, load_model
-from lowbit.methods import get_method  # noqa: F401  (re-exported for the CLI)
+from lowbit.methods import get_method
 from lowbit.methods.base import MethodConfig
-from lowbit.modules.qlinear import QuantizedLinear
 from lowbit.modules.qembedding import QuantizedEmbedding
+from lowbit.modules.qlinear import QuantizedLinear
 from lowbit.modules.select import select_modules
 from lowbit.progress import track
 from lowbit.spec import QuantSpec

@@ -3,4 +3,4 @@
 from lowbit.calib.corpus import Corpus, load_corpus
 from lowbit.calib.sample import sample_texts, token_windows
 
-__all__ = ["Corpus", "load_corpus", "token_windows", "sample_texts"]
+__all__ = ["Corpus", "load_corpus", "sample_texts", "token_windows"]

@@ -2,4 +2,4 @@
 
 from lowbit.export.checkpoint import load_checkpoint, save_checkpoint
 
-__all__ = ["save_checkpoint", "load_checkpoint"]
+__all__ = ["load_checkpoint", "save_checkpoint"]

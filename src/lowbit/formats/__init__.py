@@ -3,4 +3,4 @@
 from lowbit.formats.base import FORMATS, StorageFormat
 from lowbit.formats.intpack import IntPacked, pack_codes, unpack_codes
 
-__all__ = ["FORMATS", "StorageFormat", "IntPacked", "pack_codes", "unpack_codes"]
+__all__ = ["FORMATS", "IntPacked", "StorageFormat", "pack_codes", "unpack_codes"]

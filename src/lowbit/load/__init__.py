@@ -4,4 +4,4 @@ name (``smollm2``, ``minilm``) or any ``torch.nn.Module``."""
 from lowbit.load.dispatch import load_model
 from lowbit.load.handle import ModelHandle
 
-__all__ = ["load_model", "ModelHandle"]
+__all__ = ["ModelHandle", "load_model"]

@@ -21,7 +21,10 @@ The reference keeps the range scale fixed and returns a FLOAT zero point. lowbit
    iteration runs with the roles swapped, zero fixed and the scale updated in closed form,
    ``scale <- <W - W_e, W_q - zero> / <W_q - zero, W_q - zero>``, rounded to ``spec.scale_dtype`` at
    every step so the codes are those the stored scale gives. The refit recovers most of what rounding
-   the zero loses and, unlike the reference, may also narrow or widen the range.
+   the zero loses; it may widen the range, but it narrows it only as far as the block's extremes stay
+   on the grid: ``scale >= max(w_max / (qmax - zero + 1/2), -w_min / (zero + 1/2))`` (rounded up in
+   ``spec.scale_dtype``), so no weight ends more than half a step from its grid point. The reference
+   never narrows the range (its scale is fixed); see "Why the extremes stay" below.
 3. A guard: the lp objective of the stored result (exact codes, stored scale) is compared with plain
    RTN's, and each block keeps whichever is lower, so HQQ is never worse than RTN in its own objective.
 
@@ -35,9 +38,22 @@ Measured (Student-t weights, 2-4 bits, g64): stage 1 moves the zero by ~0.1 of a
 rounding returns RTN's integer zero in over 99.9% of blocks; the gain over RTN comes from the stage 2
 scale refit. ``iters=0`` skips stage 1 for about a third less time and (there) the same result.
 
-Trade-offs: no data, and about as fast as a few RTN passes (seconds for a 135M model on 2 CPU cores);
-the weight error drops clearly below RTN's at 2-3 bits and a few percent at 4 bits, but it minimizes
-weight error, not output error, so GPTQ/AWQ (which see activations) still win at equal bits. ``beta`` is
+Why the extremes stay: without the bound, the refit (an L2 fit, then the lp guard) narrows the range
+of most blocks and clips the largest weight of 12-41% of them by one or more steps. Weight error drops
+(L2 -12% at 3 bits on SmolLM2-135M) but the model gets worse: in q_proj/k_proj a block's largest weight
+carries ~40% of the output energy (it tends to sit on a massive-activation channel), so the clipped
+weights shrink the attention logits (output error +9% vs RTN there). KL to the float model, SmolLM2-135M,
+pydoc:eval, 2 x 512 tokens, g64 (RTN / HQQ with the refit unbounded / HQQ as here)::
+
+    int4-asym  0.278 / 0.265 / 0.274      int2-asym  11.2 / 9.55 / 8.82
+    int3-asym  1.083 / 1.300 / 1.037      int4-sym   0.387 / 0.349 / 0.366
+
+Looser bounds help at 2 and 4 bits but lose to RTN at 3 (clipping up to 3/4 step: 1.136; bounding only
+the larger-magnitude end: 1.105, and 1.143 vs RTN's 1.142 on 8 windows), so the bound is the plain one.
+
+Trade-offs: no data, and about as fast as a few RTN passes (~10 s for a 135M model on one CPU core);
+the weight error drops below RTN's by ~5-10% at 3-4 bits and ~25% at 2 bits, but it minimizes weight
+error, not output error, so GPTQ/AWQ (which see activations) still win at equal bits. ``beta`` is
 in weight units, as in the reference: the shrink leaves only errors above ``beta ** (-1 / (2 - p))``
 (0.17 by default) as outliers, so on typical LLM weights (|w| ~ 0.02) it is a least-squares grid fit.
 """
@@ -97,6 +113,21 @@ def _stored(scale: torch.Tensor, spec: QuantSpec) -> torch.Tensor:
     return scale.to(grid.scale_dtype(spec)).float()
 
 
+def _extremes_floor(blocks: torch.Tensor, zero: torch.Tensor, spec: QuantSpec) -> torch.Tensor:
+    """The least stored scale (n, 1) that keeps each block's extremes on the grid, for ``zero`` (n, 1).
+
+    ``w_max`` rounds to a code <= qmax iff ``w_max / scale + zero <= qmax + 1/2``, and ``w_min`` to a
+    code >= 0 iff ``w_min / scale + zero >= -1/2``; any larger scale also keeps them. Rounded UP to
+    ``spec.scale_dtype``, so the stored value still satisfies both.
+    """
+    hi = blocks.amax(dim=1, keepdim=True).clamp(min=0)
+    lo = blocks.amin(dim=1, keepdim=True).clamp(max=0)
+    floor = torch.maximum(hi / (spec.qmax + 0.5 - zero), -lo / (zero + 0.5))  # zero in [0, qmax]: no 0/0
+    s = floor.to(grid.scale_dtype(spec))
+    s = torch.where(s.float() < floor, torch.nextafter(s, torch.full_like(s, math.inf)), s)
+    return s.float()
+
+
 def _absorbed(e: torch.Tensor, a: torch.Tensor, beta: float, p: float) -> torch.Tensor:
     """``e - shrink_p(e, beta)``: the part of the error ``e`` (m, L) the grid should absorb; ``a = |e|``.
 
@@ -114,21 +145,22 @@ def _absorbed(e: torch.Tensor, a: torch.Tensor, beta: float, p: float) -> torch.
 
 def _solve(
     w: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, cfg: HQQConfig, iters: int,
-    free: Literal["zero", "scale"],
+    free: Literal["zero", "scale"], floor: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The half-quadratic proximal iteration on blocks ``w`` (n, L), updating ``free`` in closed form.
 
     ``scale``, ``zero`` (n, 1) float32 are the starting point; returns each block's best (scale, zero).
     With ``c = W_q - zero`` and ``r = e - W_e`` (see :func:`_absorbed`), the least-squares updates for
     ``W - W_e ≈ c * scale`` are ``zero -= mean(r) / scale`` (scale fixed, the reference's step) and
-    ``scale += <r, c> / <c, c>`` (zero fixed). As in the reference, progress is the L1 error
-    ``sum |e|`` (no ``pow`` per weight); a block stops the first time it fails to improve by ``tol``.
+    ``scale += <r, c> / <c, c>`` (zero fixed), kept ``>= floor`` (n, 1) (stored values) when given. As
+    in the reference, progress is the L1 error ``sum |e|`` (no ``pow`` per weight); a block stops the
+    first time it fails to improve by ``tol``.
     """
     qmax, p, beta = cfg.spec.qmax, cfg.lp_norm, cfg.beta
-    best_s, best_z = scale.clone(), zero.clone()
+    s, z = (scale if floor is None else torch.maximum(scale, floor)), zero
+    best_s, best_z = s.clone(), z.clone()
     best = torch.full((w.shape[0],), math.inf)
     idx = torch.arange(w.shape[0])  # the blocks still iterating
-    s, z = scale, zero
     for it in range(iters + 1):
         c = torch.round(w / s + z).clamp_(0, qmax).sub_(z)  # (m, L) codes minus the zero point
         e = w - c * s
@@ -143,10 +175,13 @@ def _solve(
             z = z - r.mean(dim=1, keepdim=True) / s
         else:
             new = _stored(s + (r * c).sum(dim=1, keepdim=True) / (c * c).sum(dim=1, keepdim=True), cfg.spec)
+            if floor is not None:
+                new = torch.maximum(new, floor)  # NaN stays NaN
             s = torch.where(torch.isfinite(new) & (new > 0), new, s)  # all codes on the zero: keep
         beta *= cfg.kappa
         if not bool(better.all()):  # only the blocks that improved take another step
             w, s, z, idx = w[better], s[better], z[better], idx[better]
+            floor = None if floor is None else floor[better]
     return best_s, best_z
 
 
@@ -166,11 +201,12 @@ def _integer_grid(
     spec = cfg.spec
     s = scale.float().unsqueeze(1)  # (n, 1)
     if zero is None:  # symmetric: the zero is fixed at spec.mid, only the scale moves
-        s, _ = _solve(blocks, s, torch.full_like(s, spec.mid), cfg, cfg.refit_iters, "scale")
+        zm = torch.full_like(s, spec.mid)
+        s, _ = _solve(blocks, s, zm, cfg, cfg.refit_iters, "scale", _extremes_floor(blocks, zm, spec))
         return s.squeeze(1).to(scale.dtype), None
     _, zf = _solve(blocks, s, zero.float().unsqueeze(1), cfg, cfg.iters, "zero")  # float zero
     zi = torch.round(zf).clamp_(0, spec.qmax)
-    s, zi = _solve(blocks, s, zi, cfg, cfg.refit_iters, "scale")
+    s, zi = _solve(blocks, s, zi, cfg, cfg.refit_iters, "scale", _extremes_floor(blocks, zi, spec))
     return s.squeeze(1).to(scale.dtype), zi.squeeze(1).to(torch.uint8)
 
 

@@ -67,7 +67,7 @@ class QuantizedEmbedding(nn.Module):
         rows = grid.dequantize_blocks(codes.view(-1, block), scale, zero, self.spec)
         return rows.view(*ids.shape, self.embedding_dim)
 
-    def _apply(self, fn, recurse=True):  # noqa: ANN001 - keep scale dtype under model.to(dtype)
+    def _apply(self, fn, recurse=True):
         scale = self.scale
         out = super()._apply(fn, recurse)
         self.scale = scale.to(self.qweight.device)

@@ -153,11 +153,11 @@ class QuantizedLinear(nn.Module):
         w = self.dequantize(x.dtype)
         return F.linear(x, w, None if self.bias is None else self.bias.to(x.dtype))
 
-    def _load_from_state_dict(self, *args, **kwargs):  # noqa: ANN002, ANN003 - nn.Module signature
+    def _load_from_state_dict(self, *args, **kwargs):
         self._kernel = None  # new codes: the kernel layout must be rebuilt
         return super()._load_from_state_dict(*args, **kwargs)
 
-    def _apply(self, fn, recurse=True):  # noqa: ANN001 - nn.Module signature
+    def _apply(self, fn, recurse=True):
         # model.to(bfloat16) must not round the stored scales: they keep their dtype, move device only.
         scale = self.scale
         out = super()._apply(fn, recurse)
