@@ -13,7 +13,6 @@ The directory is written beside its final path and renamed into place: never hal
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +20,7 @@ import torch
 from torch import nn
 
 from lowbit.errors import ExportError, InputError
-from lowbit.load.cache import atomic_dir, publish_dir
+from lowbit.export.hfdir import write_model_dir
 from lowbit.load.handle import CAUSAL_LM, ModelHandle
 from lowbit.spec import QuantSpec
 
@@ -45,8 +44,6 @@ def _dedupe(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], di
 
 def save_checkpoint(handle: ModelHandle, out: str | Path, overwrite: bool = False) -> Path:
     """Write ``handle`` (a quantized model) to ``out``; returns the path."""
-    from safetensors.torch import save_file
-
     out = Path(out)
     if out.exists() and not overwrite:
         raise ExportError(f"{out} already exists; choose another --out or pass --overwrite")
@@ -54,22 +51,11 @@ def save_checkpoint(handle: ModelHandle, out: str | Path, overwrite: bool = Fals
         raise ExportError("this model is not quantized by lowbit; nothing to save as a lowbit checkpoint")
     tensors, ties = _dedupe(handle.model.state_dict())
     record = dict(handle.quant, quant_method="lowbit", format_version=FORMAT_VERSION, tied=ties, kind=handle.kind)
-    tmp = atomic_dir(out)
-    try:
-        save_file(tensors, str(tmp / "model.safetensors"), metadata={"lowbit": json.dumps(record)})
-        config = getattr(handle.model, "config", None)
-        if config is None or not hasattr(config, "to_dict"):
-            raise ExportError("only models with a Hugging Face config can be saved as a reloadable checkpoint")
-        cfg = config.to_dict()
-        cfg["quantization_config"] = record
-        (tmp / "config.json").write_text(json.dumps(cfg, indent=2, default=str))
-        if handle.tokenizer is not None:
-            handle.tokenizer.save_pretrained(tmp)
-        publish_dir(tmp, out, overwrite=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return out
+    config = getattr(handle.model, "config", None)
+    if config is None or not hasattr(config, "to_dict"):
+        raise ExportError("only models with a Hugging Face config can be saved as a reloadable checkpoint")
+    cfg = dict(config.to_dict(), quantization_config=record)
+    return write_model_dir(out, tensors, cfg, handle.tokenizer, metadata={"lowbit": json.dumps(record)})
 
 
 def load_checkpoint(path: str | Path) -> ModelHandle:

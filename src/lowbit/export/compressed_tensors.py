@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -49,7 +48,7 @@ from torch import nn
 
 from lowbit.errors import ExportError
 from lowbit.formats.intpack import pack_codes
-from lowbit.load.cache import atomic_dir, publish_dir
+from lowbit.export.hfdir import write_model_dir
 from lowbit.load.handle import ModelHandle
 from lowbit.spec import PER_CHANNEL, PER_TENSOR, QuantSpec
 
@@ -210,7 +209,6 @@ def export_compressed_tensors(handle: ModelHandle, out: str | Path, overwrite: b
     >>> export_compressed_tensors(q, "smollm2-w4a16-ct")  # doctest: +SKIP
     >>> AutoModelForCausalLM.from_pretrained("smollm2-w4a16-ct")  # decompresses  # doctest: +SKIP
     """
-    from safetensors.torch import save_file
 
     out = Path(out)
     if out.exists() and not overwrite:
@@ -236,14 +234,4 @@ def export_compressed_tensors(handle: ModelHandle, out: str | Path, overwrite: b
     if broken_tie:  # e.g. a quantized lm_head: its embedding twin stays in full precision
         cfg["tie_word_embeddings"] = False
     cfg["quantization_config"] = quantization_config({n: m.spec for n, m in layers.items()}, kept)
-    tmp = atomic_dir(out)
-    try:
-        save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt"})
-        (tmp / "config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True, default=str))
-        if handle.tokenizer is not None:
-            handle.tokenizer.save_pretrained(tmp)
-        publish_dir(tmp, out, overwrite=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return out
+    return write_model_dir(out, tensors, cfg, handle.tokenizer, metadata={"format": "pt"})
