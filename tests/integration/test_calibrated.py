@@ -38,3 +38,9 @@ def test_awq_below_rtn(smollm2, smollm2_eval, rtn_kl):
     q, rep = api.quantize(smollm2, cfg, calib=calib)
     assert rep.extra["calibration"]["schedule"] == "two-pass"
     assert smollm2_eval.run(q).kl_mean < rtn_kl[3]
+
+
+def test_hqq_below_rtn_without_calibration(smollm2, smollm2_eval, rtn_kl):
+    q, rep = api.quantize(smollm2, api.make_config("hqq", QuantSpec(3, False, 64)))
+    assert rep.extra["calibration"]["tokens"] == 0  # data-free
+    assert smollm2_eval.run(q).kl_mean < rtn_kl[3]

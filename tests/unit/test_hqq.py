@@ -1,4 +1,5 @@
-"""methods/hqq.py: the grid it stores, its error against RTN's, the guard, degenerate weights, the API."""
+"""methods/hqq.py: the grid it stores, the extremes it keeps, its error against RTN's, the guard,
+degenerate weights, the API."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import torch
 from lowbit import api, grid
 from lowbit.errors import InputError, ShapeError
 from lowbit.methods import METHODS, get_method
-from lowbit.methods.hqq import HQQConfig, _absorbed, _solve, hqq
+from lowbit.methods.hqq import HQQConfig, _absorbed, _extremes_floor, _solve, hqq
 from lowbit.methods.rtn import RTNConfig, rtn
 from lowbit.spec import QuantSpec
 from lowbit.tensor import QuantizedTensor
@@ -86,11 +87,52 @@ def test_float32_scale_and_low_precision_input() -> None:
     assert rel < 0.02
 
 
+# --- the extremes ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("spec", [QuantSpec(2, False, 64), QuantSpec(3, False, 64), QuantSpec(4, False, 64),
+                                  QuantSpec(3, True, 64), QuantSpec(3, False, -1), QuantSpec(2, True, 32)])
+@pytest.mark.parametrize("make", [student_t, with_outliers], ids=["student_t", "outliers"])
+def test_no_weight_is_clipped(spec: QuantSpec, make) -> None:
+    # The refit may narrow a block's range only while its extremes stay within half a step of the grid:
+    # clipping a block's largest weights lowers the weight error but hurt SmolLM2's KL at 3 bits
+    # (1.30 vs RTN's 1.08). Unbounded, this fails on 20-80% of blocks. The slack is RTN's own (guard
+    # fallback): its float16 scale rounds to nearest, so its extremes may pass by (qmax/2) * 2**-11 steps.
+    w = make(seed=spec.bits)
+    qt = hqq(w, HQQConfig(spec=spec))
+    blocks = grid.as_blocks(w, spec)
+    err = (grid.as_blocks(qt.dequantize(), spec) - blocks).abs().amax(dim=1)
+    slack = 0.5 + spec.qmax / 2 * 2**-11
+    assert bool((err <= slack * qt.scale.float() * (1 + 1e-6)).all()), f"{int((err > slack * qt.scale.float()).sum())} blocks clip"
+    assert bool((qt.scale.float() < rtn(w, RTNConfig(spec=spec)).scale.float()).any())  # it still narrows some
+
+
+@pytest.mark.parametrize("bits, symmetric, dtype", [(2, False, "float16"), (3, False, "bfloat16"),
+                                                    (4, True, "float16"), (3, True, "float32")])
+def test_extremes_floor_is_the_least_stored_scale_that_keeps_them(bits: int, symmetric: bool, dtype: str) -> None:
+    spec = QuantSpec(bits, symmetric, 64, dtype)
+    blocks = grid.as_blocks(student_t(16, 256, seed=13, scale=0.02), spec)
+    n = blocks.shape[0]
+    zero = torch.full((n, 1), float(spec.mid)) if symmetric else torch.randint(0, spec.qmax + 1, (n, 1), generator=torch.Generator().manual_seed(14)).float()
+    floor = _extremes_floor(blocks, zero, spec)
+    assert torch.equal(floor, floor.to(grid.scale_dtype(spec)).float())  # a stored value
+
+    def worst(s: torch.Tensor) -> torch.Tensor:  # the largest error in steps, (n,)
+        q = torch.round(blocks / s + zero).clamp(0, spec.qmax)
+        return ((blocks - (q - zero) * s).abs() / s).amax(dim=1)
+
+    assert bool((worst(floor) <= 0.5 + 1e-6).all())  # rounded up, not to nearest
+    # and it is the least: rounding up adds under one stored step (< 2**-7 relative even in bfloat16),
+    # so 2**-6 lower clips an extreme in every block, by at least ~0.004 of a step
+    assert bool((worst(floor * (1 - 2**-6)) > 0.5 + 1e-3).all())
+
+
 # --- error against RTN -------------------------------------------------------------------------
 
-# Worst HQQ/RTN ratios over seeds 0-4 measured with torch 2.13 (L2, lp), rounded up by ~3%:
-# the test fails if HQQ stops beating RTN by about this much on either error.
-BOUNDS = {(4, 64): 0.99, (3, 64): 0.95, (2, 64): 0.95, (4, -1): 0.95, (3, -1): 0.95, (2, -1): 0.99}
+# Worst HQQ/RTN ratios (L2, lp) over seeds 0-4 and both weight kinds, measured with torch 2.13, rounded
+# up by ~1%: the test fails if HQQ stops beating RTN by about this much. (Keeping the extremes costs
+# weight error: unbounded, the ratios were ~0.8-0.95.)
+BOUNDS = {(4, 64): (0.98, 0.99), (3, 64): (0.94, 0.975), (2, 64): (0.91, 0.965),
+          (4, -1): (0.965, 0.99), (3, -1): (0.93, 0.975), (2, -1): (0.96, 0.985)}
 
 
 @pytest.mark.parametrize("bits, group_size", list(BOUNDS))
@@ -98,16 +140,17 @@ BOUNDS = {(4, 64): 0.99, (3, 64): 0.95, (2, 64): 0.95, (4, -1): 0.95, (3, -1): 0
 def test_lower_error_than_rtn_on_heavy_tails(bits: int, group_size: int, make) -> None:
     w = make(seed=bits)
     l2, lp = ratios(w, QuantSpec(bits, False, group_size))
-    assert l2 < BOUNDS[bits, group_size], f"L2 error {l2:.3f} x RTN's"
-    assert lp < BOUNDS[bits, group_size], f"lp error {lp:.3f} x RTN's"
+    b2, bp = BOUNDS[bits, group_size]
+    assert l2 < b2, f"L2 error {l2:.3f} x RTN's"
+    assert lp < bp, f"lp error {lp:.3f} x RTN's"
 
 
 def test_two_bit_improvement_is_substantial() -> None:
     l2, _ = ratios(with_outliers(seed=11), QuantSpec(2, False, 64))
-    assert l2 < 0.88  # measured ~0.82
+    assert l2 < 0.91  # measured ~0.895
     # LLM-sized weights (|w| ~ 0.02), where the shrink is idle and the solver is a least-squares fit
     l2, lp = ratios(student_t(seed=12, scale=0.02), QuantSpec(2, False, 64))
-    assert l2 < 0.78 and lp < 0.9  # measured ~0.72, ~0.85
+    assert l2 < 0.87 and lp < 0.955  # measured ~0.859, ~0.945
 
 
 @pytest.mark.parametrize("spec", [QuantSpec(4, True, 64), QuantSpec(3, True, -1), QuantSpec(2, False, 32),

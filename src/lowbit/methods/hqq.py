@@ -45,13 +45,13 @@ carries ~40% of the output energy (it tends to sit on a massive-activation chann
 weights shrink the attention logits (output error +9% vs RTN there). KL to the float model, SmolLM2-135M,
 pydoc:eval, 2 x 512 tokens, g64 (RTN / HQQ with the refit unbounded / HQQ as here)::
 
-    int4-asym  0.278 / 0.265 / 0.274      int2-asym  11.2 / 9.55 / 8.82
-    int3-asym  1.083 / 1.300 / 1.037      int4-sym   0.387 / 0.349 / 0.366
+    int4-asym  0.278 / 0.265 / 0.276      int2-asym  11.2 / 9.55 / 8.47
+    int3-asym  1.083 / 1.300 / 1.040      int4-sym   0.387 / 0.349 / 0.364
 
 Looser bounds help at 2 and 4 bits but lose to RTN at 3 (clipping up to 3/4 step: 1.136; bounding only
 the larger-magnitude end: 1.105, and 1.143 vs RTN's 1.142 on 8 windows), so the bound is the plain one.
 
-Trade-offs: no data, and about as fast as a few RTN passes (~10 s for a 135M model on one CPU core);
+Trade-offs: no data, and about as fast as a few RTN passes (5-10 s for a 135M model on 2 CPU cores);
 the weight error drops below RTN's by ~5-10% at 3-4 bits and ~25% at 2 bits, but it minimizes weight
 error, not output error, so GPTQ/AWQ (which see activations) still win at equal bits. ``beta`` is
 in weight units, as in the reference: the shrink leaves only errors above ``beta ** (-1 / (2 - p))``
@@ -152,15 +152,16 @@ def _solve(
     ``scale``, ``zero`` (n, 1) float32 are the starting point; returns each block's best (scale, zero).
     With ``c = W_q - zero`` and ``r = e - W_e`` (see :func:`_absorbed`), the least-squares updates for
     ``W - W_e ≈ c * scale`` are ``zero -= mean(r) / scale`` (scale fixed, the reference's step) and
-    ``scale += <r, c> / <c, c>`` (zero fixed), kept ``>= floor`` (n, 1) (stored values) when given. As
-    in the reference, progress is the L1 error ``sum |e|`` (no ``pow`` per weight); a block stops the
+    ``scale += <r, c> / <c, c>`` (zero fixed); each update is kept ``>= floor`` (n, 1, stored values)
+    when given (the start is not moved: RTN's scale, rounded to nearest, may sit a hair below). As in
+    the reference, progress is the L1 error ``sum |e|`` (no ``pow`` per weight); a block stops the
     first time it fails to improve by ``tol``.
     """
     qmax, p, beta = cfg.spec.qmax, cfg.lp_norm, cfg.beta
-    s, z = (scale if floor is None else torch.maximum(scale, floor)), zero
-    best_s, best_z = s.clone(), z.clone()
+    best_s, best_z = scale.clone(), zero.clone()
     best = torch.full((w.shape[0],), math.inf)
     idx = torch.arange(w.shape[0])  # the blocks still iterating
+    s, z = scale, zero
     for it in range(iters + 1):
         c = torch.round(w / s + z).clamp_(0, qmax).sub_(z)  # (m, L) codes minus the zero point
         e = w - c * s
