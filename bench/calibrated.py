@@ -3,8 +3,8 @@ GPTQ side by side on identical calibration tokens and eval windows.
 
     python bench/calibrated.py [--quick] [--json FILE] [--markdown FILE] [--no-reference]
 
-smollm2 at 4- and 3-bit, group 64, symmetric and asymmetric, calibrated on pydoc:calib (16 x 512 tokens;
---quick: 4 x 512) and scored on pydoc:eval and stdlib:eval (PPL, KL, top-1); minilm the same way,
+smollm2 at 4- and 3-bit, group 64, symmetric and asymmetric, calibrated on pydoc:calib (16 x 512 tokens,
+--samples to change) and scored on pydoc:eval and stdlib:eval (PPL, KL, top-1); minilm the same way,
 scored by cosine. The reference (llm-compressor 0.14 `oneshot` GPTQ, in its own venv from
 `make bench-reference`) gets the very same token windows; the weights it produces are evaluated by
 lowbit's evaluator, so KL and PPL are computed identically for both tools. Times are wall seconds
@@ -52,7 +52,7 @@ def _config(method: str, opts: dict, spec: QuantSpec):
 
 def run_smollm2(args: argparse.Namespace, console: Console) -> dict:
     ref = load_model("smollm2")
-    n = 4 if args.quick else 16
+    n = args.samples or 16  # fewer than ~16 x 512 tokens under-determines GPTQ's 1536-wide Hessians
     windows = 2 if args.quick else 4
     calib = api.CalibSettings("pydoc:calib", n_samples=n, seq_len=512)
     evs = {d: Evaluator(ref, EvalSettings(data=d, windows=windows, speed=False)) for d in EVAL_SETS}
@@ -202,7 +202,8 @@ def markdown(out: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--quick", action="store_true", help="4 calibration windows, 2 eval windows per set")
+    p.add_argument("--quick", action="store_true", help="2 eval windows per set, smaller minilm eval")
+    p.add_argument("--samples", type=int, default=0, help="calibration windows of 512 tokens (default 16)")
     p.add_argument("--json", dest="json_out")
     p.add_argument("--markdown")
     p.add_argument("--no-reference", action="store_true", help="skip llm-compressor")
