@@ -172,7 +172,6 @@ def gptq_quantize(
         loss += 0.5 * float((err1.pow(2).sum(1) * torch.tensor(diag[b0:b1]).pow(2)).sum())
         wt[b1:] -= hinv[b0:b1, b1:].t() @ err1
     codes = codes_t.t()
-    losses = loss
     inv = torch.argsort(perm)
     codes = codes[:, inv].contiguous()
     if spec.group_size == PER_TENSOR:
@@ -183,7 +182,7 @@ def gptq_quantize(
         scale, zero = scale_g.reshape(-1).contiguous(), None if zero_g is None else zero_g.reshape(-1).contiguous()
     block_codes = codes.reshape(-1, spec.block_len(tuple(weight.shape)))
     qt = QuantizedTensor.from_codes(block_codes, scale, zero, spec, tuple(weight.shape))
-    return qt, GPTQInfo(damp, retries, int(dead.sum()), float(losses))
+    return qt, GPTQInfo(damp, retries, int(dead.sum()), loss)
 
 
 @register_method("gptq", GPTQConfig, needs=("hessian",), summary="GPTQ: Hessian-based error feedback (Frantar et al. 2022)")

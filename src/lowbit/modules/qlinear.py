@@ -106,9 +106,8 @@ class QuantizedLinear(nn.Module):
     def _per_row_group(self, v: torch.Tensor, g: int) -> torch.Tensor:
         """Expand per-block values (n_blocks,) to one value per (row, kernel group): (out, in/g)."""
         block = self.spec.block_len((self.out_features, self.in_features))
-        if block >= g:  # each block spans block/g kernel groups (blocks never straddle rows unless per-tensor)
-            return v.repeat_interleave(block // g).view(self.out_features, self.in_features // g)
-        raise AssertionError("kernel group larger than the block")
+        assert block % g == 0, "kernel_group() divides the block"  # each block spans block/g kernel groups
+        return v.repeat_interleave(block // g).view(self.out_features, self.in_features // g)
 
     def _prepare_kernel(self) -> tuple[str, torch.Tensor, torch.Tensor] | None:
         name = self.kernel_name()
