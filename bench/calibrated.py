@@ -5,10 +5,15 @@ GPTQ side by side on identical calibration tokens and eval windows.
 
 smollm2 at 4- and 3-bit, group 64, symmetric and asymmetric, calibrated on pydoc:calib (16 x 512 tokens,
 --samples to change) and scored on pydoc:eval and stdlib:eval (PPL, KL, top-1); minilm the same way,
-scored by cosine. The reference (llm-compressor 0.14 `oneshot` GPTQ, in its own venv from
+scored by cosine. Peak RSS is that of a whole `lowbit quantize` process (load, calibrate, quantize,
+save), measured in a subprocess for each method at 4-bit sym (GPTQ only with --quick). The reference (llm-compressor 0.14 `oneshot` GPTQ, in its own venv from
 `make bench-reference`) gets the very same token windows; the weights it produces are evaluated by
 lowbit's evaluator, so KL and PPL are computed identically for both tools. Times are wall seconds
 measured in this run; compare them as a ratio.
+
+--quick (~5 minutes) still produces every summary key: it calibrates on 4 x 512 tokens (too few for
+GPTQ's 1536-wide Hessians: quality figures are indicative only), drops plain GPTQ without act-order
+and the stdlib:eval column, and scores on 2 windows.
 """
 
 from __future__ import annotations
@@ -42,6 +47,7 @@ from lowbit.spec import QuantSpec
 ROOT = Path(__file__).resolve().parents[1]
 LLMC_PY = ROOT / ".venv-llmc" / "bin" / "python"
 METHODS = [("rtn", {}), ("gptq", {"act_order": False}), ("gptq-ao", {"act_order": True}), ("awq", {}), ("hqq", {})]
+QUICK_METHODS = [m for m in METHODS if m[0] != "gptq"]
 SPECS = [QuantSpec(4, True, 64), QuantSpec(4, False, 64), QuantSpec(3, True, 64), QuantSpec(3, False, 64)]
 EVAL_SETS = ("pydoc:eval", "stdlib:eval")
 
@@ -52,31 +58,60 @@ def _config(method: str, opts: dict, spec: QuantSpec):
 
 def run_smollm2(args: argparse.Namespace, console: Console) -> dict:
     ref = load_model("smollm2")
-    n = args.samples or 16  # fewer than ~16 x 512 tokens under-determines GPTQ's 1536-wide Hessians
+    n = args.samples or (4 if args.quick else 16)  # < ~16 x 512 tokens under-determines 1536-wide Hessians
     windows = 2 if args.quick else 4
     calib = api.CalibSettings("pydoc:calib", n_samples=n, seq_len=512)
-    evs = {d: Evaluator(ref, EvalSettings(data=d, windows=windows, speed=False)) for d in EVAL_SETS}
+    eval_sets = EVAL_SETS[:1] if args.quick else EVAL_SETS
+    evs = {d: Evaluator(ref, EvalSettings(data=d, windows=windows, speed=False)) for d in eval_sets}
     base = {d: ev.run(ref) for d, ev in evs.items()}
+    rss = cli_peak_rss(calib, ["gptq"] if args.quick else ["rtn", "gptq", "awq", "hqq"], console)
     rows = []
     for spec in SPECS:
-        for method, opts in METHODS:
+        for method, opts in QUICK_METHODS if args.quick else METHODS:
             cfg = _config(method, opts, spec)
             q, rep = api.quantize(ref, cfg, calib=calib if cfg.method != "rtn" and api.get_method(cfg.method).needs else None)
             cal = rep.extra["calibration"]
             row = {"method": method, "spec": str(spec), "bits": spec.bits, "symmetric": spec.symmetric,
-                   "seconds": rep.seconds, "peak_rss_bytes": cal["peak_rss_bytes"], "bpw": rep.bits_per_weight,
+                   "seconds": rep.seconds, "bpw": rep.bits_per_weight,
+                   # this bench process also holds the float reference and the evaluators' caches
+                   "bench_process_peak_rss_bytes": cal["peak_rss_bytes"],
                    "samples": cal["samples"], "tokens": cal["tokens"]}
             for d, ev in evs.items():
                 r = ev.run(q)
                 row[d] = {"ppl": r.ppl, "kl_mean": r.kl_mean, "kl_p99": r.kl_p99, "top1": r.top1_agreement}
             rows.append(row)
-            console.print(f"[dim]{method:8s} {spec}: KL {row['pydoc:eval']['kl_mean']:.4f} "
-                          f"({row['stdlib:eval']['kl_mean']:.4f} on code), {rep.seconds:.1f} s[/]")
+            console.print(f"[dim]{method:8s} {spec}: KL {row['pydoc:eval']['kl_mean']:.4f}, {rep.seconds:.1f} s[/]")
             del q
     ref_rows = [] if args.no_reference else run_reference(ref, calib, evs, args, console)
     return {"fp32": {d: {"ppl": b.ppl} for d, b in base.items()}, "fp32_model_bytes": model_bytes(ref.model),
             "rows": rows, "reference": ref_rows, "calibration": {"data": calib.data, "samples": n, "seq_len": 512},
-            "eval_windows": windows}
+            "eval_windows": windows, "cli_peak_rss": rss}
+
+
+def cli_peak_rss(calib: api.CalibSettings, methods: list[str], console: Console) -> list[dict]:
+    """Peak RSS of a whole `lowbit quantize smollm2 --bits 4 --group-size 64` process per method, from
+    getrusage of a wrapper whose only child is that process."""
+    probe = ("import resource, subprocess, sys; r = subprocess.run(sys.argv[1:], capture_output=True, text=True); "
+             "sys.stderr.write(r.stderr[-2000:]); "
+             "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024); sys.exit(r.returncode)")
+    out = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for m in methods:
+            cmd = [sys.executable, "-c", probe, sys.executable, "-m", "lowbit.cli", "quantize", "smollm2", "--method", m,
+                   "--bits", "4", "--group-size", "64", "--out", str(Path(tmp) / m)]
+            if m != "rtn" and m != "hqq":
+                cmd += ["--calib", calib.data, "--n-samples", str(calib.n_samples), "--seq-len", str(calib.seq_len)]
+            if m == "gptq":
+                cmd += ["--act-order"]
+            t0 = time.perf_counter()
+            res = subprocess.run(cmd, capture_output=True, text=True, check=False)
+            if res.returncode != 0:
+                raise RuntimeError(f"lowbit quantize --method {m} failed:\n{res.stderr[-3000:]}")
+            peak = int(res.stdout.strip().splitlines()[-1])
+            out.append({"method": m, "spec": "int4-sym-group64", "peak_rss_bytes": peak,
+                        "process_seconds": time.perf_counter() - t0})
+            console.print(f"[dim]lowbit quantize --method {m}: peak RSS {peak / 2**20:.0f} MiB[/]")
+    return out
 
 
 def run_reference(ref, calib, evs, args, console) -> list[dict]:
@@ -95,7 +130,7 @@ def run_reference(ref, calib, evs, args, console) -> list[dict]:
                    "--bits", str(spec.bits), "--group-size", str(spec.group_size), "--actorder", "static",
                    "--out", str(wfile), "--json", str(jfile)] + ([] if spec.symmetric else ["--asym"])
             t0 = time.perf_counter()
-            res = subprocess.run(cmd, capture_output=True, text=True)
+            res = subprocess.run(cmd, capture_output=True, text=True, check=False)
             wall = time.perf_counter() - t0
             if res.returncode != 0:
                 raise RuntimeError(f"llm-compressor failed:\n{res.stderr[-3000:]}")
@@ -123,7 +158,7 @@ def run_minilm(args: argparse.Namespace, console: Console) -> list[dict]:
     ev = Evaluator(ref, EvalSettings(data="pydoc:eval", texts=32 if args.quick else 128, speed=False))
     rows = []
     for spec in SPECS:
-        for method, opts in METHODS:
+        for method, opts in QUICK_METHODS if args.quick else METHODS:
             cfg = _config(method, opts, spec)
             q, rep = api.quantize(ref, cfg, calib=calib if api.get_method(cfg.method).needs else None)
             r = ev.run(q)
@@ -164,32 +199,49 @@ def summary(s: dict) -> dict:
     out["llmcompressor_seconds"] = field(ref, "llm-compressor", 4, True, "seconds")
     if out["gptq_seconds"] and out["llmcompressor_seconds"]:
         out["gptq_time_ratio"] = out["gptq_seconds"] / out["llmcompressor_seconds"]
-    out["peak_rss_bytes"] = max(r["peak_rss_bytes"] for r in s["rows"])
+    out["peak_rss_bytes"] = max(r["peak_rss_bytes"] for r in s["cli_peak_rss"])
     out["fp32_model_bytes"] = s["fp32_model_bytes"]
     return out
 
 
+def _code(r: dict, key: str, fmt: str) -> str:
+    c = r.get("stdlib:eval")
+    return format(c[key], fmt) if c else "-"
+
+
 def table(s: dict) -> Table:
     t = Table(title="smollm2, group 64: KL / PPL on pydoc:eval, KL on stdlib:eval")
-    for c in ("method", "spec", "KL prose", "PPL prose", "top-1", "KL code", "seconds", "peak RSS MiB"):
+    for c in ("method", "spec", "KL prose", "PPL prose", "top-1", "KL code", "seconds"):
         t.add_column(c, justify="left" if c in ("method", "spec") else "right")
     for r in s["rows"] + s["reference"]:
-        p, c = r["pydoc:eval"], r["stdlib:eval"]
+        p = r["pydoc:eval"]
         t.add_row(r["method"], r["spec"], f"{p['kl_mean']:.4f}", f"{p['ppl']:.2f}", f"{p['top1']:.3f}",
-                  f"{c['kl_mean']:.4f}", f"{r['seconds']:.1f}", f"{r.get('peak_rss_bytes', 0) / 2**20:.0f}")
+                  _code(r, "kl_mean", ".4f"), f"{r['seconds']:.1f}")
     return t
 
 
 def markdown(out: dict) -> str:
     s = out["smollm2"]
-    lines = [f"smollm2 float32: PPL {s['fp32']['pydoc:eval']['ppl']:.3f} (pydoc:eval), "
-             f"{s['fp32']['stdlib:eval']['ppl']:.3f} (stdlib:eval); calibration {s['calibration']['samples']} x "
-             f"{s['calibration']['seq_len']} tokens of {s['calibration']['data']}; {s['eval_windows']} eval windows x 512 per set.", "",
-             "| method | spec | KL prose | PPL prose | top-1 | KL code | PPL code | seconds | peak RSS MiB |", "|---|" + "---|" * 8]
+    fp = s["fp32"]
+    code_ppl = f", {fp['stdlib:eval']['ppl']:.3f} (stdlib:eval)" if "stdlib:eval" in fp else ""
+    cal = s["calibration"]
+    lines = [
+        (f"smollm2 float32: PPL {fp['pydoc:eval']['ppl']:.3f} (pydoc:eval){code_ppl}; calibration {cal['samples']} x "
+         f"{cal['seq_len']} tokens of {cal['data']}; {s['eval_windows']} eval windows x 512 per set."),
+        "",
+        "| method | spec | KL prose | PPL prose | top-1 | KL code | PPL code | seconds |",
+        "|---|" + "---|" * 7,
+    ]
     for r in s["rows"] + s["reference"]:
-        p, c = r["pydoc:eval"], r["stdlib:eval"]
+        p = r["pydoc:eval"]
         lines.append(f"| {r['method']} | {r['spec']} | {p['kl_mean']:.4f} | {p['ppl']:.2f} | {p['top1']:.3f} | "
-                     f"{c['kl_mean']:.4f} | {c['ppl']:.2f} | {r['seconds']:.1f} | {r.get('peak_rss_bytes', 0) / 2**20:.0f} |")
+                     f"{_code(r, 'kl_mean', '.4f')} | {_code(r, 'ppl', '.2f')} | {r['seconds']:.1f} |")
+    lines += ["", f"Peak RSS of a whole `lowbit quantize smollm2 --bits 4 --group-size 64` process (float32 model: "
+              f"{s['fp32_model_bytes'] / 2**20:.0f} MiB):", "", "| method | peak RSS MiB | × fp32 model | process s |",
+              "|---|---|---|---|"]
+    for r in s["cli_peak_rss"]:
+        lines.append(f"| {r['method']} | {r['peak_rss_bytes'] / 2**20:.0f} | {r['peak_rss_bytes'] / s['fp32_model_bytes']:.2f} "
+                     f"| {r['process_seconds']:.1f} |")
     if out.get("minilm"):
         lines += ["", "| minilm method | spec | cosine mean | cosine min | seconds |", "|---|---|---|---|---|"]
         for r in out["minilm"]:
@@ -202,8 +254,9 @@ def markdown(out: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--quick", action="store_true", help="2 eval windows per set, smaller minilm eval")
-    p.add_argument("--samples", type=int, default=0, help="calibration windows of 512 tokens (default 16)")
+    p.add_argument("--quick", action="store_true",
+                   help="~5 min: 4 x 512 calibration, 2 pydoc:eval windows, no plain GPTQ, smaller minilm eval")
+    p.add_argument("--samples", type=int, default=0, help="calibration windows of 512 tokens (default 16, quick 4)")
     p.add_argument("--json", dest="json_out")
     p.add_argument("--markdown")
     p.add_argument("--no-reference", action="store_true", help="skip llm-compressor")

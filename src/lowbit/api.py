@@ -16,13 +16,14 @@ from torch import nn
 from lowbit.calib.capture import run_sequential
 from lowbit.calib.cost import PeakRSS
 from lowbit.errors import InputError
-from lowbit.export.checkpoint import _set_submodule, record_for, save_checkpoint
+from lowbit.export.checkpoint import record_for, save_checkpoint
 from lowbit.load import ModelHandle, load_model
 from lowbit.methods import get_method
 from lowbit.methods.base import MethodConfig
 from lowbit.modules.qembedding import QuantizedEmbedding
 from lowbit.modules.qlinear import QuantizedLinear
 from lowbit.modules.select import select_modules
+from lowbit.modules.swap import replace_module
 from lowbit.progress import track
 from lowbit.spec import QuantSpec
 
@@ -109,7 +110,10 @@ def quantize(
 
         windows = token_windows(load_corpus(calib.data), handle.tokenizer, calib.n_samples, calib.seq_len, calib.seed)
     net = handle.model if inplace else copy.deepcopy(handle.model)
-    selected = {n: net.get_submodule(n) for n in selected}  # the same modules in the copy
+    # Names only from here on: a reference to a replaced float layer would keep its weight alive.
+    order = list(selected)
+    linear_names = [n for n, m in selected.items() if isinstance(m, nn.Linear)]
+    del selected
     layers: dict[str, Any] = {}
     sizes = [0, 0]
 
@@ -122,8 +126,7 @@ def quantize(
 
     with PeakRSS() as cost:
         if entry.needs:
-            linears = {n: m for n, m in selected.items() if isinstance(m, nn.Linear)}
-            others = {n: m for n, m in selected.items() if n not in linears}
+            others = [n for n in order if n not in linear_names]
 
             def quantize_group(names: list[str], lins: list[nn.Linear], stats: dict) -> list[nn.Module]:
                 if int(stats.get("rows", 0)) == 0:
@@ -140,16 +143,17 @@ def quantize(
             transform = None
             if entry.block_transform is not None:
                 transform = functools.partial(entry.block_transform, cfg=config)
-            cap = run_sequential(net, windows, linears, entry.needs, quantize_group, block_transform=transform)
+            cap = run_sequential(net, windows, {n: net.get_submodule(n) for n in linear_names}, entry.needs,
+                                 quantize_group, block_transform=transform)
             extra_cal = {"samples": cap.samples, "tokens": cap.tokens, "schedule": cap.schedule,
                          "unreached": cap.unreached, "data": calib.data}
             _quantize_data_free(net, others, make_config("rtn", config.spec), record)
         else:
-            _quantize_data_free(net, selected, config, record)
+            _quantize_data_free(net, order, config, record)
             extra_cal = {"samples": 0, "tokens": 0}
     seconds = cost.seconds
     calibration = dict(extra_cal, seconds=round(seconds, 3), peak_rss_bytes=cost.peak)
-    quant = record_for(config, dict(sorted(layers.items(), key=lambda kv: list(selected).index(kv[0]))), skipped,
+    quant = record_for(config, dict(sorted(layers.items(), key=lambda kv: order.index(kv[0]))), skipped,
                        handle.reference_name or handle.name, seconds)
     quant["calibration"] = calibration
     out = ModelHandle(model=net.eval(), tokenizer=handle.tokenizer, kind=handle.kind, name=handle.name, path=None,
@@ -161,10 +165,11 @@ def quantize(
     return out, report
 
 
-def _quantize_data_free(net: nn.Module, selected: dict[str, nn.Module], config: MethodConfig, record: Any) -> None:
+def _quantize_data_free(net: nn.Module, names: list[str], config: MethodConfig, record: Any) -> None:
     entry = get_method(config.method)
     done: dict[int, nn.Module] = {}  # tied weights (embedding = lm_head) are quantized once and shared
-    for name, mod in track(list(selected.items()), f"quantize {entry.name} {config.spec}"):
+    for name in track(names, f"quantize {entry.name} {config.spec}"):
+        mod = net.get_submodule(name)
         src = done.get(id(mod.weight))
         qt = src.quantized_tensor() if src is not None else entry.fn(mod.weight.data, config, None)
         if isinstance(mod, nn.Embedding):
@@ -177,7 +182,7 @@ def _quantize_data_free(net: nn.Module, selected: dict[str, nn.Module], config: 
             new.qweight, new.scale = src.qweight, src.scale
             if src.zero is not None:
                 new.zero = src.zero
-        _set_submodule(net, name, record(name, new, qt))
+        replace_module(net, name, record(name, new, qt))
 
 
 def save(handle: ModelHandle, out: str | Path, overwrite: bool = False) -> Path:

@@ -32,6 +32,7 @@ import torch
 from torch import nn
 
 from lowbit.errors import CalibrationError, InputError
+from lowbit.modules.swap import page_out, replace_module, trim_heap
 from lowbit.progress import track
 
 log = logging.getLogger(__name__)
@@ -218,6 +219,7 @@ def run_sequential(
     assert not unknown, f"unknown statistics {unknown}"
     if windows.numel() == 0:
         raise CalibrationError("no calibration tokens")
+    targets = dict(targets)  # entries are dropped as they are replaced, so their float weights can go
     prefix, blocks = find_blocks(model)
     fused = _fused_fits(model, windows) and block_transform is None
     batches = [windows] if fused else list(windows.split(micro_batch))
@@ -232,7 +234,6 @@ def run_sequential(
     chunks = _catch_block_inputs(model, blocks[0], batches)
     if len(chunks) != len(batches):
         raise CalibrationError("the first block was never reached; cannot calibrate this model")
-    done: set[str] = set()
     for i in track(range(len(blocks)), f"calibrate {len(blocks)} blocks ({'fused' if fused else 'two-pass'})"):
         head = f"{prefix}.{i}." if prefix else f"{i}."
         in_block = {m: n for m, n in names.items() if n.startswith(head)}
@@ -244,16 +245,15 @@ def run_sequential(
             if block_transform is not None:
                 transform = _bind_transform(block_transform, blocks[i], head, folds)
             chunks = _block_two_pass(blocks[i], chunks, in_block, groups, needs, quantize_group, model, transform)
-        done.update(in_block.values())
-    leftovers = {n: m for n, m in targets.items() if n not in done}
+        names = {m: n for m, n in names.items() if m not in in_block}
+        for name in in_block.values():
+            del targets[name]
+        del in_block, groups
+        trim_heap()
+    leftovers = targets
     unreached = _leftovers(model, batches, leftovers, needs, quantize_group) if leftovers else []
     return CaptureReport(len(blocks), "fused" if fused else "two-pass", windows.shape[0], windows.numel(), unreached,
                          shared)
-
-
-def _install(model: nn.Module, name: str, new: nn.Module) -> None:
-    parent, _, leaf = name.rpartition(".")
-    setattr(model.get_submodule(parent) if parent else model, leaf, new)
 
 
 def _block_fused(block: nn.Module, chunks: list[tuple[tuple, dict]], in_block: dict[nn.Module, str],
@@ -271,7 +271,10 @@ def _block_fused(block: nn.Module, chunks: list[tuple[tuple, dict]], in_block: d
         news = quantize_group([in_block[m] for m in group], group, st.as_dict())
         for m, new in zip(group, news):
             installed[in_block[m]] = new
-            m.weight.data.copy_(_effective_weight(new).to(m.weight.dtype))  # the rest of this pass runs quantized
+            # the rest of this pass runs quantized; a fresh tensor, not copy_(): writing into a weight that
+            # is a page of a memory-mapped checkpoint would turn it into private memory for good
+            page_out(m.weight.data)
+            m.weight.data = _effective_weight(new).to(m.weight.dtype)
 
     hooks = [m.register_forward_pre_hook(pre_hook) for m in in_block]
     try:
@@ -282,7 +285,7 @@ def _block_fused(block: nn.Module, chunks: list[tuple[tuple, dict]], in_block: d
         for h in hooks:
             h.remove()
     for name, new in installed.items():
-        _install(model, name, new)
+        replace_module(model, name, new)
     return [((out, *args[1:]), kwargs)]
 
 
@@ -318,7 +321,7 @@ def _block_two_pass(block: nn.Module, chunks: list[tuple[tuple, dict]], in_block
             group_stats = transform(groups, names, group_stats)
     for g, ns, st in zip(groups, names, group_stats):
         for m, new in zip(g, quantize_group(ns, g, st)):
-            _install(model, in_block[m], new)
+            replace_module(model, in_block[m], new)
     out = []
     with torch.inference_mode():
         for args, kwargs in chunks:
@@ -342,7 +345,7 @@ def _leftovers(model: nn.Module, batches: list[torch.Tensor], leftovers: dict[st
     for name, mod in leftovers.items():
         if stats[mod].rows == 0:
             unreached.append(name)
-        _install(model, name, quantize_group([name], [mod], stats[mod].as_dict())[0])
+        replace_module(model, name, quantize_group([name], [mod], stats[mod].as_dict())[0])
     return unreached
 
 

@@ -47,8 +47,8 @@ import torch
 from torch import nn
 
 from lowbit.errors import ExportError
-from lowbit.formats.intpack import pack_codes
 from lowbit.export.hfdir import write_model_dir
+from lowbit.formats.intpack import pack_codes
 from lowbit.load.handle import ModelHandle
 from lowbit.spec import PER_CHANNEL, PER_TENSOR, QuantSpec
 

@@ -18,6 +18,8 @@ import logging
 import torch
 from torch import nn
 
+from lowbit.modules.swap import page_out
+
 log = logging.getLogger(__name__)
 
 
@@ -34,15 +36,21 @@ def _out_width(mod: nn.Module) -> int | None:
 
 @torch.no_grad()
 def apply_fold(producer: nn.Module, consumers: list[nn.Linear], s: torch.Tensor) -> None:
-    """producer's output channel c /= s[c]; consumers' input column c *= s[c]."""
-    if isinstance(producer, nn.Linear):
-        producer.weight.div_(s.to(producer.weight.dtype).unsqueeze(1))
-    else:
-        producer.weight.div_(s.to(producer.weight.dtype))
+    """producer's output channel c /= s[c]; consumers' input column c *= s[c].
+
+    Out of place: writing into a weight memory-mapped from a checkpoint would copy its pages into
+    private memory that outlives the layer (see modules/swap.py); the old pages are handed back."""
+
+    def scale(p: nn.Parameter, by: torch.Tensor, divide: bool) -> None:
+        old = p.data
+        p.data = old / by.to(old.dtype) if divide else old * by.to(old.dtype)
+        page_out(old)
+
+    scale(producer.weight, s.unsqueeze(1) if isinstance(producer, nn.Linear) else s, divide=True)
     if getattr(producer, "bias", None) is not None:
-        producer.bias.div_(s.to(producer.bias.dtype))
+        scale(producer.bias, s, divide=True)
     for lin in consumers:
-        lin.weight.mul_(s.to(lin.weight.dtype).unsqueeze(0))
+        scale(lin.weight, s.unsqueeze(0), divide=False)
 
 
 def _output(block: nn.Module, args: tuple, kwargs: dict) -> torch.Tensor:
