@@ -1,0 +1,80 @@
+"""GGML block types: one class per llama.cpp weight type, bytes identical to llama.cpp's quantizer.
+
+A type quantizes a float32 array whose last axis is a multiple of its block size into the bytes
+llama.cpp stores (``(..., n // block_size * type_size)`` uint8), optionally weighted by an importance
+matrix (one weight per input column). Decoding goes through gguf-py, llama.cpp's own package, so
+every type is checked against an independent decoder.
+
+    t = GGML_TYPES.get("Q4_K")
+    raw = t.quantize(w)             # (rows, cols // 256 * 144) uint8, as llama.cpp writes it
+    back = t.dequantize(raw, w.shape)
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import gguf
+import numpy as np
+
+from lowbit.errors import InputError
+from lowbit.registry import Registry
+
+GGML_TYPES: Registry[type[GGMLType]] = Registry("GGML type")
+
+
+class GGMLType:
+    """A llama.cpp block type. Subclasses name themselves: ``class Q4K(GGMLType, name="Q4_K")``."""
+
+    name: ClassVar[str]
+    qtype: ClassVar[gguf.GGMLQuantizationType]
+    block_size: ClassVar[int]
+    type_size: ClassVar[int]
+
+    def __init_subclass__(cls, name: str, **kw: Any) -> None:
+        super().__init_subclass__(**kw)
+        cls.name = name
+        cls.qtype = gguf.GGMLQuantizationType[name]
+        cls.block_size, cls.type_size = gguf.GGML_QUANT_SIZES[cls.qtype]
+        GGML_TYPES.add(name, cls)
+
+    @classmethod
+    def bits_per_weight(cls) -> float:
+        return 8 * cls.type_size / cls.block_size
+
+    @classmethod
+    def check(cls, x: np.ndarray, what: str = "tensor") -> np.ndarray:
+        """float32, C-contiguous, finite, last axis a multiple of the block size; else a clear error."""
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        if x.ndim == 0 or x.shape[-1] % cls.block_size:
+            raise InputError(f"{what}: {cls.name} needs rows that are a multiple of {cls.block_size} values, "
+                             f"got shape {tuple(x.shape)}")
+        if not np.isfinite(x).all():
+            bad = int((~np.isfinite(x)).sum())
+            raise InputError(f"{what}: {bad} NaN/inf value(s); llama.cpp's {cls.name} cannot represent them")
+        return x
+
+    @classmethod
+    def quantize(cls, x: np.ndarray, imatrix: np.ndarray | None = None) -> np.ndarray:
+        """The llama.cpp bytes of ``x`` (..., n): ``(..., n // block_size * type_size)`` uint8."""
+        x = cls.check(x)
+        if imatrix is not None:
+            imatrix = np.ascontiguousarray(imatrix, dtype=np.float32)
+            if imatrix.shape != (x.shape[-1],):
+                raise InputError(f"importance matrix has shape {imatrix.shape}, expected ({x.shape[-1]},)")
+        blocks = x.reshape(-1, cls.block_size)
+        qw = None
+        if imatrix is not None:  # one weight per column, repeated for every row
+            qw = np.tile(imatrix.reshape(-1, cls.block_size), (blocks.shape[0] * cls.block_size // x.shape[-1], 1))
+        raw = cls.quantize_blocks(blocks, qw)
+        assert raw.shape == (blocks.shape[0], cls.type_size) and raw.dtype == np.uint8
+        return raw.reshape(*x.shape[:-1], x.shape[-1] // cls.block_size * cls.type_size)
+
+    @classmethod
+    def quantize_blocks(cls, blocks: np.ndarray, qw: np.ndarray | None) -> np.ndarray:
+        """(nblocks, block_size) float32 -> (nblocks, type_size) uint8; ``qw`` the per-value weights."""
+        raise NotImplementedError
+
+    @classmethod
+    def dequantize(cls, raw: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+        return gguf.quants.dequantize(np.asarray(raw, dtype=np.uint8), cls.qtype).reshape(shape)

@@ -1,0 +1,177 @@
+"""The scale searches shared by llama.cpp's k-quants, vectorised over blocks, in float32.
+
+Written from the algorithms of ggml-quants.c (``make_qkx2_quants``, ``make_qx_quants``,
+``make_q3_quants``), not copied. To give the very same bytes, every float operation runs in float32
+in the reference's order: products before sums, and sums accumulated one element at a time
+(:func:`seqsum`), never pairwise. ``nearest_int`` is the reference's bit trick, so even inf/NaN
+intermediates (e.g. subnormal blocks) round the same way.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+F32 = np.float32
+GROUP_MAX_EPS = F32(1e-15)
+_MAGIC = F32(12582912.0)  # 1.5 * 2^23: adding it rounds to an integer, half to even
+
+
+def nearest_int(f: np.ndarray) -> np.ndarray:
+    """round-half-to-even of a float32 array as int32, exactly like ggml's ``nearest_int``."""
+    with np.errstate(all="ignore"):
+        v = (np.asarray(f, dtype=F32) + _MAGIC).view(np.int32)
+    return (v & 0x007FFFFF) - 0x00400000
+
+
+def seqsum(a: np.ndarray) -> np.ndarray:
+    """Sum over the last axis in float32, left to right (C's ``s += a[i]`` order)."""
+    s = a[..., 0].copy()
+    for i in range(1, a.shape[-1]):
+        s += a[..., i]
+    return s
+
+
+def fp16(x: np.ndarray) -> np.ndarray:
+    """float32 -> the float16 ggml stores (round to nearest even) -> back to float32."""
+    return np.asarray(x, dtype=F32).astype(np.float16).astype(F32)
+
+
+def signed_absmax(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per row: max |x| and the value holding it (the first one on ties)."""
+    idx = np.abs(x).argmax(-1)
+    mx = np.take_along_axis(x, idx[..., None], -1)[..., 0]
+    return np.abs(mx), mx
+
+
+def make_qkx2_quants(x: np.ndarray, w: np.ndarray, nmax: int, rmin: float, rdelta: float, nstep: int,
+                     use_mad: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Asymmetric levels 0..nmax with a min, searched over ``nstep + 1`` scale candidates to minimise
+    the weighted (squared or absolute) error. x, w: (B, n). Returns scale (B,), -min (B,), L (B, n) int32."""
+    with np.errstate(all="ignore"):
+        mn = np.minimum(x.min(-1), F32(0))
+        mx = x.max(-1)
+        sum_w = seqsum(w)
+        sum_x = seqsum(w * x)
+        flat = mx == mn
+
+        def err(scale: np.ndarray, lf: np.ndarray, m: np.ndarray) -> np.ndarray:
+            d = scale[:, None] * lf + m[:, None] - x
+            return seqsum(w * (np.abs(d) if use_mad else d * d))
+
+        iscale = F32(nmax) / (mx - mn)
+        scale = F32(1) / iscale
+        L = np.clip(nearest_int(iscale[:, None] * (x - mn[:, None])), 0, nmax)
+        best = err(scale, L.astype(F32), mn)
+        for step in range(nstep + 1):  # the current best min moves the grid of later candidates
+            iscale = (F32(rmin) + F32(rdelta) * F32(step) + F32(nmax)) / (mx - mn)
+            la = np.clip(nearest_int(iscale[:, None] * (x - mn[:, None])), 0, nmax)
+            lf = la.astype(F32)
+            wl = w * lf
+            sum_l, sum_l2, sum_xl = seqsum(wl), seqsum(wl * lf), seqsum(wl * x)
+            D = sum_w * sum_l2 - sum_l * sum_l
+            this_scale = (sum_w * sum_xl - sum_x * sum_l) / D
+            this_min = (sum_l2 * sum_x - sum_l * sum_xl) / D
+            pos = this_min > 0
+            this_min = np.where(pos, F32(0), this_min)
+            this_scale = np.where(pos, sum_xl / sum_l2, this_scale)
+            cur = err(this_scale, lf, this_min)
+            better = (D > 0) & (cur < best)
+            L = np.where(better[:, None], la, L)
+            best = np.where(better, cur, best)
+            scale = np.where(better, this_scale, scale)
+            mn = np.where(better, this_min, mn)
+        L = np.where(flat[:, None], 0, L)
+        scale = np.where(flat, F32(0), scale)
+    return scale.astype(F32), (-mn).astype(F32), L.astype(np.int32)
+
+
+def make_qx_quants(x: np.ndarray, nmax: int, rmse_type: int, qw: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Symmetric levels -nmax..nmax-1 around the signed absmax, refined over 18 nearby scales to
+    minimise the weighted squared error (weights x^2 for ``rmse_type`` 1, or ``qw``).
+    x: (B, n). Returns scale (B,), L (B, n) int32 in 0..2*nmax-1."""
+    assert rmse_type == 1 or qw is not None, "only the weightings llama.cpp's k-quants use"
+    with np.errstate(all="ignore"):
+        amax, mx = signed_absmax(x)
+        zero = amax < GROUP_MAX_EPS
+        w = qw if qw is not None else x * x
+        wx = w * x
+
+        def levels(iscale: np.ndarray) -> np.ndarray:
+            return np.clip(nearest_int(iscale[:, None] * x), -nmax, nmax - 1)
+
+        def sums(lv: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            lf = lv.astype(F32)
+            return seqsum(wx * lf), seqsum(w * lf * lf)
+
+        iscale = F32(-nmax) / mx
+        lv = levels(iscale)
+        sumlx, suml2 = sums(lv)
+        scale = np.where(suml2 != 0, sumlx / suml2, F32(0))
+        best = scale * sumlx
+        for step in range(-9, 10):
+            if step == 0:
+                continue
+            iscale = -(F32(nmax) + F32(0.1) * F32(step)) / mx
+            cand = levels(iscale)
+            sumlx, suml2 = sums(cand)
+            better = (suml2 > 0) & (sumlx * sumlx > best * suml2)
+            lv = np.where(better[:, None], cand, lv)
+            scale = np.where(better, sumlx / suml2, scale)
+            best = np.where(better, scale * sumlx, best)
+        L = np.where(zero[:, None], 0, lv + nmax)
+        scale = np.where(zero, F32(0), scale)
+    return scale.astype(F32), L.astype(np.int32)
+
+
+def make_q3_quants(x: np.ndarray, nmax: int) -> tuple[np.ndarray, np.ndarray]:
+    """Q3_K's symmetric search: levels -nmax..nmax-1, then up to 5 sweeps that move one value at a
+    time while the x^2-weighted fit improves. x: (B, n). Returns scale (B,), L (B, n) int32 in 0..2*nmax-1."""
+    with np.errstate(all="ignore"):
+        amax, mx = signed_absmax(x)
+        zero = amax < GROUP_MAX_EPS
+        iscale = F32(-nmax) / mx
+        L = np.clip(nearest_int(iscale[:, None] * x), -nmax, nmax - 1)
+        w = x * x
+        wx = w * x
+        lf = L.astype(F32)
+        sumlx, suml2 = seqsum(wx * lf), seqsum(w * lf * lf)
+        for _ in range(5):  # a sweep that changes nothing leaves the state as it was, so no early exit is needed
+            for i in range(x.shape[1]):
+                li = L[:, i].astype(F32)
+                slx = sumlx - wx[:, i] * li
+                sl2 = suml2 - w[:, i] * li * li
+                new = np.clip(nearest_int(x[:, i] * sl2 / slx), -nmax, nmax - 1)
+                nf = new.astype(F32)
+                slx2 = slx + wx[:, i] * nf
+                sl22 = sl2 + w[:, i] * nf * nf
+                ok = (slx > 0) & (new != L[:, i]) & (sl22 > 0) & (slx2 * slx2 * suml2 > sumlx * sumlx * sl22)
+                L[:, i] = np.where(ok, new, L[:, i])
+                sumlx = np.where(ok, slx2, sumlx)
+                suml2 = np.where(ok, sl22, suml2)
+        scale = np.where(suml2 > 0, sumlx / suml2, F32(0))
+        L = np.where(zero[:, None], 0, L + nmax)
+        scale = np.where(zero, F32(0), scale)
+    return scale.astype(F32), L.astype(np.int32)
+
+
+def pack_scale_min_k4(ls: np.ndarray, lm: np.ndarray) -> np.ndarray:
+    """8 six-bit scales and mins (S, 8) -> the 12 bytes of Q4_K / Q5_K."""
+    out = np.zeros((ls.shape[0], 12), dtype=np.uint8)
+    ls, lm = ls.astype(np.uint8), lm.astype(np.uint8)
+    out[:, 0:4] = ls[:, 0:4]
+    out[:, 4:8] = lm[:, 0:4]
+    out[:, 8:12] = (ls[:, 4:8] & 0xF) | ((lm[:, 4:8] & 0xF) << 4)
+    out[:, 0:4] |= (ls[:, 4:8] >> 4) << 6
+    out[:, 4:8] |= (lm[:, 4:8] >> 4) << 6
+    return out
+
+
+def pack_2bit(L: np.ndarray) -> np.ndarray:
+    """(S, 256) values 0..3 -> (S, 64) bytes: byte j/4 + l of each 128 holds L[j+l], L[j+l+32], +64, +96."""
+    q = L.astype(np.uint8).reshape(-1, 2, 4, 32)
+    return (q[:, :, 0] | (q[:, :, 1] << 2) | (q[:, :, 2] << 4) | (q[:, :, 3] << 6)).reshape(-1, 64)
+
+
+def as_bytes(*parts: np.ndarray) -> np.ndarray:
+    """Concatenate per-block fields (each (S, k), any dtype) into (S, type_size) uint8."""
+    return np.concatenate([np.ascontiguousarray(p).view(np.uint8).reshape(p.shape[0], -1) for p in parts], axis=1)

@@ -1,0 +1,84 @@
+"""Every GGML type against llama.cpp's own bytes (golden fixtures made by libggml, see
+tests/fixtures/ggml/make_fixtures.py), block by block, edge cases included."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import gguf
+import numpy as np
+import pytest
+
+from lowbit.errors import InputError
+from lowbit.formats.ggml import GGML_TYPES
+
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "ggml"
+TYPES = ["F32", "F16", "BF16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K"]
+
+
+def assert_same_blocks(got: np.ndarray, want: np.ndarray, qtype: str, what: str) -> None:
+    """Equal bytes, or a failure that says how many blocks differ and where the first one is."""
+    size = gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType[qtype]][1]
+    assert got.shape == want.shape, f"{what} {qtype}: shape {got.shape} != {want.shape}"
+    g, w = got.reshape(-1, size), want.reshape(-1, size)
+    bad = np.flatnonzero((g != w).any(1))
+    assert bad.size == 0, (f"{what} {qtype}: {bad.size} of {len(g)} blocks differ from llama.cpp "
+                           f"(first: block {bad[0]}, lowbit {g[bad[0]].tobytes().hex()[:64]}... "
+                           f"llama.cpp {w[bad[0]].tobytes().hex()[:64]}...)")
+
+
+@pytest.fixture(scope="module")
+def synthetic() -> dict[str, np.ndarray]:
+    with np.load(FIXTURES / "synthetic.npz") as f:
+        return dict(f)
+
+
+CASES = ["normal", "heavy", "positive", "zeros", "constant", "neg_constant", "outlier", "subnormal", "tiny", "sparse"]
+
+
+@pytest.mark.parametrize("qtype", TYPES)
+@pytest.mark.parametrize("case", CASES)
+def test_bit_exact_with_llamacpp(synthetic, qtype: str, case: str) -> None:
+    x = synthetic[f"{case}/input"]
+    assert_same_blocks(GGML_TYPES.get(qtype).quantize(x), synthetic[f"{case}/{qtype}"], qtype, case)
+
+
+@pytest.mark.parametrize("qtype", TYPES)
+def test_decodes_close_to_the_input(qtype: str) -> None:
+    """gguf-py (an independent decoder) reads our bytes back within the type's resolution."""
+    t = GGML_TYPES.get(qtype)
+    x = np.random.default_rng(0).standard_normal((4, 512)).astype(np.float32)
+    back = t.dequantize(t.quantize(x), x.shape)
+    rel = float(np.sqrt(((back - x) ** 2).mean() / (x**2).mean()))
+    bound = {"F32": 0, "F16": 1e-3, "BF16": 1e-2}.get(qtype, 2.0 ** (2 - t.bits_per_weight()))
+    assert rel <= bound, (qtype, rel)
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+@pytest.mark.parametrize("qtype", ["Q4_0", "Q4_K", "Q6_K"])
+def test_non_finite_values_are_rejected(qtype: str, bad: float) -> None:
+    x = np.zeros((2, 256), np.float32)
+    x[1, 3] = bad
+    with pytest.raises(InputError, match="NaN/inf"):
+        GGML_TYPES.get(qtype).quantize(x)
+
+
+def test_width_must_fit_the_block() -> None:
+    with pytest.raises(InputError, match="multiple of 256"):
+        GGML_TYPES.get("Q4_K").quantize(np.zeros((2, 576), np.float32))
+
+
+@pytest.mark.skipif(importlib.util.find_spec("llama_cpp") is None, reason="llama-cpp-python not installed (make reference)")
+@pytest.mark.parametrize("qtype", TYPES)
+def test_live_against_libggml(qtype: str) -> None:
+    """Fresh random tensors against the installed llama.cpp, beyond the fixtures."""
+    import sys
+
+    sys.path.insert(0, str(FIXTURES))
+    from make_fixtures import find_lib, ggml_quantize
+
+    lib = find_lib(None)
+    rng = np.random.default_rng(99)
+    x = (rng.standard_normal((16, 1024)) * rng.uniform(0.001, 10, (16, 1))).astype(np.float32)
+    assert_same_blocks(GGML_TYPES.get(qtype).quantize(x), ggml_quantize(lib, x, qtype), qtype, "live")
