@@ -44,6 +44,26 @@ def test_bit_exact_with_llamacpp(synthetic, qtype: str, case: str) -> None:
     assert_same_blocks(GGML_TYPES.get(qtype).quantize(x), synthetic[f"{case}/{qtype}"], qtype, case)
 
 
+IMATRIX_CASES = ["normal", "heavy", "outlier", "zeros", "subnormal", "sparse", "positive"]
+
+
+@pytest.mark.parametrize("qtype", TYPES)
+@pytest.mark.parametrize("case", IMATRIX_CASES)
+def test_bit_exact_with_an_importance_matrix(synthetic, qtype: str, case: str) -> None:
+    x, im = synthetic[f"{case}/input"], synthetic[f"{case}/imatrix"]
+    assert_same_blocks(GGML_TYPES.get(qtype).quantize(x, im), synthetic[f"{case}/{qtype}/imx"], qtype, f"{case}+imatrix")
+
+
+def test_the_importance_matrix_changes_the_weighted_error(synthetic) -> None:
+    """Sanity beyond bit-exactness: the weighted error drops with the imatrix for every k-quant."""
+    x, im = synthetic["heavy/input"], synthetic["heavy/imatrix"]
+    for q in ("Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "Q4_0"):
+        t = GGML_TYPES.get(q)
+        plain = (((t.dequantize(t.quantize(x), x.shape) - x) ** 2) * im).sum()
+        weighted = (((t.dequantize(t.quantize(x, im), x.shape) - x) ** 2) * im).sum()
+        assert weighted < plain, q
+
+
 @pytest.mark.parametrize("qtype", TYPES)
 def test_decodes_close_to_the_input(qtype: str) -> None:
     """gguf-py (an independent decoder) reads our bytes back within the type's resolution."""

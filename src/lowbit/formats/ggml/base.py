@@ -31,8 +31,10 @@ class GGMLType:
     block_size: ClassVar[int]
     type_size: ClassVar[int]
 
-    def __init_subclass__(cls, name: str, **kw: Any) -> None:
+    def __init_subclass__(cls, name: str | None = None, **kw: Any) -> None:
         super().__init_subclass__(**kw)
+        if name is None:  # a shared base, not a type
+            return
         cls.name = name
         cls.qtype = gguf.GGMLQuantizationType[name]
         cls.block_size, cls.type_size = gguf.GGML_QUANT_SIZES[cls.qtype]
@@ -62,13 +64,21 @@ class GGMLType:
             imatrix = np.ascontiguousarray(imatrix, dtype=np.float32)
             if imatrix.shape != (x.shape[-1],):
                 raise InputError(f"importance matrix has shape {imatrix.shape}, expected ({x.shape[-1]},)")
-        blocks = x.reshape(-1, cls.block_size)
+        rows = x.reshape(-1, x.shape[-1])
+        raw = cls.quantize_rows(rows, imatrix)
+        assert raw.shape == (rows.shape[0], rows.shape[1] // cls.block_size * cls.type_size) and raw.dtype == np.uint8
+        return raw.reshape(*x.shape[:-1], raw.shape[-1])
+
+    @classmethod
+    def quantize_rows(cls, rows: np.ndarray, imatrix: np.ndarray | None) -> np.ndarray:
+        """(rows, n) float32 -> (rows, n // block_size * type_size) uint8. The default quantizes block
+        by block; types whose imatrix search needs the whole row override it."""
+        blocks = rows.reshape(-1, cls.block_size)
         qw = None
         if imatrix is not None:  # one weight per column, repeated for every row
-            qw = np.tile(imatrix.reshape(-1, cls.block_size), (blocks.shape[0] * cls.block_size // x.shape[-1], 1))
+            qw = np.tile(imatrix.reshape(-1, cls.block_size), (rows.shape[0], 1))
         raw = cls.quantize_blocks(blocks, qw)
-        assert raw.shape == (blocks.shape[0], cls.type_size) and raw.dtype == np.uint8
-        return raw.reshape(*x.shape[:-1], x.shape[-1] // cls.block_size * cls.type_size)
+        return raw.reshape(rows.shape[0], -1)
 
     @classmethod
     def quantize_blocks(cls, blocks: np.ndarray, qw: np.ndarray | None) -> np.ndarray:

@@ -154,6 +154,58 @@ def make_q3_quants(x: np.ndarray, nmax: int) -> tuple[np.ndarray, np.ndarray]:
     return scale.astype(F32), L.astype(np.int32)
 
 
+def make_qp_quants(x: np.ndarray, nmax: int, qw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Non-negative levels 0..nmax for non-negative x (a super-block's scales or mins), the scale
+    searched over 9 candidates then refined by one-value-at-a-time sweeps, weighted by ``qw``.
+    x, qw: (B, n). Returns scale (B,), L (B, n) int32 (stored as uint8 by the reference, so wrapped)."""
+    with np.errstate(all="ignore"):
+        mx = np.maximum(x.max(-1), F32(0))
+        zero = mx < GROUP_MAX_EPS
+        w = qw
+        wx = w * x
+
+        def mse(scale: np.ndarray, lv: np.ndarray) -> np.ndarray:
+            d = x - scale[:, None] * lv.astype(F32)
+            return seqsum(w * d * d)
+
+        iscale = F32(nmax) / mx
+        L = nearest_int(iscale[:, None] * x) & 0xFF
+        best = mse(F32(1) / iscale, L)
+        for step in range(-4, 5):
+            if step == 0:
+                continue
+            cand = (F32(0.1) * F32(step) + F32(nmax)) / mx
+            m = mse(F32(1) / cand, np.minimum(nmax, nearest_int(cand[:, None] * x)))
+            better = m < best
+            best = np.where(better, m, best)
+            iscale = np.where(better, cand, iscale)
+        L = np.minimum(nmax, nearest_int(iscale[:, None] * x)) & 0xFF
+        lf = L.astype(F32)
+        sumlx, suml2 = seqsum(wx * lf), seqsum(w * lf * lf)
+        for _ in range(5):  # sweeps that change nothing are idempotent: no early exit needed
+            for i in range(x.shape[1]):
+                li = L[:, i].astype(F32)
+                slx = sumlx - wx[:, i] * li
+                sl2 = suml2 - w[:, i] * li * li
+                new = np.minimum(nmax, nearest_int(x[:, i] * sl2 / slx)) & 0xFF
+                nf = new.astype(F32)
+                slx2 = slx + wx[:, i] * nf
+                sl22 = sl2 + w[:, i] * nf * nf
+                ok = (slx > 0) & (sl2 > 0) & (new != L[:, i]) & (slx2 * slx2 * suml2 > sumlx * sumlx * sl22)
+                L[:, i] = np.where(ok, new, L[:, i])
+                sumlx = np.where(ok, slx2, sumlx)
+                suml2 = np.where(ok, sl22, suml2)
+        scale = np.where(suml2 > 0, sumlx / suml2, F32(0))
+        L = np.where(zero[:, None], 0, L)
+        scale = np.where(zero, F32(0), scale)
+    return scale.astype(F32), L.astype(np.int32)
+
+
+def imatrix_weights(x: np.ndarray, qw: np.ndarray, sigma2: np.ndarray) -> np.ndarray:
+    """The imatrix paths' per-value weights: qw * sqrt(sigma2 + x^2). x, qw: (B, n); sigma2 (B,)."""
+    return qw * np.sqrt(sigma2[:, None] + x * x)
+
+
 def pack_scale_min_k4(ls: np.ndarray, lm: np.ndarray) -> np.ndarray:
     """8 six-bit scales and mins (S, 8) -> the 12 bytes of Q4_K / Q5_K."""
     out = np.zeros((ls.shape[0], 12), dtype=np.uint8)

@@ -1,7 +1,8 @@
-"""The float and legacy 32-value block types, through gguf-py's numpy quantizers, which are
-bit-identical to llama.cpp's reference ones without an importance matrix (checked against libggml in
-tests/unit/test_ggml_types.py). Q4_0/Q4_1/Q5_0/Q5_1: 4/5-bit levels per 32 with a float16 scale (and
-min); Q8_0: 8-bit symmetric per 32."""
+"""The float and legacy 32-value block types. Without an importance matrix they go through gguf-py's
+numpy quantizers, which are bit-identical to llama.cpp's reference ones (checked against libggml in
+tests/unit/test_ggml_types.py); with one, through lowbit's port of llama.cpp's weighted searches
+(the weights use the variance of the whole row). Q4_0/Q4_1/Q5_0/Q5_1: 4/5-bit levels per 32 with a
+float16 scale (and min); Q8_0: 8-bit symmetric per 32, which llama.cpp quantizes without the imatrix."""
 
 from __future__ import annotations
 
@@ -9,41 +10,87 @@ import gguf
 import numpy as np
 
 from lowbit.formats.ggml.base import GGMLType
+from lowbit.formats.ggml.kcommon import F32, as_bytes, imatrix_weights, make_qkx2_quants, make_qx_quants, seqsum
 
 
-class _ViaGGUFPy(GGMLType, name="F32"):
+class _ViaGGUFPy(GGMLType):
     @classmethod
     def quantize_blocks(cls, blocks: np.ndarray, qw: np.ndarray | None) -> np.ndarray:
-        if qw is not None:
-            raise NotImplementedError(f"{cls.name} with an importance matrix")
+        # the float types and Q8_0 ignore an importance matrix, as in llama.cpp
         with np.errstate(all="ignore"):  # subnormal blocks overflow inside gguf-py, exactly as in C
             raw = gguf.quants.quantize(blocks, cls.qtype)
         return np.ascontiguousarray(raw).view(np.uint8).reshape(blocks.shape[0], cls.type_size)
 
 
-class F16(_ViaGGUFPy, name="F16"):
+class Float32(_ViaGGUFPy, name="F32"):
     pass
 
 
-class BF16(_ViaGGUFPy, name="BF16"):
+class Float16(_ViaGGUFPy, name="F16"):
     pass
 
 
-class Q4_0(_ViaGGUFPy, name="Q4_0"):  # noqa: N801 - llama.cpp's names
+class BFloat16(_ViaGGUFPy, name="BF16"):
     pass
 
 
-class Q4_1(_ViaGGUFPy, name="Q4_1"):  # noqa: N801
-    pass
+def _weights(rows: np.ndarray, imatrix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(blocks of 32, their weights) with sigma^2 taken over each whole row, as llama.cpp does."""
+    n = rows.shape[1]
+    sigma2 = seqsum(rows * rows) / F32(n)
+    blocks = rows.reshape(-1, 32)
+    qw = np.tile(imatrix.reshape(-1, 32), (rows.shape[0], 1))
+    return blocks, imatrix_weights(blocks, qw, np.repeat(sigma2, n // 32))
 
 
-class Q5_0(_ViaGGUFPy, name="Q5_0"):  # noqa: N801
-    pass
+def _nibbles(L: np.ndarray) -> np.ndarray:
+    q = L.astype(np.uint8)
+    return (q[:, :16] & 0xF) | ((q[:, 16:] & 0xF) << 4)
 
 
-class Q5_1(_ViaGGUFPy, name="Q5_1"):  # noqa: N801
-    pass
+def _fifth_bits(L: np.ndarray) -> np.ndarray:
+    """bit j of the little-endian uint32 qh = bit 4 of L[j]."""
+    bits = ((L.astype(np.uint32) >> 4) & 1) << np.arange(32, dtype=np.uint32)
+    return np.bitwise_or.reduce(bits, axis=1).astype("<u4")[:, None]
 
 
-class Q8_0(_ViaGGUFPy, name="Q8_0"):  # noqa: N801
+class _Weighted(_ViaGGUFPy):
+    """A legacy type with llama.cpp's imatrix search (levels 0..``nmax``, ``with_min`` for the _1 types)."""
+
+    nmax = 0
+    with_min = False
+    fifth_bit = False
+
+    @classmethod
+    def quantize_rows(cls, rows: np.ndarray, imatrix: np.ndarray | None) -> np.ndarray:
+        if imatrix is None or cls.nmax == 0:
+            return super().quantize_rows(rows, None)
+        blocks, w = _weights(rows, imatrix)
+        if cls.with_min:
+            d, mn, L = make_qkx2_quants(blocks, w, cls.nmax, -0.9, 0.05, 36, use_mad=False)
+            head = [d.astype(np.float16)[:, None], (-mn).astype(np.float16)[:, None]]
+        else:
+            d, L = make_qx_quants(blocks, cls.nmax // 2 + 1, 1, w)  # levels -8..7 / -16..15, stored + 8 / + 16
+            head = [d.astype(np.float16)[:, None]]
+        parts = [*head, _fifth_bits(L)] if cls.fifth_bit else head
+        return as_bytes(*parts, _nibbles(L)).reshape(rows.shape[0], -1)
+
+
+class Q4_0(_Weighted, name="Q4_0"):  # noqa: N801 - llama.cpp's names
+    nmax = 15
+
+
+class Q4_1(_Weighted, name="Q4_1"):  # noqa: N801
+    nmax, with_min = 15, True
+
+
+class Q5_0(_Weighted, name="Q5_0"):  # noqa: N801
+    nmax, fifth_bit = 31, True
+
+
+class Q5_1(_Weighted, name="Q5_1"):  # noqa: N801
+    nmax, with_min, fifth_bit = 31, True, True
+
+
+class Q8_0(_Weighted, name="Q8_0"):  # noqa: N801 - the imatrix is not used (as in llama.cpp)
     pass

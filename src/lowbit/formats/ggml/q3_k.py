@@ -7,27 +7,47 @@ from __future__ import annotations
 import numpy as np
 
 from lowbit.formats.ggml.base import GGMLType
-from lowbit.formats.ggml.kcommon import F32, as_bytes, make_q3_quants, nearest_int, pack_2bit, signed_absmax
+from lowbit.formats.ggml.kcommon import (
+    F32,
+    as_bytes,
+    imatrix_weights,
+    make_q3_quants,
+    make_qx_quants,
+    nearest_int,
+    pack_2bit,
+    seqsum,
+    signed_absmax,
+)
 
 
 class Q3K(GGMLType, name="Q3_K"):
     @classmethod
     def quantize_blocks(cls, blocks: np.ndarray, qw: np.ndarray | None) -> np.ndarray:
-        if qw is not None:
-            raise NotImplementedError("Q3_K with an importance matrix")
         s = blocks.shape[0]
-        scales, L = make_q3_quants(blocks.reshape(s * 16, 16), 4)
-        scales, L = scales.reshape(s, 16), L.reshape(s, 16, 16)
-        _, max_scale = signed_absmax(scales)
-        has = max_scale != 0
-        with np.errstate(all="ignore"):
-            iscale = F32(-32) / max_scale
-            l6 = np.clip(nearest_int(iscale[:, None] * scales).astype(np.int8), -32, 31) + 32  # 0..63
-            l6 = np.where(has[:, None], l6, 0).astype(np.uint8)
-            d16 = np.where(has, F32(1) / iscale, F32(0)).astype(np.float16)
+        x = blocks.reshape(s, 16, 16)
+        if qw is None:
+            scales, L = make_q3_quants(blocks.reshape(s * 16, 16), 4)
+            scales, L = scales.reshape(s, 16), L.reshape(s, 16, 16)
+            _, max_scale = signed_absmax(scales)
+            has = max_scale != 0
+            with np.errstate(all="ignore"):
+                iscale = F32(-32) / max_scale
+                l6 = np.clip(nearest_int(iscale[:, None] * scales).astype(np.int8), -32, 31) + 32  # 0..63
+                l6 = np.where(has[:, None], l6, 0).astype(np.uint8)
+                d16 = np.where(has, F32(1) / iscale, F32(0)).astype(np.float16)
             sc = np.where(has[:, None], l6.astype(np.int32) - 32, 0)  # the scales as the decoder reads them
+        else:
+            sigma2 = F32(2) * seqsum(blocks * blocks) / F32(256)
+            w = imatrix_weights(blocks.reshape(s * 16, 16), qw.reshape(s * 16, 16), np.repeat(sigma2, 16))
+            scales, L = make_qx_quants(blocks.reshape(s * 16, 16), 4, 1, w)
+            scales, L = scales.reshape(s, 16), L.reshape(s, 16, 16)
+            d_block, l6 = make_qx_quants(scales, 32, 1, seqsum(w).reshape(s, 16))
+            l6 = l6.astype(np.uint8)
+            d16 = d_block.astype(np.float16)
+            sc = l6.astype(np.int32) - 32
+        with np.errstate(all="ignore"):
             d = d16.astype(F32)[:, None] * sc.astype(F32)
-            lv = np.clip(nearest_int(blocks.reshape(s, 16, 16) / d[..., None]), -4, 3) + 4
+            lv = np.clip(nearest_int(x / d[..., None]), -4, 3) + 4
         L = np.where((d != 0)[..., None], lv, L).reshape(s, 256)
         packed = np.zeros((s, 12), dtype=np.uint8)
         packed[:, 0:8] = (l6[:, 0:8] & 0xF) | ((l6[:, 8:16] & 0xF) << 4)

@@ -13,9 +13,7 @@ from lowbit.formats.ggml.q4_k import qkx_superblocks
 class Q5K(GGMLType, name="Q5_K"):
     @classmethod
     def quantize_blocks(cls, blocks: np.ndarray, qw: np.ndarray | None) -> np.ndarray:
-        if qw is not None:
-            raise NotImplementedError("Q5_K with an importance matrix")
-        d, dmin, scales, L = qkx_superblocks(blocks, 31, -0.5, 15)
+        d, dmin, scales, L = qkx_superblocks(blocks, qw, 31, -0.5, 15, clamp_codes=True)
         q = L.astype(np.uint8).reshape(-1, 4, 2, 32)  # 64-value chunks n, halves (j, j + 32), 32 lanes
         qs = ((q[:, :, 0] & 0xF) | ((q[:, :, 1] & 0xF) << 4)).reshape(-1, 128)
         hi = (q >> 4) & 1  # bit 2n for the first half of chunk n, 2n + 1 for the second

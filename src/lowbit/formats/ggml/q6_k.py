@@ -12,10 +12,8 @@ from lowbit.formats.ggml.kcommon import F32, GROUP_MAX_EPS, as_bytes, make_qx_qu
 class Q6K(GGMLType, name="Q6_K"):
     @classmethod
     def quantize_blocks(cls, blocks: np.ndarray, qw: np.ndarray | None) -> np.ndarray:
-        if qw is not None:
-            raise NotImplementedError("Q6_K with an importance matrix")
         s = blocks.shape[0]
-        scales, L = make_qx_quants(blocks.reshape(s * 16, 16), 32, rmse_type=1)
+        scales, L = make_qx_quants(blocks.reshape(s * 16, 16), 32, 1, None if qw is None else qw.reshape(s * 16, 16))
         scales, L = scales.reshape(s, 16), L.reshape(s, 16, 16)
         amax, max_scale = signed_absmax(scales)
         zero = amax < GROUP_MAX_EPS
