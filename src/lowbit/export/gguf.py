@@ -1,0 +1,255 @@
+"""Write a Llama-architecture model as a GGUF file that llama.cpp loads, in any lowbit GGML type or mix.
+
+    handle (float or lowbit-quantized) -> float32 tensors in GGUF names and layout -> per-tensor type
+    from the mix (export/gguf_mix.py) -> bytes (formats/ggml, bit-exact with llama.cpp) -> GGUFWriter
+    -> temp file -> atomic rename
+
+The metadata llama.cpp needs comes from the model config (``llama.*`` keys); the tokenizer is copied
+from the GGUF the model was loaded from, or converted from a Hugging Face byte-level BPE tokenizer.
+An importance matrix (GGUF tensor name -> per-column weights) feeds the weighted searches; a tensor it
+does not cover is quantized without one, with a warning, as llama.cpp does.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import gguf
+import numpy as np
+import torch
+
+from lowbit.errors import ExportError, InputError
+from lowbit.export.gguf_mix import MIXES, MixPlanner, parse_overrides
+from lowbit.formats.ggml import GGML_TYPES
+from lowbit.load.handle import ModelHandle
+
+log = logging.getLogger(__name__)
+
+_BLOCK = {
+    "input_layernorm": "attn_norm", "self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k",
+    "self_attn.v_proj": "attn_v", "self_attn.o_proj": "attn_output", "post_attention_layernorm": "ffn_norm",
+    "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up", "mlp.down_proj": "ffn_down",
+}
+_TOP = {"model.embed_tokens": "token_embd", "model.norm": "output_norm", "lm_head": "output"}
+_LAYER = re.compile(r"model\.layers\.(\d+)\.(.+)")
+
+
+def gguf_name(hf_name: str) -> str | None:
+    """``model.layers.3.mlp.down_proj.weight`` -> ``blk.3.ffn_down.weight`` (None: not a llama tensor)."""
+    base, _, leaf = hf_name.rpartition(".")
+    if base in _TOP:
+        return f"{_TOP[base]}.{leaf}"
+    m = _LAYER.fullmatch(base)
+    if m and m.group(2) in _BLOCK:
+        return f"blk.{m.group(1)}.{_BLOCK[m.group(2)]}.{leaf}"
+    return None
+
+
+def permute_qk(w: np.ndarray, n_head: int) -> np.ndarray:
+    """Hugging Face's rotary layout -> llama.cpp's (interleaved pairs), for attn_q / attn_k rows."""
+    rows = w.shape[0]
+    return w.reshape(n_head, 2, rows // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
+def float_tensors(handle: ModelHandle) -> Iterator[tuple[str, np.ndarray]]:
+    """(GGUF name, float32 array in GGUF's row-major PyTorch layout) for every tensor, in file order."""
+    model = handle.model
+    cfg = model.config
+    n_head, n_kv = cfg.num_attention_heads, getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
+    mods = dict(model.named_modules())
+    names: list[tuple[str, str]] = []
+    seen: set[int] = set()
+    for hf, p in model.named_parameters(remove_duplicate=False):
+        g = gguf_name(hf)
+        if g is None:
+            raise ExportError(f"{hf}: not a Llama tensor lowbit knows how to name in GGUF")
+        if g == "output.weight" and id(p) in seen:  # tied to the embedding: llama.cpp reuses token_embd
+            continue
+        seen.add(id(p))
+        names.append((hf, g))
+    for base, mod in mods.items():  # quantized layers keep their codes in buffers, not parameters
+        if hasattr(mod, "dequantize") and gguf_name(f"{base}.weight"):
+            if not any(h == f"{base}.weight" for h, _ in names):
+                if base == "lm_head" and getattr(cfg, "tie_word_embeddings", False):
+                    continue
+                names.append((f"{base}.weight", gguf_name(f"{base}.weight")))
+    order = {"token_embd": -2, "output_norm": 10**9, "output": 10**9 + 1}
+    names.sort(key=lambda hg: (order.get(hg[1].split(".")[0], -1) if not hg[1].startswith("blk.")
+                               else int(hg[1].split(".")[1]), hg[1]))
+    for hf, g in names:
+        base, _, leaf = hf.rpartition(".")
+        mod = mods.get(base)
+        if leaf == "weight" and hasattr(mod, "dequantize"):
+            t = mod.dequantize(torch.float32)
+        else:
+            t = model.get_parameter(hf)
+        a = t.detach().to(torch.float32).contiguous().numpy()
+        if g.endswith("attn_q.weight"):
+            a = permute_qk(a, n_head)
+        elif g.endswith("attn_k.weight"):
+            a = permute_qk(a, n_kv)
+        yield g, a
+
+
+def check_llama(handle: ModelHandle) -> Any:
+    cfg = getattr(handle.model, "config", None)
+    if cfg is None or getattr(cfg, "model_type", None) not in ("llama", "mistral"):
+        kind = getattr(cfg, "model_type", type(handle.model).__name__)
+        raise InputError(f"GGUF export supports Llama-architecture models; {handle.name} is {kind!r}")
+    return cfg
+
+
+def _arch_kv(w: gguf.GGUFWriter, cfg: Any, name: str) -> None:
+    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+    w.add_name(name)
+    w.add_context_length(cfg.max_position_embeddings)
+    w.add_embedding_length(cfg.hidden_size)
+    w.add_block_count(cfg.num_hidden_layers)
+    w.add_feed_forward_length(cfg.intermediate_size)
+    w.add_head_count(cfg.num_attention_heads)
+    w.add_head_count_kv(getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads)
+    w.add_rope_freq_base(float(getattr(cfg, "rope_theta", None) or (cfg.rope_parameters or {}).get("rope_theta", 10000.0)))
+    w.add_layer_norm_rms_eps(float(cfg.rms_norm_eps))
+    w.add_rope_dimension_count(head_dim)
+    w.add_vocab_size(cfg.vocab_size)
+
+
+def _copy_kv(w: gguf.GGUFWriter, src: str, skip: Callable[[str], bool]) -> None:
+    r = gguf.GGUFReader(src)
+    for key, field in r.fields.items():
+        if key.startswith("GGUF.") or skip(key):
+            continue
+        vtype = field.types[0]
+        sub = field.types[-1] if vtype == gguf.GGUFValueType.ARRAY else None
+        w.add_key_value(key, field.contents(), vtype, sub_type=sub)
+
+
+def _hf_tokenizer_kv(w: gguf.GGUFWriter, tok: Any) -> None:
+    """A Hugging Face byte-level BPE tokenizer as llama.cpp's ``gpt2`` vocabulary."""
+    import json
+
+    backend = getattr(tok, "backend_tokenizer", None)
+    if backend is None:
+        raise ExportError("GGUF export needs a fast (tokenizer.json) tokenizer to convert")
+    spec = json.loads(backend.to_str())
+    model = spec.get("model", {})
+    if model.get("type") != "BPE":
+        raise ExportError(f"GGUF export converts BPE tokenizers; this one is {model.get('type')!r}")
+    vocab = tok.get_vocab()
+    n = max(vocab.values()) + 1
+    tokens = [f"[PAD{i}]" for i in range(n)]
+    types = [gguf.TokenType.UNUSED] * n
+    special = {t["content"] for t in spec.get("added_tokens", []) if t.get("special")}
+    added = {t["content"] for t in spec.get("added_tokens", [])}
+    for t, i in vocab.items():
+        tokens[i] = t
+        types[i] = (gguf.TokenType.CONTROL if t in special else
+                    gguf.TokenType.USER_DEFINED if t in added else gguf.TokenType.NORMAL)
+    merges = [m if isinstance(m, str) else " ".join(m) for m in model.get("merges", [])]
+    w.add_tokenizer_model("gpt2")
+    log.warning("GGUF export: the tokenizer's pre-tokenizer is recorded as 'default'; llama.cpp may split text "
+                "slightly differently from transformers for this model")
+    w.add_tokenizer_pre("default")
+    w.add_token_list(tokens)
+    w.add_token_types(types)
+    w.add_token_merges(merges)
+    for attr, add in (("bos_token_id", w.add_bos_token_id), ("eos_token_id", w.add_eos_token_id),
+                      ("unk_token_id", w.add_unk_token_id), ("pad_token_id", w.add_pad_token_id)):
+        if getattr(tok, attr, None) is not None:
+            add(int(getattr(tok, attr)))
+    if getattr(tok, "chat_template", None):
+        w.add_chat_template(tok.chat_template)
+
+
+def export_gguf(handle: ModelHandle, out: str | Path, mix: str = "Q8_0", *,
+                imatrix: dict[str, np.ndarray] | None = None, tensor_types: list[str] | None = None,
+                overwrite: bool = False, progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Write ``handle`` to ``out`` as GGUF in ``mix`` (a llama.cpp type or mix name such as Q4_K_M).
+
+    Returns a summary: the type of every tensor, the fallbacks taken, tensors without imatrix data.
+    """
+    mix = mix.upper()
+    if mix not in MIXES:
+        raise InputError(f"unknown GGUF type {mix!r}; choose one of {', '.join(MIXES)}")
+    cfg = check_llama(handle)
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise ExportError(f"{out} exists; pass --overwrite to replace it")
+    if out.is_dir():
+        raise ExportError(f"{out} is a directory; give a .gguf file name")
+    src_gguf = handle.extra.get("gguf")
+    tied = not any(g == "output.weight" for g, _ in _names_only(handle))
+    planner = MixPlanner(mix, cfg.num_hidden_layers, cfg.num_attention_heads,
+                         getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads, tied,
+                         has_imatrix=imatrix is not None, overrides=parse_overrides(tensor_types))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
+    os.close(fd)
+    types: dict[str, str] = {}
+    missing: list[str] = []
+    try:
+        w = gguf.GGUFWriter(tmp, "llama")
+        if src_gguf:
+            _copy_kv(w, src_gguf, lambda k: k in ("general.architecture", "general.file_type",
+                                                   "general.quantization_version"))
+        else:
+            _arch_kv(w, cfg, Path(handle.name).name)
+            if handle.tokenizer is None:
+                raise ExportError("GGUF export needs the model's tokenizer (none was loaded)")
+            _hf_tokenizer_kv(w, handle.tokenizer)
+        w.add_file_type(MIXES[mix][1])
+        if mix not in ("F32", "F16", "BF16"):
+            w.add_quantization_version(gguf.GGML_QUANT_VERSION)
+        for name, a in float_tensors(handle):
+            t = planner.type_for(name, a.shape)
+            types[name] = t
+            im = None
+            if imatrix is not None and t not in ("F32", "F16", "BF16", "Q8_0") and a.ndim == 2:
+                im = imatrix.get(name)
+                if im is None:
+                    missing.append(name)
+                    log.warning("%s: no importance-matrix data (calibration never reached it); quantized without", name)
+                elif im.shape != (a.shape[-1],):
+                    raise InputError(f"importance matrix for {name} has {im.shape[0]} values, the tensor {a.shape[-1]} columns")
+            if progress:
+                progress(f"{name} -> {t}")
+            if t == "F32":
+                w.add_tensor(name, a)
+            elif t == "F16":
+                w.add_tensor(name, a.astype(np.float16))
+            else:
+                raw = GGML_TYPES.get(t).quantize(a, im)
+                w.add_tensor(name, raw, raw_shape=raw.shape, raw_dtype=gguf.GGMLQuantizationType[t])
+        w.write_header_to_file()
+        w.write_kv_data_to_file()
+        w.write_tensors_to_file()
+        w.close()
+        os.replace(tmp, out)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    for f in planner.fallbacks:
+        log.info("fallback: %s", f)
+    return {"path": str(out), "mix": mix, "types": types, "fallbacks": planner.fallbacks, "no_imatrix": missing}
+
+
+def _names_only(handle: ModelHandle) -> list[tuple[str, str]]:
+    model = handle.model
+    out = []
+    seen: set[int] = set()
+    for hf, p in model.named_parameters(remove_duplicate=False):
+        g = gguf_name(hf)
+        if g == "output.weight" and id(p) in seen:
+            continue
+        seen.add(id(p))
+        out.append((hf, g))
+    for base, mod in model.named_modules():
+        if base == "lm_head" and hasattr(mod, "dequantize") and not getattr(model.config, "tie_word_embeddings", False):
+            out.append((f"{base}.weight", "output.weight"))
+    return out

@@ -1,0 +1,156 @@
+"""llama.cpp's quantization mixes (Q4_K_M, Q3_K_S, ...): which GGML type each tensor gets.
+
+Written from the rules of llama.cpp's ``llama_tensor_get_type`` (src/llama-quant.cpp, 0c1e570) for
+dense Llama-family models and the mixes lowbit offers; the expert (MoE), Falcon and IQ-only
+branches are left out. In order, for each tensor:
+
+1. only 2-D ``*.weight`` tensors that are not norms are quantized; the rest keep their type;
+2. a ``--tensor-type REGEX=TYPE`` override wins (first matching pattern);
+3. otherwise the mix's base type, bumped by category: the output (and, with tied embeddings, the
+   token embedding) goes to Q6_K (Q8_0 if its rows do not split into 256-blocks); ``attn_v`` and
+   ``ffn_down`` get more bits in some layers (``use_more_bits``: the first and last eighth, and every
+   third layer in between); ``attn_output`` is bumped in the Q2_K/Q3_K mixes;
+4. a type whose block does not divide the row falls back: Q4_K->Q5_0, Q5_K->Q5_1, Q6_K->Q8_0,
+   Q2_K/Q3_K->Q4_0, and to F16 if even 32 does not divide.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+import gguf
+
+from lowbit.errors import InputError
+
+# mix -> (base type, llama.cpp's LLAMA_FTYPE for general.file_type)
+MIXES: dict[str, tuple[str, int]] = {
+    "F32": ("F32", 0), "F16": ("F16", 1), "BF16": ("BF16", 32),
+    "Q4_0": ("Q4_0", 2), "Q4_1": ("Q4_1", 3), "Q5_0": ("Q5_0", 8), "Q5_1": ("Q5_1", 9), "Q8_0": ("Q8_0", 7),
+    "Q2_K": ("Q2_K", 10), "Q3_K_S": ("Q3_K", 11), "Q3_K_M": ("Q3_K", 12), "Q3_K_L": ("Q3_K", 13),
+    "Q4_K_S": ("Q4_K", 14), "Q4_K_M": ("Q4_K", 15), "Q5_K_S": ("Q5_K", 16), "Q5_K_M": ("Q5_K", 17),
+    "Q6_K": ("Q6_K", 18),
+}
+FALLBACK = {"Q2_K": "Q4_0", "Q3_K": "Q4_0", "Q4_K": "Q5_0", "Q5_K": "Q5_1", "Q6_K": "Q8_0"}
+FLOAT_TYPES = ("F32", "F16", "BF16")
+
+
+def use_more_bits(i: int, n: int) -> bool:
+    return i < n // 8 or i >= 7 * n // 8 or (i - n // 8) % 3 == 2
+
+
+def category(name: str) -> str:
+    """The tensor's role from its GGUF name: output, token_embd, attn_v, ffn_down, ..."""
+    base = name.rsplit(".", 1)[0]
+    return base.split(".", 2)[2] if base.startswith("blk.") else base
+
+
+def quantizable(name: str, shape: tuple[int, ...]) -> bool:
+    return len(shape) >= 2 and name.endswith("weight") and "_norm.weight" not in name
+
+
+@dataclass
+class MixPlanner:
+    """Assigns types tensor by tensor in file order (the attn_v / ffn_down counters follow it)."""
+
+    mix: str
+    n_layer: int
+    n_head: int
+    n_head_kv: int
+    tied_embeddings: bool
+    has_imatrix: bool = False
+    overrides: list[tuple[re.Pattern[str], str]] = field(default_factory=list)
+    i_attn_v: int = 0
+    i_ffn_down: int = 0
+    n_attn_v: int = 0
+    n_ffn_down: int = 0
+    fallbacks: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if self.mix not in MIXES:
+            raise InputError(f"unknown GGUF type {self.mix!r}; choose one of {', '.join(MIXES)}")
+        self.n_attn_v = self.n_ffn_down = self.n_layer
+
+    @property
+    def base(self) -> str:
+        return MIXES[self.mix][0]
+
+    def type_for(self, name: str, shape: tuple[int, ...]) -> str:
+        """GGML type for a tensor (``shape`` in PyTorch order, rows x columns)."""
+        if not quantizable(name, shape):
+            return "F32"
+        cat = category(name)
+        new = self.base
+        manual = next((t for pat, t in self.overrides if pat.search(name)), None)
+        if manual is not None:  # as in llama.cpp, an override skips the rules and their layer counters
+            new = manual
+        elif self.base not in FLOAT_TYPES:
+            new = self._rules(cat, new, shape)
+        return self._fallback(name, new, shape[-1]) if new not in FLOAT_TYPES else new
+
+    def _rules(self, cat: str, new: str, shape: tuple[int, ...]) -> str:
+        m = self.mix
+        if cat == "output" or (self.tied_embeddings and cat == "token_embd"):
+            block = gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType[new]][0]
+            return "Q8_0" if shape[-1] % block else ("Q6_K" if new != "Q8_0" else new)
+        if cat == "attn_v":
+            i, n = self.i_attn_v, self.n_attn_v
+            gqa = self.n_head // max(self.n_head_kv, 1)
+            if m == "Q2_K":
+                new = "Q4_K" if gqa >= 4 else "Q3_K"
+            elif m == "Q3_K_M":
+                new = "Q5_K" if i < 2 else "Q4_K"
+            elif m == "Q3_K_L":
+                new = "Q5_K"
+            elif m in ("Q4_K_M", "Q5_K_M") and use_more_bits(i, n):
+                new = "Q6_K"
+            elif m == "Q4_K_S" and i < 4:
+                new = "Q5_K"
+            if self.n_layer == 80 and self.n_head != self.n_head_kv and new in ("Q3_K", "Q4_K"):
+                new = "Q5_K"  # llama.cpp's 70B rule: attn_v is 8x smaller there, more bits are cheap
+            self.i_attn_v += 1
+        elif cat == "ffn_down":
+            i, n = self.i_ffn_down, self.n_ffn_down
+            if m == "Q2_K":
+                new = "Q3_K"
+            elif m == "Q3_K_M":
+                new = "Q5_K" if i < n // 16 else "Q4_K"
+            elif m == "Q3_K_L":
+                new = "Q5_K"
+            elif m in ("Q4_K_M", "Q5_K_M") and use_more_bits(i, n):
+                new = "Q6_K"
+            elif m == "Q4_K_S" and i < n // 8:
+                new = "Q5_K"
+            elif m in ("Q4_0", "Q5_0") and self.has_imatrix and i < n // 8:
+                new = "Q4_1" if m == "Q4_0" else "Q5_1"  # llama.cpp guards the first ffn_down layers
+            self.i_ffn_down += 1
+        elif cat == "attn_output":
+            new = {"Q2_K": "Q3_K", "Q3_K_M": "Q4_K", "Q3_K_L": "Q5_K"}.get(m, new)
+        return new
+
+    def _fallback(self, name: str, new: str, ncols: int) -> str:
+        block = gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType[new]][0]
+        if ncols % block == 0:
+            return new
+        fb = FALLBACK.get(new, new)
+        if ncols % gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType[fb]][0]:
+            fb = "F16"
+        self.fallbacks.append(f"{name}: {new} -> {fb} ({ncols} columns)")
+        return fb
+
+
+def parse_overrides(specs: list[str] | None) -> list[tuple[re.Pattern[str], str]]:
+    """``["attn_v=Q8_0", "blk\\.0\\..*=F16"]`` -> compiled (pattern, type) pairs, checked."""
+    out = []
+    for s in specs or []:
+        pat, sep, t = s.rpartition("=")
+        t = t.upper()
+        if not sep or not pat:
+            raise InputError(f"--tensor-type {s!r}: expected REGEX=TYPE")
+        if t not in gguf.GGMLQuantizationType.__members__ or t not in {*FLOAT_TYPES, *{v[0] for v in MIXES.values()}}:
+            raise InputError(f"--tensor-type {s!r}: {t} is not a GGML type lowbit writes")
+        try:
+            out.append((re.compile(pat), t))
+        except re.error as e:
+            raise InputError(f"--tensor-type {s!r}: bad regex ({e})") from None
+    return out
