@@ -190,17 +190,27 @@ def save(handle: ModelHandle, out: str | Path, overwrite: bool = False) -> Path:
     return save_checkpoint(handle, out, overwrite=overwrite)
 
 
-EXPORT_FORMATS = ("compressed-tensors",)
+EXPORT_FORMATS = ("compressed-tensors", "gguf")
 
 
-def export(handle: ModelHandle, out: str | Path, fmt: str = "compressed-tensors", overwrite: bool = False) -> Path:
-    """Write a quantized model in a format another runtime executes (atomically).
+def export(handle: ModelHandle, out: str | Path, fmt: str = "compressed-tensors", overwrite: bool = False,
+           **gguf_options: Any) -> Path:
+    """Write a model in a format another runtime executes (atomically).
 
-    ``compressed-tensors``: the ``pack-quantized`` checkpoint llm-compressor writes; transformers
-    (with the ``compressed-tensors`` package) and vLLM load it.
+    ``compressed-tensors``: the ``pack-quantized`` checkpoint llm-compressor writes from a lowbit
+    quantized model; transformers (with the ``compressed-tensors`` package) and vLLM load it.
+    ``gguf``: a llama.cpp file from any Llama-architecture model, in a GGML type or mix
+    (``gguf_type="Q4_K_M"``), optionally with ``imatrix`` (GGUF name -> per-column weights) and
+    ``tensor_types`` (``["REGEX=TYPE", ...]``); see export/gguf.py.
     """
     if fmt == "compressed-tensors":
         from lowbit.export.compressed_tensors import export_compressed_tensors
 
         return export_compressed_tensors(handle, out, overwrite=overwrite)
+    if fmt == "gguf":
+        from lowbit.export.gguf import export_gguf
+
+        opts = dict(gguf_options)
+        mix = opts.pop("gguf_type", "Q8_0")
+        return Path(export_gguf(handle, out, mix, overwrite=overwrite, **opts)["path"])
     raise InputError(f"unknown export format {fmt!r}; use one of {', '.join(EXPORT_FORMATS)}")

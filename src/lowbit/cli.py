@@ -136,26 +136,92 @@ def quantize(
 @app.command()
 @user_errors
 def export(
-    checkpoint: Annotated[str, typer.Argument(help="A lowbit checkpoint directory (from `lowbit quantize`).")],
-    out_dir: Annotated[Path, typer.Option("--out", help="Directory to write.")],
-    fmt: Annotated[str, typer.Option("--format", help="compressed-tensors (pack-quantized; transformers and vLLM load it).")] = "compressed-tensors",
+    model: Annotated[str, typer.Argument(help="A lowbit checkpoint (compressed-tensors), or any Llama model lowbit loads (gguf).")],
+    out_path: Annotated[Path, typer.Option("--out", help="Directory (compressed-tensors) or .gguf file to write.")],
+    fmt: Annotated[str, typer.Option("--format", help="compressed-tensors (transformers / vLLM) or gguf (llama.cpp).")] = "compressed-tensors",
+    gguf_type: Annotated[str, typer.Option("--type", help="gguf: F32, F16, BF16, Q8_0, Q4_0..Q5_1, Q2_K, Q3_K_S/M/L, Q4_K_S/M, Q5_K_S/M, Q6_K.")] = "Q4_K_M",
+    imatrix: Annotated[Path | None, typer.Option(help="gguf: an importance matrix from llama-imatrix or `lowbit imatrix`.")] = None,
+    calib: Annotated[str | None, typer.Option(help="gguf: compute the importance matrix from this data (e.g. pydoc:calib).")] = None,
+    n_samples: Annotated[int, typer.Option(help="Calibration windows for --calib.")] = 16,
+    seq_len: Annotated[int, typer.Option(help="Tokens per calibration window.")] = 512,
+    tensor_type: Annotated[list[str] | None, typer.Option("--tensor-type", help="gguf: REGEX=TYPE override (repeatable).")] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace --out if it exists.")] = False,
 ) -> None:
-    """Export a quantized checkpoint in a format another runtime loads."""
+    """Export a model in a format another runtime loads."""
     from lowbit import api
-    from lowbit.errors import ExportError
+    from lowbit.errors import ExportError, InputError
 
     if fmt not in api.EXPORT_FORMATS:
         raise ExportError(f"--format {fmt!r} is not supported; use one of {', '.join(api.EXPORT_FORMATS)}")
-    if out_dir.exists() and not overwrite:
-        raise ExportError(f"{out_dir} already exists; choose another --out or pass --overwrite")
+    if out_path.exists() and not overwrite:
+        raise ExportError(f"{out_path} already exists; choose another --out or pass --overwrite")
+    opts: dict[str, Any] = {}
+    if fmt == "gguf":
+        from lowbit.export.gguf_mix import MIXES, parse_overrides
+
+        if gguf_type.upper() not in MIXES:
+            raise InputError(f"--type {gguf_type!r}: choose one of {', '.join(MIXES)}")
+        parse_overrides(tensor_type)  # fail on a bad override before loading anything
+        if imatrix is not None and calib is not None:
+            raise InputError("give --imatrix or --calib, not both")
+        opts = {"gguf_type": gguf_type, "tensor_types": tensor_type}
+        if imatrix is not None:
+            from lowbit.calib.imatrix import load_imatrix
+
+            opts["imatrix"] = load_imatrix(imatrix).weights()
+        if calib is not None:
+            from lowbit.calib import load_corpus
+
+            load_corpus(calib)
+    elif imatrix or calib or tensor_type:
+        raise InputError("--imatrix, --calib and --tensor-type apply to --format gguf only")
     _quiet_libraries()
     from lowbit.load import load_model
 
-    with err.status(f"loading {checkpoint}"):
-        handle = load_model(checkpoint)
-    path = api.export(handle, out_dir, fmt=fmt, overwrite=overwrite)
-    out.print(f"{fmt} -> {path} ({(path / 'model.safetensors').stat().st_size:,} bytes)")
+    with err.status(f"loading {model}"):
+        handle = load_model(model)
+    if fmt == "gguf" and calib is not None:
+        opts["imatrix"] = _imatrix_from(handle, calib, n_samples, seq_len).weights()
+    with err.status(f"writing {fmt}"):
+        path = api.export(handle, out_path, fmt=fmt, overwrite=overwrite, **opts)
+    size = path.stat().st_size if path.is_file() else (path / "model.safetensors").stat().st_size
+    out.print(f"{fmt}{' ' + gguf_type.upper() if fmt == 'gguf' else ''} -> {path} ({size:,} bytes)")
+
+
+def _imatrix_from(handle: Any, calib: str, n_samples: int, seq_len: int) -> Any:
+    from lowbit.calib import load_corpus, token_windows
+    from lowbit.calib.imatrix import compute_imatrix
+
+    windows = token_windows(load_corpus(calib), handle.tokenizer, n_samples, seq_len, 0)
+    return compute_imatrix(handle.model, windows, dataset=calib)
+
+
+@app.command("imatrix")
+@user_errors
+def imatrix_cmd(
+    model: Annotated[str, typer.Argument(help="The model to measure (full precision).")],
+    out_path: Annotated[Path, typer.Option("--out", help="imatrix file: .gguf (llama.cpp's current format) or .dat (legacy).")],
+    calib: Annotated[str, typer.Option(help="Calibration data.")] = "pydoc:calib",
+    n_samples: Annotated[int, typer.Option(help="Calibration windows.")] = 16,
+    seq_len: Annotated[int, typer.Option(help="Tokens per window.")] = 512,
+    overwrite: Annotated[bool, typer.Option(help="Replace --out if it exists.")] = False,
+) -> None:
+    """Compute an importance matrix (mean x^2 per input column) that llama-quantize and lowbit read."""
+    from lowbit.calib import load_corpus
+    from lowbit.calib.imatrix import save_imatrix
+    from lowbit.errors import ExportError
+
+    if out_path.exists() and not overwrite:
+        raise ExportError(f"{out_path} already exists; choose another --out or pass --overwrite")
+    load_corpus(calib)
+    _quiet_libraries()
+    from lowbit.load import load_model
+
+    with err.status(f"loading {model}"):
+        handle = load_model(model)
+    im = _imatrix_from(handle, calib, n_samples, seq_len)
+    save_imatrix(im, out_path)
+    out.print(f"imatrix of {len(im.sums)} tensors from {n_samples} x {seq_len} tokens of {calib} -> {out_path}")
 
 
 # --- eval ----------------------------------------------------------------------------------------

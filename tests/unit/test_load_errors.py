@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import struct
+
 import pytest
 import torch
 from torch import nn
@@ -75,7 +77,39 @@ def test_valid_gguf_passes_the_check(tiny_gguf) -> None:
 def test_gguf_magic_only(tmp_path) -> None:
     p = tmp_path / "magic.gguf"
     p.write_bytes(b"GGUF")
-    assert "not a readable GGUF" in one_line_input_error(p)
+    assert "shorter than a GGUF header" in one_line_input_error(p)
+
+
+def _hdr(n_tensors: int, n_kv: int) -> bytes:
+    return b"GGUF" + struct.pack("<IQQ", 3, n_tensors, n_kv)
+
+
+def _s(x: bytes) -> bytes:
+    return struct.pack("<Q", len(x)) + x
+
+
+HOSTILE = {  # each must be one InputError, at once: no crash, no hang, no giant allocation
+    "huge-string": (_hdr(0, 1) + _s(b"k") + struct.pack("<IQ", 8, 1 << 62) + b"abc", "runs past the end"),
+    "huge-kv-count": (_hdr(0, 1 << 60) + b"\0" * 16, "more than the file can hold"),
+    "huge-array": (_hdr(0, 1) + _s(b"k") + struct.pack("<IIQ", 9, 4, 1 << 61) + b"\0" * 16, "runs past the end"),
+    "huge-string-array": (_hdr(0, 1) + _s(b"k") + struct.pack("<IIQ", 9, 8, 1 << 40) + b"\0" * 16, "more than the file"),
+    "huge-tensor-count": (_hdr(1 << 60, 0) + b"\0" * 16, "more than the file can hold"),
+    "huge-key": (_hdr(0, 1) + struct.pack("<Q", 1 << 62) + b"x", "runs past the end"),
+    "huge-ndims": (_hdr(1, 0) + _s(b"w") + struct.pack("<I", 1 << 30) + b"\0" * 64, "dimensions"),
+    "offset-past-end": (_hdr(1, 0) + _s(b"w") + struct.pack("<IQQIQ", 2, 32, 4, 0, 1 << 40) + b"\0" * 64, "truncated"),
+    "unknown-type": (_hdr(1, 0) + _s(b"w") + struct.pack("<IQQIQ", 2, 32, 4, 999, 0) + b"\0" * 600, "unknown type"),
+    "bad-magic": (b"GGUX" + struct.pack("<IQQ", 3, 0, 0), "not a GGUF file"),
+    "big-endian-or-bad-version": (b"GGUF" + struct.pack(">IQQ", 3, 0, 0), "unsupported GGUF version"),
+}
+
+
+@pytest.mark.parametrize("case", list(HOSTILE))
+def test_hostile_gguf_is_one_clear_error(tmp_path, case: str) -> None:
+    data, needle = HOSTILE[case]
+    p = tmp_path / f"{case}.gguf"
+    p.write_bytes(data)
+    msg = one_line_input_error(p)
+    assert needle in msg and p.name in msg
 
 
 def test_nn_module_and_handle_pass_through() -> None:

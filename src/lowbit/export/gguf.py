@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -27,34 +26,34 @@ import torch
 from lowbit.errors import ExportError, InputError
 from lowbit.export.gguf_mix import MIXES, MixPlanner, parse_overrides
 from lowbit.formats.ggml import GGML_TYPES
+from lowbit.formats.ggml.names import gguf_name, permute_qk
 from lowbit.load.handle import ModelHandle
 
 log = logging.getLogger(__name__)
 
-_BLOCK = {
-    "input_layernorm": "attn_norm", "self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k",
-    "self_attn.v_proj": "attn_v", "self_attn.o_proj": "attn_output", "post_attention_layernorm": "ffn_norm",
-    "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up", "mlp.down_proj": "ffn_down",
-}
-_TOP = {"model.embed_tokens": "token_embd", "model.norm": "output_norm", "lm_head": "output"}
-_LAYER = re.compile(r"model\.layers\.(\d+)\.(.+)")
-
-
-def gguf_name(hf_name: str) -> str | None:
-    """``model.layers.3.mlp.down_proj.weight`` -> ``blk.3.ffn_down.weight`` (None: not a llama tensor)."""
-    base, _, leaf = hf_name.rpartition(".")
-    if base in _TOP:
-        return f"{_TOP[base]}.{leaf}"
-    m = _LAYER.fullmatch(base)
-    if m and m.group(2) in _BLOCK:
-        return f"blk.{m.group(1)}.{_BLOCK[m.group(2)]}.{leaf}"
-    return None
-
-
-def permute_qk(w: np.ndarray, n_head: int) -> np.ndarray:
-    """Hugging Face's rotary layout -> llama.cpp's (interleaved pairs), for attn_q / attn_k rows."""
-    rows = w.shape[0]
-    return w.reshape(n_head, 2, rows // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+def tensor_names(model: torch.nn.Module) -> list[tuple[str, str]]:
+    """(Hugging Face name, GGUF name) of every tensor to write, in file order. A tied output head is
+    left out (llama.cpp reuses token_embd); quantized layers count by their (buffer) weights."""
+    tie = getattr(model.config, "tie_word_embeddings", False)
+    names: list[tuple[str, str]] = []
+    seen: set[int] = set()
+    for hf, p in model.named_parameters(remove_duplicate=False):
+        g = gguf_name(hf)
+        if g is None:
+            raise ExportError(f"{hf}: not a Llama tensor lowbit knows how to name in GGUF")
+        if g == "output.weight" and id(p) in seen:
+            continue
+        seen.add(id(p))
+        names.append((hf, g))
+    have = {h for h, _ in names}
+    for base, mod in model.named_modules():
+        g = gguf_name(f"{base}.weight")
+        if hasattr(mod, "dequantize") and g and f"{base}.weight" not in have and not (base == "lm_head" and tie):
+            names.append((f"{base}.weight", g))
+    order = {"token_embd": -2, "output_norm": 10**9, "output": 10**9 + 1}
+    names.sort(key=lambda hg: (int(hg[1].split(".")[1]) if hg[1].startswith("blk.") else order.get(hg[1].split(".")[0], -1),
+                               hg[1]))
+    return names
 
 
 def float_tensors(handle: ModelHandle) -> Iterator[tuple[str, np.ndarray]]:
@@ -63,25 +62,7 @@ def float_tensors(handle: ModelHandle) -> Iterator[tuple[str, np.ndarray]]:
     cfg = model.config
     n_head, n_kv = cfg.num_attention_heads, getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
     mods = dict(model.named_modules())
-    names: list[tuple[str, str]] = []
-    seen: set[int] = set()
-    for hf, p in model.named_parameters(remove_duplicate=False):
-        g = gguf_name(hf)
-        if g is None:
-            raise ExportError(f"{hf}: not a Llama tensor lowbit knows how to name in GGUF")
-        if g == "output.weight" and id(p) in seen:  # tied to the embedding: llama.cpp reuses token_embd
-            continue
-        seen.add(id(p))
-        names.append((hf, g))
-    for base, mod in mods.items():  # quantized layers keep their codes in buffers, not parameters
-        if hasattr(mod, "dequantize") and gguf_name(f"{base}.weight"):
-            if not any(h == f"{base}.weight" for h, _ in names):
-                if base == "lm_head" and getattr(cfg, "tie_word_embeddings", False):
-                    continue
-                names.append((f"{base}.weight", gguf_name(f"{base}.weight")))
-    order = {"token_embd": -2, "output_norm": 10**9, "output": 10**9 + 1}
-    names.sort(key=lambda hg: (order.get(hg[1].split(".")[0], -1) if not hg[1].startswith("blk.")
-                               else int(hg[1].split(".")[1]), hg[1]))
+    names = tensor_names(model)
     for hf, g in names:
         base, _, leaf = hf.rpartition(".")
         mod = mods.get(base)
@@ -184,7 +165,7 @@ def export_gguf(handle: ModelHandle, out: str | Path, mix: str = "Q8_0", *,
     if out.is_dir():
         raise ExportError(f"{out} is a directory; give a .gguf file name")
     src_gguf = handle.extra.get("gguf")
-    tied = not any(g == "output.weight" for g, _ in _names_only(handle))
+    tied = not any(g == "output.weight" for _, g in tensor_names(handle.model))
     planner = MixPlanner(mix, cfg.num_hidden_layers, cfg.num_attention_heads,
                          getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads, tied,
                          has_imatrix=imatrix is not None, overrides=parse_overrides(tensor_types))
@@ -237,19 +218,3 @@ def export_gguf(handle: ModelHandle, out: str | Path, mix: str = "Q8_0", *,
     for f in planner.fallbacks:
         log.info("fallback: %s", f)
     return {"path": str(out), "mix": mix, "types": types, "fallbacks": planner.fallbacks, "no_imatrix": missing}
-
-
-def _names_only(handle: ModelHandle) -> list[tuple[str, str]]:
-    model = handle.model
-    out = []
-    seen: set[int] = set()
-    for hf, p in model.named_parameters(remove_duplicate=False):
-        g = gguf_name(hf)
-        if g == "output.weight" and id(p) in seen:
-            continue
-        seen.add(id(p))
-        out.append((hf, g))
-    for base, mod in model.named_modules():
-        if base == "lm_head" and hasattr(mod, "dequantize") and not getattr(model.config, "tie_word_embeddings", False):
-            out.append((f"{base}.weight", "output.weight"))
-    return out

@@ -13,6 +13,7 @@ from torch import nn
 
 from lowbit.errors import InputError
 from lowbit.load.builtin import BUILTINS, builtin_path
+from lowbit.load.gguf_check import check_gguf
 from lowbit.load.handle import CAUSAL_LM, ENCODER, MODULE, ModelHandle
 
 log = logging.getLogger(__name__)
@@ -55,8 +56,8 @@ def _load_path(path: Path) -> ModelHandle:
             return load_checkpoint(path)
         return load_hf_dir(path)
     head = _head(path)
-    if head[:4] == GGUF_MAGIC:
-        return load_gguf(path)
+    if head[:4] == GGUF_MAGIC or path.suffix.lower() == ".gguf":
+        return load_gguf(path)  # a .gguf with the wrong magic gets the GGUF checker's own error
     if path.suffix == ".safetensors" and (path.parent / "config.json").is_file():
         return _load_path(path.parent)
     if path.suffix == ".safetensors":
@@ -107,19 +108,6 @@ def load_hf_dir(path: Path) -> ModelHandle:
     except (OSError, ValueError, TypeError) as e:
         log.warning("%s: no tokenizer (%s); text evaluation will not be available", path, e)
     return ModelHandle(model=model.eval(), tokenizer=tokenizer, kind=kind, name=str(path), path=str(path))
-
-
-def check_gguf(path: Path) -> None:
-    """Parse the GGUF header and tensor table; a truncated or corrupt file is an InputError."""
-    import gguf
-
-    try:
-        reader = gguf.GGUFReader(str(path))
-        end = max((int(t.data_offset) + int(t.n_bytes) for t in reader.tensors), default=0)
-    except Exception as e:  # gguf-py raises ValueError, struct.error, IndexError... on bad files
-        raise InputError(f"{path} is not a readable GGUF file ({type(e).__name__}: {e}); is it truncated?") from None
-    if end > path.stat().st_size:
-        raise InputError(f"{path} is truncated: tensor data ends at byte {end}, file has {path.stat().st_size}")
 
 
 def load_gguf(path: Path) -> ModelHandle:

@@ -10,7 +10,14 @@ import gguf
 import numpy as np
 
 from lowbit.formats.ggml.base import GGMLType
-from lowbit.formats.ggml.kcommon import F32, as_bytes, imatrix_weights, make_qkx2_quants, make_qx_quants, seqsum
+from lowbit.formats.ggml.kcommon import (
+    F32,
+    as_bytes,
+    imatrix_weights,
+    make_qkx2_quants,
+    make_qx_quants,
+    seqsum,
+)
 
 
 class _ViaGGUFPy(GGMLType):
@@ -76,21 +83,21 @@ class _Weighted(_ViaGGUFPy):
         return as_bytes(*parts, _nibbles(L)).reshape(rows.shape[0], -1)
 
 
-class Q4_0(_Weighted, name="Q4_0"):  # noqa: N801 - llama.cpp's names
+class Q4_0(_Weighted, name="Q4_0"):
     nmax = 15
 
 
-class Q4_1(_Weighted, name="Q4_1"):  # noqa: N801
+class Q4_1(_Weighted, name="Q4_1"):
     nmax, with_min = 15, True
 
 
-class Q5_0(_Weighted, name="Q5_0"):  # noqa: N801
+class Q5_0(_Weighted, name="Q5_0"):
     nmax, fifth_bit = 31, True
 
 
-class Q5_1(_Weighted, name="Q5_1"):  # noqa: N801
+class Q5_1(_Weighted, name="Q5_1"):
     nmax, with_min, fifth_bit = 31, True, True
 
 
-class Q8_0(_Weighted, name="Q8_0"):  # noqa: N801 - the imatrix is not used (as in llama.cpp)
+class Q8_0(_Weighted, name="Q8_0"):
     pass

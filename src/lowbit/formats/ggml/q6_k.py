@@ -6,7 +6,14 @@ from __future__ import annotations
 import numpy as np
 
 from lowbit.formats.ggml.base import GGMLType
-from lowbit.formats.ggml.kcommon import F32, GROUP_MAX_EPS, as_bytes, make_qx_quants, nearest_int, signed_absmax
+from lowbit.formats.ggml.kcommon import (
+    F32,
+    GROUP_MAX_EPS,
+    as_bytes,
+    make_qx_quants,
+    nearest_int,
+    signed_absmax,
+)
 
 
 class Q6K(GGMLType, name="Q6_K"):

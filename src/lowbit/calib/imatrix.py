@@ -1,0 +1,206 @@
+"""Importance matrices: the mean squared activation of every input column of every weight matrix,
+which llama.cpp's k-quant searches use as per-column weights.
+
+Computed from lowbit's calibration data with one full-precision pass (hooks on every Linear, names
+in GGUF form), and read or written in both of llama.cpp's file formats, so an imatrix moves both ways:
+
+- GGUF (``imatrix.gguf``, current llama-imatrix): ``general.type = imatrix``, ``imatrix.datasets``,
+  ``imatrix.chunk_count``, ``imatrix.chunk_size``; per tensor ``<name>.in_sum2`` (sums of x^2) and
+  ``<name>.counts`` (rows seen);
+- legacy ``.dat``: int32 entry count; per entry int32 name length, name, int32 ncall, int32 nval,
+  float32[nval] = mean * ncall; then int32 chunk count, int32 length and the dataset name.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import struct
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from lowbit.errors import InputError
+from lowbit.formats.ggml.names import gguf_name
+from lowbit.progress import track
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Imatrix:
+    """sums[name] = sum over calibration rows of x^2 per column; counts[name] = rows seen."""
+
+    sums: dict[str, np.ndarray] = field(default_factory=dict)
+    counts: dict[str, int] = field(default_factory=dict)
+    datasets: list[str] = field(default_factory=list)
+    chunk_count: int = 0
+    chunk_size: int = 0
+
+    def weights(self) -> dict[str, np.ndarray]:
+        """The per-column importances the quantizers take: mean x^2 (tensors never reached are left out)."""
+        return {k: (v / self.counts[k]).astype(np.float32) for k, v in self.sums.items() if self.counts.get(k, 0) > 0}
+
+
+@torch.no_grad()
+def compute_imatrix(model: nn.Module, windows: torch.Tensor, dataset: str = "", micro_batch: int = 4) -> Imatrix:
+    """Run ``windows`` (n, L) token ids through the float model and gather x^2 at every Linear input."""
+    im = Imatrix(datasets=[dataset] if dataset else [], chunk_count=int(windows.shape[0]),
+                 chunk_size=int(windows.shape[1]))
+    hooks = []
+    tied = getattr(getattr(model, "config", None), "tie_word_embeddings", False)
+    for name, mod in model.named_modules():
+        g = gguf_name(f"{name}.weight")
+        if g is None or not (isinstance(mod, nn.Linear) or hasattr(mod, "dequantize")) or isinstance(mod, nn.Embedding):
+            continue
+        if g == "output.weight":  # as llama-imatrix: an untied output is skipped (no --process-output);
+            if not tied:          # a tied one is the token_embd matrix, recorded under that name
+                continue
+            g = "token_embd.weight"
+
+        def hook(_m: nn.Module, args: tuple, g: str = g) -> None:
+            x = args[0].detach().reshape(-1, args[0].shape[-1]).double()
+            s = x.pow(2).sum(0).numpy()
+            im.sums[g] = im.sums[g] + s if g in im.sums else s
+            im.counts[g] = im.counts.get(g, 0) + x.shape[0]
+
+        hooks.append(mod.register_forward_pre_hook(hook))
+    try:
+        for ids in track(list(windows.split(micro_batch)), "imatrix"):
+            model(input_ids=ids)
+    finally:
+        for h in hooks:
+            h.remove()
+    im.sums = {k: v.astype(np.float32) for k, v in im.sums.items()}
+    return im
+
+
+def save_imatrix(im: Imatrix, path: str | Path) -> Path:
+    """Write ``im`` atomically: ``.dat`` in the legacy format, anything else as GGUF."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent or ".")
+    os.close(fd)
+    try:
+        if path.suffix == ".dat":
+            _save_legacy(im, tmp)
+        else:
+            _save_gguf(im, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def _save_gguf(im: Imatrix, path: str) -> None:
+    import gguf
+
+    w = gguf.GGUFWriter(path, arch="imatrix")  # llama-imatrix files carry no architecture key...
+    w.kv_data[0].pop("general.architecture", None)  # ...so drop the one the writer adds
+    w.add_type("imatrix")
+    w.add_array("imatrix.datasets", im.datasets or ["lowbit"])
+    w.add_uint32("imatrix.chunk_count", im.chunk_count)
+    w.add_uint32("imatrix.chunk_size", im.chunk_size)
+    for name in sorted(im.sums):
+        w.add_tensor(f"{name}.in_sum2", im.sums[name].astype(np.float32)[None, :])
+        w.add_tensor(f"{name}.counts", np.array([[float(im.counts[name])]], dtype=np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+
+
+def _save_legacy(im: Imatrix, path: str) -> None:
+    chunk = max(im.chunk_size, 1)
+    with open(path, "wb") as f:
+        f.write(struct.pack("<i", len(im.sums)))
+        for name in sorted(im.sums):
+            ncall = max(1, -(-im.counts[name] // chunk))
+            mean = im.sums[name] / max(im.counts[name], 1)
+            raw = name.encode()
+            f.write(struct.pack("<i", len(raw)) + raw + struct.pack("<ii", ncall, mean.size))
+            f.write((mean * np.float32(ncall)).astype("<f4").tobytes())
+        ds = (im.datasets[-1] if im.datasets else "").encode()
+        f.write(struct.pack("<i", im.chunk_count) + struct.pack("<i", len(ds)) + ds)
+
+
+def load_imatrix(path: str | Path) -> Imatrix:
+    """Read an imatrix written by llama-imatrix (either format) or by lowbit; clear errors on bad files."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: imatrix file not found")
+    with open(path, "rb") as f:
+        magic = f.read(4)
+    try:
+        return _load_gguf(path) if magic == b"GGUF" else _load_legacy(path)
+    except InputError:
+        raise
+    except Exception as e:  # struct.error, ValueError, ... on a damaged file
+        raise InputError(f"{path} is not a readable imatrix file ({type(e).__name__}: {e})") from None
+
+
+def _load_gguf(path: Path) -> Imatrix:
+    import gguf
+
+    r = gguf.GGUFReader(str(path))
+    kind = r.fields.get("general.type")
+    if kind is None or kind.contents() != "imatrix":
+        raise InputError(f"{path} is a GGUF file but not an imatrix (general.type is not 'imatrix')")
+    t = {x.name: np.asarray(x.data, dtype=np.float32) for x in r.tensors}
+    im = Imatrix(datasets=list(r.fields["imatrix.datasets"].contents()) if "imatrix.datasets" in r.fields else [],
+                 chunk_count=int(r.fields["imatrix.chunk_count"].contents()) if "imatrix.chunk_count" in r.fields else 0,
+                 chunk_size=int(r.fields["imatrix.chunk_size"].contents()) if "imatrix.chunk_size" in r.fields else 0)
+    for key, v in t.items():
+        if not key.endswith(".in_sum2"):
+            continue
+        name = key[: -len(".in_sum2")]
+        counts = t.get(f"{name}.counts")
+        if counts is None:
+            raise InputError(f"{path}: {name} has in_sum2 but no counts")
+        if counts.size != 1:
+            raise InputError(f"{path}: {name} has {counts.size} expert slices; lowbit handles dense models only")
+        im.sums[name] = v.reshape(-1)
+        im.counts[name] = int(counts.reshape(-1)[0])
+    return im
+
+
+def _load_legacy(path: Path) -> Imatrix:
+    data = path.read_bytes()
+    pos = 0
+
+    def take(fmt: str) -> tuple:
+        nonlocal pos
+        size = struct.calcsize(fmt)
+        if pos + size > len(data):
+            raise InputError(f"{path}: truncated imatrix file")
+        out = struct.unpack_from(fmt, data, pos)
+        pos += size
+        return out
+
+    (n,) = take("<i")
+    if not 0 <= n <= 1_000_000:
+        raise InputError(f"{path}: not an imatrix file (entry count {n})")
+    im = Imatrix()
+    for _ in range(n):
+        (ln,) = take("<i")
+        if not 0 < ln <= 4096:
+            raise InputError(f"{path}: bad tensor name length {ln}")
+        name = take(f"<{ln}s")[0].decode()
+        ncall, nval = take("<ii")
+        if not 0 < nval <= 1 << 24:
+            raise InputError(f"{path}: bad value count {nval} for {name}")
+        vals = np.array(take(f"<{nval}f"), dtype=np.float32)
+        ncall = max(ncall, 1)
+        im.sums[name] = vals / np.float32(ncall)  # the mean; counts of 1 keep sums/counts = mean
+        im.counts[name] = 1
+    if pos + 4 <= len(data):
+        (im.chunk_count,) = take("<i")
+        if pos + 4 <= len(data):
+            (ln,) = take("<i")
+            if 0 <= ln <= 4096 and pos + ln <= len(data):
+                im.datasets = [data[pos : pos + ln].decode(errors="replace")]
+    return im

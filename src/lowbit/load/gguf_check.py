@@ -1,0 +1,129 @@
+"""Walk a GGUF file's header, metadata and tensor table with every length checked against the file,
+before any library parses it: a corrupt or hostile file is one clear InputError, never a crash, a
+hang or a huge allocation (gguf-py trusts lengths: a 2^62-byte string reads as a short one, a 2^61
+element array tries to map it).
+"""
+
+from __future__ import annotations
+
+import mmap
+import struct
+from pathlib import Path
+
+import gguf
+
+from lowbit.errors import InputError
+
+_SCALAR = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}
+_STRING, _ARRAY = 8, 9
+MAX_DIMS = 4
+
+
+class _Walker:
+    def __init__(self, buf: mmap.mmap | bytes, path: Path) -> None:
+        self.buf, self.pos, self.path, self.size = buf, 0, path, len(buf)
+
+    def fail(self, what: str) -> InputError:
+        return InputError(f"{self.path} is not a valid GGUF file: {what} (at byte {self.pos} of {self.size})")
+
+    def take(self, fmt: str) -> int:
+        n = struct.calcsize(fmt)
+        if self.pos + n > self.size:
+            raise self.fail("truncated")
+        (v,) = struct.unpack_from("<" + fmt, self.buf, self.pos)
+        self.pos += n
+        return v
+
+    def skip(self, n: int, what: str) -> None:
+        if n < 0 or self.pos + n > self.size:
+            raise self.fail(f"{what} of {n} bytes runs past the end of the file")
+        self.pos += n
+
+    def string(self, what: str) -> str:
+        n = self.take("Q")
+        start = self.pos
+        self.skip(n, what)
+        return bytes(self.buf[start : start + min(n, 256)]).decode("utf-8", "replace")
+
+    def value(self, vtype: int, key: str, depth: int = 0) -> int | None:
+        if vtype in _SCALAR:
+            start = self.pos
+            self.skip(_SCALAR[vtype], f"value of {key}")
+            return struct.unpack_from({4: "<I", 10: "<Q"}[vtype], self.buf, start)[0] if vtype in (4, 10) else None
+        if vtype == _STRING:
+            self.string(f"string value of {key}")
+            return None
+        if vtype == _ARRAY:
+            if depth > 2:
+                raise self.fail(f"{key}: arrays nested too deep")
+            etype, n = self.take("I"), self.take("Q")
+            if etype in _SCALAR:
+                self.skip(n * _SCALAR[etype], f"array {key} ({n} values)")
+            elif etype in (_STRING, _ARRAY):
+                if n > (self.size - self.pos) // 8:
+                    raise self.fail(f"array {key} claims {n} entries, more than the file can hold")
+                for _ in range(n):
+                    self.value(etype, key, depth + 1)
+            else:
+                raise self.fail(f"{key}: unknown array element type {etype}")
+            return None
+        raise self.fail(f"{key}: unknown value type {vtype}")
+
+
+def check_gguf(path: Path) -> None:
+    """Raise InputError unless ``path`` is a well-formed little-endian GGUF v2/v3 file whose every
+    length and tensor offset lies inside the file."""
+    with open(path, "rb") as f:
+        size = f.seek(0, 2)
+        if size < 24:
+            raise InputError(f"{path} is truncated or not a GGUF file: {size} bytes, shorter than a GGUF header")
+        buf = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+    try:
+        _walk(_Walker(buf, path))
+    finally:
+        buf.close()
+
+
+def _walk(w: _Walker) -> None:
+    if bytes(w.buf[:4]) != b"GGUF":
+        raise InputError(f"{w.path} is not a GGUF file (magic {bytes(w.buf[:4])!r}, expected b'GGUF')")
+    w.pos = 4
+    version = w.take("I")
+    if version not in (2, 3):
+        raise w.fail(f"unsupported GGUF version {version} (lowbit reads 2 and 3; a big-endian file shows a huge number)")
+    n_tensors, n_kv = w.take("Q"), w.take("Q")
+    if n_kv > w.size // 12 or n_tensors > w.size // 24:
+        raise w.fail(f"header claims {n_kv} metadata entries and {n_tensors} tensors, more than the file can hold")
+    alignment = 32
+    for _ in range(n_kv):
+        key = w.string("metadata key")
+        vtype = w.take("I")
+        v = w.value(vtype, key)
+        if key == "general.alignment":
+            if vtype != 4 or not v or v & (v - 1):
+                raise w.fail(f"general.alignment must be a power of two (got {v})")
+            alignment = v
+    infos = []
+    for _ in range(n_tensors):
+        name = w.string("tensor name")
+        ndims = w.take("I")
+        if not 1 <= ndims <= MAX_DIMS:
+            raise w.fail(f"tensor {name} has {ndims} dimensions")
+        dims = [w.take("Q") for _ in range(ndims)]
+        ttype, offset = w.take("I"), w.take("Q")
+        try:
+            block, type_size = gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType(ttype)]
+        except (ValueError, KeyError):
+            raise w.fail(f"tensor {name} has unknown type {ttype}") from None
+        numel = 1
+        for d in dims:
+            numel *= d
+        if numel > w.size * 64 or dims[0] % block:
+            raise w.fail(f"tensor {name} has impossible dimensions {dims} for its type")
+        infos.append((name, offset, numel // block * type_size))
+    data_start = -(-w.pos // alignment) * alignment
+    for name, offset, nbytes in infos:
+        end = data_start + offset + nbytes
+        if offset % alignment or end > w.size:
+            raise InputError(f"{w.path} is truncated or corrupt: tensor {name} spans bytes "
+                             f"{data_start + offset}..{end}, the file has {w.size}")

@@ -1,0 +1,192 @@
+"""GGUF export on tiny Llama models: names, rotary layout, metadata and tokenizer survive a round trip
+through transformers' GGUF loader; llama.cpp's mix rules; overrides; imatrix files; atomic writes."""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections import Counter
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from lowbit.calib.imatrix import Imatrix, compute_imatrix, load_imatrix, save_imatrix
+from lowbit.cli import app
+from lowbit.errors import ExportError, InputError
+from lowbit.export.gguf import export_gguf
+from lowbit.export.gguf_mix import MixPlanner, parse_overrides, use_more_bits
+from lowbit.load import load_model
+
+
+@pytest.fixture
+def bpe_llama():
+    """A tiny Llama (hidden 256, so the k-quants apply) with a byte-pair tokenizer that has a merge."""
+    from tokenizers import Tokenizer, models
+    from transformers import PreTrainedTokenizerFast
+
+    from tests.conftest import TINY_CHARS, TINY_SPECIALS, make_tiny_llama
+
+    vocab = {t: i for i, t in enumerate(TINY_SPECIALS + TINY_CHARS)}
+    vocab["he"] = len(vocab)
+    tk = Tokenizer(models.BPE(vocab=vocab, merges=[("h", "e")], unk_token="<unk>"))
+    tok = PreTrainedTokenizerFast(tokenizer_object=tk, eos_token="<eos>", pad_token="<pad>", unk_token="<unk>")
+    return make_tiny_llama(tokenizer=tok, hidden_size=256, intermediate_size=512, vocab_size=len(vocab),
+                           num_hidden_layers=8)
+
+
+IDS = torch.tensor([[5, 9, 13, 40, 7, 3, 22, 61]])
+
+
+def _logits(model) -> torch.Tensor:
+    with torch.no_grad():
+        return model(IDS).logits
+
+
+def test_f32_round_trip_is_exact(bpe_llama, tmp_path) -> None:
+    path = tmp_path / "m.gguf"
+    export_gguf(bpe_llama, path, "F32")
+    back = load_model(str(path))
+    assert torch.equal(_logits(back.model), _logits(bpe_llama.model))
+    assert back.tokenizer("hello there").input_ids == bpe_llama.tokenizer("hello there").input_ids
+
+
+@pytest.mark.parametrize(("mix", "bound"), [("F16", 2e-3), ("Q8_0", 0.05), ("Q6_K", 0.1), ("Q4_K_M", 0.5), ("Q2_K", 3.0)])
+def test_quantized_round_trip_is_close(bpe_llama, tmp_path, mix: str, bound: float) -> None:
+    path = tmp_path / "m.gguf"
+    summary = export_gguf(bpe_llama, path, mix)
+    err = (_logits(load_model(str(path)).model) - _logits(bpe_llama.model)).abs().max().item()
+    assert 0 < err < bound, (mix, err)
+    assert summary["types"]["blk.0.attn_norm.weight"] == "F32"
+
+
+def test_k_quant_mix_types(bpe_llama, tmp_path) -> None:
+    types = export_gguf(bpe_llama, tmp_path / "m.gguf", "Q4_K_M")["types"]
+    n = 8
+    for i in range(n):
+        more = use_more_bits(i, n)
+        assert types[f"blk.{i}.ffn_down.weight"] == ("Q6_K" if more else "Q4_K")
+        assert types[f"blk.{i}.attn_v.weight"] == ("Q6_K" if more else "Q4_K")
+        assert types[f"blk.{i}.attn_q.weight"] == "Q4_K"
+    assert types["token_embd.weight"] == "Q6_K"  # tied: the embedding is the output
+    assert "output.weight" not in types
+
+
+def test_smollm2_shaped_q4_k_m_matches_llamacpp_counts() -> None:
+    """llama.cpp's own Q4_K_M of smollm2 (shared/research/feasibility-llamacpp.md): Q5_0 x166,
+    Q8_0 x15, Q6_K x14, Q4_K x16 and 61 F32 vectors."""
+    plan = MixPlanner("Q4_K_M", n_layer=30, n_head=9, n_head_kv=3, tied_embeddings=True)
+    shapes = {"attn_q": (576, 576), "attn_k": (192, 576), "attn_v": (192, 576), "attn_output": (576, 576),
+              "ffn_gate": (1536, 576), "ffn_up": (1536, 576), "ffn_down": (576, 1536)}
+    got = Counter([plan.type_for("token_embd.weight", (49152, 576))])
+    for i in range(30):
+        got[plan.type_for(f"blk.{i}.attn_norm.weight", (576,))] += 1
+        got[plan.type_for(f"blk.{i}.ffn_norm.weight", (576,))] += 1
+        for cat, shape in shapes.items():
+            got[plan.type_for(f"blk.{i}.{cat}.weight", shape)] += 1
+    got[plan.type_for("output_norm.weight", (576,))] += 1
+    assert got == Counter({"Q5_0": 166, "Q8_0": 15, "Q6_K": 14, "Q4_K": 16, "F32": 61})
+    assert len(plan.fallbacks) == 180  # "180 of 272 tensor(s) required fallback quantization"
+
+
+@pytest.mark.parametrize(("mix", "v0", "down0", "out"), [
+    ("Q2_K", "Q3_K", "Q3_K", "Q3_K"), ("Q3_K_S", "Q3_K", "Q3_K", "Q3_K"), ("Q3_K_M", "Q5_K", "Q5_K", "Q4_K"),
+    ("Q3_K_L", "Q5_K", "Q5_K", "Q5_K"), ("Q4_K_S", "Q5_K", "Q5_K", "Q4_K"), ("Q5_K_S", "Q5_K", "Q5_K", "Q5_K"),
+    ("Q5_K_M", "Q6_K", "Q6_K", "Q5_K"), ("Q6_K", "Q6_K", "Q6_K", "Q6_K"), ("Q8_0", "Q8_0", "Q8_0", "Q8_0"),
+])
+def test_first_layer_bumps_per_mix(mix, v0, down0, out) -> None:
+    """Layer 0 of a 32-layer, GQA-2 model on 4096-wide tensors, per llama.cpp's rules."""
+    plan = MixPlanner(mix, n_layer=32, n_head=32, n_head_kv=16, tied_embeddings=False)
+    assert plan.type_for("blk.0.attn_v.weight", (4096, 4096)) == v0
+    assert plan.type_for("blk.0.ffn_down.weight", (4096, 4096)) == down0
+    assert plan.type_for("blk.0.attn_output.weight", (4096, 4096)) == out
+    assert plan.type_for("output.weight", (32000, 4096)) == ("Q8_0" if mix == "Q8_0" else "Q6_K")
+
+
+def test_overrides_win_and_bad_ones_are_rejected(bpe_llama, tmp_path) -> None:
+    types = export_gguf(bpe_llama, tmp_path / "m.gguf", "Q4_K_M", tensor_types=[r"attn_v=Q8_0", r"blk\.0\..*=F16"])["types"]
+    assert types["blk.0.attn_q.weight"] == "F16"
+    assert types["blk.0.attn_v.weight"] == "Q8_0"  # first matching pattern wins
+    assert all(t == "Q8_0" for k, t in types.items() if "attn_v" in k)
+    for bad in ["attn_v", "attn_v=Q9_X", "(=Q4_0"]:
+        with pytest.raises(InputError, match="--tensor-type"):
+            parse_overrides([bad])
+
+
+def test_non_llama_and_existing_out_are_refused(tiny_bert, bpe_llama, tmp_path) -> None:
+    with pytest.raises(InputError, match="Llama"):
+        export_gguf(tiny_bert, tmp_path / "b.gguf", "Q8_0")
+    (tmp_path / "x.gguf").write_bytes(b"keep")
+    with pytest.raises(ExportError, match="exists"):
+        export_gguf(bpe_llama, tmp_path / "x.gguf", "Q8_0")
+    assert (tmp_path / "x.gguf").read_bytes() == b"keep"
+
+
+def test_a_failed_write_leaves_nothing(bpe_llama, tmp_path, monkeypatch) -> None:
+    from lowbit.formats.ggml import q4_k
+
+    def boom(*a, **k):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(q4_k.Q4K, "quantize_blocks", classmethod(boom))
+    with pytest.raises(RuntimeError, match="disk full"):
+        export_gguf(bpe_llama, tmp_path / "m.gguf", "Q4_K_M")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_imatrix_compute_save_load_and_use(bpe_llama, tmp_path, caplog) -> None:
+    ids = torch.randint(0, 90, (4, 32), generator=torch.Generator().manual_seed(0))
+    im = compute_imatrix(bpe_llama.model, ids, "random")
+    assert set(im.sums) == {f"blk.{i}.{c}.weight" for i in range(8) for c in
+                            ("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down")} | {
+                                "token_embd.weight"}  # tied: the output matmul reads token_embd
+    assert all(im.counts[k] == 4 * 32 for k in im.sums)
+    for suffix in ("gguf", "dat"):
+        back = load_imatrix(save_imatrix(im, tmp_path / f"im.{suffix}"))
+        for k, v in im.weights().items():
+            np.testing.assert_allclose(back.weights()[k], v, rtol=1e-6)
+    w = im.weights()
+    del w["blk.3.ffn_up.weight"]
+    with caplog.at_level(logging.WARNING):
+        s = export_gguf(bpe_llama, tmp_path / "m.gguf", "Q3_K_M", imatrix=w)
+    assert s["no_imatrix"] == ["blk.3.ffn_up.weight"] and "no importance-matrix data" in caplog.text
+    plain = export_gguf(bpe_llama, tmp_path / "p.gguf", "Q3_K_M")
+    assert (tmp_path / "m.gguf").read_bytes() != (tmp_path / "p.gguf").read_bytes()
+    assert plain["no_imatrix"] == []
+
+
+def test_bad_imatrix_files(tmp_path, bpe_llama) -> None:
+    (tmp_path / "t.dat").write_bytes(b"\x02\x00\x00\x00\x05\x00\x00\x00abc")
+    with pytest.raises(InputError, match="truncated"):
+        load_imatrix(tmp_path / "t.dat")
+    (tmp_path / "huge.dat").write_bytes(b"\xff\xff\xff\x7f")
+    with pytest.raises(InputError, match="not an imatrix"):
+        load_imatrix(tmp_path / "huge.dat")
+    export_gguf(bpe_llama, tmp_path / "model.gguf", "F16")
+    with pytest.raises(InputError, match="not an imatrix"):
+        load_imatrix(tmp_path / "model.gguf")
+    with pytest.raises(InputError, match="not found"):
+        load_imatrix(tmp_path / "missing.gguf")
+    bad = Imatrix(sums={"blk.0.attn_q.weight": np.ones(7, np.float32)}, counts={"blk.0.attn_q.weight": 1})
+    with pytest.raises(InputError, match="7 values"):
+        export_gguf(bpe_llama, tmp_path / "n.gguf", "Q4_K_M", imatrix=bad.weights())
+
+
+def test_cli_export_gguf(bpe_llama, tmp_path) -> None:
+    src = tmp_path / "hf"
+    bpe_llama.model.save_pretrained(src)
+    bpe_llama.tokenizer.save_pretrained(src)
+    runner = CliRunner(env={"LOWBIT_PROGRESS": "0", "HF_HUB_OFFLINE": "1", "COLUMNS": "200"})
+    out = tmp_path / "m.gguf"
+    res = runner.invoke(app, ["export", str(src), "--format", "gguf", "--type", "q4_k_m", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    assert re.search(r"gguf Q4_K_M -> .*m\.gguf", res.output) and out.stat().st_size > 0
+    res = runner.invoke(app, ["export", str(src), "--format", "gguf", "--type", "Q7_X", "--out", str(tmp_path / "z.gguf")])
+    assert res.exit_code == 2 and "Q7_X" in res.stderr and not (tmp_path / "z.gguf").exists()
+    res = runner.invoke(app, ["imatrix", str(src), "--calib", str(src / "config.json"), "--n-samples", "2",
+                              "--seq-len", "16", "--out", str(tmp_path / "im.dat")])
+    assert res.exit_code == 0, res.output
+    res = runner.invoke(app, ["export", str(src), "--format", "gguf", "--type", "Q2_K", "--imatrix",
+                              str(tmp_path / "im.dat"), "--out", str(tmp_path / "q2.gguf")])
+    assert res.exit_code == 0, res.output
