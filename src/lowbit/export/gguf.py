@@ -102,13 +102,16 @@ def _arch_kv(w: gguf.GGUFWriter, cfg: Any, name: str) -> None:
 
 
 def _copy_kv(w: gguf.GGUFWriter, src: str, skip: Callable[[str], bool]) -> None:
-    r = gguf.GGUFReader(src)
-    for key, field in r.fields.items():
+    from lowbit.load.gguf_check import read_metadata
+
+    for key, vtype, value in read_metadata(Path(src)):
         if key.startswith("GGUF.") or skip(key):
             continue
-        vtype = field.types[0]
-        sub = field.types[-1] if vtype == gguf.GGUFValueType.ARRAY else None
-        w.add_key_value(key, field.contents(), vtype, sub_type=sub)
+        if vtype == gguf.GGUFValueType.ARRAY:
+            sub, items = value
+            w.add_key_value(key, items, gguf.GGUFValueType(vtype), sub_type=gguf.GGUFValueType(sub))
+        else:
+            w.add_key_value(key, value, gguf.GGUFValueType(vtype))
 
 
 def _hf_tokenizer_kv(w: gguf.GGUFWriter, tok: Any) -> None:

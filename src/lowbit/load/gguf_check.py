@@ -15,6 +15,7 @@ import gguf
 from lowbit.errors import InputError
 
 _SCALAR = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}
+_FMT = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q", 12: "<d"}
 _STRING, _ARRAY = 8, 9
 MAX_DIMS = 4
 
@@ -44,6 +45,26 @@ class _Walker:
         start = self.pos
         self.skip(n, what)
         return bytes(self.buf[start : start + min(n, 256)]).decode("utf-8", "replace")
+
+    def read(self, vtype: int, key: str) -> object:
+        """A metadata value (after the checks of :meth:`value` passed on this file)."""
+        if vtype in _SCALAR:
+            fmt = _FMT[vtype]
+            v = struct.unpack_from(fmt, self.buf, self.pos)[0]
+            self.pos += _SCALAR[vtype]
+            return bool(v) if vtype == 7 else v
+        if vtype == _STRING:
+            n = self.take("Q")
+            v = bytes(self.buf[self.pos : self.pos + n]).decode("utf-8", "surrogateescape")
+            self.pos += n
+            return v
+        etype, n = self.take("I"), self.take("Q")
+        if etype in _SCALAR:
+            size = _SCALAR[etype] * n
+            vals = list(struct.unpack_from(f"<{n}{_FMT[etype][1:]}", self.buf, self.pos))
+            self.pos += size
+            return (etype, [bool(v) for v in vals] if etype == 7 else vals)
+        return (etype, [self.read(etype, key) for _ in range(n)])
 
     def value(self, vtype: int, key: str, depth: int = 0) -> int | None:
         if vtype in _SCALAR:
@@ -127,3 +148,30 @@ def _walk(w: _Walker) -> None:
         if offset % alignment or end > w.size:
             raise InputError(f"{w.path} is truncated or corrupt: tensor {name} spans bytes "
                              f"{data_start + offset}..{end}, the file has {w.size}")
+
+
+def read_metadata(path: Path) -> list[tuple[str, int, object]]:
+    """Every metadata entry of a checked GGUF file as (key, value type, value); an array's value is
+    (element type, list). Much faster than gguf-py's reader on large tokenizer arrays."""
+    check_gguf(path)
+    with open(path, "rb") as f:
+        buf = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+    try:
+        w = _Walker(buf, path)
+        w.pos = 16
+        n_kv = w.take("Q")
+        out = []
+        for _ in range(n_kv):
+            key = _key(w)
+            vtype = w.take("I")
+            out.append((key, vtype, w.read(vtype, key)))
+        return out
+    finally:
+        buf.close()
+
+
+def _key(w: _Walker) -> str:
+    n = w.take("Q")
+    k = bytes(w.buf[w.pos : w.pos + n]).decode("utf-8", "replace")
+    w.pos += n
+    return k

@@ -12,6 +12,8 @@ every type is checked against an independent decoder.
 
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, ClassVar
 
 import gguf
@@ -21,6 +23,17 @@ from lowbit.errors import InputError
 from lowbit.registry import Registry
 
 GGML_TYPES: Registry[type[GGMLType]] = Registry("GGML type")
+CHUNK_VALUES = 1 << 16  # values per work unit: the search's temporaries stay in cache
+
+
+def workers() -> int:
+    """Threads for quantizing: $LOWBIT_THREADS, else torch's intra-op thread count."""
+    env = os.environ.get("LOWBIT_THREADS")
+    if env:
+        return max(1, int(env))
+    import torch
+
+    return max(1, torch.get_num_threads())
 
 
 class GGMLType:
@@ -77,8 +90,15 @@ class GGMLType:
         qw = None
         if imatrix is not None:  # one weight per column, repeated for every row
             qw = np.tile(imatrix.reshape(-1, cls.block_size), (rows.shape[0], 1))
-        raw = cls.quantize_blocks(blocks, qw)
-        return raw.reshape(rows.shape[0], -1)
+        step = max(1, CHUNK_VALUES // cls.block_size)
+        if len(blocks) <= step:
+            return cls.quantize_blocks(blocks, qw).reshape(rows.shape[0], -1)
+        # Blocks are independent: cache-sized chunks, on every core (numpy releases the GIL)
+        spans = [(i, min(i + step, len(blocks))) for i in range(0, len(blocks), step)]
+        with ThreadPoolExecutor(max_workers=workers()) as pool:
+            parts = list(pool.map(lambda ab: cls.quantize_blocks(blocks[ab[0]:ab[1]],
+                                                                 None if qw is None else qw[ab[0]:ab[1]]), spans))
+        return np.concatenate(parts).reshape(rows.shape[0], -1)
 
     @classmethod
     def quantize_blocks(cls, blocks: np.ndarray, qw: np.ndarray | None) -> np.ndarray:

@@ -24,10 +24,11 @@ def nearest_int(f: np.ndarray) -> np.ndarray:
 
 
 def seqsum(a: np.ndarray) -> np.ndarray:
-    """Sum over the last axis in float32, left to right (C's ``s += a[i]`` order)."""
-    s = a[..., 0].copy()
-    for i in range(1, a.shape[-1]):
-        s += a[..., i]
+    """Sum over the first axis in float32, first to last (C's ``s += a[i]`` order). The searches keep
+    their blocks along the last axis, (n, B), so each step adds one contiguous row."""
+    s = a[0].copy()
+    for i in range(1, a.shape[0]):
+        s += a[i]
     return s
 
 
@@ -36,35 +37,40 @@ def fp16(x: np.ndarray) -> np.ndarray:
     return np.asarray(x, dtype=F32).astype(np.float16).astype(F32)
 
 
-def signed_absmax(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per row: max |x| and the value holding it (the first one on ties)."""
-    idx = np.abs(x).argmax(-1)
-    mx = np.take_along_axis(x, idx[..., None], -1)[..., 0]
+def signed_absmax(x: np.ndarray, axis: int = -1) -> tuple[np.ndarray, np.ndarray]:
+    """Along ``axis``: max |x| and the value holding it (the first one on ties)."""
+    idx = np.expand_dims(np.abs(x).argmax(axis), axis)
+    mx = np.take_along_axis(x, idx, axis).squeeze(axis)
     return np.abs(mx), mx
+
+
+def _t(a: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(a.T)
 
 
 def make_qkx2_quants(x: np.ndarray, w: np.ndarray, nmax: int, rmin: float, rdelta: float, nstep: int,
                      use_mad: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Asymmetric levels 0..nmax with a min, searched over ``nstep + 1`` scale candidates to minimise
     the weighted (squared or absolute) error. x, w: (B, n). Returns scale (B,), -min (B,), L (B, n) int32."""
+    x, w = _t(x), _t(w)  # (n, B)
     with np.errstate(all="ignore"):
-        mn = np.minimum(x.min(-1), F32(0))
-        mx = x.max(-1)
+        mn = np.minimum(x.min(0), F32(0))
+        mx = x.max(0)
         sum_w = seqsum(w)
         sum_x = seqsum(w * x)
         flat = mx == mn
 
         def err(scale: np.ndarray, lf: np.ndarray, m: np.ndarray) -> np.ndarray:
-            d = scale[:, None] * lf + m[:, None] - x
+            d = scale * lf + m - x
             return seqsum(w * (np.abs(d) if use_mad else d * d))
 
         iscale = F32(nmax) / (mx - mn)
         scale = F32(1) / iscale
-        L = np.clip(nearest_int(iscale[:, None] * (x - mn[:, None])), 0, nmax)
+        L = np.clip(nearest_int(iscale * (x - mn)), 0, nmax)
         best = err(scale, L.astype(F32), mn)
         for step in range(nstep + 1):  # the current best min moves the grid of later candidates
             iscale = (F32(rmin) + F32(rdelta) * F32(step) + F32(nmax)) / (mx - mn)
-            la = np.clip(nearest_int(iscale[:, None] * (x - mn[:, None])), 0, nmax)
+            la = np.clip(nearest_int(iscale * (x - mn)), 0, nmax)
             lf = la.astype(F32)
             wl = w * lf
             sum_l, sum_l2, sum_xl = seqsum(wl), seqsum(wl * lf), seqsum(wl * x)
@@ -76,13 +82,13 @@ def make_qkx2_quants(x: np.ndarray, w: np.ndarray, nmax: int, rmin: float, rdelt
             this_scale = np.where(pos, sum_xl / sum_l2, this_scale)
             cur = err(this_scale, lf, this_min)
             better = (D > 0) & (cur < best)
-            L = np.where(better[:, None], la, L)
+            L = np.where(better, la, L)
             best = np.where(better, cur, best)
             scale = np.where(better, this_scale, scale)
             mn = np.where(better, this_min, mn)
-        L = np.where(flat[:, None], 0, L)
+        L = np.where(flat, 0, L)
         scale = np.where(flat, F32(0), scale)
-    return scale.astype(F32), (-mn).astype(F32), L.astype(np.int32)
+    return scale.astype(F32), (-mn).astype(F32), _t(L.astype(np.int32))
 
 
 def make_qx_quants(x: np.ndarray, nmax: int, rmse_type: int, qw: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -90,14 +96,15 @@ def make_qx_quants(x: np.ndarray, nmax: int, rmse_type: int, qw: np.ndarray | No
     minimise the weighted squared error (weights x^2 for ``rmse_type`` 1, or ``qw``).
     x: (B, n). Returns scale (B,), L (B, n) int32 in 0..2*nmax-1."""
     assert rmse_type == 1 or qw is not None, "only the weightings llama.cpp's k-quants use"
+    x = _t(x)
     with np.errstate(all="ignore"):
-        amax, mx = signed_absmax(x)
+        amax, mx = signed_absmax(x, 0)
         zero = amax < GROUP_MAX_EPS
-        w = qw if qw is not None else x * x
+        w = _t(qw) if qw is not None else x * x
         wx = w * x
 
         def levels(iscale: np.ndarray) -> np.ndarray:
-            return np.clip(nearest_int(iscale[:, None] * x), -nmax, nmax - 1)
+            return np.clip(nearest_int(iscale * x), -nmax, nmax - 1)
 
         def sums(lv: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
             lf = lv.astype(F32)
@@ -115,90 +122,89 @@ def make_qx_quants(x: np.ndarray, nmax: int, rmse_type: int, qw: np.ndarray | No
             cand = levels(iscale)
             sumlx, suml2 = sums(cand)
             better = (suml2 > 0) & (sumlx * sumlx > best * suml2)
-            lv = np.where(better[:, None], cand, lv)
+            lv = np.where(better, cand, lv)
             scale = np.where(better, sumlx / suml2, scale)
             best = np.where(better, scale * sumlx, best)
-        L = np.where(zero[:, None], 0, lv + nmax)
+        L = np.where(zero, 0, lv + nmax)
         scale = np.where(zero, F32(0), scale)
-    return scale.astype(F32), L.astype(np.int32)
+    return scale.astype(F32), _t(L.astype(np.int32))
+
+
+def _sweeps(x: np.ndarray, w: np.ndarray, L: np.ndarray, lo: int | None, hi: int, wrap: bool) -> tuple[np.ndarray, ...]:
+    """Up to 5 sweeps moving one value at a time while the weighted fit improves (make_q3_quants and
+    make_qp_quants). x, w, L: (n, B). A sweep that changes nothing leaves the state unchanged, so
+    running all 5 equals the reference's early exit."""
+    wx = w * x
+    lf = L.astype(F32)
+    sumlx, suml2 = seqsum(wx * lf), seqsum(w * lf * lf)
+    for _ in range(5):
+        for i in range(x.shape[0]):
+            li = L[i].astype(F32)
+            slx = sumlx - wx[i] * li
+            sl2 = suml2 - w[i] * li * li
+            new = np.minimum(hi, nearest_int(x[i] * sl2 / slx))
+            if lo is not None:
+                new = np.maximum(lo, new)
+            if wrap:
+                new &= 0xFF
+            nf = new.astype(F32)
+            slx2 = slx + wx[i] * nf
+            sl22 = sl2 + w[i] * nf * nf
+            if wrap:  # make_qp_quants: the test on the old sl2; make_q3_quants: on the new one
+                ok = (slx > 0) & (sl2 > 0) & (new != L[i]) & (slx2 * slx2 * suml2 > sumlx * sumlx * sl22)
+            else:
+                ok = (slx > 0) & (new != L[i]) & (sl22 > 0) & (slx2 * slx2 * suml2 > sumlx * sumlx * sl22)
+            L[i] = np.where(ok, new, L[i])
+            sumlx = np.where(ok, slx2, sumlx)
+            suml2 = np.where(ok, sl22, suml2)
+    return L, sumlx, suml2
 
 
 def make_q3_quants(x: np.ndarray, nmax: int) -> tuple[np.ndarray, np.ndarray]:
     """Q3_K's symmetric search: levels -nmax..nmax-1, then up to 5 sweeps that move one value at a
     time while the x^2-weighted fit improves. x: (B, n). Returns scale (B,), L (B, n) int32 in 0..2*nmax-1."""
+    x = _t(x)
     with np.errstate(all="ignore"):
-        amax, mx = signed_absmax(x)
+        amax, mx = signed_absmax(x, 0)
         zero = amax < GROUP_MAX_EPS
         iscale = F32(-nmax) / mx
-        L = np.clip(nearest_int(iscale[:, None] * x), -nmax, nmax - 1)
-        w = x * x
-        wx = w * x
-        lf = L.astype(F32)
-        sumlx, suml2 = seqsum(wx * lf), seqsum(w * lf * lf)
-        for _ in range(5):  # a sweep that changes nothing leaves the state as it was, so no early exit is needed
-            for i in range(x.shape[1]):
-                li = L[:, i].astype(F32)
-                slx = sumlx - wx[:, i] * li
-                sl2 = suml2 - w[:, i] * li * li
-                new = np.clip(nearest_int(x[:, i] * sl2 / slx), -nmax, nmax - 1)
-                nf = new.astype(F32)
-                slx2 = slx + wx[:, i] * nf
-                sl22 = sl2 + w[:, i] * nf * nf
-                ok = (slx > 0) & (new != L[:, i]) & (sl22 > 0) & (slx2 * slx2 * suml2 > sumlx * sumlx * sl22)
-                L[:, i] = np.where(ok, new, L[:, i])
-                sumlx = np.where(ok, slx2, sumlx)
-                suml2 = np.where(ok, sl22, suml2)
+        L = np.clip(nearest_int(iscale * x), -nmax, nmax - 1)
+        L, sumlx, suml2 = _sweeps(x, x * x, L, -nmax, nmax - 1, wrap=False)
         scale = np.where(suml2 > 0, sumlx / suml2, F32(0))
-        L = np.where(zero[:, None], 0, L + nmax)
+        L = np.where(zero, 0, L + nmax)
         scale = np.where(zero, F32(0), scale)
-    return scale.astype(F32), L.astype(np.int32)
+    return scale.astype(F32), _t(L.astype(np.int32))
 
 
 def make_qp_quants(x: np.ndarray, nmax: int, qw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Non-negative levels 0..nmax for non-negative x (a super-block's scales or mins), the scale
     searched over 9 candidates then refined by one-value-at-a-time sweeps, weighted by ``qw``.
     x, qw: (B, n). Returns scale (B,), L (B, n) int32 (stored as uint8 by the reference, so wrapped)."""
+    x, w = _t(x), _t(qw)
     with np.errstate(all="ignore"):
-        mx = np.maximum(x.max(-1), F32(0))
+        mx = np.maximum(x.max(0), F32(0))
         zero = mx < GROUP_MAX_EPS
-        w = qw
-        wx = w * x
 
         def mse(scale: np.ndarray, lv: np.ndarray) -> np.ndarray:
-            d = x - scale[:, None] * lv.astype(F32)
+            d = x - scale * lv.astype(F32)
             return seqsum(w * d * d)
 
         iscale = F32(nmax) / mx
-        L = nearest_int(iscale[:, None] * x) & 0xFF
-        best = mse(F32(1) / iscale, L)
+        best = mse(F32(1) / iscale, nearest_int(iscale * x) & 0xFF)
         for step in range(-4, 5):
             if step == 0:
                 continue
             cand = (F32(0.1) * F32(step) + F32(nmax)) / mx
-            m = mse(F32(1) / cand, np.minimum(nmax, nearest_int(cand[:, None] * x)))
+            m = mse(F32(1) / cand, np.minimum(nmax, nearest_int(cand * x)))
             better = m < best
             best = np.where(better, m, best)
             iscale = np.where(better, cand, iscale)
-        L = np.minimum(nmax, nearest_int(iscale[:, None] * x)) & 0xFF
-        lf = L.astype(F32)
-        sumlx, suml2 = seqsum(wx * lf), seqsum(w * lf * lf)
-        for _ in range(5):  # sweeps that change nothing are idempotent: no early exit needed
-            for i in range(x.shape[1]):
-                li = L[:, i].astype(F32)
-                slx = sumlx - wx[:, i] * li
-                sl2 = suml2 - w[:, i] * li * li
-                new = np.minimum(nmax, nearest_int(x[:, i] * sl2 / slx)) & 0xFF
-                nf = new.astype(F32)
-                slx2 = slx + wx[:, i] * nf
-                sl22 = sl2 + w[:, i] * nf * nf
-                ok = (slx > 0) & (sl2 > 0) & (new != L[:, i]) & (slx2 * slx2 * suml2 > sumlx * sumlx * sl22)
-                L[:, i] = np.where(ok, new, L[:, i])
-                sumlx = np.where(ok, slx2, sumlx)
-                suml2 = np.where(ok, sl22, suml2)
+        L = np.minimum(nmax, nearest_int(iscale * x)) & 0xFF
+        L, sumlx, suml2 = _sweeps(x, w, L, None, nmax, wrap=True)
         scale = np.where(suml2 > 0, sumlx / suml2, F32(0))
-        L = np.where(zero[:, None], 0, L)
+        L = np.where(zero, 0, L)
         scale = np.where(zero, F32(0), scale)
-    return scale.astype(F32), L.astype(np.int32)
+    return scale.astype(F32), _t(L.astype(np.int32))
 
 
 def imatrix_weights(x: np.ndarray, qw: np.ndarray, sigma2: np.ndarray) -> np.ndarray:

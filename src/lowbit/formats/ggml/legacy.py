@@ -24,8 +24,13 @@ class _ViaGGUFPy(GGMLType):
     @classmethod
     def quantize_blocks(cls, blocks: np.ndarray, qw: np.ndarray | None) -> np.ndarray:
         # the float types and Q8_0 ignore an importance matrix, as in llama.cpp
+        if cls.name == "F32":
+            return blocks.view(np.uint8).reshape(blocks.shape[0], cls.type_size)
+        if cls.name == "F16":
+            return blocks.astype(np.float16).view(np.uint8).reshape(blocks.shape[0], cls.type_size)
         with np.errstate(all="ignore"):  # subnormal blocks overflow inside gguf-py, exactly as in C
-            raw = gguf.quants.quantize(blocks, cls.qtype)
+            # gguf-py's block quantizer on all our blocks at once (its own front end goes row by row)
+            raw = gguf.quants._type_traits[cls.qtype].quantize_blocks(blocks)  # noqa: SLF001
         return np.ascontiguousarray(raw).view(np.uint8).reshape(blocks.shape[0], cls.type_size)
 
 
@@ -44,7 +49,7 @@ class BFloat16(_ViaGGUFPy, name="BF16"):
 def _weights(rows: np.ndarray, imatrix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(blocks of 32, their weights) with sigma^2 taken over each whole row, as llama.cpp does."""
     n = rows.shape[1]
-    sigma2 = seqsum(rows * rows) / F32(n)
+    sigma2 = seqsum((rows * rows).T) / F32(n)
     blocks = rows.reshape(-1, 32)
     qw = np.tile(imatrix.reshape(-1, 32), (rows.shape[0], 1))
     return blocks, imatrix_weights(blocks, qw, np.repeat(sigma2, n // 32))

@@ -34,11 +34,11 @@ class Q2K(GGMLType, name="Q2_K"):
                 d16 = np.where(max_scale > 0, max_scale / F32(15), F32(0)).astype(np.float16)
                 dmin16 = np.where(max_min > 0, max_min / F32(15), F32(0)).astype(np.float16)
         else:
-            sigma2 = seqsum(blocks * blocks) / F32(256)
+            sigma2 = seqsum((blocks * blocks).T) / F32(256)
             w = imatrix_weights(sub, qw.reshape(s * 16, 16), np.repeat(sigma2, 16))
             scales, mins, L = make_qkx2_quants(sub, w, 3, -0.9, 0.05, 36, use_mad=False)
             scales, mins, L = scales.reshape(s, 16), mins.reshape(s, 16), L.reshape(s, 16, 16)
-            sw = seqsum(w).reshape(s, 16)
+            sw = seqsum(w.T).reshape(s, 16)
             dm, ls = make_qp_quants(scales, 15, sw)
             mm, lm = make_qp_quants(mins, 15, sw)
             d16, dmin16 = dm.astype(np.float16), mm.astype(np.float16)

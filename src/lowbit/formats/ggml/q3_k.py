@@ -37,11 +37,11 @@ class Q3K(GGMLType, name="Q3_K"):
                 d16 = np.where(has, F32(1) / iscale, F32(0)).astype(np.float16)
             sc = np.where(has[:, None], l6.astype(np.int32) - 32, 0)  # the scales as the decoder reads them
         else:
-            sigma2 = F32(2) * seqsum(blocks * blocks) / F32(256)
+            sigma2 = F32(2) * seqsum((blocks * blocks).T) / F32(256)
             w = imatrix_weights(blocks.reshape(s * 16, 16), qw.reshape(s * 16, 16), np.repeat(sigma2, 16))
             scales, L = make_qx_quants(blocks.reshape(s * 16, 16), 4, 1, w)
             scales, L = scales.reshape(s, 16), L.reshape(s, 16, 16)
-            d_block, l6 = make_qx_quants(scales, 32, 1, seqsum(w).reshape(s, 16))
+            d_block, l6 = make_qx_quants(scales, 32, 1, seqsum(w.T).reshape(s, 16))
             l6 = l6.astype(np.uint8)
             d16 = d_block.astype(np.float16)
             sc = l6.astype(np.int32) - 32

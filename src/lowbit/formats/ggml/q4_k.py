@@ -26,11 +26,11 @@ def qkx_superblocks(x: np.ndarray, qw: np.ndarray | None, nmax: int, rmin: float
     s = x.shape[0]
     sub = x.reshape(s * 8, 32)
     if qw is None:
-        av = np.sqrt(seqsum(sub * sub) / F32(32))
+        av = np.sqrt(seqsum((sub * sub).T) / F32(32))
         w = av[:, None] + np.abs(sub)
         scales, mins, L = make_qkx2_quants(sub, w, nmax, rmin, 0.1, nstep, use_mad=False)
     else:
-        sigma2 = F32(2) * seqsum(x * x) / F32(256)
+        sigma2 = F32(2) * seqsum((x * x).T) / F32(256)
         w = imatrix_weights(sub, qw.reshape(s * 8, 32), np.repeat(sigma2, 8))
         scales, mins, L = make_qkx2_quants(sub, w, nmax, -0.9, 0.05, 36, use_mad=False)
     scales, mins, L = scales.reshape(s, 8), mins.reshape(s, 8), L.reshape(s, 256)
@@ -45,7 +45,7 @@ def qkx_superblocks(x: np.ndarray, qw: np.ndarray | None, nmax: int, rmin: float
         d16 = (max_scale / F32(63)).astype(np.float16)
         dmin16 = (max_min / F32(63)).astype(np.float16)
     else:
-        sw = seqsum(w).reshape(s, 8)
+        sw = seqsum(w.T).reshape(s, 8)
         d_block, ls = make_qp_quants(scales, 63, sw)
         m_block, lm = make_qp_quants(mins, 63, sw)
         if clamp_codes:  # Q5_K clamps, Q4_K relies on make_qp_quants' own bound
