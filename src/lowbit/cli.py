@@ -236,9 +236,11 @@ def eval_(
     seq_len: Annotated[int, typer.Option(help="Tokens per window.")] = 512,
     seed: Annotated[int, typer.Option(help="Seed for sampling the windows.")] = 0,
     speed: Annotated[bool, typer.Option(help="Measure prefill/decode speed.")] = True,
+    runtime: Annotated[str, typer.Option(help="torch, or llama.cpp for a .gguf file (needs llama-cpp-python).")] = "torch",
 ) -> None:
     """Evaluate MODEL on your data: PPL, KL and top-1 vs the reference, size, bits/weight, speed."""
     from lowbit.calib import load_corpus
+    from lowbit.errors import InputError
     from lowbit.evaluate.run import EvalSettings, Evaluator
     from lowbit.report import results_table, write_json
 
@@ -246,8 +248,15 @@ def eval_(
     _quiet_libraries()
     from lowbit.load import load_model
 
+    if runtime not in ("torch", "llama.cpp"):
+        raise InputError(f"--runtime {runtime!r}: use torch or llama.cpp")
     with err.status(f"loading {model}"):
-        handle = load_model(model)
+        if runtime == "llama.cpp":
+            from lowbit.evaluate.llamacpp import load_llamacpp
+
+            handle = load_llamacpp(model, n_ctx=max(seq_len, 512))
+        else:
+            handle = load_model(model)
     ref_name = reference or handle.reference_name
     with err.status(f"loading reference {ref_name}"):
         ref = load_model(ref_name) if ref_name else None

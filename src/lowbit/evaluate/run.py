@@ -67,6 +67,8 @@ class Evaluator:
         res = EvalResult(model=label or handle.name, kind=handle.kind, protocol=None, bits_per_weight=bpw,
                          size_bytes=model_bytes(handle.model), quantized_params=nq,
                          reference=self.reference.name if self.reference else None)
+        if "file_bytes" in handle.extra:  # a file run by another runtime (llama.cpp): its own sizes
+            res.size_bytes, res.bits_per_weight = handle.extra["file_bytes"], handle.extra["bits_per_weight"]
         if handle.kind == CAUSAL_LM:
             self._run_lm(handle, res)
         elif handle.kind == ENCODER:
@@ -92,8 +94,11 @@ class Evaluator:
             res.top1_agreement = sc.top1_agree / sc.n_tokens
             res.ref_ppl = self._ref_lm.ppl if self._ref_lm else None
         if s.speed:
-            res.prefill_tok_s = speed.prefill_tok_s(handle.model, win[0, : min(256, win.shape[1])])
-            res.decode_tok_s = speed.decode_tok_s(handle.model, win[0, : min(32, win.shape[1])], s.decode_tokens)
+            m = handle.model  # a foreign runtime measures itself; torch models go through evaluate/speed.py
+            prefill = getattr(m, "prefill_tok_s", None) or (lambda t: speed.prefill_tok_s(m, t))
+            decode = getattr(m, "decode_tok_s", None) or (lambda t, n: speed.decode_tok_s(m, t, n))
+            res.prefill_tok_s = prefill(win[0, : min(256, win.shape[1])])
+            res.decode_tok_s = decode(win[0, : min(32, win.shape[1])], s.decode_tokens)
 
     def _run_encoder(self, handle: ModelHandle, res: EvalResult) -> None:
         tok = self.tokenizer or handle.tokenizer
