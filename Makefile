@@ -7,7 +7,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: venv demo test test-unit bench-quick bench-reference bench-calibrated clean
+.PHONY: venv demo test test-unit bench-quick bench-reference bench-calibrated reference clean
 
 venv: $(STAMP)
 
@@ -49,3 +49,15 @@ $(LLMC_VENV)/.installed:
 
 bench-calibrated: $(STAMP) $(LLMC_VENV)/.installed
 	$(BIN)/python bench/calibrated.py --quick --json docs/bench-calibrated-quick.json
+
+# llama.cpp as the GGUF reference (quantizer, runtime, live bit-exactness tests): llama-cpp-python
+# has no Linux wheel on PyPI and builds from source (~15-20 min on 2 cores). Optional: `make test`
+# runs without it, on the golden fixtures in tests/fixtures/ggml.
+REF_STAMP := $(VENV)/.reference
+reference: $(REF_STAMP)
+
+$(REF_STAMP): $(STAMP)
+	CMAKE_ARGS="-DGGML_NATIVE=ON -DLLAMA_CURL=OFF" CMAKE_BUILD_PARALLEL_LEVEL=2 \
+		$(BIN)/pip install -q --no-deps llama-cpp-python==0.3.36
+	$(BIN)/pip install -q diskcache jinja2
+	touch $(REF_STAMP)

@@ -64,14 +64,22 @@ def make_qkx2_quants(x: np.ndarray, w: np.ndarray, nmax: int, rmin: float, rdelt
             d = scale * lf + m - x
             return seqsum(w * (np.abs(d) if use_mad else d * d))
 
+        def levels(iscale: np.ndarray) -> np.ndarray:
+            """Levels as float32 (exact small integers). With a finite scale np.rint is the reference's
+            round-half-to-even; an infinite one (a subnormal block) needs its exact bit trick."""
+            v = iscale * (x - mn)
+            if np.isfinite(iscale[~flat]).all():
+                return np.clip(np.rint(v), 0, nmax)
+            return np.clip(nearest_int(v), 0, nmax).astype(F32)
+
         iscale = F32(nmax) / (mx - mn)
         scale = F32(1) / iscale
-        L = np.clip(nearest_int(iscale * (x - mn)), 0, nmax)
-        best = err(scale, L.astype(F32), mn)
+        L = levels(iscale)
+        best = err(scale, L, mn)
         for step in range(nstep + 1):  # the current best min moves the grid of later candidates
             iscale = (F32(rmin) + F32(rdelta) * F32(step) + F32(nmax)) / (mx - mn)
-            la = np.clip(nearest_int(iscale * (x - mn)), 0, nmax)
-            lf = la.astype(F32)
+            lf = levels(iscale)
+            la = lf
             wl = w * lf
             sum_l, sum_l2, sum_xl = seqsum(wl), seqsum(wl * lf), seqsum(wl * x)
             D = sum_w * sum_l2 - sum_l * sum_l
@@ -86,7 +94,7 @@ def make_qkx2_quants(x: np.ndarray, w: np.ndarray, nmax: int, rmin: float, rdelt
             best = np.where(better, cur, best)
             scale = np.where(better, this_scale, scale)
             mn = np.where(better, this_min, mn)
-        L = np.where(flat, 0, L)
+        L = np.where(flat | np.isnan(L), 0, L)
         scale = np.where(flat, F32(0), scale)
     return scale.astype(F32), (-mn).astype(F32), _t(L.astype(np.int32))
 
