@@ -31,6 +31,7 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")  # as lowbit/__init__.py: numpy is imported (by torch) first
 
 import torch
 from rich.console import Console

@@ -23,7 +23,10 @@ import tempfile
 import time
 from pathlib import Path
 
+# `python bench/gguf.py` puts bench/ first on sys.path, where this file would shadow the gguf package
+sys.path = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import gguf

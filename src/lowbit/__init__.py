@@ -9,6 +9,13 @@ The public API is a handful of verbs::
     lowbit.save(q, "out/smollm2-int4")
 """
 
+import os
+
+# numpy's OpenBLAS (used for the calibration Gram matrices) keeps its threads spinning after each call,
+# and they fight torch's own threads for the cores; let them sleep at once. Effective only when lowbit
+# is imported before numpy (always for the CLI); a user's own setting wins.
+os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
+
 from lowbit.api import CalibSettings, QuantizeReport, export, make_config, quantize, save
 from lowbit.errors import LowbitError
 from lowbit.evaluate import EvalResult, evaluate

@@ -92,11 +92,54 @@ def _inverse_cholesky(h: torch.Tensor, cfg: GPTQConfig) -> tuple[torch.Tensor, f
 def _static_qparams(w: torch.Tensor, spec: QuantSpec, g: int) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Scale/zero per block from the original weights, shaped (out, in/g) (one column for per-channel)."""
     blocks = grid.as_blocks(w, spec)
-    scale, zero = grid.qparams(blocks, spec)
+    scale, zero = grid.qparams(blocks, spec, check=False)  # the weight was checked on entry
     if spec.group_size == PER_TENSOR:
         n = w.shape[1] // g
         return scale.view(1, 1).expand(w.shape[0], n), None if zero is None else zero.view(1, 1).expand(w.shape[0], n)
     return scale.view(w.shape[0], -1), None if zero is None else zero.view(w.shape[0], -1)
+
+
+def _solve_rows(w: torch.Tensor, codes_t: torch.Tensor, hinv: torch.Tensor, diag: list[float], groups: list[int],
+                g: int, spec: QuantSpec, block_size: int, scale_g: torch.Tensor, zero_g: torch.Tensor | None,
+                static: bool) -> float:
+    """GPTQ's column loop over some rows of the permuted weight ``w`` (rows, cols): writes their codes
+    into ``codes_t`` (cols, rows), and for dynamic groups their grid into ``scale_g`` / ``zero_g``.
+    Returns the rows' share of the GPTQ loss."""
+    rows, cols = w.shape
+    wt = w.t().contiguous()
+    loss = 0.0
+    mid = float(spec.mid)
+    # float copies of the grid, one contiguous row per group: (n_groups, rows)
+    scale_f = scale_g.float().t().contiguous() if static else torch.empty(cols // g, rows)
+    zero_f = (zero_g.float().t().contiguous() if static else torch.empty(cols // g, rows)) if zero_g is not None else None
+    qbuf = torch.empty(rows)
+    for b0 in range(0, cols, block_size):
+        b1 = min(b0 + block_size, cols)
+        w1 = wt[b0:b1].clone()  # (bs, rows)
+        err1 = torch.empty_like(w1)
+        hinv1 = hinv[b0:b1, b0:b1]
+        for j in range(b1 - b0):
+            col = b0 + j
+            gi = groups[col]
+            if not static and col % g == 0:  # dynamic groups: fix the grid from the updated weights
+                # the group's columns as updated so far (the reference code reads the stale W here)
+                sc, zc = grid.qparams(torch.cat([w1[j:], wt[b1:]], 0)[:g].t(), spec, check=False)
+                scale_g[:, gi] = sc
+                scale_f[gi] = sc.float()
+                if zero_g is not None:
+                    zero_g[:, gi] = zc
+                    zero_f[gi] = zc.float()
+            s = scale_f[gi]
+            z = zero_f[gi] if zero_f is not None else mid
+            x, e = w1[j], err1[j]
+            q = torch.div(x, s, out=qbuf).round_().add_(z).clamp_(0, spec.qmax)  # no allocations:
+            codes_t[col] = q                                                     # this loop runs
+            torch.addcmul(x, q.sub_(z), s, value=-1, out=e).div_(diag[col])    # ~10^5 times
+            if j + 1 < b1 - b0:
+                w1[j + 1 :].addr_(hinv1[j, j + 1 :], e, alpha=-1)
+        loss += 0.5 * float((err1.pow(2).sum(1) * torch.tensor(diag[b0:b1]).pow(2)).sum())
+        wt[b1:] -= hinv[b0:b1, b1:].t() @ err1
+    return loss
 
 
 def gptq_quantize(
@@ -127,50 +170,17 @@ def gptq_quantize(
     group_of = perm // g  # group (in original order) of each permuted column
     hinv, damp, retries = _inverse_cholesky(h, cfg)
 
-    # Work on W^T (cols, rows) so that each column is a contiguous vector. The per-column loop is many
-    # tiny ops: it runs single-threaded (thread hand-offs cost more than the work, badly so on a busy
-    # machine); the block update is one matmul and keeps every thread.
-    wt = w.t().contiguous()
+    # The column loop is ~10^5 tiny ops: it runs single-threaded (thread hand-offs inside an op cost
+    # more than the work, badly so on a busy machine); the block updates are matmuls. (Splitting the
+    # rows across Python threads was tried: the GIL makes it twice as slow.)
     codes_t = torch.empty(cols, rows, dtype=torch.uint8)
-    loss = 0.0
-    mid = float(spec.mid)
-    groups = group_of.tolist()
-    diag = torch.diag(hinv).tolist()
-    # float copies of the grid, one contiguous row per group: (n_groups, rows)
-    scale_f = scale_g.float().t().contiguous() if static else torch.empty(cols // g, rows)
-    zero_f = (zero_g.float().t().contiguous() if static else torch.empty(cols // g, rows)) if zero_g is not None else None
     threads = torch.get_num_threads()
-    for b0 in range(0, cols, cfg.block_size):
-        b1 = min(b0 + cfg.block_size, cols)
-        w1 = wt[b0:b1].clone()  # (bs, rows)
-        err1 = torch.empty_like(w1)
-        hinv1 = hinv[b0:b1, b0:b1]
-        torch.set_num_threads(1)
-        try:
-            for j in range(b1 - b0):
-                col = b0 + j
-                gi = groups[col]
-                if not static and col % g == 0:  # dynamic groups: fix the grid from the updated weights
-                    # the group's columns as updated so far (the reference code reads the stale W here)
-                    sc, zc = grid.qparams(torch.cat([w1[j:], wt[b1:]], 0)[:g].t(), spec, check=False)
-                    scale_g[:, gi] = sc
-                    scale_f[gi] = sc.float()
-                    if zero_g is not None:
-                        zero_g[:, gi] = zc
-                        zero_f[gi] = zc.float()
-                s = scale_f[gi]
-                z = zero_f[gi] if zero_f is not None else mid
-                x = w1[j]
-                q = torch.clamp_(torch.round(x / s).add_(z), 0, spec.qmax)
-                codes_t[col] = q
-                e = (x - (q - z) * s).div_(diag[col])
-                err1[j] = e
-                if j + 1 < b1 - b0:
-                    w1[j + 1 :].addr_(hinv1[j, j + 1 :], e, alpha=-1)
-        finally:
-            torch.set_num_threads(threads)
-        loss += 0.5 * float((err1.pow(2).sum(1) * torch.tensor(diag[b0:b1]).pow(2)).sum())
-        wt[b1:] -= hinv[b0:b1, b1:].t() @ err1
+    torch.set_num_threads(1)
+    try:
+        loss = _solve_rows(w, codes_t, hinv, torch.diag(hinv).tolist(), group_of.tolist(), g, spec, cfg.block_size,
+                           scale_g, zero_g, static)
+    finally:
+        torch.set_num_threads(threads)
     codes = codes_t.t()
     inv = torch.argsort(perm)
     codes = codes[:, inv].contiguous()

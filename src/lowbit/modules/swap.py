@@ -92,8 +92,9 @@ def page_out(t: torch.Tensor) -> bool:
     return madvise(lo, hi - lo, advice) == 0
 
 
-def replace_module(model: nn.Module, name: str, new: nn.Module) -> None:
-    """Install ``new`` as ``model.<name>``, page out the replaced layer's file-mapped weight, trim the heap."""
+def replace_module(model: nn.Module, name: str, new: nn.Module, trim: bool = True) -> None:
+    """Install ``new`` as ``model.<name>``, page out the replaced layer's file-mapped weight, and trim
+    the heap (``trim=False`` when the caller trims once per batch of replacements)."""
     parent, _, leaf = name.rpartition(".")
     owner = model.get_submodule(parent) if parent else model
     old = getattr(owner, leaf, None)
@@ -101,4 +102,5 @@ def replace_module(model: nn.Module, name: str, new: nn.Module) -> None:
     weight = getattr(old, "weight", None)
     if isinstance(weight, torch.Tensor) and old is not new:
         page_out(weight.data)
-    trim_heap()
+    if trim:
+        trim_heap()
