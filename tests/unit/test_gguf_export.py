@@ -190,3 +190,29 @@ def test_cli_export_gguf(bpe_llama, tmp_path) -> None:
     res = runner.invoke(app, ["export", str(src), "--format", "gguf", "--type", "Q2_K", "--imatrix",
                               str(tmp_path / "im.dat"), "--out", str(tmp_path / "q2.gguf")])
     assert res.exit_code == 0, res.output
+
+
+def test_llamacpp_runtime_missing_is_a_clear_error(bpe_llama, tmp_path, monkeypatch) -> None:
+    from lowbit.evaluate import llamacpp
+
+    monkeypatch.setattr(llamacpp, "available", lambda: False)
+    export_gguf(bpe_llama, tmp_path / "m.gguf", "Q8_0")
+    runner = CliRunner(env={"LOWBIT_PROGRESS": "0", "HF_HUB_OFFLINE": "1", "COLUMNS": "200"})
+    res = runner.invoke(app, ["eval", str(tmp_path / "m.gguf"), "--runtime", "llama.cpp", "--no-speed"])
+    assert res.exit_code == 2 and "make reference" in res.stderr, res.output
+
+
+@pytest.mark.skipif(not __import__("lowbit.evaluate.llamacpp", fromlist=["x"]).available(),
+                    reason="llama-cpp-python not installed (make reference)")
+@pytest.mark.parametrize("mix", ["F32", "Q8_0", "Q4_K_M"])
+def test_llamacpp_runs_our_files_like_torch(bpe_llama, tmp_path, mix: str) -> None:
+    """llama.cpp loads lowbit's GGUF and its logits match transformers' on the same file."""
+    from lowbit.evaluate.llamacpp import load_llamacpp
+
+    path = tmp_path / "m.gguf"
+    export_gguf(bpe_llama, path, mix)
+    lc = load_llamacpp(path, n_ctx=64)
+    torch_logits = _logits(load_model(str(path)).model)
+    lc_logits = lc.model(input_ids=IDS).logits
+    assert lc_logits.shape == torch_logits.shape
+    assert (lc_logits - torch_logits).abs().max().item() < 0.05 * torch_logits.abs().max().item()
