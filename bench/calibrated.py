@@ -5,7 +5,9 @@ GPTQ side by side on identical calibration tokens and eval windows.
 
 smollm2 at 4- and 3-bit, group 64, symmetric and asymmetric, calibrated on pydoc:calib (16 x 512 tokens,
 --samples to change) and scored on pydoc:eval and stdlib:eval (PPL, KL, top-1); minilm the same way,
-scored by cosine. Peak RSS is that of a whole `lowbit quantize` process (load, calibrate, quantize,
+scored by cosine. lowbit's "gptq-ao" is act-order with each group's grid fixed when the group is first
+reached (its default); llm-compressor runs act-order with static groups (grids from the original weights).
+Peak RSS is that of a whole `lowbit quantize` process (load, calibrate, quantize,
 save), measured in a subprocess for each method at 4-bit sym (GPTQ only with --quick). The reference (llm-compressor 0.14 `oneshot` GPTQ, in its own venv from
 `make bench-reference`) gets the very same token windows; the weights it produces are evaluated by
 lowbit's evaluator, so KL and PPL are computed identically for both tools. Times are wall seconds

@@ -27,12 +27,13 @@ def output_error(x: torch.Tensor, w: torch.Tensor, deq: torch.Tensor) -> float:
 
 @pytest.mark.parametrize("spec", [QuantSpec(4, True, 32), QuantSpec(3, False, 64), QuantSpec(4, True, -1),
                                   QuantSpec(2, False, 32), QuantSpec(4, False, 0)], ids=str)
-@pytest.mark.parametrize("act_order", [False, True])
-def test_gptq_beats_rtn_on_output_error(spec: QuantSpec, act_order: bool) -> None:
+@pytest.mark.parametrize(("act_order", "static"), [(False, False), (True, False), (True, True)],
+                         ids=["plain", "act-order", "act-order-static"])
+def test_gptq_beats_rtn_on_output_error(spec: QuantSpec, act_order: bool, static: bool) -> None:
     x = correlated_inputs()
     w = torch.randn(48, 128, generator=torch.Generator().manual_seed(1))
     h = 2 * x.t() @ x / x.shape[0]
-    qt, info = gptq_quantize(w, h, GPTQConfig(spec=spec, act_order=act_order))
+    qt, info = gptq_quantize(w, h, GPTQConfig(spec=spec, act_order=act_order, static_groups=static))
     e_gptq = output_error(x, w, qt.dequantize())
     e_rtn = output_error(x, w, rtn(w, RTNConfig(spec=spec)).dequantize())
     assert e_gptq < 0.8 * e_rtn, (e_gptq, e_rtn)
@@ -111,3 +112,21 @@ def test_split_rows_of_stacked_result_equals_separate_calls() -> None:
         alone, _ = gptq_quantize(w, h, cfg)
         assert torch.equal(part.codes(), alone.codes())
         assert torch.equal(part.scale, alone.scale) and torch.equal(part.zero, alone.zero)
+
+
+def test_act_order_groups_are_fixed_at_first_use_or_statically() -> None:
+    """static_groups: every group's grid is RTN's grid of the original weights; by default the grids
+    come from the updated weights, so they differ, and the first group processed keeps RTN's grid only
+    if nothing updated it before (it is reached first only for its first column)."""
+    x = correlated_inputs()
+    w = torch.randn(32, 128, generator=torch.Generator().manual_seed(3))
+    h = 2 * x.t() @ x / x.shape[0]
+    spec = QuantSpec(3, True, 32)
+    rtn_scale = rtn(w, RTNConfig(spec=spec)).scale
+    static, _ = gptq_quantize(w, h, GPTQConfig(spec=spec, act_order=True, static_groups=True))
+    lazy, _ = gptq_quantize(w, h, GPTQConfig(spec=spec, act_order=True))
+    assert torch.equal(static.scale, rtn_scale)
+    assert not torch.equal(lazy.scale, rtn_scale)
+    # the grid is a grid of the weights it quantizes: with first-use groups, fewer codes sit on the clip rails
+    rails = lambda qt: int(((qt.codes() == 0) | (qt.codes() == spec.qmax)).sum())  # noqa: E731
+    assert rails(lazy) < rails(static)
