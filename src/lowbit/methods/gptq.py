@@ -9,9 +9,10 @@ columns not yet quantized, weighted by the inverse Hessian H = 2 X^T X / n of th
 the layer's *output* error ||WX - QX|| is minimized rather than the weight error. Updates are applied
 lazily in blocks of ``block_size`` columns (the paper's "lazy batch updates"), and the inverse is taken
 once through a Cholesky factor. ``act_order`` quantizes columns in order of decreasing H diagonal
-(most-used inputs first); with groups it uses *static* groups (each group's scale and zero are fixed
-from the original weights before the pass), so the stored layout stays plain contiguous groups and
-needs no g_idx permutation.
+(most-used inputs first). Groups stay contiguous in the stored layout (no g_idx permutation): each
+group's scale and zero are fixed when its first column comes up, from the group's weights as updated
+by the error feedback so far, or, with ``static_groups``, from the original weights before the pass
+(the reference code's static groups; updated weights can then overflow the grid, badly at 3 bits).
 
 Trade-offs: needs calibration data and one forward pass per block; clearly better than RTN at 3-4
 bits; a calibration set unlike the deployment data can hurt (the guide's calibration-set trap).
