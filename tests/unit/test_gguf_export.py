@@ -23,10 +23,9 @@ from lowbit.load import load_model
 @pytest.fixture
 def bpe_llama():
     """A tiny Llama (hidden 256, so the k-quants apply) with a byte-pair tokenizer that has a merge."""
+    from tests.conftest import TINY_CHARS, TINY_SPECIALS, make_tiny_llama
     from tokenizers import Tokenizer, models
     from transformers import PreTrainedTokenizerFast
-
-    from tests.conftest import TINY_CHARS, TINY_SPECIALS, make_tiny_llama
 
     vocab = {t: i for i, t in enumerate(TINY_SPECIALS + TINY_CHARS)}
     vocab["he"] = len(vocab)

@@ -30,7 +30,7 @@ class _ViaGGUFPy(GGMLType):
             return blocks.astype(np.float16).view(np.uint8).reshape(blocks.shape[0], cls.type_size)
         with np.errstate(all="ignore"):  # subnormal blocks overflow inside gguf-py, exactly as in C
             # gguf-py's block quantizer on all our blocks at once (its own front end goes row by row)
-            raw = gguf.quants._type_traits[cls.qtype].quantize_blocks(blocks)  # noqa: SLF001
+            raw = gguf.quants._type_traits[cls.qtype].quantize_blocks(blocks)
         return np.ascontiguousarray(raw).view(np.uint8).reshape(blocks.shape[0], cls.type_size)
 
 
