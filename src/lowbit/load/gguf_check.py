@@ -40,11 +40,12 @@ class _Walker:
             raise self.fail(f"{what} of {n} bytes runs past the end of the file")
         self.pos += n
 
-    def string(self, what: str) -> str:
+    def string(self, what: str, limit: int | None = 256, errors: str = "replace") -> str:
+        """A length-prefixed string, checked against the file; decoded up to ``limit`` bytes."""
         n = self.take("Q")
         start = self.pos
         self.skip(n, what)
-        return bytes(self.buf[start : start + min(n, 256)]).decode("utf-8", "replace")
+        return bytes(self.buf[start : start + (n if limit is None else min(n, limit))]).decode("utf-8", errors)
 
     def read(self, vtype: int, key: str) -> object:
         """A metadata value (after the checks of :meth:`value` passed on this file)."""
@@ -54,10 +55,7 @@ class _Walker:
             self.pos += _SCALAR[vtype]
             return bool(v) if vtype == 7 else v
         if vtype == _STRING:
-            n = self.take("Q")
-            v = bytes(self.buf[self.pos : self.pos + n]).decode("utf-8", "surrogateescape")
-            self.pos += n
-            return v
+            return self.string(key, limit=None, errors="surrogateescape")
         etype, n = self.take("I"), self.take("Q")
         if etype in _SCALAR:
             size = _SCALAR[etype] * n
@@ -162,16 +160,9 @@ def read_metadata(path: Path) -> list[tuple[str, int, object]]:
         n_kv = w.take("Q")
         out = []
         for _ in range(n_kv):
-            key = _key(w)
+            key = w.string("metadata key", limit=None)
             vtype = w.take("I")
             out.append((key, vtype, w.read(vtype, key)))
         return out
     finally:
         buf.close()
-
-
-def _key(w: _Walker) -> str:
-    n = w.take("Q")
-    k = bytes(w.buf[w.pos : w.pos + n]).decode("utf-8", "replace")
-    w.pos += n
-    return k

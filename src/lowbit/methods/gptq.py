@@ -109,9 +109,8 @@ def _static_qparams(w: torch.Tensor, spec: QuantSpec, g: int) -> tuple[torch.Ten
 def _solve_rows(w: torch.Tensor, codes_t: torch.Tensor, hinv: torch.Tensor, diag: list[float], groups: list[int],
                 g: int, spec: QuantSpec, block_size: int, scale_g: torch.Tensor, zero_g: torch.Tensor | None,
                 static: bool) -> float:
-    """GPTQ's column loop over some rows of the permuted weight ``w`` (rows, cols): writes their codes
-    into ``codes_t`` (cols, rows), and for dynamic groups their grid into ``scale_g`` / ``zero_g``.
-    Returns the rows' share of the GPTQ loss."""
+    """GPTQ's column loop over the permuted weight ``w`` (rows, cols): writes the codes into ``codes_t``
+    (cols, rows) and, for dynamic groups, the grid into ``scale_g`` / ``zero_g``. Returns the GPTQ loss."""
     rows, cols = w.shape
     wt = w.t().contiguous()
     loss = 0.0

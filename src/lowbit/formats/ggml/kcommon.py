@@ -32,11 +32,6 @@ def seqsum(a: np.ndarray) -> np.ndarray:
     return s
 
 
-def fp16(x: np.ndarray) -> np.ndarray:
-    """float32 -> the float16 ggml stores (round to nearest even) -> back to float32."""
-    return np.asarray(x, dtype=F32).astype(np.float16).astype(F32)
-
-
 def signed_absmax(x: np.ndarray, axis: int = -1) -> tuple[np.ndarray, np.ndarray]:
     """Along ``axis``: max |x| and the value holding it (the first one on ties)."""
     idx = np.expand_dims(np.abs(x).argmax(axis), axis)
