@@ -28,6 +28,28 @@ def assert_same_blocks(got: np.ndarray, want: np.ndarray, qtype: str, what: str)
                            f"llama.cpp {w[bad[0]].tobytes().hex()[:64]}...)")
 
 
+def test_one_call_sums_run_in_the_reference_order() -> None:
+    """seqsum and seqdot use numpy's outer-axis reduce and einsum; they must equal C's left-to-right
+    loop bit for bit (a pairwise sum or a fused multiply-add would not), on sums that cancel."""
+    from lowbit.formats.ggml.kcommon import seqdot, seqsum
+
+    rng = np.random.default_rng(7)
+    a, b, c = ((rng.standard_normal((256, 4096)) * 10.0 ** rng.integers(-6, 7, (256, 1))).astype(np.float32)
+               for _ in range(3))
+    loop = a[0].copy()
+    for i in range(1, len(a)):
+        loop += a[i]
+    assert np.array_equal(seqsum(a), loop)
+    assert np.array_equal(seqsum(np.asfortranarray(a)), loop)  # any memory layout
+    for ops in ((a, b), (a, b, c)):
+        prod = ops[0] * ops[1] if len(ops) == 2 else (ops[0] * ops[1]) * ops[2]
+        want = prod[0].copy()
+        for i in range(1, len(prod)):
+            want += prod[i]
+        assert np.array_equal(seqdot(*ops), want)
+    assert not np.array_equal(seqsum(a), np.add.reduce(np.ascontiguousarray(a.T), axis=1)), "data must expose order"
+
+
 @pytest.fixture(scope="module")
 def synthetic() -> dict[str, np.ndarray]:
     with np.load(FIXTURES / "synthetic.npz") as f:

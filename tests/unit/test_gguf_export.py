@@ -215,3 +215,37 @@ def test_llamacpp_runs_our_files_like_torch(bpe_llama, tmp_path, mix: str) -> No
     lc_logits = lc.model(input_ids=IDS).logits
     assert lc_logits.shape == torch_logits.shape
     assert (lc_logits - torch_logits).abs().max().item() < 0.05 * torch_logits.abs().max().item()
+
+
+def test_metadata_arrays_pack_like_gguf_py_and_round_trip(tmp_path) -> None:
+    """The fast array packing gives gguf-py's bytes, and a vocabulary with undecodable token bytes is
+    read back and copied unchanged."""
+    import gguf
+
+    from lowbit.export.gguf import _copy_kv, _Writer
+    from lowbit.load.gguf_check import read_metadata
+
+    V = gguf.GGUFValueType
+    cases = [(["a", "héllo", "", "\u0120the"], V.STRING), ([1, -2, 3], V.INT32), ([0.5, -1.25], V.FLOAT32),
+             ([True, False, True], V.BOOL), ([7, 8], V.UINT64)]
+    plain, fast = gguf.GGUFWriter(tmp_path / "p.gguf", "llama"), _Writer(tmp_path / "f.gguf", "llama")
+    for val, sub in cases:
+        for add_vtype in (True, False):
+            assert fast._pack_val(val, V.ARRAY, add_vtype, sub) == plain._pack_val(val, V.ARRAY, add_vtype, sub)
+    assert fast._pack_val(["x", "y"], V.ARRAY, True) == plain._pack_val(["x", "y"], V.ARRAY, True)  # type inferred
+
+    src = tmp_path / "src.gguf"
+    w = gguf.GGUFWriter(src, "llama")
+    w.add_key_value("tokenizer.ggml.tokens", [b"ok", b"\xff\xfe", "\u00e9".encode()], V.ARRAY, sub_type=V.STRING)
+    w.add_key_value("tokenizer.ggml.token_type", [1, 3, 6], V.ARRAY, sub_type=V.INT32)
+    for step in (w.write_header_to_file, w.write_kv_data_to_file, w.write_tensors_to_file, w.close):
+        step()
+    copy = tmp_path / "copy.gguf"
+    w2 = _Writer(copy, "llama")
+    _copy_kv(w2, str(src), lambda k: k == "general.architecture")
+    for step in (w2.write_header_to_file, w2.write_kv_data_to_file, w2.write_tensors_to_file, w2.close):
+        step()
+    assert read_metadata(copy) == read_metadata(src)
+    r = gguf.GGUFReader(copy)
+    f = r.fields["tokenizer.ggml.tokens"]
+    assert [bytes(f.parts[i]) for i in f.data] == [b"ok", b"\xff\xfe", "\u00e9".encode()]

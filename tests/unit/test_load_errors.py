@@ -93,6 +93,10 @@ HOSTILE = {  # each must be one InputError, at once: no crash, no hang, no giant
     "huge-kv-count": (_hdr(0, 1 << 60) + b"\0" * 16, "more than the file can hold"),
     "huge-array": (_hdr(0, 1) + _s(b"k") + struct.pack("<IIQ", 9, 4, 1 << 61) + b"\0" * 16, "runs past the end"),
     "huge-string-array": (_hdr(0, 1) + _s(b"k") + struct.pack("<IIQ", 9, 8, 1 << 40) + b"\0" * 16, "more than the file"),
+    "string-in-array-past-end": (_hdr(0, 1) + _s(b"k") + struct.pack("<IIQ", 9, 8, 2) + _s(b"ok")
+                                 + struct.pack("<Q", 1 << 40) + b"x" * 16, "runs past the end"),
+    "string-array-truncated": (_hdr(0, 1) + _s(b"k") + struct.pack("<IIQ", 9, 8, 3) + _s(b"a") + _s(b"b") + b"\0" * 4,
+                               "truncated"),
     "huge-tensor-count": (_hdr(1 << 60, 0) + b"\0" * 16, "more than the file can hold"),
     "huge-key": (_hdr(0, 1) + struct.pack("<Q", 1 << 62) + b"x", "runs past the end"),
     "huge-ndims": (_hdr(1, 0) + _s(b"w") + struct.pack("<I", 1 << 30) + b"\0" * 64, "dimensions"),

@@ -17,6 +17,7 @@ from lowbit.errors import InputError
 _SCALAR = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}
 _FMT = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q", 12: "<d"}
 _STRING, _ARRAY = 8, 9
+_U64 = struct.Struct("<Q")
 MAX_DIMS = 4
 
 
@@ -62,7 +63,32 @@ class _Walker:
             vals = list(struct.unpack_from(f"<{n}{_FMT[etype][1:]}", self.buf, self.pos))
             self.pos += size
             return (etype, [bool(v) for v in vals] if etype == 7 else vals)
+        if etype == _STRING:
+            return (etype, self.strings(n, key, decode=True))
         return (etype, [self.read(etype, key) for _ in range(n)])
+
+    def strings(self, n: int, key: str, decode: bool) -> list[str] | None:
+        """``n`` length-prefixed strings (a tokenizer's vocabulary: ~10^5 of them), each checked
+        against the file, in one tight loop; decoded with surrogateescape so any bytes round-trip."""
+        if n > (self.size - self.pos) // 8:
+            raise self.fail(f"array {key} claims {n} entries, more than the file can hold")
+        buf, pos, size = self.buf, self.pos, self.size
+        unpack = _U64.unpack_from
+        out: list[str] | None = [] if decode else None
+        for _ in range(n):
+            if pos + 8 > size:
+                self.pos = pos
+                raise self.fail("truncated")
+            (m,) = unpack(buf, pos)
+            pos += 8
+            if m > size - pos:
+                self.pos = pos
+                raise self.fail(f"string in {key} of {m} bytes runs past the end of the file")
+            if out is not None:
+                out.append(buf[pos : pos + m].decode("utf-8", "surrogateescape"))
+            pos += m
+        self.pos = pos
+        return out
 
     def value(self, vtype: int, key: str, depth: int = 0) -> int | None:
         if vtype in _SCALAR:
@@ -78,7 +104,9 @@ class _Walker:
             etype, n = self.take("I"), self.take("Q")
             if etype in _SCALAR:
                 self.skip(n * _SCALAR[etype], f"array {key} ({n} values)")
-            elif etype in (_STRING, _ARRAY):
+            elif etype == _STRING:
+                self.strings(n, key, decode=False)
+            elif etype == _ARRAY:
                 if n > (self.size - self.pos) // 8:
                     raise self.fail(f"array {key} claims {n} entries, more than the file can hold")
                 for _ in range(n):

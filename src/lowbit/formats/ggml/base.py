@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 import gguf
@@ -23,7 +24,19 @@ from lowbit.errors import InputError
 from lowbit.registry import Registry
 
 GGML_TYPES: Registry[type[GGMLType]] = Registry("GGML type")
-CHUNK_VALUES = 1 << 16  # values per work unit: the search's temporaries stay in cache
+CHUNK_VALUES = 1 << 18  # values per work unit: numpy calls long enough that two threads rarely wait for the GIL
+
+
+_POOL: ThreadPoolExecutor | None = None
+
+
+def pool() -> ThreadPoolExecutor:
+    """The process-wide quantizing pool, ``workers()`` threads (numpy releases the GIL in its loops).
+    Its tasks never wait on it, so it cannot deadlock."""
+    global _POOL
+    if _POOL is None:
+        _POOL = ThreadPoolExecutor(max_workers=workers(), thread_name_prefix="lowbit-ggml")
+    return _POOL
 
 
 def workers() -> int:
@@ -72,33 +85,41 @@ class GGMLType:
     @classmethod
     def quantize(cls, x: np.ndarray, imatrix: np.ndarray | None = None) -> np.ndarray:
         """The llama.cpp bytes of ``x`` (..., n): ``(..., n // block_size * type_size)`` uint8."""
+        return cls.quantize_async(x, imatrix)()
+
+    @classmethod
+    def quantize_async(cls, x: np.ndarray, imatrix: np.ndarray | None = None) -> Callable[[], np.ndarray]:
+        """Check ``x`` now, quantize it on the shared pool, and return a function that waits for the
+        bytes. Rows are independent, so the work is cut into runs of whole rows of about
+        CHUNK_VALUES values; an exporter can keep several tensors in flight and both cores busy."""
         x = cls.check(x)
         if imatrix is not None:
             imatrix = np.ascontiguousarray(imatrix, dtype=np.float32)
             if imatrix.shape != (x.shape[-1],):
                 raise InputError(f"importance matrix has shape {imatrix.shape}, expected ({x.shape[-1]},)")
         rows = x.reshape(-1, x.shape[-1])
-        raw = cls.quantize_rows(rows, imatrix)
-        assert raw.shape == (rows.shape[0], rows.shape[1] // cls.block_size * cls.type_size) and raw.dtype == np.uint8
-        return raw.reshape(*x.shape[:-1], raw.shape[-1])
+        step = max(1, CHUNK_VALUES // rows.shape[1])
+        futures = [pool().submit(cls.quantize_rows, rows[i:i + step], imatrix) for i in range(0, len(rows), step)]
+        width = rows.shape[1] // cls.block_size * cls.type_size
+
+        def result() -> np.ndarray:
+            parts = [f.result() for f in futures]
+            raw = parts[0] if len(parts) == 1 else np.concatenate(parts)
+            assert raw.shape == (rows.shape[0], width) and raw.dtype == np.uint8
+            return raw.reshape(*x.shape[:-1], width)
+
+        result.cancel = lambda: [f.cancel() for f in futures]  # type: ignore[attr-defined]
+        return result
 
     @classmethod
     def quantize_rows(cls, rows: np.ndarray, imatrix: np.ndarray | None) -> np.ndarray:
-        """(rows, n) float32 -> (rows, n // block_size * type_size) uint8. The default quantizes block
-        by block; types whose imatrix search needs the whole row override it."""
+        """(rows, n) float32 -> (rows, n // block_size * type_size) uint8, on the calling thread. The
+        default quantizes block by block; types whose imatrix search needs the whole row override it."""
         blocks = rows.reshape(-1, cls.block_size)
         qw = None
         if imatrix is not None:  # one weight per column, repeated for every row
             qw = np.tile(imatrix.reshape(-1, cls.block_size), (rows.shape[0], 1))
-        step = max(1, CHUNK_VALUES // cls.block_size)
-        if len(blocks) <= step:
-            return cls.quantize_blocks(blocks, qw).reshape(rows.shape[0], -1)
-        # Blocks are independent: cache-sized chunks, on every core (numpy releases the GIL)
-        spans = [(i, min(i + step, len(blocks))) for i in range(0, len(blocks), step)]
-        with ThreadPoolExecutor(max_workers=workers()) as pool:
-            parts = list(pool.map(lambda ab: cls.quantize_blocks(blocks[ab[0]:ab[1]],
-                                                                 None if qw is None else qw[ab[0]:ab[1]]), spans))
-        return np.concatenate(parts).reshape(rows.shape[0], -1)
+        return cls.quantize_blocks(blocks, qw).reshape(rows.shape[0], -1)
 
     @classmethod
     def quantize_blocks(cls, blocks: np.ndarray, qw: np.ndarray | None) -> np.ndarray:

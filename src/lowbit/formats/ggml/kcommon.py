@@ -25,11 +25,20 @@ def nearest_int(f: np.ndarray) -> np.ndarray:
 
 def seqsum(a: np.ndarray) -> np.ndarray:
     """Sum over the first axis in float32, first to last (C's ``s += a[i]`` order). The searches keep
-    their blocks along the last axis, (n, B), so each step adds one contiguous row."""
-    s = a[0].copy()
-    for i in range(1, a.shape[0]):
-        s += a[i]
-    return s
+    their blocks along the last axis, (n, B), so each step adds one contiguous row.
+
+    numpy reduces the outer axis of a C-contiguous array exactly so, one row after another (pairwise
+    summation is used only along the contiguous axis), so one ``add.reduce`` call gives the same bits
+    as the explicit loop; tests/unit/test_ggml_types.py checks that on cancelling sums."""
+    a = np.ascontiguousarray(a, dtype=F32)
+    return np.add.reduce(a, axis=0)
+
+
+def seqdot(*ops: np.ndarray) -> np.ndarray:
+    """``seqsum(a * b)`` or ``seqsum((a * b) * c)`` of (n, B) float32 arrays in one pass, with no
+    temporary: numpy's einsum multiplies left to right and accumulates row after row along the outer
+    axis, so the bits equal the separate product and :func:`seqsum` (checked in the tests)."""
+    return np.einsum("ij,ij->j" if len(ops) == 2 else "ij,ij,ij->j", *ops)
 
 
 def signed_absmax(x: np.ndarray, axis: int = -1) -> tuple[np.ndarray, np.ndarray]:
@@ -46,37 +55,49 @@ def _t(a: np.ndarray) -> np.ndarray:
 def make_qkx2_quants(x: np.ndarray, w: np.ndarray, nmax: int, rmin: float, rdelta: float, nstep: int,
                      use_mad: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Asymmetric levels 0..nmax with a min, searched over ``nstep + 1`` scale candidates to minimise
-    the weighted (squared or absolute) error. x, w: (B, n). Returns scale (B,), -min (B,), L (B, n) int32."""
+    the weighted (squared or absolute) error. x, w: (B, n). Returns scale (B,), -min (B,), L (B, n) int32.
+
+    The hot loop works in place on (n, B) buffers, and keeps x - min, which changes only in the
+    blocks a candidate improved. The levels of the best candidate are not kept per candidate: its
+    grid (inverse scale, min) is, and the levels are rebuilt from it at the end with the same float
+    operations, in the caller's layout."""
+    rows = x
     x, w = _t(x), _t(w)  # (n, B)
+    lf = np.empty_like(x)
+    t = np.empty_like(x)
     with np.errstate(all="ignore"):
         mn = np.minimum(x.min(0), F32(0))
         mx = x.max(0)
         sum_w = seqsum(w)
-        sum_x = seqsum(w * x)
+        sum_x = seqsum(np.multiply(w, x, out=t))
         flat = mx == mn
+        xm = x - mn
 
-        def err(scale: np.ndarray, lf: np.ndarray, m: np.ndarray) -> np.ndarray:
-            d = scale * lf + m - x
-            return seqsum(w * (np.abs(d) if use_mad else d * d))
-
-        def levels(iscale: np.ndarray) -> np.ndarray:
+        def round_clip(v: np.ndarray, iscale: np.ndarray) -> np.ndarray:
             """Levels as float32 (exact small integers). With a finite scale np.rint is the reference's
             round-half-to-even; an infinite one (a subnormal block) needs its exact bit trick."""
-            v = iscale * (x - mn)
-            if np.isfinite(iscale[~flat]).all():
-                return np.clip(np.rint(v), 0, nmax)
-            return np.clip(nearest_int(v), 0, nmax).astype(F32)
+            if np.isfinite(iscale).all() or np.isfinite(iscale[~flat]).all():
+                np.rint(v, out=v)
+            else:
+                v[...] = nearest_int(v)
+            return np.clip(v, 0, nmax, out=v)
+
+        def err(scale: np.ndarray, lv: np.ndarray, m: np.ndarray) -> np.ndarray:
+            d = np.multiply(lv, scale, out=t)
+            d += m
+            d -= x
+            if use_mad:
+                return seqdot(np.abs(d, out=d), w)
+            return seqdot(d, d, w)  # (d * d) * w, the reference's w * (d * d)
 
         iscale = F32(nmax) / (mx - mn)
         scale = F32(1) / iscale
-        L = levels(iscale)
-        best = err(scale, L, mn)
+        grid_is, grid_mn = iscale, mn  # the grid the best levels come from
+        best = err(scale, round_clip(np.multiply(xm, iscale, out=lf), iscale), mn)
         for step in range(nstep + 1):  # the current best min moves the grid of later candidates
             iscale = (F32(rmin) + F32(rdelta) * F32(step) + F32(nmax)) / (mx - mn)
-            lf = levels(iscale)
-            la = lf
-            wl = w * lf
-            sum_l, sum_l2, sum_xl = seqsum(wl), seqsum(wl * lf), seqsum(wl * x)
+            round_clip(np.multiply(xm, iscale, out=lf), iscale)
+            sum_l, sum_l2, sum_xl = seqdot(w, lf), seqdot(w, lf, lf), seqdot(w, lf, x)
             D = sum_w * sum_l2 - sum_l * sum_l
             this_scale = (sum_w * sum_xl - sum_x * sum_l) / D
             this_min = (sum_l2 * sum_x - sum_l * sum_xl) / D
@@ -85,21 +106,34 @@ def make_qkx2_quants(x: np.ndarray, w: np.ndarray, nmax: int, rmin: float, rdelt
             this_scale = np.where(pos, sum_xl / sum_l2, this_scale)
             cur = err(this_scale, lf, this_min)
             better = (D > 0) & (cur < best)
-            L = np.where(better, la, L)
-            best = np.where(better, cur, best)
-            scale = np.where(better, this_scale, scale)
-            mn = np.where(better, this_min, mn)
-        L = np.where(flat | np.isnan(L), 0, L)
+            changed = np.nonzero(better)[0]
+            if len(changed):
+                grid_is = np.where(better, iscale, grid_is)
+                grid_mn = np.where(better, mn, grid_mn)
+                best = np.where(better, cur, best)
+                scale = np.where(better, this_scale, scale)
+                mn = np.where(better, this_min, mn)
+                xm[:, changed] = x[:, changed] - mn[changed]
+        v = np.subtract(rows, grid_mn[:, None])
+        v *= grid_is[:, None]
+        L = round_clip(v, grid_is)
+        L[np.isnan(L)] = 0
+        L[flat] = 0
         scale = np.where(flat, F32(0), scale)
-    return scale.astype(F32), (-mn).astype(F32), _t(L.astype(np.int32))
+    return scale.astype(F32), (-mn).astype(F32), L.astype(np.int32)
 
 
 def make_qx_quants(x: np.ndarray, nmax: int, rmse_type: int, qw: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Symmetric levels -nmax..nmax-1 around the signed absmax, refined over 18 nearby scales to
     minimise the weighted squared error (weights x^2 for ``rmse_type`` 1, or ``qw``).
-    x: (B, n). Returns scale (B,), L (B, n) int32 in 0..2*nmax-1."""
+    x: (B, n). Returns scale (B,), L (B, n) int32 in 0..2*nmax-1.
+
+    Levels are kept as float32 (exact small integers) and rounded with np.rint: in a block that is
+    not all-zero |iscale * x| <= nmax + 1, where rint is the reference's round-half-to-even. Only the
+    best candidate's inverse scale is kept; its levels are rebuilt at the end."""
     assert rmse_type == 1 or qw is not None, "only the weightings llama.cpp's k-quants use"
     x = _t(x)
+    lf = np.empty_like(x)
     with np.errstate(all="ignore"):
         amax, mx = signed_absmax(x, 0)
         zero = amax < GROUP_MAX_EPS
@@ -107,28 +141,28 @@ def make_qx_quants(x: np.ndarray, nmax: int, rmse_type: int, qw: np.ndarray | No
         wx = w * x
 
         def levels(iscale: np.ndarray) -> np.ndarray:
-            return np.clip(nearest_int(iscale * x), -nmax, nmax - 1)
+            np.multiply(x, iscale, out=lf)
+            np.rint(lf, out=lf)
+            return np.clip(lf, -nmax, nmax - 1, out=lf)
 
         def sums(lv: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-            lf = lv.astype(F32)
-            return seqsum(wx * lf), seqsum(w * lf * lf)
+            return seqdot(wx, lv), seqdot(w, lv, lv)
 
-        iscale = F32(-nmax) / mx
-        lv = levels(iscale)
-        sumlx, suml2 = sums(lv)
+        best_is = F32(-nmax) / mx
+        sumlx, suml2 = sums(levels(best_is))
         scale = np.where(suml2 != 0, sumlx / suml2, F32(0))
         best = scale * sumlx
         for step in range(-9, 10):
             if step == 0:
                 continue
             iscale = -(F32(nmax) + F32(0.1) * F32(step)) / mx
-            cand = levels(iscale)
-            sumlx, suml2 = sums(cand)
+            sumlx, suml2 = sums(levels(iscale))
             better = (suml2 > 0) & (sumlx * sumlx > best * suml2)
-            lv = np.where(better, cand, lv)
+            best_is = np.where(better, iscale, best_is)
             scale = np.where(better, sumlx / suml2, scale)
             best = np.where(better, scale * sumlx, best)
-        L = np.where(zero, 0, lv + nmax)
+        L = levels(best_is) + F32(nmax)
+        L = np.where(zero, 0, L)
         scale = np.where(zero, F32(0), scale)
     return scale.astype(F32), _t(L.astype(np.int32))
 
