@@ -124,3 +124,35 @@ def test_live_against_libggml(qtype: str) -> None:
     rng = np.random.default_rng(99)
     x = (rng.standard_normal((16, 1024)) * rng.uniform(0.001, 10, (16, 1))).astype(np.float32)
     assert_same_blocks(GGML_TYPES.get(qtype).quantize(x), ggml_quantize(lib, x, qtype), qtype, "live")
+
+
+@pytest.mark.parametrize("qtype", ["Q4_0", "Q5_0", "Q4_1", "Q5_1", "Q8_0"])
+def test_fast_legacy_paths_equal_gguf_py_on_ties(qtype: str) -> None:
+    """lowbit's legacy quantizers reorder gguf-py's arithmetic for speed; on grid-valued blocks full of
+    exact halves (roundf's ties), +a/-a absmax ties, zero and subnormal blocks they give its bytes."""
+    rng = np.random.default_rng(3)
+    grid = rng.integers(-254, 255, (512, 32)).astype(np.float32) / np.float32(2)  # k/2: x/d lands on .5
+    grid[:, 0] = 127.0  # d = 1 for Q8_0: every odd k is a tie
+    pm = rng.standard_normal((64, 32)).astype(np.float32)
+    pm[:, 5], pm[:, 9] = 3.0, -3.0  # both signs of the absmax
+    pm[::2, 5], pm[::2, 9] = -3.0, 3.0
+    odd = np.stack([np.zeros(32, np.float32), np.full(32, 1e-42, np.float32), np.full(32, -2.5, np.float32)])
+    x = np.concatenate([grid, pm, odd])
+    with np.errstate(all="ignore"):  # the subnormal block overflows inside gguf-py, as in C
+        ref = gguf.quants._type_traits[gguf.GGMLQuantizationType[qtype]].quantize_blocks(x)
+    want = np.ascontiguousarray(ref).view(np.uint8).reshape(len(x), -1)
+    assert_same_blocks(GGML_TYPES.get(qtype).quantize(x), want, qtype, "ties")
+
+
+def test_signed_absmax_takes_the_first_of_equal_magnitudes() -> None:
+    from lowbit.formats.ggml.kcommon import signed_absmax
+
+    rng = np.random.default_rng(5)
+    x = rng.integers(-3, 4, (200, 16)).astype(np.float32)  # many +3/-3 ties, some all-zero rows
+    x[:20] = 0
+    idx = np.abs(x).argmax(1)  # numpy's argmax returns the first maximum
+    want = x[np.arange(len(x)), idx]
+    for data, axis in ((x, -1), (np.ascontiguousarray(x.T), 0)):
+        amax, val = signed_absmax(data, axis)
+        assert np.array_equal(val, want) and np.array_equal(amax, np.abs(want))
+        assert not np.signbit(amax).any()

@@ -42,10 +42,17 @@ def seqdot(*ops: np.ndarray) -> np.ndarray:
 
 
 def signed_absmax(x: np.ndarray, axis: int = -1) -> tuple[np.ndarray, np.ndarray]:
-    """Along ``axis``: max |x| and the value holding it (the first one on ties)."""
-    idx = np.expand_dims(np.abs(x).argmax(axis), axis)
-    mx = np.take_along_axis(x, idx, axis).squeeze(axis)
-    return np.abs(mx), mx
+    """Along ``axis``: max |x| and the value holding it (the first one on ties, as the reference's
+    strict ``amax < fabsf(v)`` scan). From max and min, which numpy reduces fast along the outer axis;
+    only where +a and -a both occur is the first one looked up."""
+    mx, mn = x.max(axis), x.min(axis)
+    val = np.where(-mn > mx, mn, mx)
+    tie = np.flatnonzero((-mn == mx) & (mx != 0))
+    if len(tie):
+        xa = np.moveaxis(x, axis, -1).reshape(-1, x.shape[axis])
+        flat = val.reshape(-1)
+        flat[tie] = xa[tie, np.abs(xa[tie]).argmax(1)]
+    return np.abs(val), val
 
 
 def _t(a: np.ndarray) -> np.ndarray:
@@ -169,31 +176,45 @@ def make_qx_quants(x: np.ndarray, nmax: int, rmse_type: int, qw: np.ndarray | No
 
 def _sweeps(x: np.ndarray, w: np.ndarray, L: np.ndarray, lo: int | None, hi: int, wrap: bool) -> tuple[np.ndarray, ...]:
     """Up to 5 sweeps moving one value at a time while the weighted fit improves (make_q3_quants and
-    make_qp_quants). x, w, L: (n, B). A sweep that changes nothing leaves the state unchanged, so
-    running all 5 equals the reference's early exit."""
+    make_qp_quants). x, w, L: (n, B). As in the reference, a block stops after a sweep that changes
+    nothing (its state is then a fixed point): later sweeps run only on the blocks still moving."""
     wx = w * x
     lf = L.astype(F32)
-    sumlx, suml2 = seqsum(wx * lf), seqsum(w * lf * lf)
+    sumlx, suml2 = seqdot(wx, lf), seqdot(w, lf, lf)
+    L = L.copy()
+    cols = np.arange(x.shape[1])
+    xs, ws, wxs, Ls, slx_a, sl2_a = x, w, wx, L.copy(), sumlx.copy(), suml2.copy()
     for _ in range(5):
+        moved = np.zeros(len(cols), dtype=bool)
         for i in range(x.shape[0]):
-            li = L[i].astype(F32)
-            slx = sumlx - wx[i] * li
-            sl2 = suml2 - w[i] * li * li
-            new = np.minimum(hi, nearest_int(x[i] * sl2 / slx))
-            if lo is not None:
-                new = np.maximum(lo, new)
+            li = Ls[i].astype(F32)
+            slx = slx_a - wxs[i] * li
+            sl2 = sl2_a - ws[i] * li * li
+            new = nearest_int(xs[i] * sl2 / slx)
+            new = np.clip(new, lo, hi, out=new) if lo is not None else np.minimum(new, hi, out=new)
             if wrap:
                 new &= 0xFF
             nf = new.astype(F32)
-            slx2 = slx + wx[i] * nf
-            sl22 = sl2 + w[i] * nf * nf
+            slx2 = slx + wxs[i] * nf
+            sl22 = sl2 + ws[i] * nf * nf
             if wrap:  # make_qp_quants: the test on the old sl2; make_q3_quants: on the new one
-                ok = (slx > 0) & (sl2 > 0) & (new != L[i]) & (slx2 * slx2 * suml2 > sumlx * sumlx * sl22)
+                ok = (slx > 0) & (sl2 > 0) & (new != Ls[i]) & (slx2 * slx2 * sl2_a > slx_a * slx_a * sl22)
             else:
-                ok = (slx > 0) & (new != L[i]) & (sl22 > 0) & (slx2 * slx2 * suml2 > sumlx * sumlx * sl22)
-            L[i] = np.where(ok, new, L[i])
-            sumlx = np.where(ok, slx2, sumlx)
-            suml2 = np.where(ok, sl22, suml2)
+                ok = (slx > 0) & (new != Ls[i]) & (sl22 > 0) & (slx2 * slx2 * sl2_a > slx_a * slx_a * sl22)
+            np.copyto(Ls[i], new, where=ok)
+            np.copyto(slx_a, slx2, where=ok)
+            np.copyto(sl2_a, sl22, where=ok)
+            moved |= ok
+        if moved.all():
+            continue
+        done = np.nonzero(~moved)[0]  # settled: store them and drop them from the active set
+        L[:, cols[done]], sumlx[cols[done]], suml2[cols[done]] = Ls[:, done], slx_a[done], sl2_a[done]
+        keep = np.nonzero(moved)[0]
+        cols = cols[keep]
+        xs, ws, wxs, Ls, slx_a, sl2_a = xs[:, keep], ws[:, keep], wxs[:, keep], Ls[:, keep], slx_a[keep], sl2_a[keep]
+        if len(cols) == 0:
+            break
+    L[:, cols], sumlx[cols], suml2[cols] = Ls, slx_a, sl2_a
     return L, sumlx, suml2
 
 

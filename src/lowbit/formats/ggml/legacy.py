@@ -28,31 +28,61 @@ def _gguf_py_blocks(qtype: gguf.GGMLQuantizationType, blocks: np.ndarray) -> np.
     return np.ascontiguousarray(raw).view(np.uint8).reshape(blocks.shape[0], -1)
 
 
-def _symmetric_blocks(blocks: np.ndarray, half: int, fifth_bit: bool, qtype: gguf.GGMLQuantizationType) -> np.ndarray:
-    """Q4_0 (``half`` 8) and Q5_0 (16) without an importance matrix: d = -(the value of largest
-    magnitude) / half, levels trunc(x / d + half + 0.5) capped at 2 * half - 1, as in
-    ``quantize_row_q4_0_ref``; the same arithmetic as gguf-py's, about twice as fast. Blocks whose
-    inverse scale overflows (subnormal) go through gguf-py, which reproduces C's overflow."""
-    xt = _t(blocks)  # numpy reduces the outer axis fast, a short contiguous one slowly
+_LEGACY = {"Q4_0": (15, False, False), "Q5_0": (31, False, True), "Q4_1": (15, True, False),
+           "Q5_1": (31, True, True)}  # levels 0..nmax, with a min, with a fifth bit
+
+
+def _legacy_blocks(blocks: np.ndarray, name: str, qtype: gguf.GGMLQuantizationType) -> np.ndarray:
+    """Q4_0/Q5_0/Q4_1/Q5_1/Q8_0 without an importance matrix, in the reference's arithmetic
+    (``quantize_row_q4_0_ref`` and friends): the same operations as gguf-py's versions, laid out so
+    numpy runs them 2-4x faster (block max/min reduced over the transposed blocks, where numpy's
+    reductions are fast; no per-row concatenation). Blocks whose inverse scale overflows (subnormal
+    scales) go through gguf-py, which reproduces C's overflow."""
+    xt = _t(blocks)
     mx, mn = xt.max(0), xt.min(0)
-    m = np.where(-mn > mx, mn, mx)
-    tie = np.nonzero((-mn == mx) & (mx != 0))[0]  # +a and -a both present: the first one wins
-    if len(tie):
-        m[tie] = blocks[tie, np.abs(blocks[tie]).argmax(1)]
     with np.errstate(all="ignore"):
-        d = m / F32(-half)
-        inv = np.where(d == 0, F32(0), F32(1) / d)
-        v = blocks * inv[:, None]
-        v += F32(half + 0.5)
-        q = v.astype(np.uint8)  # the cast truncates, as C's (int8_t) does
-    np.minimum(q, np.uint8(2 * half - 1), out=q)
-    out = np.empty((len(blocks), 18 + 4 * fifth_bit), dtype=np.uint8)
-    out[:, :2] = d.astype(np.float16).view(np.uint8).reshape(-1, 2)
-    if fifth_bit:  # bit j of the little-endian uint32 qh = bit 4 of q[j]
-        out[:, 2:6] = np.packbits(q >> 4, axis=1, bitorder="little")
-    lo = q[:, :16] & np.uint8(0xF)
-    np.left_shift(q[:, 16:], np.uint8(4), out=q[:, 16:])
-    np.bitwise_or(lo, q[:, 16:], out=out[:, -16:])
+        if name == "Q8_0":
+            d = np.maximum(np.abs(mx), np.abs(mn)) / F32(127)  # +0.0 for a zero block, as in C
+            inv = np.where(d == 0, F32(0), F32(1) / d)
+            v = blocks * inv[:, None]
+            r = np.rint(v)
+            tie = np.flatnonzero(np.abs(v - r) == F32(0.5))  # C's roundf: halves away from zero
+            if len(tie):
+                vt = v.reshape(-1)[tie]
+                r.reshape(-1)[tie] = vt + np.copysign(F32(0.5), vt)
+            out = np.empty((len(blocks), 34), dtype=np.uint8)
+            out[:, :2] = d.astype(np.float16).view(np.uint8).reshape(-1, 2)
+            out[:, 2:] = r.astype(np.int8).view(np.uint8)
+        else:
+            nmax, with_min, fifth = _LEGACY[name]
+            if with_min:
+                d = (mx - mn) / F32(nmax)
+                inv = np.where(d == 0, F32(0), F32(1) / d)
+                v = blocks - mn[:, None]
+                v *= inv[:, None]
+                v += F32(0.5)
+            else:  # d = -(the value of largest magnitude) / half, the first one on ties
+                half = (nmax + 1) // 2
+                m = np.where(-mn > mx, mn, mx)
+                tie = np.nonzero((-mn == mx) & (mx != 0))[0]
+                if len(tie):
+                    m[tie] = blocks[tie, np.abs(blocks[tie]).argmax(1)]
+                d = m / F32(-half)
+                inv = np.where(d == 0, F32(0), F32(1) / d)
+                v = blocks * inv[:, None]
+                v += F32(half + 0.5)
+            q = v.astype(np.uint8)  # the cast truncates, as C's (int8_t) does
+            np.minimum(q, np.uint8(nmax), out=q)
+            head = 2 + 2 * with_min
+            out = np.empty((len(blocks), head + 4 * fifth + 16), dtype=np.uint8)
+            out[:, :2] = d.astype(np.float16).view(np.uint8).reshape(-1, 2)
+            if with_min:
+                out[:, 2:4] = mn.astype(np.float16).view(np.uint8).reshape(-1, 2)
+            if fifth:  # bit j of the little-endian uint32 qh = bit 4 of q[j]
+                out[:, head:head + 4] = np.packbits(q >> 4, axis=1, bitorder="little")
+            lo = q[:, :16] & np.uint8(0xF)
+            np.left_shift(q[:, 16:], np.uint8(4), out=q[:, 16:])
+            np.bitwise_or(lo, q[:, 16:], out=out[:, -16:])
     bad = np.nonzero(~np.isfinite(inv))[0]
     if len(bad):
         out[bad] = _gguf_py_blocks(qtype, blocks[bad])
@@ -63,8 +93,8 @@ class _ViaGGUFPy(GGMLType):
     @classmethod
     def quantize_blocks(cls, blocks: np.ndarray, qw: np.ndarray | None) -> np.ndarray:
         # the float types and Q8_0 ignore an importance matrix, as in llama.cpp
-        if cls.name in ("Q4_0", "Q5_0"):
-            return _symmetric_blocks(blocks, 8 if cls.name == "Q4_0" else 16, cls.name == "Q5_0", cls.qtype)
+        if cls.name in ("Q4_0", "Q5_0", "Q4_1", "Q5_1", "Q8_0"):
+            return _legacy_blocks(blocks, cls.name, cls.qtype)
         if cls.name == "F32":
             return blocks.view(np.uint8).reshape(blocks.shape[0], cls.type_size)
         if cls.name == "F16":
