@@ -16,15 +16,42 @@ import os
 # is imported before numpy (always for the CLI); a user's own setting wins.
 os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
 
-from lowbit.api import CalibSettings, QuantizeReport, export, make_config, quantize, save
-from lowbit.errors import LowbitError
-from lowbit.evaluate import EvalResult, evaluate
-from lowbit.evaluate.run import EvalSettings, Evaluator
-from lowbit.load import ModelHandle, load_model
-from lowbit.spec import QuantSpec
+from typing import TYPE_CHECKING, Any
 
-load = load_model
+from lowbit.errors import LowbitError
+
 __version__ = "0.1.0"
+
+# The verbs load torch; they are imported on first use, so `lowbit plan` (and `import lowbit`) stay instant.
+_LAZY = {
+    "CalibSettings": "lowbit.api", "QuantizeReport": "lowbit.api", "export": "lowbit.api",
+    "make_config": "lowbit.api", "quantize": "lowbit.api", "save": "lowbit.api",
+    "EvalResult": "lowbit.evaluate", "evaluate": "lowbit.evaluate",
+    "EvalSettings": "lowbit.evaluate.run", "Evaluator": "lowbit.evaluate.run",
+    "ModelHandle": "lowbit.load", "load_model": "lowbit.load", "load": "lowbit.load",
+    "QuantSpec": "lowbit.spec",
+}
+
+if TYPE_CHECKING:
+    from lowbit.api import CalibSettings, QuantizeReport, export, make_config, quantize, save
+    from lowbit.evaluate import EvalResult, evaluate
+    from lowbit.evaluate.run import EvalSettings, Evaluator
+    from lowbit.load import ModelHandle, load_model
+    from lowbit.spec import QuantSpec
+
+    load = load_model
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _LAZY:
+        raise AttributeError(f"module 'lowbit' has no attribute {name!r}")
+    import importlib
+
+    module = importlib.import_module(_LAZY[name])
+    value = getattr(module, "load_model" if name == "load" else name)
+    globals()[name] = value
+    return value
+
 
 __all__ = [
     "CalibSettings",

@@ -120,18 +120,10 @@ class _Walker:
 def check_gguf(path: Path) -> None:
     """Raise InputError unless ``path`` is a well-formed little-endian GGUF v2/v3 file whose every
     length and tensor offset lies inside the file."""
-    with open(path, "rb") as f:
-        size = f.seek(0, 2)
-        if size < 24:
-            raise InputError(f"{path} is truncated or not a GGUF file: {size} bytes, shorter than a GGUF header")
-        buf = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
-    try:
-        _walk(_Walker(buf, path))
-    finally:
-        buf.close()
+    tensor_table(path)
 
 
-def _walk(w: _Walker) -> None:
+def _walk(w: _Walker) -> list[tuple[str, int]]:
     if bytes(w.buf[:4]) != b"GGUF":
         raise InputError(f"{w.path} is not a GGUF file (magic {bytes(w.buf[:4])!r}, expected b'GGUF')")
     w.pos = 4
@@ -167,13 +159,27 @@ def _walk(w: _Walker) -> None:
             numel *= d
         if numel > w.size * 64 or dims[0] % block:
             raise w.fail(f"tensor {name} has impossible dimensions {dims} for its type")
-        infos.append((name, offset, numel // block * type_size))
+        infos.append((name, offset, numel // block * type_size, numel))
     data_start = -(-w.pos // alignment) * alignment
-    for name, offset, nbytes in infos:
+    for name, offset, nbytes, _ in infos:
         end = data_start + offset + nbytes
         if offset % alignment or end > w.size:
             raise InputError(f"{w.path} is truncated or corrupt: tensor {name} spans bytes "
                              f"{data_start + offset}..{end}, the file has {w.size}")
+    return [(name, numel) for name, _, _, numel in infos]
+
+
+def tensor_table(path: Path) -> list[tuple[str, int]]:
+    """(name, element count) of every tensor of a checked GGUF file, from its header alone."""
+    with open(path, "rb") as f:
+        size = f.seek(0, 2)
+        if size < 24:
+            raise InputError(f"{path} is truncated or not a GGUF file: {size} bytes, shorter than a GGUF header")
+        buf = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+    try:
+        return _walk(_Walker(buf, path))
+    finally:
+        buf.close()
 
 
 def read_metadata(path: Path) -> list[tuple[str, int, object]]:
