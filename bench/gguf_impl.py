@@ -26,7 +26,7 @@ from lowbit.calib import load_corpus, token_windows
 from lowbit.calib.imatrix import compute_imatrix
 from lowbit.evaluate import llamacpp
 from lowbit.evaluate.run import EvalSettings, Evaluator
-from lowbit.export.gguf import export_gguf, tensor_names
+from lowbit.export.gguf import export_gguf, load_into, tensor_names
 from lowbit.formats.ggml import GGML_TYPES
 from lowbit.load import load_model
 from lowbit.load.handle import ModelHandle
@@ -40,24 +40,7 @@ TYPES = ["F16", "BF16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q2_K", "Q3_K", 
 
 
 def gguf_model(path: Path, like: ModelHandle) -> ModelHandle:
-    """The torch model a GGUF file describes: its tensors dequantized (gguf-py) into a copy of ``like``."""
-    from lowbit.formats.ggml.names import permute_qk
-
-    r = gguf.GGUFReader(str(path))
-    data = {t.name: (gguf.quants.dequantize(t.data, t.tensor_type), t) for t in r.tensors}
-    model = copy.deepcopy(like.model)
-    cfg = model.config
-    heads = {"attn_q": cfg.num_attention_heads, "attn_k": cfg.num_key_value_heads}
-    for hf, g in tensor_names(model):
-        a = np.asarray(data[g][0], dtype=np.float32)
-        kind = g.split(".")[-2]
-        if kind in heads:  # undo the rotary permutation: permute twice is not the identity, invert it
-            n = heads[kind]
-            a = a.reshape(n, a.shape[0] // n // 2, 2, -1).swapaxes(1, 2).reshape(a.shape)
-            assert np.array_equal(permute_qk(a, n), np.asarray(data[g][0]).reshape(a.shape))
-        p = model.get_parameter(hf)
-        p.data.copy_(torch.from_numpy(a.reshape(p.shape)))
-    return ModelHandle(model=model, tokenizer=like.tokenizer, kind=like.kind, name=str(path))
+    return load_into(path, like)
 
 
 def tensor_diff(a: Path, b: Path) -> tuple[int, int, list[str]]:

@@ -284,3 +284,29 @@ def export_gguf(handle: ModelHandle, out: str | Path, mix: str = "Q8_0", *,
     for f in planner.fallbacks:
         log.info("fallback: %s", f)
     return {"path": str(out), "mix": mix, "types": types, "fallbacks": planner.fallbacks, "no_imatrix": missing}
+
+
+def load_into(path: str | Path, like: ModelHandle) -> ModelHandle:
+    """The torch model a GGUF file written by :func:`export_gguf` describes: its tensors dequantized
+    (by gguf-py, llama.cpp's own decoder) into a copy of ``like``, q/k rows un-permuted. Evaluates a
+    GGUF's exact weights in torch without writing a dequantized copy to the cache."""
+    import copy
+
+    r = gguf.GGUFReader(str(path))
+    data = {t.name: t for t in r.tensors}
+    model = copy.deepcopy(like.model)
+    cfg = model.config
+    heads = {"attn_q": cfg.num_attention_heads, "attn_k": getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads}
+    for hf, g in tensor_names(model):
+        if g not in data:
+            raise InputError(f"{path}: no tensor {g}; not a file lowbit exported from this model")
+        t = data[g]
+        a = np.asarray(gguf.quants.dequantize(t.data, t.tensor_type), dtype=np.float32)
+        kind = g.split(".")[-2]
+        if kind in heads:  # invert permute_qk: rows (n, d/2, 2) back to (n, 2, d/2)
+            n = heads[kind]
+            a = a.reshape(n, a.shape[0] // n // 2, 2, -1).swapaxes(1, 2).reshape(a.shape)
+        p = model.get_parameter(hf)
+        p.data.copy_(torch.from_numpy(np.array(a, copy=True).reshape(p.shape)))
+    return ModelHandle(model=model, tokenizer=like.tokenizer, kind=like.kind, name=str(path))
+

@@ -4,6 +4,8 @@ name (``smollm2``, ``minilm``) or any ``torch.nn.Module``.
 The torch-free parts (builtin, gguf_check, cache) are imported by `lowbit plan`; the loader itself is
 imported on first use."""
 
+import sys
+import types
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -23,3 +25,16 @@ def __getattr__(name: str) -> Any:
 
         return ModelHandle
     raise AttributeError(f"module 'lowbit.load' has no attribute {name!r}")
+
+
+class _CallableModule(types.ModuleType):
+    """`lowbit.load` is both this package and the verb (``lowbit.load("smollm2")``): `import lowbit` loads
+    the verbs lazily, so the first import of this package rebinds the name to it; calling it still loads."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        from lowbit.load.dispatch import load_model
+
+        return load_model(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule

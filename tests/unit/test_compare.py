@@ -1,0 +1,181 @@
+"""`lowbit compare` on tiny models: the bar, the Pareto front and the guide's recommendation as pure
+functions; a whole run with its report, resume, accuracy with flips, and the candidate registry."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+
+import pytest
+from typer.testing import CliRunner
+
+from lowbit.cli import app
+from lowbit.compare import (
+    CANDIDATES,
+    Bar,
+    Candidate,
+    CompareSettings,
+    compare,
+    pareto,
+    recommend,
+    register_candidate,
+)
+from lowbit.compare.candidates import candidates_for
+from lowbit.compare.domain import js_distance
+from lowbit.errors import InputError
+
+REF = {"id": "reference", "ppl": 10.0, "accuracy": 0.80}
+
+
+def _row(cid, bits, bpw, size, kl, acc=None):
+    return {"id": cid, "bits": bits, "bits_per_weight": bpw, "size_bytes": size, "kl_mean": kl, "accuracy": acc,
+            "ppl": 10.0 * (1 + kl)}
+
+
+ROWS = [_row("w8", 8, 8.0, 800, 0.003), _row("w4-a", 4, 4.5, 450, 0.04), _row("w4-b", 4, 4.3, 430, 0.09),
+        _row("w3", 3, 3.5, 350, 0.30), _row("w2", 2, 2.6, 260, 1.5)]
+
+
+@pytest.mark.parametrize(("text", "ok_row", "bad_row"), [
+    ("kl=0.05", {"kl_mean": 0.05}, {"kl_mean": 0.051}),
+    ("ppl=+3%", {"ppl": 10.3}, {"ppl": 10.31}),
+    ("ppl=+0.5", {"ppl": 10.5}, {"ppl": 10.6}),
+    ("acc=-1", {"accuracy": 0.79}, {"accuracy": 0.785}),
+    ("cos=0.99", {"cosine_mean": 0.995}, {"cosine_mean": 0.98}),
+])
+def test_bars(text, ok_row, bad_row) -> None:
+    bar = Bar.parse(text)
+    assert bar.holds(ok_row, REF) is True and bar.holds(bad_row, REF) is False
+    assert bar.holds({}, REF) is None
+
+
+@pytest.mark.parametrize("bad", ["kl", "kl=", "speed=2", "kl=5%", "kl=-1"])
+def test_bad_bars(bad) -> None:
+    with pytest.raises(InputError, match="--bar"):
+        Bar.parse(bad)
+
+
+def test_pareto_front() -> None:
+    rows = [*ROWS, _row("dominated", 4, 4.6, 460, 0.05)]
+    assert pareto(rows) == {"w8", "w4-a", "w4-b", "w3", "w2"}
+
+
+def test_the_recommendation_follows_the_bar() -> None:
+    strict = recommend(ROWS, REF, Bar.parse("kl=0.01"))
+    assert strict.id == "w8" and strict.met_bar
+    assert any("4-bit: nothing meets the bar" in r for r in strict.reasons)
+    loose = recommend(ROWS, REF, Bar.parse("kl=0.5"))
+    assert loose.id == "w3" and any("2-bit: nothing meets" in r for r in loose.reasons)
+    mid = recommend(ROWS, REF, Bar.parse("kl=0.1"))
+    assert mid.id == "w4-b", "the smallest passing candidate at the lowest passing rung"
+    budget = recommend(ROWS, REF, Bar.parse("kl=0.05"), budget_bpw=4.4)
+    assert budget.id == "w8" and not any(r.startswith("Recommended: w4") for r in budget.reasons)
+    none = recommend(ROWS, REF, Bar.parse("kl=0.001"))
+    assert not none.met_bar and none.id == "w8" and "quantization-aware training" in none.reasons[-1]
+
+
+def test_js_distance() -> None:
+    a, b = Counter({1: 5, 2: 5}), Counter({3: 10})
+    assert js_distance(a, a) == 0.0 and js_distance(a, b) == pytest.approx(1.0)
+    assert 0 < js_distance(a, Counter({1: 5, 3: 5})) < 1
+
+
+def test_default_set_covers_every_family_and_a_new_one_joins(monkeypatch) -> None:
+    families = {c.family for c in candidates_for("causal-lm", None)}
+    assert {"rtn", "hqq", "gptq", "awq", "gguf"} <= families
+    bits = [c.bits for c in candidates_for("causal-lm", None)]
+    assert bits == sorted(bits, reverse=True), "conservative first"
+    assert {c.family for c in candidates_for("encoder", None)} >= {"rtn", "hqq"}
+    fake = Candidate("zz-fake-w4", "fakefam", 4, "a new family", "int4-weight", lambda ref, ctx: None)
+    register_candidate(fake)
+    try:
+        assert "fakefam" in {c.family for c in candidates_for("causal-lm", None)}
+    finally:
+        CANDIDATES._entries.pop("zz-fake-w4")
+    with pytest.raises(InputError, match="cannot run on an encoder"):
+        candidates_for("encoder", ["gptq-w4g64"])
+
+
+@pytest.fixture
+def settings(text_file):
+    return CompareSettings(calib=str(text_file), eval=str(text_file), methods=["rtn-w8", "rtn-w4g64", "gptq-w3g64"],
+                           windows=2, seq_len=32, calib_samples=4, speed=False, bar="kl=0.05")
+
+
+def test_a_whole_run_writes_the_report_and_resumes(tiny_llama, settings, tmp_path, monkeypatch) -> None:
+    out = compare(tiny_llama, settings, tmp_path / "rep")
+    for f in ("report.md", "report.html", "results.json", "size_quality.png", "layer_error.png"):
+        assert (tmp_path / "rep" / f).stat().st_size > 100
+    res = json.loads((tmp_path / "rep" / "results.json").read_text())
+    assert [c["method"] for c in res["candidates"]] == ["rtn-w8", "rtn-w4g64", "gptq-w3g64"]
+    for c in res["candidates"]:
+        for k in ("method", "family", "bits_per_weight", "size_bytes", "kl_mean", "ppl", "calib_seconds",
+                  "speed_ratio_vs_fp32", "pareto"):
+            assert k in c
+        assert c["layer_errors"] and all(v > 0 for v in c["layer_errors"].values())
+    w8, w4 = res["candidates"][0], res["candidates"][1]
+    assert w8["kl_mean"] < w4["kl_mean"] and w8["bits_per_weight"] > w4["bits_per_weight"]
+    assert res["recommendation"]["method"] == out["recommendation"]["method"] and res["recommendation"]["reasons"]
+    html = (tmp_path / "rep" / "report.html").read_text()
+    assert html.count("data:image/png;base64,") == 2 and "Recommendation" in html
+
+    # a rerun skips every finished candidate: building any of them again would fail
+    for name in ("rtn-w8", "rtn-w4g64", "gptq-w3g64"):
+        c = CANDIDATES.get(name)
+        monkeypatch.setitem(CANDIDATES._entries, name, Candidate(c.id, c.family, c.bits, c.label, c.format, _boom,
+                                                                 c.needs_calib, c.kinds, c.config))
+    again = compare(tiny_llama, settings, tmp_path / "rep")
+    assert [r["kl_mean"] for r in again["candidates"]] == [r["kl_mean"] for r in res["candidates"]]
+
+
+def _boom(*a, **k):
+    raise AssertionError("a cached candidate was rebuilt")
+
+
+def test_multiple_choice_accuracy_with_flips(tiny_llama, settings, tmp_path) -> None:
+    mc = tmp_path / "mc.jsonl"
+    items = [{"question": f"the {w} is", "choices": ["red", "blue", "green"], "answer": i % 3}
+             for i, w in enumerate(["sky", "sea", "grass", "sun", "moon", "tree"])]
+    mc.write_text("\n".join(json.dumps(i) for i in items))
+    s = CompareSettings(calib=settings.calib, eval=str(mc), eval_text=settings.eval, methods=["rtn-w8", "rtn-w3g64"],
+                        windows=2, seq_len=32, speed=False)
+    out = compare(tiny_llama, s, tmp_path / "rep")
+    assert out["task"]["kind"] == "multiple-choice" and out["bar"].startswith("accuracy")
+    assert 0 <= out["reference"]["accuracy"] <= 1
+    for c in out["candidates"]:
+        assert 0 <= c["accuracy"] <= 1
+        assert c["flips"] >= c["flips_to_wrong"] + c["flips_to_right"]  # the rest moved between wrong answers
+        assert c["accuracy"] == pytest.approx(out["reference"]["accuracy"] + (c["flips_to_right"] - c["flips_to_wrong"]) / 6)
+
+
+def test_classification_for_encoders(tiny_bert, tmp_path) -> None:
+    data = tmp_path / "cls.jsonl"
+    rows = [{"text": f"good fine great nice {i}", "label": "pos"} for i in range(6)]
+    rows += [{"text": f"bad awful poor sad {i}", "label": "neg"} for i in range(6)]
+    data.write_text("\n".join(json.dumps(r) for r in rows))
+    text = tmp_path / "t.txt"
+    text.write_text(" ".join(r["text"] for r in rows) * 5)
+    s = CompareSettings(calib=None, eval=str(data), eval_text=str(text), methods=["rtn-w8", "rtn-w3g64"], speed=False)
+    out = compare(tiny_bert, s, tmp_path / "rep")
+    assert out["task"]["kind"] == "classification"
+    assert all(c["cosine_mean"] is not None and c["flips"] is not None for c in out["candidates"])
+
+
+def test_bad_eval_files_are_clear_errors(tiny_llama, settings, tmp_path) -> None:
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"question": "q", "choices": ["a", "b"], "answer": 5}))
+    with pytest.raises(InputError, match="answer"):
+        compare(tiny_llama, CompareSettings(eval=str(bad), calib=settings.calib, methods=["rtn-w8"]), tmp_path / "r")
+    assert not (tmp_path / "r").exists()
+
+
+def test_cli_compare_and_list(tiny_llama_dir, text_file, tmp_path) -> None:
+    r = CliRunner().invoke(app, ["compare", "x", "--list"])
+    assert r.exit_code == 0 and "gguf-q4_k_m" in r.output and "gptq-w4g64" in r.output
+    r = CliRunner().invoke(app, ["compare", str(tiny_llama_dir), "--calib", str(text_file), "--eval", str(text_file),
+                                 "--methods", "rtn-w8,rtn-w4g64", "--windows", "2", "--seq-len", "32", "--no-speed",
+                                 "--bar", "kl=1", "--report", str(tmp_path / "rep")])
+    assert r.exit_code == 0, r.output
+    assert "Recommendation: rtn-w4g64" in r.output
+    r = CliRunner().invoke(app, ["compare", str(tiny_llama_dir), "--methods", "rtn-w9"])
+    assert r.exit_code == 2 and "did you mean" in r.output
