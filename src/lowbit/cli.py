@@ -353,6 +353,7 @@ def compare(
                                                 "e.g. rtn-w8,gptq-w4g64,gguf-q4_k_m.")] = None,
     bar: Annotated[str | None, typer.Option(help="Your quality bar: kl=0.05, ppl=+3%, acc=-1, cos=0.99, top1=0.9.")] = None,
     budget_bpw: Annotated[float | None, typer.Option(help="Largest bits per weight you can afford.")] = None,
+    target: Annotated[str, typer.Option(help="Where it will run (cpu, cuda:SM, apple, edge): the hardware axis.")] = "cpu",
     report: Annotated[Path, typer.Option(help="Directory for report.md, report.html and results.json.")] = Path("lowbit-report"),
     windows: Annotated[int, typer.Option(help="Eval windows of --seq-len tokens.")] = 4,
     seq_len: Annotated[int, typer.Option(help="Tokens per eval and calibration window.")] = 512,
@@ -379,7 +380,7 @@ def compare(
     settings = CompareSettings(calib=calib, eval=eval_data, eval_text=eval_text,
                                methods=[m.strip() for m in methods.split(",") if m.strip()] if methods else None,
                                bar=bar, budget_bpw=budget_bpw, windows=windows, seq_len=seq_len,
-                               calib_samples=calib_samples, speed=not no_speed, calib_check=calib_check)
+                               calib_samples=calib_samples, speed=not no_speed, calib_check=calib_check, target=target)
     res = run_compare(model, settings, report, console=out)
     from lowbit.compare.report import _md_table
 
@@ -409,7 +410,7 @@ def demo(
     """The main job on built-in defaults: `lowbit compare smollm2` (calibration pydoc:calib, eval pydoc:eval,
     every family, bar kl=0.05), the table, the recommendation and the report."""
     compare("smollm2", report=report, windows=windows, calib="pydoc:calib", eval_data="pydoc:eval",
-            eval_text="pydoc:eval", methods=None, bar=None, budget_bpw=None, seq_len=512, calib_samples=16,
+            eval_text="pydoc:eval", methods=None, bar=None, budget_bpw=None, target="cpu", seq_len=512, calib_samples=16,
             calib_check=False, no_speed=False, list_methods=False)
 
 

@@ -40,6 +40,7 @@ class Candidate:
     kinds: tuple[str, ...] = (CAUSAL_LM,)  # model kinds it applies to
     config: str = ""  # everything that changes the result, for the resume cache key
     default: bool = True  # in the default set: every family built so far
+    plan_method: str | None = None  # its entry in plan/rules.toml, for the five axes in the report
 
 
 CANDIDATES: Registry[Candidate] = Registry("compare candidate")
@@ -77,8 +78,9 @@ def _register_methods() -> None:
         ("rtn-w3g64", "rtn", 3, False, 64, "int4-weight", "RTN 3-bit asym g64", False, both, False),
         ("awq-w3g64", "awq", 3, False, 64, "int4-weight", "AWQ 3-bit asym g64", True, lm, False),
     ]:
+        axes = {"rtn": "int8-weight" if bits == 8 else "rtn-w4g64", "gptq": "gptq-w4", "awq": "awq-w4"}.get(method)
         register_candidate(Candidate(cid, method, bits, label, fmt, _method(method, bits, sym, group), needs, kinds,
-                                     config=f"{method}:{bits}:{sym}:{group}", default=default))
+                                     config=f"{method}:{bits}:{sym}:{group}", default=default, plan_method=axes))
 
 
 # --- GGUF (llama.cpp types and mixes) -------------------------------------------------------------
@@ -102,7 +104,8 @@ def _gguf(mix: str) -> Callable[[ModelHandle, Any], Built]:
 def _register_gguf() -> None:
     for mix, bits in [("Q8_0", 8), ("Q6_K", 6), ("Q5_K_M", 5), ("Q4_K_M", 4), ("Q3_K_M", 3), ("Q2_K", 2)]:
         register_candidate(Candidate(f"gguf-{mix.lower()}", "gguf", bits, f"GGUF {mix} (llama.cpp)", "gguf", _gguf(mix),
-                                     config=f"gguf:{mix}", default=mix in ("Q8_0", "Q4_K_M", "Q3_K_M")))
+                                     config=f"gguf:{mix}", default=mix in ("Q8_0", "Q4_K_M", "Q3_K_M"),
+                                     plan_method="gguf-q5_k_m" if bits >= 5 else "gguf-q4_k_m"))
 
 
 _register_methods()

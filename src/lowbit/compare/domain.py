@@ -1,7 +1,9 @@
 """How unlike two data sets look to the model: the Jensen-Shannon distance between their token
 unigram distributions (0 = the same mix of tokens, 1 = no token in common). Cheap, tokenizer-level,
 and enough to catch the guide's trap of calibrating on generic text and deploying on domain traffic:
-English prose vs Python source is about 0.6 with smollm2's tokenizer, two halves of the same prose 0.3.
+measured on 64K tokens with smollm2's tokenizer, English prose vs Python source is 0.68, the calibration
+and eval halves of the same prose 0.41, of the same code 0.37 (sparse counts keep even same-domain
+samples well above 0).
 """
 
 from __future__ import annotations
@@ -10,8 +12,8 @@ import math
 from collections import Counter
 from typing import Any
 
-DOMAIN_WARN = 0.5  # above this, compare warns that calibration and eval data differ
-SAMPLE_TOKENS = 16 * 512
+DOMAIN_WARN = 0.55  # above this, compare warns that calibration and eval data differ
+SAMPLE_TOKENS = 1 << 16
 
 _cache: dict[tuple[str, int], Counter] = {}
 

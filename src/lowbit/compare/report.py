@@ -139,6 +139,9 @@ def markdown(out: dict[str, Any]) -> str:
     parts = ["# lowbit compare", "", *_summary(out), "",
              f"## Recommendation: `{rec['method']}`" + ("" if rec["met_bar"] else " (the bar is not met)"), "",
              *[f"- {r}" for r in rec["reasons"]], ""]
+    if out.get("axes"):
+        parts += [f"On the guide's five axes (hardware for `{out['settings']['target']}`):", "",
+                  *[f"- **{k}**: {v}" for k, v in out["axes"].items()], ""]
     if out["warnings"]:
         parts += ["## Warnings", "", *[f"- {w}" for w in out["warnings"]], ""]
     parts += ["## Candidates", "", _md_table([out["reference"], *out["candidates"]]), "",
@@ -170,6 +173,7 @@ def html_report(out: dict[str, Any], plots: dict[str, bytes]) -> str:
     warn = "".join(f"<li>{html.escape(w)}</li>" for w in out["warnings"])
     reasons = "".join(f"<li>{html.escape(r)}</li>" for r in rec["reasons"])
     summary = "".join(f"<p>{html.escape(x)}</p>" for x in _summary(out))
+    axes = "".join(f"<li><b>{html.escape(k)}</b>: {html.escape(v)}</li>" for k, v in (out.get("axes") or {}).items())
     cc = out.get("calib_check")
     ccs = ""
     if cc and "skipped" not in cc:
@@ -189,6 +193,7 @@ figure {{ display: inline-block; margin: 1em 1em 0 0; }} img {{ max-width: 100%;
 {summary}
 <h2>Recommendation: {html.escape(str(rec['method']))}{'' if rec['met_bar'] else ' (the bar is not met)'}</h2>
 <ul>{reasons}</ul>
+{f'<p>On the guide&#39;s five axes (hardware for {html.escape(out["settings"]["target"])}):</p><ul>{axes}</ul>' if axes else ''}
 {f'<h2>Warnings</h2><ul class="warn">{warn}</ul>' if warn else ''}
 <h2>Candidates</h2>
 <table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>

@@ -59,6 +59,7 @@ class CompareSettings:
     speed: bool = True
     calib_check: bool = False
     task_limit: int | None = 200
+    target: str = "cpu"  # where it will run, for the hardware-support axis
 
 
 @dataclass
@@ -131,6 +132,9 @@ def layer_errors(ref: nn.Module, cand: nn.Module) -> dict[str, float]:
 class Comparison:
     def __init__(self, model: Any, settings: CompareSettings, report_dir: Path, console: Any = None) -> None:
         self.s, self.report_dir, self.console = settings, Path(report_dir), console
+        from lowbit.plan.rule import Target
+
+        Target.parse(settings.target)  # a bad --target fails before any work
         self.ref = load_model(model)
         self.model_key = _model_key(model, self.ref)
         self.kind = self.ref.kind
@@ -340,6 +344,7 @@ class Comparison:
         }
         for r in rows:
             r["meets_bar"] = self.bar.holds(r, ref_row)
+        out["axes"] = self._axes(rec.id)
         if self.s.calib_check:
             out["calib_check"] = self.calib_check(rows, rec.id)
         self._record_speed(rows)
@@ -347,6 +352,16 @@ class Comparison:
 
         write_report(out, self.report_dir)
         return out
+
+    def _axes(self, cid: str | None) -> dict[str, str] | None:
+        """The recommended candidate on the guide's five axes (plan/rules.toml), hardware for --target."""
+        from lowbit.compare.candidates import CANDIDATES
+        from lowbit.plan.rule import Target, _choice
+
+        c = CANDIDATES.get(cid) if cid and cid.split("@")[0] in CANDIDATES else None
+        if c is None or c.plan_method is None:
+            return None
+        return dict(_choice(c.plan_method, Target.parse(self.s.target), None).axes())
 
     def _record_speed(self, rows: list[dict[str, Any]]) -> None:
         """What was measured here feeds `lowbit plan` (plan/rule.py reads it)."""
