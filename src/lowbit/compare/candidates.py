@@ -78,7 +78,8 @@ def _register_methods() -> None:
         ("rtn-w3g64", "rtn", 3, False, 64, "int4-weight", "RTN 3-bit asym g64", False, both, False),
         ("awq-w3g64", "awq", 3, False, 64, "int4-weight", "AWQ 3-bit asym g64", True, lm, False),
     ]:
-        axes = {"rtn": "int8-weight" if bits == 8 else "rtn-w4g64", "gptq": "gptq-w4", "awq": "awq-w4"}.get(method)
+        axes = {"rtn": "int8-weight" if bits == 8 else "rtn-w4g64", "hqq": "rtn-w4g64", "gptq": "gptq-w4",
+                "awq": "awq-w4"}.get(method)
         register_candidate(Candidate(cid, method, bits, label, fmt, _method(method, bits, sym, group), needs, kinds,
                                      config=f"{method}:{bits}:{sym}:{group}", default=default, plan_method=axes))
 

@@ -271,6 +271,11 @@ class Comparison:
                               "speed_ratio_vs_fp32": pre_r, "decode_ratio_vs_fp32": dec_r, "speed_note": speed_note,
                               "layer_errors": layer_errors(self.ref.model, built.handle.model)})
         row["slower_than_fp32"] = pre_r is not None and pre_r < 1.0
+        axes = self._axes(c.id)
+        if axes:  # the plan's text, with this run's own numbers where it measured them
+            axes["bit width"] = f"{c.bits} ({row['bits_per_weight']:.2f} bits per weight here)" if row.get("bits_per_weight") else str(c.bits)
+            axes["calibration cost"] = f"{secs:.1f} s here ({'calibrated' if row['calibrated'] else 'no calibration'})"
+            row["axes"] = axes
         ts = self._task_scores(built.handle)
         if ts is not None:
             ts.against(self._ref_task, self.task.answers)
@@ -344,7 +349,7 @@ class Comparison:
         }
         for r in rows:
             r["meets_bar"] = self.bar.holds(r, ref_row)
-        out["axes"] = self._axes(rec.id)
+        out["axes"] = next((r.get("axes") for r in rows if r["id"] == rec.id), None) or self._axes(rec.id)
         if self.s.calib_check:
             out["calib_check"] = self.calib_check(rows, rec.id)
         self._record_speed(rows)
@@ -358,7 +363,8 @@ class Comparison:
         from lowbit.compare.candidates import CANDIDATES
         from lowbit.plan.rule import Target, _choice
 
-        c = CANDIDATES.get(cid) if cid and cid.split("@")[0] in CANDIDATES else None
+        base = cid.split("@")[0] if cid else None
+        c = CANDIDATES.get(base) if base and base in CANDIDATES else None
         if c is None or c.plan_method is None:
             return None
         return dict(_choice(c.plan_method, Target.parse(self.s.target), None).axes())
