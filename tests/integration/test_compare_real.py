@@ -17,7 +17,7 @@ from lowbit.plan import Inputs, ModelInfo, make_plan
 def smollm2_run(smollm2, tmp_path_factory):
     rep = tmp_path_factory.mktemp("cmp")
     s = CompareSettings(methods=["rtn-w8", "gguf-q8_0", "rtn-w4g64", "hqq-w4g64", "gptq-w4g64", "awq-w4g64",
-                                 "gguf-q4_k_m"],
+                                 "gguf-q4_k_m", "bnb-nf4-dq"],
                         windows=1, calib_samples=4, bar="kl=0.05")
     return compare(smollm2, s, rep), rep, s
 
@@ -25,7 +25,8 @@ def smollm2_run(smollm2, tmp_path_factory):
 def test_every_family_runs_on_smollm2(smollm2_run) -> None:
     out, rep, _ = smollm2_run
     rows = {r["id"]: r for r in out["candidates"]}
-    assert {r["family"] for r in rows.values()} == {"rtn", "gguf", "hqq", "gptq", "awq"}
+    assert {r["family"] for r in rows.values()} == {"rtn", "gguf", "hqq", "gptq", "awq", "bitsandbytes"}
+    assert abs(rows["bnb-nf4-dq"]["bits_per_weight"] - 4.127) < 0.01
     assert all(r["kl_mean"] is not None and r["size_bytes"] > 0 for r in rows.values())
     assert rows["rtn-w8"]["kl_mean"] < 0.01 and rows["gguf-q8_0"]["kl_mean"] < 0.01
     assert rows["gptq-w4g64"]["kl_mean"] < rows["rtn-w4g64"]["kl_mean"]

@@ -82,7 +82,7 @@ def test_js_distance() -> None:
 
 def test_default_set_covers_every_family_and_a_new_one_joins(monkeypatch) -> None:
     families = {c.family for c in candidates_for("causal-lm", None)}
-    assert {"rtn", "hqq", "gptq", "awq", "gguf"} <= families
+    assert {"rtn", "hqq", "gptq", "awq", "gguf", "bitsandbytes"} <= families
     bits = [c.bits for c in candidates_for("causal-lm", None)]
     assert bits == sorted(bits, reverse=True), "conservative first"
     assert {c.family for c in candidates_for("encoder", None)} >= {"rtn", "hqq"}

@@ -28,9 +28,10 @@ def quantized_layer_bits(model: nn.Module) -> tuple[float, int]:
     For an unquantized model, the same measure over the Linear layers lowbit would quantize by
     default (so the reference reads 32.0 in float32).
     """
-    qmods = [m for m in model.modules() if isinstance(m, (QuantizedLinear, QuantizedEmbedding))]
+    qmods = [m for m in model.modules() if isinstance(m, (QuantizedLinear, QuantizedEmbedding))
+             or hasattr(m, "quant_nbytes")]
     if qmods:
-        nbytes = sum(m.quantized_tensor().nbytes for m in qmods)
+        nbytes = sum(m.quant_nbytes if hasattr(m, "quant_nbytes") else m.quantized_tensor().nbytes for m in qmods)
         numel = sum(m.in_features * m.out_features for m in qmods)
         return 8 * nbytes / numel, numel
     sel, _ = select_linears(model)

@@ -2,6 +2,7 @@
 
 from lowbit.methods import (  # noqa: F401  (register themselves)
     awq,
+    bnb,
     gptq,
     hqq,
     rtn,
