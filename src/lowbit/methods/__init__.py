@@ -6,6 +6,7 @@ from lowbit.methods import (  # noqa: F401  (register themselves)
     gptq,
     hqq,
     rtn,
+    w8a8,
 )
 from lowbit.methods.base import METHODS, Method, MethodConfig, get_method
 

@@ -1,0 +1,81 @@
+"""W8A8 (SmoothQuant-style) on tiny models: the integer arithmetic is emulated exactly, smoothing is
+function-preserving and finds the norms (and up_proj for down_proj), it lowers the static-activation
+error when an activation channel has outliers, and the real int8 GEMM agrees with the emulation."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from lowbit.compare.candidates import candidates_for
+from lowbit.errors import InputError
+from lowbit.methods.w8a8 import W8A8Linear, _input_stats, int8_engine, quantize_w8a8
+from lowbit.modules.qlinear import QuantizedLinear
+
+
+def test_emulation_is_the_integer_arithmetic() -> None:
+    torch.manual_seed(0)
+    lin = nn.Linear(96, 40)
+    m = W8A8Linear(lin, "dynamic")
+    x = torch.randn(3, 5, 96)
+    s = x.abs().amax(-1, keepdim=True) / 127
+    xq = torch.clamp(torch.round(x / s), -127, 127).to(torch.int64)
+    acc = xq @ m.qweight.to(torch.int64).T  # exact int accumulation
+    want = acc.double() * s.double() * m.wscale.double() + lin.bias.detach().double()
+    with QuantizedLinear.mode("dequant"):
+        got = m(x)
+    assert torch.allclose(got.double(), want, rtol=1e-6, atol=1e-6)
+    assert m.qweight.dtype == torch.int8 and int(m.qweight.abs().max()) == 127
+    assert float((m.dequantize() - lin.weight).abs().max()) <= float(m.wscale.max()) / 2 + 1e-7
+
+
+@pytest.mark.skipif(int8_engine() is None, reason="torch has no int8 GEMM engine here")
+def test_int8_gemm_agrees_with_the_emulation() -> None:
+    torch.manual_seed(1)
+    m = W8A8Linear(nn.Linear(128, 64), "dynamic")
+    x = torch.randn(16, 128)
+    with QuantizedLinear.mode("dequant"):
+        e = m(x)
+    g = m(x)  # the x86 / fbgemm kernel (per-tensor activation quantization inside)
+    assert not torch.equal(g, e) and float((g - e).norm() / e.norm()) < 0.05
+
+
+def test_smoothing_finds_its_producers_and_preserves_the_float_model(tiny_llama, text_file) -> None:
+    names = [n for n, mod in tiny_llama.model.named_modules() if isinstance(mod, nn.Linear) and "lm_head" not in n]
+    from lowbit.calib import load_corpus, token_windows
+
+    win = token_windows(load_corpus(str(text_file)), tiny_llama.tokenizer, 2, 32, 0)
+    _, fed_by = _input_stats(tiny_llama.model, names, win)
+    assert fed_by["model.layers.0.self_attn.q_proj"] == "model.layers.0.input_layernorm"
+    assert fed_by["model.layers.0.mlp.gate_proj"] == "model.layers.0.post_attention_layernorm"
+    assert fed_by["model.layers.0.mlp.down_proj"] == "model.layers.0.mlp.up_proj"
+    assert "model.layers.0.self_attn.o_proj" not in fed_by
+    _, rep = quantize_w8a8(tiny_llama, "static", True, alpha=0.5, calib=str(text_file), n_samples=2, seq_len=32)
+    assert len(rep["smoothed_layers"]) == len(fed_by) and 8 < rep["bits_per_weight"] < 9  # + a float32 scale per row
+
+
+def test_static_smoothing_helps_with_an_outlier_channel(tiny_llama, text_file) -> None:
+    """Inflate one channel of every input norm (an activation outlier); per-tensor static scales
+    then waste their range on it, and smoothing moves it into the weights."""
+    with torch.no_grad():
+        for layer in tiny_llama.model.model.layers:
+            layer.input_layernorm.weight[3] *= 60
+            layer.post_attention_layernorm.weight[5] *= 60
+    ids = torch.tensor([[5, 9, 13, 40, 7, 3, 22, 61, 12, 30]])
+    with torch.no_grad():
+        ref = tiny_llama.model(ids).logits
+    err = {}
+    for smooth in (False, True):
+        qh, _ = quantize_w8a8(tiny_llama, "static", smooth, alpha=0.5, calib=str(text_file), n_samples=2, seq_len=32)
+        with torch.no_grad(), QuantizedLinear.mode("dequant"):
+            err[smooth] = float((qh.model(ids).logits - ref).norm() / ref.norm())
+    assert err[True] < 0.7 * err[False], err
+
+
+def test_bad_options_and_registration(tiny_llama, text_file) -> None:
+    with pytest.raises(InputError, match="act"):
+        quantize_w8a8(tiny_llama, "weekly", calib=str(text_file))
+    with pytest.raises(InputError, match="alpha"):
+        quantize_w8a8(tiny_llama, "dynamic", True, alpha=1.5, calib=str(text_file))
+    assert "w8a8" in {c.family for c in candidates_for("causal-lm", None)}
