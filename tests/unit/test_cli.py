@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 from lowbit.cli import app
 
-COMMANDS = ["quantize", "eval", "inspect", "demo"]
+COMMANDS = ["quantize", "eval", "inspect", "demo", "plan", "compare", "hardware", "export", "imatrix"]
 
 
 @pytest.fixture

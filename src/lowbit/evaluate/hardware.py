@@ -1,0 +1,178 @@
+"""`lowbit hardware`: what this machine is, and how fast each format lowbit can run here really is.
+
+The guide's warning, measured: "confirm the format runs accelerated on the hardware you deploy to".
+For every format, one transformer block's worth of matmuls (smollm2's shapes by default: q, k, v, o,
+gate, up, down) is timed at batch 1 (a decode step) and batch 64 (prefill), as a ratio to float32.
+A ratio below 1 is a format that is slower than not quantizing at all, and is flagged. The figures
+are written to the user cache, where `lowbit plan` reads them for the hardware-support axis.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+BLOCK = [(576, 576), (192, 576), (192, 576), (576, 576), (1536, 576), (1536, 576), (576, 1536)]  # smollm2
+ISA = ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_tile", "amx_int8", "asimd", "asimddp",
+       "sve")
+
+
+@dataclass
+class Machine:
+    cpu: str
+    cores: int
+    threads: int
+    isa: list[str]
+    gpu: str | None = None
+    compute_capability: str | None = None
+    int8_engine: str | None = None
+
+    def lines(self) -> list[str]:
+        out = [f"CPU: {self.cpu}, {self.cores} cores, torch uses {self.threads} threads",
+               f"ISA: {', '.join(self.isa) or 'none of ' + ', '.join(ISA)}",
+               f"int8 GEMM engine (torch): {self.int8_engine or 'none'}"]
+        out.append(f"GPU: {self.gpu} (compute capability {self.compute_capability})" if self.gpu else "GPU: none")
+        return out
+
+
+def detect() -> Machine:
+    from lowbit.methods.w8a8 import int8_engine
+    from lowbit.plan.rule import cpu_flags
+
+    name = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            name = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), name)
+    except OSError:
+        pass
+    flags = cpu_flags()
+    gpu = cc = None
+    if torch.cuda.is_available():
+        gpu = torch.cuda.get_device_name(0)
+        cc = "{}.{}".format(*torch.cuda.get_device_capability(0))
+    return Machine(name, os.cpu_count() or 1, torch.get_num_threads(), [f for f in ISA if f in flags], gpu, cc,
+                   int8_engine())
+
+
+@dataclass
+class FormatTiming:
+    format: str
+    label: str
+    decode_ms: float
+    prefill_ms: float
+    decode_ratio_vs_fp32: float = 0.0
+    prefill_ratio_vs_fp32: float = 0.0
+    note: str = ""
+    slower_than_fp32: bool = field(default=False)
+
+
+def _block_layers(make: Callable[[nn.Linear], nn.Module], shapes: list[tuple[int, int]]) -> list[nn.Module]:
+    g = torch.Generator().manual_seed(0)
+    out = []
+    for n, k in shapes:
+        lin = nn.Linear(k, n, bias=False)
+        with torch.no_grad():
+            lin.weight.copy_(torch.randn(n, k, generator=g) * 0.02)
+        out.append(make(lin))
+    return out
+
+
+@torch.inference_mode()
+def _time(layers: list[nn.Module], m: int, repeats: int) -> float:
+    """Median ms for one pass of every layer at batch ``m``."""
+    xs = [torch.randn(m, layer.in_features if hasattr(layer, "in_features") else layer.weight.shape[1]) for layer in layers]
+    for layer, x in zip(layers, xs):  # warm-up (kernels pack their weights on first use)
+        layer(x)
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        for layer, x in zip(layers, xs):
+            layer(x)
+        times.append(time.perf_counter() - t0)
+    times.sort()
+    return 1000 * times[len(times) // 2]
+
+
+def formats() -> dict[str, tuple[str, Callable[[nn.Linear], nn.Module]]]:
+    """format key (plan/hardware.toml) -> (label, Linear -> module in that format)."""
+    from lowbit.methods.rtn import RTNConfig, rtn
+    from lowbit.methods.w8a8 import W8A8Linear
+    from lowbit.modules.bnb4_linear import Linear4bit
+    from lowbit.modules.qlinear import QuantizedLinear
+    from lowbit.spec import QuantSpec
+
+    def qlin(spec: QuantSpec) -> Callable[[nn.Linear], nn.Module]:
+        return lambda lin: QuantizedLinear.from_linear(lin, rtn(lin.weight.data, RTNConfig(spec=spec)))
+
+    class IntMM(nn.Module):  # torch._int_mm: int8 x int8 -> int32, the "obvious" integer path
+        def __init__(self, lin: nn.Linear) -> None:
+            super().__init__()
+            self.in_features = lin.in_features
+            self.w = torch.clamp(torch.round(lin.weight.detach() / 0.001), -127, 127).to(torch.int8).T.contiguous()
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            xq = torch.clamp(torch.round(x / 0.01), -127, 127).to(torch.int8)
+            if xq.shape[0] <= 16:  # _int_mm needs more than 16 rows
+                xq = F.pad(xq, (0, 0, 0, 17 - xq.shape[0]))
+            return torch._int_mm(xq, self.w).float()
+
+    return {
+        "fp32": ("float32 F.linear", lambda lin: lin),
+        "int8-weight": ("int8 weight-only, per channel (lowbit, torch int8 kernel)", qlin(QuantSpec(8, True, -1))),
+        "int4-weight": ("int4 weight-only, g64 (lowbit, torch int4 kernel)", qlin(QuantSpec(4, False, 64))),
+        "bnb-nf4": ("NF4 (lowbit Linear4bit, dequantize + matmul)", lambda lin: Linear4bit.from_linear(lin, "nf4", True)),
+        "w8a8-int8": ("W8A8 int8 (x86/fbgemm GEMM)", lambda lin: W8A8Linear(lin, "dynamic")),
+        "int8-int_mm": ("int8 x int8 via torch._int_mm", IntMM),
+    }
+
+
+def check(shapes: list[tuple[int, int]] | None = None, repeats: int = 7, prefill_batch: int = 64,
+          only: dict[str, tuple[str, Callable[[nn.Linear], nn.Module]]] | None = None) -> list[FormatTiming]:
+    """Time every format against float32 on one block of ``shapes``; formats slower than fp32 are flagged."""
+    shapes = shapes or BLOCK
+    table = only if only is not None else formats()
+    base_make = table.get("fp32", formats()["fp32"])[1]
+    base = _block_layers(base_make, shapes)
+    fp_dec, fp_pre = _time(base, 1, repeats), _time(base, prefill_batch, repeats)
+    out = [FormatTiming("fp32", "float32 F.linear", fp_dec, fp_pre, 1.0, 1.0)]
+    for key, (label, make) in table.items():
+        if key == "fp32":
+            continue
+        try:
+            layers = _block_layers(make, shapes)
+            dec, pre = _time(layers, 1, repeats), _time(layers, prefill_batch, repeats)
+        except (RuntimeError, NotImplementedError) as e:  # a kernel this machine lacks
+            out.append(FormatTiming(key, label, float("nan"), float("nan"), note=f"not available here: {str(e).splitlines()[0]}"))
+            continue
+        t = FormatTiming(key, label, dec, pre, fp_dec / dec, fp_pre / pre)
+        t.slower_than_fp32 = t.prefill_ratio_vs_fp32 < 1 or t.decode_ratio_vs_fp32 < 1
+        out.append(t)
+    return out
+
+
+def record(timings: list[FormatTiming], machine: Machine) -> None:
+    """Write the kernel-level ratios where `lowbit plan` reads measured speeds."""
+    from lowbit.plan.rule import measured_speed, speed_file
+
+    data = measured_speed()
+    for t in timings:
+        if t.format != "fp32" and t.prefill_ratio_vs_fp32 == t.prefill_ratio_vs_fp32 and t.prefill_ratio_vs_fp32 > 0:
+            data[t.format] = {"prefill_ratio_vs_fp32": t.prefill_ratio_vs_fp32, "decode_ratio_vs_fp32": t.decode_ratio_vs_fp32,
+                              "runtime": f"lowbit hardware: {t.label}", "machine": machine.cpu,
+                              "date": time.strftime("%Y-%m-%d")}
+    speed_file().write_text(json.dumps(data, indent=1))
+
+
+def to_dict(machine: Machine, timings: list[FormatTiming]) -> dict[str, Any]:
+    from dataclasses import asdict
+
+    return {"machine": asdict(machine), "formats": [asdict(t) for t in timings]}

@@ -1,0 +1,65 @@
+"""`lowbit hardware`: machine detection, per-format timing against float32, the slower-than-fp32
+flag (proved with a deliberately slow fake kernel), and the hand-off to `lowbit plan`."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import torch
+from torch import nn
+from typer.testing import CliRunner
+
+from lowbit.cli import app
+from lowbit.evaluate import hardware as hw
+from lowbit.plan import Inputs, ModelInfo, make_plan
+from lowbit.plan.model_info import ENCODER
+
+SMALL = [(64, 64), (128, 64)]
+
+
+class _Slow(nn.Module):
+    """A fake kernel: correct output, 5 ms late."""
+
+    def __init__(self, lin: nn.Linear) -> None:
+        super().__init__()
+        self.lin, self.in_features = lin, lin.in_features
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        time.sleep(0.005)
+        return self.lin(x)
+
+
+def test_a_slow_kernel_is_flagged_and_a_fast_one_is_not() -> None:
+    table = {"fp32": ("float32", lambda lin: lin), "fake-slow": ("fake slow kernel", _Slow),
+             "same": ("float32 again", lambda lin: lin)}
+    rows = {r.format: r for r in hw.check(SMALL, repeats=3, prefill_batch=8, only=table)}
+    assert rows["fake-slow"].slower_than_fp32 and rows["fake-slow"].prefill_ratio_vs_fp32 < 0.5
+    assert rows["fp32"].prefill_ratio_vs_fp32 == 1.0
+    assert rows["same"].prefill_ratio_vs_fp32 > 0.3  # same kernel: near 1 (timing noise aside)
+
+
+def test_every_format_runs_and_feeds_plan(tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("LOWBIT_CACHE", str(tmp_path))
+    m = hw.detect()
+    assert m.cores >= 1 and m.threads >= 1 and m.lines()
+    rows = hw.check(SMALL, repeats=2, prefill_batch=8)
+    assert {r.format for r in rows} >= {"fp32", "int8-weight", "int4-weight", "bnb-nf4", "w8a8-int8"}
+    assert all(r.decode_ms > 0 or r.note for r in rows)
+    slow = next(r for r in rows if r.format == "int8-weight")
+    slow.prefill_ratio_vs_fp32 = 0.25  # as if measured slower: plan must say so
+    hw.record(rows, m)
+    data = json.loads((tmp_path / "speed.json").read_text())
+    assert data["int8-weight"]["prefill_ratio_vs_fp32"] == 0.25
+    p = make_plan(Inputs(target="cpu"), ModelInfo("enc", ENCODER, 20_000_000))  # the default rule: int8-weight
+    assert p.chosen.id == "int8-weight" and "SLOWER than full precision" in p.chosen.support[0].note
+
+
+def test_cli_hardware(tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("LOWBIT_CACHE", str(tmp_path))
+    monkeypatch.setattr(hw, "BLOCK", SMALL)
+    r = CliRunner().invoke(app, ["hardware", "--repeats", "2", "--json", str(tmp_path / "hw.json")], terminal_width=200)
+    assert r.exit_code == 0, r.output
+    assert "CPU:" in r.output and "W8A8" in r.output
+    d = json.loads((tmp_path / "hw.json").read_text())
+    assert d["formats"][0]["format"] == "fp32" and (tmp_path / "speed.json").exists()
