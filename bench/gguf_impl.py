@@ -4,7 +4,6 @@ in bench/ shadows the gguf package for anything imported from there."""
 from __future__ import annotations
 
 import argparse
-import copy
 import os
 import platform
 import sys
@@ -26,7 +25,7 @@ from lowbit.calib import load_corpus, token_windows
 from lowbit.calib.imatrix import compute_imatrix
 from lowbit.evaluate import llamacpp
 from lowbit.evaluate.run import EvalSettings, Evaluator
-from lowbit.export.gguf import export_gguf, load_into, tensor_names
+from lowbit.export.gguf import export_gguf, load_into
 from lowbit.formats.ggml import GGML_TYPES
 from lowbit.load import load_model
 from lowbit.load.handle import ModelHandle
