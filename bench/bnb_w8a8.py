@@ -8,7 +8,7 @@ format: bits per weight, and prefill (256 tokens) and decode (16 tokens) speed a
 model in the same process. W8A8 quality comes from exact emulation of its integer arithmetic, its speed
 from the x86/fbgemm int8 GEMM. bitsandbytes (`pip install --no-deps bitsandbytes`) is optional; without
 it its rows say so. --quick: 2 eval windows, 4 x 512 calibration tokens; the full run 4 and 16.
-LLM.int8 (outlier decomposition) is not built yet in lowbit: its row says so.
+LLM.int8: int8 rows with activation columns >= 6.0 in float32 ("int8 rows, no outliers": threshold 0).
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ from lowbit.evaluate.run import EvalSettings, Evaluator
 from lowbit.formats.bnb4 import quantize_4bit
 from lowbit.load import ModelHandle, load_model
 from lowbit.methods.bnb import quantize_bnb4
+from lowbit.methods.llm_int8 import quantize_llm_int8
 from lowbit.methods.w8a8 import quantize_w8a8
 from lowbit.modules.select import select_modules
 from lowbit.report import write_json
@@ -112,6 +113,8 @@ def run(name: str, quick: bool, console: Console) -> dict:
         ("nf4", "lowbit", lambda: quantize_bnb4(ref, "nf4", False)),
         ("nf4-dq", "lowbit", lambda: quantize_bnb4(ref, "nf4", True)),
         ("fp4", "lowbit", lambda: quantize_bnb4(ref, "fp4", False)),
+        ("llm.int8", "lowbit", lambda: quantize_llm_int8(ref, 6.0)),
+        ("int8 rows, no outliers", "lowbit", lambda: quantize_llm_int8(ref, 0.0)),
     ]
     if ref.kind == "causal-lm":
         for act in ("dynamic", "static"):
@@ -139,7 +142,6 @@ def run(name: str, quick: bool, console: Console) -> dict:
         console.print(f"[dim]{name} {label}: " + ", ".join(f"{k} {v:.4g}" for k, v in row.items()
                                                           if isinstance(v, float)) + "[/]")
         del qh
-    rows.append({"format": "LLM.int8 (lowbit)", "impl": "lowbit", "note": "not built yet (issue 6)"})
     return {"model": name, "fp32": base.to_dict(), "prefill_tok_s": fp_pre, "decode_tok_s": fp_dec, "rows": rows}
 
 
@@ -198,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
     for act in ("static", "dynamic"):
         for sm_ in ("smooth", "plain"):
             out[f"w8a8_{act}_{sm_}_kl"] = rows[f"w8a8-{act}-{sm_}"]["kl_mean"]
-    for key, fmt in (("nf4", "nf4"), ("nf4_dq", "nf4-dq"), ("fp4", "fp4"), ("w8a8", "w8a8-dynamic-smooth"),
+    for key, fmt in (("nf4", "nf4"), ("nf4_dq", "nf4-dq"), ("fp4", "fp4"), ("llm_int8", "llm.int8"), ("w8a8", "w8a8-dynamic-smooth"),
                      ("w8a8_static", "w8a8-static-smooth"), ("bnb_nf4_dq", "bnb nf4-dq"), ("bnb_int8", "bnb int8 (LLM.int8)")):
         r = rows.get(fmt, {})
         out[f"{key}_prefill_ratio_vs_fp32"] = r.get("prefill_ratio_vs_fp32")

@@ -5,6 +5,7 @@ from lowbit.methods import (  # noqa: F401  (register themselves)
     bnb,
     gptq,
     hqq,
+    llm_int8,
     rtn,
     w8a8,
 )
