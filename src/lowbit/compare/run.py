@@ -14,7 +14,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import math
 import platform
 import sys
 import time
@@ -388,7 +387,3 @@ class Comparison:
 
 def compare(model: Any, settings: CompareSettings, report_dir: str | Path, console: Any = None) -> dict[str, Any]:
     return Comparison(model, settings, Path(report_dir), console).run()
-
-
-def finite(x: Any) -> bool:
-    return isinstance(x, (int, float)) and math.isfinite(x)
