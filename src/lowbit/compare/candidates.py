@@ -106,7 +106,8 @@ def _register_gguf() -> None:
     for mix, bits in [("Q8_0", 8), ("Q6_K", 6), ("Q5_K_M", 5), ("Q4_K_M", 4), ("Q3_K_M", 3), ("Q2_K", 2)]:
         register_candidate(Candidate(f"gguf-{mix.lower()}", "gguf", bits, f"GGUF {mix} (llama.cpp)", "gguf", _gguf(mix),
                                      config=f"gguf:{mix}", default=mix in ("Q8_0", "Q4_K_M", "Q3_K_M"),
-                                     plan_method="gguf-q5_k_m" if bits >= 5 else "gguf-q4_k_m"))
+                                     plan_method="gguf-q8_0" if mix == "Q8_0" else
+                                     "gguf-q5_k_m" if bits >= 5 else "gguf-q4_k_m"))
 
 
 _register_methods()

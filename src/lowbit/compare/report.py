@@ -150,6 +150,13 @@ def markdown(out: dict[str, Any]) -> str:
               "this machine as a ratio to full precision (below 1: slower than not quantizing at all, the guide's "
               "portability trap); flips: answers that changed from the reference's."), "",
               "![size vs quality](size_quality.png)", "", "![per-layer error](layer_error.png)", ""]
+    axes_rows = [r for r in out["candidates"] if r.get("axes")]
+    if axes_rows:
+        keys = list(axes_rows[0]["axes"])
+        parts += [f"## The five axes (hardware for `{out['settings']['target']}`)", "",
+                  "| candidate | " + " | ".join(keys) + " |", "|---|" + "---|" * len(keys),
+                  *["| " + r["id"] + " | " + " | ".join(str(r["axes"].get(k, "")).replace("|", "/") for k in keys) + " |"
+                    for r in axes_rows], ""]
     cc = out.get("calib_check")
     if cc and "skipped" not in cc:
         verdict = "beats" if cc["user_calib_better"] else "does NOT beat"
@@ -174,6 +181,15 @@ def html_report(out: dict[str, Any], plots: dict[str, bytes]) -> str:
     reasons = "".join(f"<li>{html.escape(r)}</li>" for r in rec["reasons"])
     summary = "".join(f"<p>{html.escape(x)}</p>" for x in _summary(out))
     axes = "".join(f"<li><b>{html.escape(k)}</b>: {html.escape(v)}</li>" for k, v in (out.get("axes") or {}).items())
+    axes_rows = [r for r in out["candidates"] if r.get("axes")]
+    axes_table = ""
+    if axes_rows:
+        keys = list(axes_rows[0]["axes"])
+        axes_table = ("<h2>The five axes</h2><table><thead><tr><th>candidate</th>"
+                      + "".join(f"<th>{html.escape(k)}</th>" for k in keys) + "</tr></thead><tbody>"
+                      + "".join("<tr><td>" + html.escape(r["id"]) + "</td>"
+                                + "".join(f'<td style="text-align:left">{html.escape(str(r["axes"].get(k, "")))}</td>' for k in keys)
+                                + "</tr>" for r in axes_rows) + "</tbody></table>")
     cc = out.get("calib_check")
     ccs = ""
     if cc and "skipped" not in cc:
@@ -198,6 +214,7 @@ figure {{ display: inline-block; margin: 1em 1em 0 0; }} img {{ max-width: 100%;
 <h2>Candidates</h2>
 <table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>
 {imgs}
+{axes_table}
 {ccs}
 </body></html>
 """
