@@ -69,15 +69,18 @@ class Context:
     ref: ModelHandle
     calib: Any
     _imatrix: dict | None = field(default=None, repr=False)
+    imatrix_seconds: float = 0.0
 
     def imatrix(self) -> dict:
         if self._imatrix is None:
             from lowbit.calib import load_corpus, token_windows
             from lowbit.calib.imatrix import compute_imatrix
 
+            t0 = time.perf_counter()
             ids = token_windows(load_corpus(self.calib.data), self.ref.tokenizer, self.calib.n_samples,
                                 self.calib.seq_len, self.calib.seed)
             self._imatrix = compute_imatrix(self.ref.model, ids, dataset=self.calib.data).weights()
+            self.imatrix_seconds = time.perf_counter() - t0
         return self._imatrix
 
 
@@ -250,9 +253,12 @@ class Comparison:
             return json.loads(path.read_text())
         ctx = self.ctx if calib is None else Context(self.ref, calib)
         self.say(f"{c.id}{tag}: {c.label}")
+        had_imatrix = ctx._imatrix is not None
         t0 = time.perf_counter()
         built: Built = c.build(self.ref, ctx)
         secs = time.perf_counter() - t0
+        if built.extra.get("imatrix") and had_imatrix:  # computed once, for an earlier candidate: charge it here too
+            secs += ctx.imatrix_seconds
         res = self.evaluator.run(built.handle, label=c.id + tag)
         if built.size_bytes is not None:
             res.size_bytes, res.bits_per_weight = built.size_bytes, built.bits_per_weight
