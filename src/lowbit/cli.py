@@ -90,12 +90,45 @@ def quantize(
     targets: Annotated[list[str] | None, typer.Option("--targets", help="Regex of Linear names to quantize (repeatable).")] = None,
     ignore: Annotated[list[str] | None, typer.Option("--ignore", help="Regex of module names to keep in full precision (repeatable); replaces the default (lm_head); 'none' keeps nothing.")] = None,
     embeddings: Annotated[bool, typer.Option("--embeddings", help="Quantize nn.Embedding tables too (kept by default).")] = False,
+    double_quant: Annotated[bool, typer.Option("--double-quant", help="nf4/fp4: re-quantize the block constants (QLoRA).")] = False,
+    smooth: Annotated[bool, typer.Option("--smooth", help="w8a8: SmoothQuant scales folded into the norms.")] = False,
+    alpha: Annotated[float | None, typer.Option(help="w8a8 --smooth: migration strength; searched when not given.")] = None,
+    act: Annotated[str, typer.Option(help="w8a8: dynamic (per token) or static (per tensor) activations.")] = "dynamic",
+    threshold: Annotated[float, typer.Option(help="int8 (LLM.int8): activation outlier threshold; 0 turns it off.")] = 6.0,
     overwrite: Annotated[bool, typer.Option(help="Replace --out if it exists.")] = False,
 ) -> None:
-    """Quantize MODEL and save a checkpoint that `lowbit eval` and the Python API reload."""
+    """Quantize MODEL and save a checkpoint that `lowbit eval` and the Python API reload. Methods: rtn, gptq, awq,
+    hqq (integer grids), nf4 / fp4 (bitsandbytes-style 4-bit), int8 (LLM.int8), w8a8 (int8 weights and activations)."""
     from lowbit import api
     from lowbit.errors import ExportError
     from lowbit.spec import QuantSpec
+
+    if method in ("nf4", "fp4", "int8", "w8a8"):
+        if out_dir.exists() and not overwrite:
+            raise ExportError(f"{out_dir} already exists; choose another --out or pass --overwrite")
+        _quiet_libraries()
+        from lowbit.load import load_model
+
+        with err.status(f"loading {model}"):
+            handle = load_model(model)
+        ign = [] if ignore is not None and [i.lower() for i in ignore] == ["none"] else ignore
+        if method in ("nf4", "fp4"):
+            from lowbit.methods.bnb import quantize_bnb4
+
+            qh, rep = quantize_bnb4(handle, method, double_quant, targets=targets, ignore=ign)
+        elif method == "int8":
+            from lowbit.methods.llm_int8 import quantize_llm_int8
+
+            qh, rep = quantize_llm_int8(handle, threshold, targets=targets, ignore=ign)
+        else:
+            from lowbit.methods.w8a8 import quantize_w8a8
+
+            qh, rep = quantize_w8a8(handle, act, smooth, alpha=alpha if smooth else 0.5, calib=calib or "pydoc:calib",
+                                    n_samples=n_samples, seq_len=seq_len)
+        api.save(qh, out_dir, overwrite=overwrite)
+        out.print(f"{method}: {len(qh.quant['layers'])} layers quantized, {rep['bits_per_weight']:.3f} bits/weight, "
+                  f"{rep['seconds']:.1f} s -> {out_dir}", highlight=False)
+        return
 
     spec = QuantSpec(bits=bits, symmetric=not asym, group_size=group_size)  # validates before any loading
     options: dict[str, Any] = {}

@@ -83,6 +83,9 @@ def load_checkpoint(path: str | Path) -> ModelHandle:
     model = cls.from_config(config, dtype=torch.float32)
     for name, info in record["layers"].items():
         mod = model.get_submodule(name)
+        if info.get("module") in LAYER_MODULES:  # layers that are not integer grids (NF4, LLM.int8, W8A8)
+            _set_submodule(model, name, _layer_module(info["module"]).empty(mod, info))
+            continue
         spec = QuantSpec.from_dict(info["spec"])
         if info.get("module") == "embedding":
             q: nn.Module = QuantizedEmbedding(mod.num_embeddings, mod.embedding_dim, spec, mod.padding_idx)
@@ -100,6 +103,17 @@ def load_checkpoint(path: str | Path) -> ModelHandle:
         tokenizer = AutoTokenizer.from_pretrained(path)
     return ModelHandle(model=model.eval(), tokenizer=tokenizer, kind=record.get("kind", CAUSAL_LM),
                        name=str(path), path=str(path), quant=record)
+
+
+LAYER_MODULES = {"bnb4": "lowbit.modules.bnb4_linear:Linear4bit", "llm_int8": "lowbit.methods.llm_int8:LinearInt8",
+                 "w8a8": "lowbit.methods.w8a8:W8A8Linear"}
+
+
+def _layer_module(key: str) -> Any:
+    import importlib
+
+    mod, _, cls = LAYER_MODULES[key].partition(":")
+    return getattr(importlib.import_module(mod), cls)
 
 
 def _set_submodule(model: nn.Module, name: str, new: nn.Module) -> None:

@@ -79,8 +79,9 @@ def _lut(code_bytes: bytes) -> np.ndarray:
 
 def quantize_blockwise8(a: torch.Tensor, code: torch.Tensor, blocksize: int) -> tuple[torch.Tensor, torch.Tensor]:
     """8-bit codes of ``a`` against ``code`` (256 sorted values) per block: (codes uint8, absmax float32).
-    bitsandbytes' CPU kernel: x / absmax mapped to a 65536-entry table; the index arithmetic
-    ((v + 1) * 0.5 * 65535 + 0.5, truncated) ends in a fused multiply-add, emulated exactly in float64."""
+    bitsandbytes' CPU kernel: x / absmax mapped to a 65536-entry table. The index arithmetic
+    ((v + 1) * 0.5 * 65535 + 0.5, truncated) is evaluated in float64 and rounded once, which is what a
+    fused multiply-add gives; plain float32 gave the same indices on 3M test values (live test)."""
     x = a.detach().reshape(-1).to(torch.float32).numpy()
     n = x.size
     nb = -(-n // blocksize)
@@ -88,11 +89,12 @@ def quantize_blockwise8(a: torch.Tensor, code: torch.Tensor, blocksize: int) -> 
     pad[:n] = x
     blocks = pad.reshape(nb, blocksize)
     absmax = np.abs(blocks).max(1)
-    with np.errstate(divide="ignore"):
+    with np.errstate(divide="ignore", invalid="ignore"):  # all-zero blocks: 0 * inf, overwritten below
         inv = np.float32(1.0) / absmax
-    v = np.clip(blocks * inv[:, None], np.float32(-1.0), np.float32(1.0))
-    t = (v + np.float32(1.0)) * np.float32(0.5)
-    idx = (t.astype(np.float64) * (LUT_SIZE - 1) + 0.5).astype(np.float32).astype(np.uint16)  # fma(t, 65535, 0.5)
+        v = np.clip(blocks * inv[:, None], np.float32(-1.0), np.float32(1.0))
+        t = (v + np.float32(1.0)) * np.float32(0.5)
+        idx = (t.astype(np.float64) * (LUT_SIZE - 1) + 0.5).astype(np.float32)
+        idx = np.nan_to_num(idx).astype(np.uint16)  # = fma(t, 65535, 0.5), truncated
     out = _lut(code.numpy().astype(np.float32).tobytes())[idx]
     out[absmax == 0] = 0
     return torch.from_numpy(out.reshape(-1)[:n].copy()), torch.from_numpy(absmax.astype(np.float32))

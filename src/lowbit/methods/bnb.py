@@ -46,7 +46,12 @@ def quantize_bnb4(model: ModelHandle | nn.Module | str, quant_type: str = "nf4",
         replace_module(net, name, new)
     report = {"method": quant_type, "double_quant": double_quant, "blocksize": blocksize, "layers": names,
               "skipped": skipped, "seconds": time.perf_counter() - t0, "bits_per_weight": 8 * nbytes / numel}
-    out = ModelHandle(model=net.eval(), tokenizer=handle.tokenizer, kind=handle.kind, name=handle.name, path=None)
+    from lowbit.methods.llm_int8 import quant_record
+
+    quant = quant_record({"method": quant_type, "double_quant": double_quant, "blocksize": blocksize}, net, names,
+                         skipped, handle, report["seconds"])
+    out = ModelHandle(model=net.eval(), tokenizer=handle.tokenizer, kind=handle.kind, name=handle.name, path=None,
+                      quant=quant)
     return out, report
 
 

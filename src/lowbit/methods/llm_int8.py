@@ -70,6 +70,14 @@ class LinearInt8(nn.Module):
         self.bias = nn.Parameter(linear.bias.detach().clone(), requires_grad=False) if linear.bias is not None else None
         self._cbt: torch.Tensor | None = None
 
+    @classmethod
+    def empty(cls, like: nn.Linear, info: dict) -> LinearInt8:
+        return cls(nn.Linear(like.in_features, like.out_features, bias=like.bias is not None), info["threshold"])
+
+    def record(self) -> dict:
+        return {"module": "llm_int8", "shape": [self.out_features, self.in_features], "threshold": self.threshold,
+                "format": f"int8 rows, outliers >= {self.threshold:g}"}
+
     def dequantize(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         return (self.CB.float() * (self.SCB[:, None] / 127.0)).to(dtype)
 
@@ -115,7 +123,15 @@ def quantize_llm_int8(model: ModelHandle | nn.Module | str, threshold: float = 6
         replace_module(net, name, new)
     report = {"threshold": threshold, "layers": names, "skipped": skipped, "seconds": time.perf_counter() - t0,
               "bits_per_weight": 8 * nbytes / numel}
-    return ModelHandle(model=net.eval(), tokenizer=handle.tokenizer, kind=handle.kind, name=handle.name), report
+    quant = quant_record({"method": "int8", "threshold": threshold}, net, names, skipped, handle, report["seconds"])
+    return ModelHandle(model=net.eval(), tokenizer=handle.tokenizer, kind=handle.kind, name=handle.name, quant=quant), report
+
+
+def quant_record(method: dict, net: nn.Module, names: list[str], skipped: list[str], handle: ModelHandle,
+                 seconds: float) -> dict:
+    """The checkpoint record of a model whose layers carry their own ``record()``."""
+    return {"method": method, "layers": {n: net.get_submodule(n).record() for n in names}, "skipped": skipped,
+            "source": handle.reference_name or handle.name, "quantize_seconds": round(seconds, 3)}
 
 
 def _build(ref: ModelHandle, ctx: Any) -> Built:

@@ -54,6 +54,15 @@ class W8A8Linear(nn.Module):
         self.bias = nn.Parameter(linear.bias.detach().clone(), requires_grad=False) if linear.bias is not None else None
         self._packed: Any = None
 
+    @classmethod
+    def empty(cls, like: nn.Linear, info: dict) -> W8A8Linear:
+        return cls(nn.Linear(like.in_features, like.out_features, bias=like.bias is not None), info["act"],
+                   0.0 if info["act"] == "static" else None)
+
+    def record(self) -> dict:
+        return {"module": "w8a8", "shape": [self.out_features, self.in_features], "act": self.act,
+                "format": f"w8a8 int8, {self.act} activations"}
+
     def dequantize(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         return (self.qweight.float() * self.wscale[:, None]).to(dtype)
 
@@ -230,7 +239,12 @@ def quantize_w8a8(model: ModelHandle | nn.Module | str, act: str = "dynamic", sm
     nbytes = sum(m.quant_nbytes for m in net.modules() if isinstance(m, W8A8Linear))
     numel = sum(m.in_features * m.out_features for m in net.modules() if isinstance(m, W8A8Linear))
     report["bits_per_weight"] = 8 * nbytes / numel
-    return ModelHandle(model=net, tokenizer=handle.tokenizer, kind=handle.kind, name=handle.name, path=None), report
+    from lowbit.methods.llm_int8 import quant_record
+
+    quant = quant_record({"method": "w8a8", "act": act, "smooth": smooth, "alpha": report["alpha"], "calib": cal.data},
+                         net, names, [], handle, report["seconds"])
+    return ModelHandle(model=net, tokenizer=handle.tokenizer, kind=handle.kind, name=handle.name, path=None,
+                       quant=quant), report
 
 
 def _candidate(act: str, smooth: bool) -> Any:

@@ -27,6 +27,18 @@ class Linear4bit(nn.Module):
                     blocksize: int = 64) -> Linear4bit:
         return cls(quantize_4bit(linear.weight.data, quant_type, blocksize, double_quant), linear.bias)
 
+    @classmethod
+    def empty(cls, like: nn.Linear, info: dict) -> Linear4bit:
+        """A module of the right shapes for a checkpoint's tensors to be loaded into."""
+        zero = nn.Linear(like.in_features, like.out_features, bias=like.bias is not None)
+        nn.init.zeros_(zero.weight)
+        return cls.from_linear(zero, info["quant_type"], info["double_quant"], info["blocksize"])
+
+    def record(self) -> dict:
+        return {"module": "bnb4", "shape": [self.out_features, self.in_features], "quant_type": self.quant_type,
+                "double_quant": self.double_quant, "blocksize": self.blocksize,
+                "format": f"{self.quant_type}{'+dq' if self.double_quant else ''}"}
+
     def bnb4(self) -> Bnb4:
         return Bnb4(self.packed, self.absmax, (self.out_features, self.in_features), self.quant_type, self.blocksize,
                     self.offset if self.double_quant else None, self.absmax2 if self.double_quant else None)

@@ -89,10 +89,14 @@ def inspect_safetensors(path: Path) -> FileInfo:
         from lowbit.spec import QuantSpec
 
         for layer, info in record["layers"].items():
-            parts = [f"{layer}.{p}" for p in ("qweight", "scale", "zero") if f"{layer}.{p}" in shapes]
+            if "spec" in info:
+                parts = [f"{layer}.{p}" for p in ("qweight", "scale", "zero") if f"{layer}.{p}" in shapes]
+                label = str(QuantSpec.from_dict(info["spec"]))
+            else:  # NF4 / LLM.int8 / W8A8 layers: every tensor of the layer but its bias
+                parts = [k for k in shapes if k.startswith(f"{layer}.") and k != f"{layer}.bias"]
+                label = info.get("format", info.get("module", "?"))
             used.update(parts)
-            rows.append(TensorInfo(f"{layer}.weight", str(QuantSpec.from_dict(info["spec"])), tuple(info["shape"]),
-                                   sum(nbytes[p] for p in parts)))
+            rows.append(TensorInfo(f"{layer}.weight", label, tuple(info["shape"]), sum(nbytes[p] for p in parts)))
     for k in shapes:
         if k not in used:
             rows.append(TensorInfo(k, dtypes[k], shapes[k], nbytes[k]))

@@ -1,0 +1,49 @@
+"""NF4/FP4, LLM.int8 and W8A8 models save as lowbit checkpoints and reload with identical logits, from the
+API and from `lowbit quantize --method ...`; `lowbit inspect` reads them."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from lowbit import api
+from lowbit.cli import app
+from lowbit.load import load_model
+from lowbit.methods.bnb import quantize_bnb4
+from lowbit.methods.llm_int8 import quantize_llm_int8
+from lowbit.methods.w8a8 import quantize_w8a8
+from lowbit.modules.qlinear import QuantizedLinear
+
+IDS = torch.tensor([[5, 9, 13, 40, 7, 3, 22, 61]])
+
+
+def _logits(model):
+    with torch.no_grad(), QuantizedLinear.mode("dequant"):
+        return model(IDS).logits
+
+
+@pytest.mark.parametrize("make", ["nf4", "nf4-dq", "fp4", "int8", "w8a8-static-smooth", "w8a8-dynamic"])
+def test_save_and_reload(tiny_llama, text_file, tmp_path, make) -> None:
+    if make.startswith("nf4") or make == "fp4":
+        qh, _ = quantize_bnb4(tiny_llama, make[:3], make.endswith("dq"))
+    elif make == "int8":
+        qh, _ = quantize_llm_int8(tiny_llama)
+    else:
+        act = make.split("-")[1]
+        qh, _ = quantize_w8a8(tiny_llama, act, "smooth" in make, alpha=0.5, calib=str(text_file), n_samples=2, seq_len=32)
+    path = api.save(qh, tmp_path / "ckpt")
+    back = load_model(str(path))
+    assert torch.equal(_logits(back.model), _logits(qh.model))
+    assert type(back.model.get_submodule("model.layers.0.mlp.down_proj")) is type(qh.model.get_submodule("model.layers.0.mlp.down_proj"))
+
+
+def test_cli_quantize_nf4_and_inspect(tiny_llama_dir, tmp_path) -> None:
+    r = CliRunner().invoke(app, ["quantize", str(tiny_llama_dir), "--method", "nf4", "--double-quant",
+                                 "--out", str(tmp_path / "q")])
+    assert r.exit_code == 0, r.output
+    assert "nf4:" in r.output and "bits/weight" in r.output
+    r = CliRunner().invoke(app, ["inspect", str(tmp_path / "q")], terminal_width=200)
+    assert r.exit_code == 0 and "nf4+dq" in r.output
+    r = CliRunner().invoke(app, ["quantize", str(tiny_llama_dir), "--method", "nf4", "--out", str(tmp_path / "q")])
+    assert r.exit_code == 2  # exists
