@@ -190,7 +190,7 @@ def save(handle: ModelHandle, out: str | Path, overwrite: bool = False) -> Path:
     return save_checkpoint(handle, out, overwrite=overwrite)
 
 
-EXPORT_FORMATS = ("compressed-tensors", "gguf")
+EXPORT_FORMATS = ("compressed-tensors", "gguf", "bitsandbytes")
 
 
 def export(handle: ModelHandle, out: str | Path, fmt: str = "compressed-tensors", overwrite: bool = False,
@@ -202,6 +202,7 @@ def export(handle: ModelHandle, out: str | Path, fmt: str = "compressed-tensors"
     ``gguf``: a llama.cpp file from any Llama-architecture model, in a GGML type or mix
     (``gguf_type="Q4_K_M"``), optionally with ``imatrix`` (GGUF name -> per-column weights) and
     ``tensor_types`` (``["REGEX=TYPE", ...]``); see export/gguf.py.
+    ``bitsandbytes``: an NF4/FP4 model as the checkpoint transformers + bitsandbytes load; see export/bnb.py.
     """
     if fmt == "compressed-tensors":
         from lowbit.export.compressed_tensors import export_compressed_tensors
@@ -213,4 +214,8 @@ def export(handle: ModelHandle, out: str | Path, fmt: str = "compressed-tensors"
         opts = dict(gguf_options)
         mix = opts.pop("gguf_type", "Q8_0")
         return Path(export_gguf(handle, out, mix, overwrite=overwrite, **opts)["path"])
+    if fmt == "bitsandbytes":
+        from lowbit.export.bnb import export_bnb
+
+        return export_bnb(handle, out, overwrite=overwrite)
     raise InputError(f"unknown export format {fmt!r}; use one of {', '.join(EXPORT_FORMATS)}")

@@ -171,7 +171,8 @@ def quantize(
 def export(
     model: Annotated[str, typer.Argument(help="A lowbit checkpoint (compressed-tensors), or any Llama model lowbit loads (gguf).")],
     out_path: Annotated[Path, typer.Option("--out", help="Directory (compressed-tensors) or .gguf file to write.")],
-    fmt: Annotated[str, typer.Option("--format", help="compressed-tensors (transformers / vLLM) or gguf (llama.cpp).")] = "compressed-tensors",
+    fmt: Annotated[str, typer.Option("--format", help="compressed-tensors (transformers / vLLM), gguf (llama.cpp) or bitsandbytes "
+                                                    "(transformers + bitsandbytes, for nf4/fp4 checkpoints).")] = "compressed-tensors",
     gguf_type: Annotated[str, typer.Option("--type", help="gguf: F32, F16, BF16, Q8_0, Q4_0..Q5_1, Q2_K, Q3_K_S/M/L, Q4_K_S/M, Q5_K_S/M, Q6_K.")] = "Q4_K_M",
     imatrix: Annotated[Path | None, typer.Option(help="gguf: an importance matrix from llama-imatrix or `lowbit imatrix`.")] = None,
     calib: Annotated[str | None, typer.Option(help="gguf: compute the importance matrix from this data (e.g. pydoc:calib).")] = None,

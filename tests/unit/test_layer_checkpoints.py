@@ -3,6 +3,8 @@ API and from `lowbit quantize --method ...`; `lowbit inspect` reads them."""
 
 from __future__ import annotations
 
+import importlib.util
+
 import pytest
 import torch
 from typer.testing import CliRunner
@@ -47,3 +49,47 @@ def test_cli_quantize_nf4_and_inspect(tiny_llama_dir, tmp_path) -> None:
     assert r.exit_code == 0 and "nf4+dq" in r.output
     r = CliRunner().invoke(app, ["quantize", str(tiny_llama_dir), "--method", "nf4", "--out", str(tmp_path / "q")])
     assert r.exit_code == 2  # exists
+
+
+@pytest.mark.parametrize("dq", [False, True])
+def test_bitsandbytes_export(tiny_llama, tmp_path, dq) -> None:
+    """The files transformers + bitsandbytes read: the config and, per layer, Linear4bit's tensors."""
+    import json
+
+    from safetensors import safe_open
+
+    qh, _ = quantize_bnb4(tiny_llama, "nf4", dq)
+    out = api.export(qh, tmp_path / "bnb", fmt="bitsandbytes")
+    cfg = json.loads((out / "config.json").read_text())["quantization_config"]
+    assert cfg["quant_method"] == "bitsandbytes" and cfg["load_in_4bit"] and cfg["bnb_4bit_use_double_quant"] is dq
+    name = "model.layers.0.mlp.down_proj.weight"
+    with safe_open(str(out / "model.safetensors"), framework="pt") as f:
+        keys = set(f.keys())
+        meta = json.loads(bytes(f.get_tensor(f"{name}.quant_state.bitsandbytes__nf4").tolist()).decode())
+    assert {name, f"{name}.absmax", f"{name}.quant_map"} <= keys and (f"{name}.nested_absmax" in keys) is dq
+    assert meta["shape"] == list(tiny_llama.model.get_submodule("model.layers.0.mlp.down_proj").weight.shape)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("bitsandbytes") is None, reason="bitsandbytes not installed")
+@pytest.mark.parametrize("dq", [False, True])
+def test_bitsandbytes_export_loads_in_transformers(tiny_llama, tmp_path, dq) -> None:
+    import bitsandbytes.functional as F
+    from transformers import AutoModelForCausalLM
+
+    qh, _ = quantize_bnb4(tiny_llama, "nf4", dq)
+    out = api.export(qh, tmp_path / "bnb", fmt="bitsandbytes")
+    m = AutoModelForCausalLM.from_pretrained(out, device_map="cpu")
+    w = m.model.layers[0].mlp.down_proj.weight
+    assert torch.equal(F.dequantize_4bit(w.data, w.quant_state).float(),
+                       qh.model.model.layers[0].mlp.down_proj.dequantize())
+    with torch.no_grad():
+        a, b = m(IDS).logits, qh.model(IDS).logits
+    assert float((a - b).norm() / b.norm()) < 0.02
+
+
+def test_bitsandbytes_export_refuses_other_models(tiny_llama, tmp_path) -> None:
+    from lowbit.errors import ExportError
+
+    with pytest.raises(ExportError, match="nf4 or fp4"):
+        api.export(tiny_llama, tmp_path / "x", fmt="bitsandbytes")
+    assert not (tmp_path / "x").exists()

@@ -1,0 +1,61 @@
+"""A lowbit NF4/FP4 model as the checkpoint transformers + bitsandbytes load with
+``AutoModelForCausalLM.from_pretrained(DIR)``: ``quantization_config`` as BitsAndBytesConfig serializes
+it, and per quantized Linear the tensors ``Linear4bit`` writes: ``<name>.weight`` (packed codes,
+(n/2, 1) uint8), ``.weight.absmax``, ``.weight.quant_map``, with double quantization
+``.weight.nested_absmax`` / ``.weight.nested_quant_map``, and ``.weight.quant_state.bitsandbytes__<type>``
+(the remaining fields as JSON bytes). The codes are bitsandbytes' own (formats/bnb4.py), so the loaded
+layers dequantize to exactly lowbit's weights.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from lowbit.errors import ExportError
+from lowbit.export.checkpoint import _dedupe
+from lowbit.export.hfdir import write_model_dir
+from lowbit.formats.bnb4 import code4, dynamic_map
+from lowbit.load.handle import ModelHandle
+from lowbit.modules.bnb4_linear import Linear4bit
+
+
+def _json_bytes(d: dict) -> torch.Tensor:
+    return torch.tensor(list(json.dumps(d).encode("utf-8")), dtype=torch.uint8)
+
+
+def export_bnb(handle: ModelHandle, out: str | Path, overwrite: bool = False) -> Path:
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise ExportError(f"{out} already exists; choose another --out or pass --overwrite")
+    mods = {n: m for n, m in handle.model.named_modules() if isinstance(m, Linear4bit)}
+    if not mods:
+        raise ExportError("bitsandbytes export needs a model quantized with nf4 or fp4 (lowbit quantize --method nf4)")
+    kinds = {(m.quant_type, m.double_quant, m.blocksize) for m in mods.values()}
+    if len(kinds) != 1:
+        raise ExportError(f"bitsandbytes checkpoints hold one 4-bit type; this model mixes {sorted(kinds)}")
+    qt, dq, block = kinds.pop()
+    config = getattr(handle.model, "config", None)
+    if config is None or not hasattr(config, "to_dict"):
+        raise ExportError("only models with a Hugging Face config can be exported for transformers")
+    state = {k: v for k, v in handle.model.state_dict().items()
+             if not any(k.startswith(f"{n}.") and not k.endswith(".bias") for n in mods)}
+    for name, m in mods.items():
+        state[f"{name}.weight"] = m.packed.reshape(-1, 1)
+        state[f"{name}.weight.absmax"] = m.absmax
+        state[f"{name}.weight.quant_map"] = code4(qt).clone()
+        meta = {"quant_type": qt, "blocksize": block, "dtype": "float32", "shape": [m.out_features, m.in_features]}
+        if dq:
+            state[f"{name}.weight.nested_absmax"] = m.absmax2
+            state[f"{name}.weight.nested_quant_map"] = dynamic_map().clone()
+            meta.update(nested_blocksize=256, nested_dtype="float32", nested_offset=float(m.offset))
+        state[f"{name}.weight.quant_state.bitsandbytes__{qt}"] = _json_bytes(meta)
+    tensors, _ = _dedupe(state)
+    skipped = sorted(n for n, mod in handle.model.named_modules() if isinstance(mod, torch.nn.Linear) and n not in mods)
+    qcfg = {"quant_method": "bitsandbytes", "load_in_4bit": True, "load_in_8bit": False, "bnb_4bit_quant_type": qt,
+            "bnb_4bit_use_double_quant": dq, "bnb_4bit_compute_dtype": "float32", "bnb_4bit_quant_storage": "uint8",
+            "llm_int8_skip_modules": skipped or None, "llm_int8_threshold": 6.0, "llm_int8_has_fp16_weight": False}
+    cfg = dict(config.to_dict(), quantization_config=qcfg, torch_dtype="float32")
+    return write_model_dir(out, tensors, cfg, handle.tokenizer, metadata={"format": "pt"})
