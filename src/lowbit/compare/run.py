@@ -379,12 +379,14 @@ class Comparison:
         from lowbit.plan.rule import measured_speed, speed_file
 
         data = measured_speed()
-        for r in rows:
-            if r.get("speed_ratio_vs_fp32") is not None and r.get("format"):
-                data[r["format"]] = {"prefill_ratio_vs_fp32": r["speed_ratio_vs_fp32"],
-                                     "decode_ratio_vs_fp32": r.get("decode_ratio_vs_fp32"),
-                                     "runtime": r.get("speed_note", ""), "model": self.ref.name,
-                                     "date": time.strftime("%Y-%m-%d")}
+        measured = [r for r in rows if r.get("speed_ratio_vs_fp32") is not None and r.get("format")]
+        if not measured:
+            return
+        for r in measured:
+            data[r["format"]] = {"prefill_ratio_vs_fp32": r["speed_ratio_vs_fp32"],
+                                 "decode_ratio_vs_fp32": r.get("decode_ratio_vs_fp32"),
+                                 "runtime": r.get("speed_note", ""), "model": self.ref.name,
+                                 "date": time.strftime("%Y-%m-%d")}
         try:
             speed_file().write_text(json.dumps(data, indent=1))
         except OSError as e:
