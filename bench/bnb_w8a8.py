@@ -116,10 +116,10 @@ def run(name: str, quick: bool, console: Console) -> dict:
         ("llm.int8", "lowbit", lambda: quantize_llm_int8(ref, 6.0)),
         ("int8 rows, no outliers", "lowbit", lambda: quantize_llm_int8(ref, 0.0)),
     ]
-    if ref.kind == "causal-lm":
-        for act in ("dynamic", "static"):
-            for smooth in (False, True):
-                jobs.append((f"w8a8-{act}-{'smooth' if smooth else 'plain'}", "lowbit",
+    # W8A8 for both kinds: encoders calibrate on pydoc passages (post-norm BERT admits no exact smoothing fold)
+    for act in ("dynamic", "static"):
+        for smooth in (False, True):
+            jobs.append((f"w8a8-{act}-{'smooth' if smooth else 'plain'}", "lowbit",
                              lambda act=act, smooth=smooth: quantize_w8a8(ref, act, smooth, alpha=None if smooth else 0.5,
                                                                           n_samples=n_cal)))
     jobs += [("bnb nf4-dq", "bitsandbytes", lambda: (with_bnb_layers(ref, "nf4-dq"), {})),

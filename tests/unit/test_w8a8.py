@@ -79,3 +79,20 @@ def test_bad_options_and_registration(tiny_llama, text_file) -> None:
     with pytest.raises(InputError, match="alpha"):
         quantize_w8a8(tiny_llama, "dynamic", True, alpha=1.5, calib=str(text_file))
     assert "w8a8" in {c.family for c in candidates_for("causal-lm", None)}
+
+
+def test_encoders_calibrate_on_passages(tiny_bert, text_file) -> None:
+    """BERT-style (post-norm): every LayerNorm output is also a residual, so no smoothing fold is exact;
+    lowbit finds that (each fold tried and undone), quantizes unsmoothed, and stays close to float."""
+    from lowbit.calib import load_corpus, sample_texts
+
+    before = {k: v.clone() for k, v in tiny_bert.model.state_dict().items()}
+    qh, rep = quantize_w8a8(tiny_bert, "static", True, alpha=None, calib=str(text_file), n_samples=2)
+    assert rep["smoothed_layers"] == [] and rep["calibration_tokens"] > 0
+    assert all(torch.equal(v, tiny_bert.model.state_dict()[k]) for k, v in before.items()), "the trial folds are undone"
+    texts = sample_texts(load_corpus(str(text_file)), 4)
+    enc = tiny_bert.tokenizer(texts, padding=True, return_tensors="pt")
+    with torch.no_grad(), QuantizedLinear.mode("dequant"):
+        a, b = qh.model(**enc).last_hidden_state, tiny_bert.model(**enc).last_hidden_state
+    assert float(torch.nn.functional.cosine_similarity(a, b, dim=-1).mean()) > 0.95
+    assert "w8a8" in {c.family for c in candidates_for("encoder", None)}

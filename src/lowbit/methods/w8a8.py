@@ -29,7 +29,7 @@ from torch import nn
 from lowbit.compare.candidates import Built, Candidate, register_candidate
 from lowbit.errors import InputError
 from lowbit.load import ModelHandle, load_model
-from lowbit.load.handle import CAUSAL_LM
+from lowbit.load.handle import CAUSAL_LM, ENCODER
 from lowbit.modules.qlinear import QuantizedLinear
 from lowbit.modules.select import select_modules
 from lowbit.modules.swap import replace_module
@@ -112,9 +112,10 @@ def int8_engine() -> str | None:
 
 
 @torch.no_grad()
-def _input_stats(model: nn.Module, names: list[str], windows: torch.Tensor) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """Per-input-channel max |x| of every named Linear over ``windows``, and which module (a norm)
-    produced each Linear's input, found by tensor identity in one forward."""
+def _input_stats(model: nn.Module, names: list[str], batches: Any) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Per-input-channel max |x| of every named Linear over ``batches`` (token windows (n, L), or a list
+    of keyword-argument dicts for the model), and which module (a norm) produced each Linear's input,
+    found by tensor identity."""
     absmax: dict[str, torch.Tensor] = {}
     producer_of: dict[int, tuple[str, torch.Tensor]] = {}  # the tensor is kept so its id is not reused
     fed_by: dict[str, str] = {}
@@ -144,9 +145,9 @@ def _input_stats(model: nn.Module, names: list[str], windows: torch.Tensor) -> t
     for name in names:
         hooks.append(mods[name].register_forward_hook(lin_hook(name)))
     try:
-        for i in range(len(windows)):
+        for b in _as_batches(batches):
             producer_of.clear()
-            model(input_ids=windows[i : i + 1])
+            model(**b)
     finally:
         for h in hooks:
             h.remove()
@@ -156,6 +157,12 @@ def _input_stats(model: nn.Module, names: list[str], windows: torch.Tensor) -> t
         if name not in fed_by and up and f"{parent}.{up}" in mods:
             fed_by[name] = f"{parent}.{up}"
     return absmax, fed_by
+
+
+def _as_batches(batches: Any) -> list[dict[str, torch.Tensor]]:
+    if isinstance(batches, torch.Tensor):
+        return [{"input_ids": batches[i : i + 1]} for i in range(len(batches))]
+    return list(batches)
 
 
 def _smooth(net: nn.Module, absmax: dict[str, torch.Tensor], fed_by: dict[str, str], alpha: float) -> dict[str, torch.Tensor]:
@@ -177,6 +184,34 @@ def _smooth(net: nn.Module, absmax: dict[str, torch.Tensor], fed_by: dict[str, s
     return out
 
 
+@torch.no_grad()
+def _exact_folds(model: nn.Module, fed_by: dict[str, str], output: Any) -> dict[str, str]:
+    """The producer -> consumers folds that leave the float model's output unchanged, each tried with
+    random scales on the model itself and undone (the original tensors are put back)."""
+    groups: dict[str, list[str]] = {}
+    for lin, prod in fed_by.items():
+        groups.setdefault(prod, []).append(lin)
+    ref = output(model)
+    keep: dict[str, str] = {}
+    g = torch.Generator().manual_seed(0)
+    for prod, lins in groups.items():
+        p, cons = model.get_submodule(prod), [model.get_submodule(n) for n in lins]
+        params = [t for t in (p.weight, getattr(p, "bias", None), *(c.weight for c in cons)) if t is not None]
+        saved = [t.data for t in params]
+        s = torch.rand(cons[0].in_features, generator=g) + 0.5
+        p.weight.data = p.weight.data / (s[:, None] if isinstance(p, nn.Linear) else s)
+        if getattr(p, "bias", None) is not None:
+            p.bias.data = p.bias.data / s
+        for c in cons:
+            c.weight.data = c.weight.data * s
+        got = output(model)
+        for t, d in zip(params, saved):
+            t.data = d
+        if float((got - ref).norm() / ref.norm()) < 1e-4:
+            keep.update({n: prod for n in lins})
+    return keep
+
+
 def _convert(net: nn.Module, names: list[str], absmax: dict[str, torch.Tensor], act: str) -> None:
     for n in names:
         lin = net.get_submodule(n)
@@ -196,17 +231,41 @@ def quantize_w8a8(model: ModelHandle | nn.Module | str, act: str = "dynamic", sm
     if alpha is not None and not 0 < alpha < 1:
         raise InputError(f"alpha={alpha}: the migration strength must be in (0, 1)")
     handle = load_model(model)
-    if handle.kind != CAUSAL_LM or handle.tokenizer is None:
-        raise InputError("W8A8 calibrates on text through a causal LM with a tokenizer")
+    if handle.tokenizer is None:
+        raise InputError("W8A8 calibrates on text: the model needs its tokenizer")
     cal = calib if isinstance(calib, CalibSettings) else CalibSettings(data=calib, n_samples=n_samples, seq_len=seq_len)
-    windows = token_windows(load_corpus(cal.data), handle.tokenizer, cal.n_samples, cal.seq_len, cal.seed)
+    lm = handle.kind == CAUSAL_LM
+    if lm:
+        windows = token_windows(load_corpus(cal.data), handle.tokenizer, cal.n_samples, cal.seq_len, cal.seed)
+        batches: Any = windows
+        n_tokens = int(windows.numel())
+        check = {"input_ids": windows[:1, :64]}
+    else:  # an encoder: passages of the calibration text, 16 per batch, as the evaluator embeds them
+        from lowbit.calib import sample_texts
+
+        texts = sample_texts(load_corpus(cal.data), 16 * cal.n_samples, cal.seed)
+        batches = [dict(handle.tokenizer(texts[i : i + 16], padding=True, truncation=True, max_length=128,
+                                         return_tensors="pt")) for i in range(0, len(texts), 16)]
+        n_tokens = int(sum(int(b["attention_mask"].sum()) for b in batches))
+        check = batches[0]
     selected, _ = select_modules(handle.model, None, None, False)
     names = [n for n, m in selected.items() if isinstance(m, nn.Linear)]
     del selected
     t0 = time.perf_counter()
-    absmax, fed_by = _input_stats(handle.model, names, windows)
+    absmax, fed_by = _input_stats(handle.model, names, batches)
     report: dict[str, Any] = {"act": act, "smooth": smooth, "smoothed_layers": sorted(fed_by) if smooth else [],
-                              "calibration_tokens": int(windows.numel())}
+                              "calibration_tokens": n_tokens}
+
+    def output(net: nn.Module) -> torch.Tensor:
+        out = net(**check)
+        return out.logits if lm else out.last_hidden_state
+
+    if smooth and not lm:  # post-norm encoders reuse a norm's output as the residual: keep only exact folds
+        fed_by = _exact_folds(handle.model, fed_by, output)
+        report["smoothed_layers"] = sorted(fed_by)
+        if not fed_by:
+            log.warning("%s: no norm output feeds only Linears (post-norm residuals), so no smoothing scale can be "
+                        "folded exactly; W8A8 without smoothing", handle.name)
 
     @torch.no_grad()
     def build(a: float | None) -> nn.Module:
@@ -214,22 +273,30 @@ def quantize_w8a8(model: ModelHandle | nn.Module | str, act: str = "dynamic", sm
         stats = absmax
         if smooth:
             stats = _smooth(net, absmax, fed_by, a)
-            ref, got = handle.model(input_ids=windows[:1, :64]).logits, net(input_ids=windows[:1, :64]).logits
+            ref, got = output(handle.model), output(net)
             err = float((got - ref).norm() / ref.norm())
             if err > 1e-3:  # folding is exact algebra; anything else means a wrong producer was found
                 raise RuntimeError(f"smoothing changed the float model's output (relative error {err:.2e})")
         _convert(net, names, stats, act)
         return net.eval()
 
-    if smooth and alpha is None:  # pick alpha by KL to the float model on one calibration window
-        from lowbit.evaluate.lm import window_logprobs
-
-        probe = windows[0, :256]  # half a window: enough to rank the alphas, half the cost
-        ref = window_logprobs(handle.model, probe)
+    if smooth and alpha is None:  # pick alpha by the error to the float model on calibration data
         kls = {}
-        for a in ALPHAS:
-            lp = window_logprobs(build(a), probe)
-            kls[a] = float(F.kl_div(lp, ref, log_target=True, reduction="none").sum(-1).mean())
+        if lm:
+            from lowbit.evaluate.lm import window_logprobs
+
+            probe = windows[0, :256]  # half a window: enough to rank the alphas, half the cost
+            ref = window_logprobs(handle.model, probe)
+            for a in ALPHAS:
+                lp = window_logprobs(build(a), probe)
+                kls[a] = float(F.kl_div(lp, ref, log_target=True, reduction="none").sum(-1).mean())
+        else:  # 1 - cosine of the token states
+            with torch.no_grad():
+                ref = output(handle.model)
+                for a in ALPHAS:
+                    with QuantizedLinear.mode("dequant"):
+                        got = output(build(a))
+                    kls[a] = float(1 - F.cosine_similarity(got, ref, dim=-1).mean())
         alpha = min(kls, key=kls.get)
         report["alpha_search"] = kls
     report["alpha"] = alpha if smooth else None
@@ -259,5 +326,5 @@ for _act, _smooth_on, _default in (("dynamic", True, True), ("dynamic", False, F
                                    ("static", False, False)):
     register_candidate(Candidate(f"w8a8-{_act}{'-smooth' if _smooth_on else ''}", "w8a8", 8,
                                  f"W8A8 int8, {_act} activations{', SmoothQuant' if _smooth_on else ''}", "w8a8-int8",
-                                 _candidate(_act, _smooth_on), needs_calib=True, config=f"w8a8:{_act}:{_smooth_on}",
-                                 default=_default, plan_method="w8a8"))
+                                 _candidate(_act, _smooth_on), needs_calib=True, kinds=(CAUSAL_LM, ENCODER),
+                                 config=f"w8a8:{_act}:{_smooth_on}", default=_default, plan_method="w8a8"))
