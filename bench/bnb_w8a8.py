@@ -120,8 +120,8 @@ def run(name: str, quick: bool, console: Console) -> dict:
     for act in ("dynamic", "static"):
         for smooth in (False, True):
             jobs.append((f"w8a8-{act}-{'smooth' if smooth else 'plain'}", "lowbit",
-                             lambda act=act, smooth=smooth: quantize_w8a8(ref, act, smooth, alpha=None if smooth else 0.5,
-                                                                          n_samples=n_cal)))
+                         lambda act=act, smooth=smooth: quantize_w8a8(ref, act, smooth, alpha=None if smooth else 0.5,
+                                                                      n_samples=n_cal)))
     jobs += [("bnb nf4-dq", "bitsandbytes", lambda: (with_bnb_layers(ref, "nf4-dq"), {})),
              ("bnb int8 (LLM.int8)", "bitsandbytes", lambda: (with_bnb_layers(ref, "int8"), {}))]
     rows = []
