@@ -366,13 +366,13 @@ class Comparison:
     def _axes(self, cid: str | None) -> dict[str, str] | None:
         """The recommended candidate on the guide's five axes (plan/rules.toml), hardware for --target."""
         from lowbit.compare.candidates import CANDIDATES
-        from lowbit.plan.rule import Target, _choice
+        from lowbit.plan.rule import Target, method_choice
 
         base = cid.split("@")[0] if cid else None
         c = CANDIDATES.get(base) if base and base in CANDIDATES else None
         if c is None or c.plan_method is None:
             return None
-        return dict(_choice(c.plan_method, Target.parse(self.s.target), None).axes())
+        return dict(method_choice(c.plan_method, Target.parse(self.s.target), None).axes())
 
     def _record_speed(self, rows: list[dict[str, Any]]) -> None:
         """What was measured here feeds `lowbit plan` (plan/rule.py reads it)."""

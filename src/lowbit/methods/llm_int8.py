@@ -11,8 +11,6 @@
 
 from __future__ import annotations
 
-import copy
-import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -22,12 +20,10 @@ from torch import nn
 
 from lowbit.compare.candidates import Built, Candidate, register_candidate
 from lowbit.errors import InputError
-from lowbit.load import ModelHandle, load_model
+from lowbit.load import ModelHandle
 from lowbit.load.handle import CAUSAL_LM, ENCODER
+from lowbit.methods.layers import swap_linears
 from lowbit.modules.qlinear import QuantizedLinear
-from lowbit.modules.select import select_modules
-from lowbit.modules.swap import replace_module
-from lowbit.progress import track
 
 
 def int8_vectorwise_quant(a: torch.Tensor, threshold: float = 0.0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
@@ -108,30 +104,8 @@ def quantize_llm_int8(model: ModelHandle | nn.Module | str, threshold: float = 6
     """A copy of ``model`` with its selected Linears (default: all but the head) in LLM.int8."""
     if threshold < 0:
         raise InputError(f"threshold={threshold}: must be >= 0 (0 turns the outlier decomposition off)")
-    handle = load_model(model)
-    selected, skipped = select_modules(handle.model, targets, ignore, False)
-    names = [n for n, m in selected.items() if isinstance(m, nn.Linear)]
-    if not names:
-        raise InputError(f"{handle.name}: no nn.Linear layer selected; nothing to quantize")
-    del selected
-    net = copy.deepcopy(handle.model)
-    t0 = time.perf_counter()
-    nbytes = numel = 0
-    for name in track(names, "quantize LLM.int8"):
-        new = LinearInt8(net.get_submodule(name), threshold)
-        nbytes, numel = nbytes + new.quant_nbytes, numel + new.in_features * new.out_features
-        replace_module(net, name, new)
-    report = {"threshold": threshold, "layers": names, "skipped": skipped, "seconds": time.perf_counter() - t0,
-              "bits_per_weight": 8 * nbytes / numel}
-    quant = quant_record({"method": "int8", "threshold": threshold}, net, names, skipped, handle, report["seconds"])
-    return ModelHandle(model=net.eval(), tokenizer=handle.tokenizer, kind=handle.kind, name=handle.name, quant=quant), report
-
-
-def quant_record(method: dict, net: nn.Module, names: list[str], skipped: list[str], handle: ModelHandle,
-                 seconds: float) -> dict:
-    """The checkpoint record of a model whose layers carry their own ``record()``."""
-    return {"method": method, "layers": {n: net.get_submodule(n).record() for n in names}, "skipped": skipped,
-            "source": handle.reference_name or handle.name, "quantize_seconds": round(seconds, 3)}
+    return swap_linears(model, lambda lin: LinearInt8(lin, threshold), "LLM.int8",
+                        {"method": "int8", "threshold": threshold}, targets, ignore)
 
 
 def _build(ref: ModelHandle, ctx: Any) -> Built:

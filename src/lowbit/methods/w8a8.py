@@ -30,8 +30,8 @@ from lowbit.compare.candidates import Built, Candidate, register_candidate
 from lowbit.errors import InputError
 from lowbit.load import ModelHandle, load_model
 from lowbit.load.handle import CAUSAL_LM, ENCODER
+from lowbit.methods.layers import layer_bits, quant_record, selected_linears
 from lowbit.modules.qlinear import QuantizedLinear
-from lowbit.modules.select import select_modules
 from lowbit.modules.swap import replace_module
 
 log = logging.getLogger(__name__)
@@ -248,9 +248,7 @@ def quantize_w8a8(model: ModelHandle | nn.Module | str, act: str = "dynamic", sm
                                          return_tensors="pt")) for i in range(0, len(texts), 16)]
         n_tokens = int(sum(int(b["attention_mask"].sum()) for b in batches))
         check = batches[0]
-    selected, _ = select_modules(handle.model, None, None, False)
-    names = [n for n, m in selected.items() if isinstance(m, nn.Linear)]
-    del selected
+    names, _ = selected_linears(handle, None, None)
     t0 = time.perf_counter()
     absmax, fed_by = _input_stats(handle.model, names, batches)
     report: dict[str, Any] = {"act": act, "smooth": smooth, "smoothed_layers": sorted(fed_by) if smooth else [],
@@ -303,11 +301,7 @@ def quantize_w8a8(model: ModelHandle | nn.Module | str, act: str = "dynamic", sm
     net = build(alpha)
     report["seconds"] = time.perf_counter() - t0
     report["engine"] = int8_engine()
-    nbytes = sum(m.quant_nbytes for m in net.modules() if isinstance(m, W8A8Linear))
-    numel = sum(m.in_features * m.out_features for m in net.modules() if isinstance(m, W8A8Linear))
-    report["bits_per_weight"] = 8 * nbytes / numel
-    from lowbit.methods.llm_int8 import quant_record
-
+    report["bits_per_weight"] = layer_bits(net, names)
     quant = quant_record({"method": "w8a8", "act": act, "smooth": smooth, "alpha": report["alpha"], "calib": cal.data},
                          net, names, [], handle, report["seconds"])
     return ModelHandle(model=net, tokenizer=handle.tokenizer, kind=handle.kind, name=handle.name, path=None,

@@ -220,7 +220,7 @@ def _cost(key: str, params: int | None) -> tuple[float | None, str]:
             f"scaled from {c['seconds']:.0f} s for {c['params'] / 1e6:.0f}M parameters{tokens} on {c['machine']}")
 
 
-def _choice(mid: str, target: Target, params: int | None) -> Choice:
+def method_choice(mid: str, target: Target, params: int | None) -> Choice:
     m = rules()["method"][mid]
     sec, note = _cost(m["cost"], params)
     in_lowbit = _module_exists(m["module"])
@@ -255,8 +255,8 @@ def make_plan(inputs: Inputs, model: ModelInfo) -> Plan:
                      "and INT8 weight-and-activation (W8A8) kernels gain most")
     elif rule["id"] in ("gpu-4bit-serving", "cpu-edge"):
         notes.append(f"batch {inputs.batch}: decoding is memory-bound, where weight-only formats give their speedup")
-    return Plan(inputs, model, path, rule, _choice(rule["choose"], target, model.params),
-                _choice(rule["runner_up"], target, model.params), notes)
+    return Plan(inputs, model, path, rule, method_choice(rule["choose"], target, model.params),
+                method_choice(rule["runner_up"], target, model.params), notes)
 
 
 def rule_text() -> str:
