@@ -442,32 +442,40 @@ def hardware(
     repeats: Annotated[int, typer.Option(help="Timed repeats per format (the median is kept).")] = 7,
 ) -> None:
     """Detect this machine (CPU ISA, cores, GPU) and time every format lowbit runs here against float32:
-    one smollm2-sized block of matmuls at batch 1 (decode) and 64 (prefill). Formats slower than float32
-    are flagged; the ratios feed `lowbit plan`."""
-    from rich.table import Table
-
+    one smollm2-sized block of matmuls at batch 1 (decode) and 64 (prefill), on the CPU and, where one is
+    present, on the GPU. Formats slower than float32 are flagged; the ratios feed `lowbit plan`."""
     from lowbit.evaluate import hardware as hw
 
     machine = hw.detect()
     for line in machine.lines():
         out.print(line, highlight=False)
     timings = hw.check(repeats=repeats)
-    t = Table(title="one transformer block of matmuls (smollm2 shapes), median of repeats")
-    for c in ("format", "decode ms (batch 1)", "x fp32", "prefill ms (batch 64)", "x fp32", ""):
-        t.add_column(c, justify="left" if c in ("format", "") else "right")
-    for r in timings:
-        flag = "[red]slower than fp32 here[/]" if r.slower_than_fp32 else r.note
-        t.add_row(r.label, f"{r.decode_ms:.3f}", f"{r.decode_ratio_vs_fp32:.2f}", f"{r.prefill_ms:.2f}",
-                  f"{r.prefill_ratio_vs_fp32:.2f}", flag)
-    out.print(t)
-    if machine.gpu:
-        out.print("[yellow]A GPU is present; this table times the CPU formats only (GPU timing is not built yet).[/]")
+    out.print(_speed_table(timings, "CPU: one transformer block of matmuls (smollm2 shapes), median of repeats"))
     hw.record(timings, machine)
+    gpu = None
+    if machine.gpu:
+        gpu = hw.check(repeats=repeats, device="cuda")
+        out.print(_speed_table(gpu, f"GPU ({machine.gpu}, compute capability {machine.compute_capability}): "
+                                    "the same block"))
+        hw.record(gpu, machine, device="cuda")
     if json_out:
         import json
 
         json_out.parent.mkdir(parents=True, exist_ok=True)
-        json_out.write_text(json.dumps(hw.to_dict(machine, timings), indent=1))
+        json_out.write_text(json.dumps(hw.to_dict(machine, timings, gpu), indent=1))
+
+
+def _speed_table(timings: list, title: str):
+    from rich.table import Table
+
+    t = Table(title=title)
+    for c in ("format", "decode ms (batch 1)", "x fp32", "prefill ms (batch 64)", "x fp32", ""):
+        t.add_column(c, justify="left" if c in ("format", "") else "right")
+    for r in timings:
+        flag = "[red]slower than fp32 here[/]" if r.slower_than_fp32 else r.note
+        t.add_row(r.label, f"{r.decode_ms:.3f}", f"{r.decode_ratio_vs_fp32:.2f}", f"{r.prefill_ms:.3f}",
+                  f"{r.prefill_ratio_vs_fp32:.2f}", flag)
+    return t
 
 
 # --- demo ----------------------------------------------------------------------------------------

@@ -3,15 +3,18 @@ flag (proved with a deliberately slow fake kernel), and the hand-off to `lowbit 
 
 from __future__ import annotations
 
+import copy
 import json
 import time
 
+import pytest
 import torch
 from torch import nn
 from typer.testing import CliRunner
 
 from lowbit.cli import app
 from lowbit.evaluate import hardware as hw
+from lowbit.modules.qlinear import QuantizedLinear
 from lowbit.plan import Inputs, ModelInfo, make_plan
 from lowbit.plan.model_info import ENCODER
 
@@ -63,3 +66,41 @@ def test_cli_hardware(tmp_path, monkeypatch) -> None:
     assert "CPU:" in r.output and "W8A8" in r.output
     d = json.loads((tmp_path / "hw.json").read_text())
     assert d["formats"][0]["format"] == "fp32" and (tmp_path / "speed.json").exists()
+
+
+def test_gpu_figures_feed_plan_for_a_cuda_target_only(tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("LOWBIT_CACHE", str(tmp_path))
+    m = hw.Machine("cpu", 2, 2, [], gpu="Fake GPU", compute_capability="9.0")
+    rows = [hw.FormatTiming("fp32", "float32", 1.0, 1.0, 1.0, 1.0),
+            hw.FormatTiming("int8-weight", "int8 dequant", 4.0, 4.0, 0.25, 0.25, slower_than_fp32=True)]
+    hw.record(rows, m, device="cuda")
+    data = json.loads((tmp_path / "speed.json").read_text())
+    assert "int8-weight" not in data and data["cuda"]["int8-weight"]["compute_capability"] == "9.0"
+    enc = ModelInfo("enc", ENCODER, 20_000_000)
+    on_gpu = make_plan(Inputs(target="cuda:9.0"), enc)
+    assert on_gpu.chosen.support[0].runtime.startswith("measured on this machine's GPU, Fake GPU")
+    assert "SLOWER than full precision" in on_gpu.chosen.support[0].note
+    other_gpu = make_plan(Inputs(target="cuda:8.0"), enc)  # measured on a 9.0 card: says nothing of an 8.0 one
+    assert not other_gpu.chosen.support or not other_gpu.chosen.support[0].runtime.startswith("measured")
+    cpu = make_plan(Inputs(target="cpu"), enc)
+    assert not cpu.chosen.support[0].runtime.startswith("measured")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (runs on the device machine)")
+def test_every_format_runs_on_the_gpu_and_matches_the_cpu() -> None:
+    """Each GPU format computes what the same module computes on the CPU, then is timed there."""
+    x = torch.randn(5, 64)
+    for key, (_, make) in hw.gpu_formats().items():
+        lin = nn.Linear(64, 128, bias=False)
+        ref_mod = make(lin)
+        with QuantizedLinear.mode("dequant"):  # the exact arithmetic (the CPU's bfloat16 kernels aside)
+            ref = ref_mod(x.to(_dtype(ref_mod))).float()
+        got = copy.deepcopy(ref_mod).to("cuda")(x.to("cuda", _dtype(ref_mod))).float().cpu()
+        tol = 5e-3 if key == "fp16" else 1e-4
+        assert torch.allclose(got, ref, atol=tol, rtol=tol), (key, (got - ref).abs().max())
+    rows = {r.format: r for r in hw.check(SMALL, repeats=3, prefill_batch=32, device="cuda")}
+    assert set(rows) == set(hw.gpu_formats()) and all(r.decode_ms > 0 and r.prefill_ms > 0 for r in rows.values())
+
+
+def _dtype(mod: nn.Module) -> torch.dtype:
+    return hw._in_dtype(mod)

@@ -4,7 +4,9 @@ The guide's warning, measured: "confirm the format runs accelerated on the hardw
 For every format, one transformer block's worth of matmuls (smollm2's shapes by default: q, k, v, o,
 gate, up, down) is timed at batch 1 (a decode step) and batch 64 (prefill), as a ratio to float32.
 A ratio below 1 is a format that is slower than not quantizing at all, and is flagged. The figures
-are written to the user cache, where `lowbit plan` reads them for the hardware-support axis.
+are written to the user cache, where `lowbit plan` reads them for the hardware-support axis. Where a
+GPU is present, the same block is timed there too (``check(device="cuda")``, ``gpu_formats``), and its
+ratios are kept apart, under "cuda", for `lowbit plan --target cuda:SM`.
 """
 
 from __future__ import annotations
@@ -86,18 +88,40 @@ def _block_layers(make: Callable[[nn.Linear], nn.Module], shapes: list[tuple[int
     return out
 
 
+def _in_features(layer: nn.Module) -> int:
+    return layer.in_features if hasattr(layer, "in_features") else layer.weight.shape[1]
+
+
+def _in_dtype(layer: nn.Module) -> torch.dtype:
+    """A float16 layer is fed float16; every other format takes float32 activations."""
+    w = getattr(layer, "weight", None)
+    return w.dtype if isinstance(w, torch.Tensor) and w.is_floating_point() else torch.float32
+
+
 @torch.inference_mode()
-def _time(layers: list[nn.Module], m: int, repeats: int) -> float:
-    """Median ms for one pass of every layer at batch ``m``."""
-    xs = [torch.randn(m, layer.in_features if hasattr(layer, "in_features") else layer.weight.shape[1]) for layer in layers]
-    for layer, x in zip(layers, xs):  # warm-up (kernels pack their weights on first use)
-        layer(x)
+def _time(layers: list[nn.Module], m: int, repeats: int, device: str = "cpu") -> float:
+    """Median ms for one pass of every layer at batch ``m``. On a GPU each timed sample is 20 passes
+    between two synchronizations (one pass of small matmuls is shorter than the timer's resolution)."""
+    xs = [torch.randn(m, _in_features(layer), device=device, dtype=_in_dtype(layer)) for layer in layers]
+    cuda = device.startswith("cuda")
+    inner = 20 if cuda else 1
+
+    def sync() -> None:
+        if cuda:
+            torch.cuda.synchronize(device)
+
+    for _ in range(3 if cuda else 1):  # warm-up (kernels pack their weights, pick algorithms on first use)
+        for layer, x in zip(layers, xs):
+            layer(x)
+    sync()
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
-        for layer, x in zip(layers, xs):
-            layer(x)
-        times.append(time.perf_counter() - t0)
+        for _ in range(inner):
+            for layer, x in zip(layers, xs):
+                layer(x)
+        sync()
+        times.append((time.perf_counter() - t0) / inner)
     times.sort()
     return 1000 * times[len(times) // 2]
 
@@ -135,21 +159,36 @@ def formats() -> dict[str, tuple[str, Callable[[nn.Linear], nn.Module]]]:
     }
 
 
+def gpu_formats() -> dict[str, tuple[str, Callable[[nn.Linear], nn.Module]]]:
+    """The same formats as lowbit's modules run them on a GPU (weight-only formats dequantize to the
+    activation dtype and call cuBLAS: lowbit has no fused GPU kernel for them, so they are expected to
+    be flagged), plus float16, the usual GPU baseline. W8A8 runs torch._int_mm on the tensor cores."""
+    table = formats()
+    out = {"fp32": table["fp32"], "fp16": ("float16 F.linear (cuBLAS)", lambda lin: lin.half())}
+    out["int8-weight"] = ("int8 weight-only, per channel (lowbit, dequantize + matmul)", table["int8-weight"][1])
+    out["int4-weight"] = ("int4 weight-only, g64 (lowbit, dequantize + matmul)", table["int4-weight"][1])
+    out["bnb-nf4"] = table["bnb-nf4"]
+    out["w8a8-int8"] = ("W8A8 int8 (torch._int_mm, tensor cores)", table["w8a8-int8"][1])
+    return out
+
+
 def check(shapes: list[tuple[int, int]] | None = None, repeats: int = 7, prefill_batch: int = 64,
-          only: dict[str, tuple[str, Callable[[nn.Linear], nn.Module]]] | None = None) -> list[FormatTiming]:
-    """Time every format against float32 on one block of ``shapes``; formats slower than fp32 are flagged."""
+          only: dict[str, tuple[str, Callable[[nn.Linear], nn.Module]]] | None = None,
+          device: str = "cpu") -> list[FormatTiming]:
+    """Time every format against float32 on one block of ``shapes`` on ``device`` ("cpu" or "cuda");
+    formats slower than fp32 are flagged."""
     shapes = shapes or BLOCK
-    table = only if only is not None else formats()
+    table = only if only is not None else (gpu_formats() if device.startswith("cuda") else formats())
     base_make = table.get("fp32", formats()["fp32"])[1]
-    base = _block_layers(base_make, shapes)
-    fp_dec, fp_pre = _time(base, 1, repeats), _time(base, prefill_batch, repeats)
+    base = [layer.to(device) for layer in _block_layers(base_make, shapes)]
+    fp_dec, fp_pre = _time(base, 1, repeats, device), _time(base, prefill_batch, repeats, device)
     out = [FormatTiming("fp32", "float32 F.linear", fp_dec, fp_pre, 1.0, 1.0)]
     for key, (label, make) in table.items():
         if key == "fp32":
             continue
         try:
-            layers = _block_layers(make, shapes)
-            dec, pre = _time(layers, 1, repeats), _time(layers, prefill_batch, repeats)
+            layers = [layer.to(device) for layer in _block_layers(make, shapes)]
+            dec, pre = _time(layers, 1, repeats, device), _time(layers, prefill_batch, repeats, device)
         except (RuntimeError, NotImplementedError) as e:  # a kernel this machine lacks
             out.append(FormatTiming(key, label, float("nan"), float("nan"), note=f"not available here: {str(e).splitlines()[0]}"))
             continue
@@ -159,20 +198,27 @@ def check(shapes: list[tuple[int, int]] | None = None, repeats: int = 7, prefill
     return out
 
 
-def record(timings: list[FormatTiming], machine: Machine) -> None:
-    """Write the kernel-level ratios where `lowbit plan` reads measured speeds."""
+def record(timings: list[FormatTiming], machine: Machine, device: str = "cpu") -> None:
+    """Write the kernel-level ratios where `lowbit plan` reads measured speeds (GPU ones under "cuda")."""
     from lowbit.plan.rule import measured_speed, speed_file
 
     data = measured_speed()
+    where = data.setdefault("cuda", {}) if device.startswith("cuda") else data
     for t in timings:
         if t.format != "fp32" and t.prefill_ratio_vs_fp32 == t.prefill_ratio_vs_fp32 and t.prefill_ratio_vs_fp32 > 0:
-            data[t.format] = {"prefill_ratio_vs_fp32": t.prefill_ratio_vs_fp32, "decode_ratio_vs_fp32": t.decode_ratio_vs_fp32,
-                              "runtime": f"lowbit hardware: {t.label}", "machine": machine.cpu,
-                              "date": time.strftime("%Y-%m-%d")}
+            where[t.format] = {"prefill_ratio_vs_fp32": t.prefill_ratio_vs_fp32, "decode_ratio_vs_fp32": t.decode_ratio_vs_fp32,
+                               "runtime": f"lowbit hardware: {t.label}",
+                               "machine": machine.gpu if device.startswith("cuda") else machine.cpu,
+                               "date": time.strftime("%Y-%m-%d")}
+            if device.startswith("cuda"):
+                where[t.format]["compute_capability"] = machine.compute_capability
     speed_file().write_text(json.dumps(data, indent=1))
 
 
-def to_dict(machine: Machine, timings: list[FormatTiming]) -> dict[str, Any]:
+def to_dict(machine: Machine, timings: list[FormatTiming], gpu: list[FormatTiming] | None = None) -> dict[str, Any]:
     from dataclasses import asdict
 
-    return {"machine": asdict(machine), "formats": [asdict(t) for t in timings]}
+    d = {"machine": asdict(machine), "formats": [asdict(t) for t in timings]}
+    if gpu is not None:
+        d["gpu_formats"] = [asdict(t) for t in gpu]
+    return d

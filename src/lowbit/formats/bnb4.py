@@ -102,9 +102,9 @@ def quantize_blockwise8(a: torch.Tensor, code: torch.Tensor, blocksize: int) -> 
 
 def dequantize_blockwise8(q: torch.Tensor, absmax: torch.Tensor, code: torch.Tensor, blocksize: int) -> torch.Tensor:
     n = q.numel()
-    vals = code[q.long()]
+    vals = code.to(q.device)[q.long()]
     nb = absmax.numel()
-    full = torch.zeros(nb * blocksize)
+    full = torch.zeros(nb * blocksize, device=q.device)
     full[:n] = vals
     return (full.reshape(nb, blocksize) * absmax[:, None]).reshape(-1)[:n]
 
@@ -137,10 +137,10 @@ class Bnb4:
     def dequantize(self) -> torch.Tensor:
         n = int(np.prod(self.shape))
         codes = torch.stack([self.packed >> 4, self.packed & 0xF], 1).reshape(-1)[:n]
-        vals = code4(self.quant_type)[codes.long()]
+        vals = code4(self.quant_type).to(codes.device)[codes.long()]
         absmax = self.constants()
         nb = absmax.numel()
-        full = torch.zeros(nb * self.blocksize)
+        full = torch.zeros(nb * self.blocksize, device=codes.device)
         full[:n] = vals
         return (full.reshape(nb, self.blocksize) * absmax[:, None]).reshape(-1)[:n].reshape(self.shape)
 

@@ -91,8 +91,26 @@ class W8A8Linear(nn.Module):
         y = torch.ops.quantized.linear_dynamic(x.reshape(-1, self.in_features).contiguous(), self._packed, True)
         return y.reshape(*x.shape[:-1], self.out_features)
 
+    def _int_mm(self, x: torch.Tensor) -> torch.Tensor:
+        """On a GPU: the same arithmetic as ``_emulate`` through torch._int_mm (int8 x int8 -> int32 on the
+        tensor cores). It needs more than 16 rows, so a decode step is padded with zero rows."""
+        x2 = x.reshape(-1, self.in_features).float()
+        s = self.act_scale if self.act == "static" else (x2.abs().amax(-1, keepdim=True) / QMAX).clamp_min(1e-12)
+        xq = torch.clamp(torch.round(x2 / s), -QMAX, QMAX).to(torch.int8)
+        m = xq.shape[0]
+        if m <= 16:
+            xq = F.pad(xq, (0, 0, 0, 17 - m))
+        acc = torch._int_mm(xq, self.qweight.t())[:m]
+        y = acc.float() * (s * self.wscale)
+        y = y + self.bias if self.bias is not None else y
+        return y.to(x.dtype).reshape(*x.shape[:-1], self.out_features)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if QuantizedLinear.kernel_mode == "dequant" or x.dtype != torch.float32 or not int8_engine():
+        if QuantizedLinear.kernel_mode == "dequant":
+            return self._emulate(x)
+        if x.is_cuda and self.in_features % 8 == 0 and self.out_features % 8 == 0:
+            return self._int_mm(x)
+        if x.dtype != torch.float32 or not int8_engine() or x.device.type != "cpu":
             return self._emulate(x)
         return self._int8_gemm(x)
 

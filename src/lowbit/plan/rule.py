@@ -200,10 +200,15 @@ def _support(fmt: str, target: Target) -> list[Support]:
             note = f"needs compute capability >= {e['min_sm']}" + (f"; {note}" if note else "")
         out.append(Support(e["runtime"], e["speed"], note))
     out.sort(key=lambda s: SPEED_ORDER.get(s.speed, 9))
-    measured = measured_speed().get(fmt)
-    if measured and target.device == "cpu":  # what was measured here comes first
+    speeds = measured_speed()
+    measured = {"cpu": speeds, "cuda": speeds.get("cuda", {})}.get(target.device, {}).get(fmt)
+    cc = (measured or {}).get("compute_capability")
+    if cc and target.sm is not None and abs(float(cc) - target.sm) > 1e-6:  # measured on another GPU
+        measured = None
+    if measured:  # what was measured here comes first
         r = measured["prefill_ratio_vs_fp32"]
-        out.insert(0, Support(f"measured on this machine ({measured.get('runtime', 'lowbit')})",
+        where = "this machine" if target.device == "cpu" else f"this machine's GPU, {measured.get('machine', '?')}"
+        out.insert(0, Support(f"measured on {where} ({measured.get('runtime', 'lowbit')})",
                               "fast" if r >= 1.05 else ("runs" if r >= 0.95 else "slow"),
                               f"prefill {r:.2f}x fp32" + (" - SLOWER than full precision here" if r < 1 else "")))
     return out
