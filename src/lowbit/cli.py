@@ -341,6 +341,91 @@ def inspect(
               f"{total:,} bytes, {info.bpw:.3f} bits per weight overall")
 
 
+# --- qat -----------------------------------------------------------------------------------------
+@app.command()
+@user_errors
+def qat(
+    model: Annotated[str, typer.Argument(help="smollm2, minilm, a Hugging Face directory or safetensors file.")],
+    out_dir: Annotated[Path, typer.Option("--out", help="Directory for the converted (real quantized) checkpoint.")],
+    data: Annotated[str, typer.Option(help="Training text: pydoc:calib, stdlib:calib, a file, folder or .jsonl.")] = "pydoc:calib",
+    spec: Annotated[str, typer.Option(help="int<bits>[-sym|-asym][-g<N>|-ch|-tensor], nf4, fp4, nf4-dq, w8a8, or a GGUF "
+                                           "type (Q4_K, Q3_K, Q8_0...).")] = "int4-asym-g64",
+    steps: Annotated[int, typer.Option(help="Optimizer steps (one batch each).")] = 200,
+    lr: Annotated[float, typer.Option(help="Adam learning rate of the latent weights.")] = 1e-5,
+    distill: Annotated[bool, typer.Option("--distill", help="Loss: KL divergence to the full-precision model (no labels "
+                                                             "needed; encoders: cosine distance). Default: next-token loss.")] = False,
+    start: Annotated[str, typer.Option(help="Start from this PTQ result: rtn, or gptq (uses --calib).")] = "rtn",
+    calib: Annotated[str, typer.Option(help="Calibration text for --start gptq.")] = "pydoc:calib",
+    lsq: Annotated[bool, typer.Option("--lsq", help="Learn the scales too (LSQ).")] = False,
+    act: Annotated[bool, typer.Option("--act", help="Fake-quantize the layer inputs to int8 per token as well.")] = False,
+    seq_len: Annotated[int, typer.Option(help="Tokens per training sequence.")] = 256,
+    batch: Annotated[int, typer.Option(help="Sequences per step.")] = 1,
+    clip: Annotated[float, typer.Option(help="Gradient-norm clipping.")] = 1.0,
+    checkpoint: Annotated[Path | None, typer.Option(help="Training checkpoint file (written every --save-every steps).")] = None,
+    save_every: Annotated[int, typer.Option(help="Steps between training checkpoints.")] = 50,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue from --checkpoint.")] = False,
+    eval_data: Annotated[str | None, typer.Option("--eval", help="Also score the start and the result against the "
+                                                                  "full-precision model on this data (KL / cosine).")] = None,
+    windows: Annotated[int, typer.Option(help="Eval windows of 512 tokens (--eval).")] = 4,
+    overwrite: Annotated[bool, typer.Option(help="Replace --out if it exists.")] = False,
+) -> None:
+    """Quantization-aware training: fake-quantize MODEL's Linear layers to --spec (starting from RTN or GPTQ),
+    train through the rounding with a straight-through estimator, then convert to the same real quantized
+    layers PTQ makes and save a checkpoint that `lowbit eval` and `lowbit export` read."""
+    from lowbit import api
+    from lowbit.errors import ExportError, InputError
+    from lowbit.methods import qat as qatm
+    from lowbit.progress import Steps
+
+    qs = qatm.parse_spec(spec)  # validate everything before loading a model
+    if out_dir.exists() and not overwrite:
+        raise ExportError(f"{out_dir} already exists; choose another --out or pass --overwrite")
+    if resume and checkpoint is None:
+        raise InputError("--resume needs --checkpoint FILE")
+    if steps < 1 or not lr > 0:
+        raise InputError("--steps must be >= 1 and --lr > 0")
+    from lowbit.calib import load_corpus
+
+    load_corpus(data)
+    _quiet_libraries()
+    from lowbit.load import load_model
+
+    with err.status(f"loading {model}"):
+        handle = load_model(model)
+    if handle.kind not in ("causal-lm", "encoder"):
+        raise InputError(f"{model}: the CLI trains causal LMs and encoders; use lowbit.methods.qat from Python for "
+                         "other modules (e.g. a classifier with (x, y) tensors)")
+    with err.status(f"preparing {qs.label} (start: {start})"):
+        prepared = qatm.prepare(handle, qs, start=start, lsq=lsq, act=act, calib=calib)
+    if handle.kind == "encoder":
+        batches = qatm.encoder_batches(handle, data, max(steps * batch, 64), seq_len)
+    else:
+        batches = qatm.lm_batches(handle, data, max(min(steps * batch, 512), 16), seq_len)
+    evaluator = None
+    if eval_data:
+        from lowbit.evaluate.run import EvalSettings, Evaluator
+
+        evaluator = Evaluator(handle, EvalSettings(data=eval_data, windows=windows, speed=False))
+        with err.status("scoring the start"):
+            before = evaluator.run(qatm.convert(prepared))
+    settings = qatm.TrainSettings(steps=steps, lr=lr, batch=batch, seq_len=seq_len, distill=distill, clip=clip,
+                                  checkpoint=str(checkpoint) if checkpoint else None, save_every=save_every,
+                                  resume=resume, data=data)
+    with Steps(steps, f"qat {qs.label}") as bar:
+        res = qatm.train(prepared, batches, settings, progress=lambda i, n, loss: bar.update(i, f"loss {loss:.4f}"))
+    converted = qatm.convert(prepared)
+    api.save(converted, out_dir, overwrite=overwrite)
+    first, last = res.losses[:10] or [float("nan")], res.losses[-10:] or [float("nan")]
+    out.print(f"qat {qs.label}: {res.steps} steps ({res.steps - res.resumed_from} run now) in {res.seconds:.0f} s, "
+              f"loss {sum(first) / len(first):.4f} -> {sum(last) / len(last):.4f} (mean of first / last 10) -> {out_dir}",
+              highlight=False)
+    if evaluator is not None:
+        after = evaluator.run(converted)
+        key = "kl_mean" if handle.kind == "causal-lm" else "cosine_mean"
+        out.print(f"{key.split('_')[0]} to full precision on {eval_data}: start ({start}) {getattr(before, key):.4f} -> "
+                  f"after QAT {getattr(after, key):.4f}", highlight=False)
+
+
 # --- plan ----------------------------------------------------------------------------------------
 def _plan_help() -> str:
     from lowbit.plan import rule_text

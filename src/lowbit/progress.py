@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Iterable, Iterator
-from typing import TypeVar
+from typing import Any, Self, TypeVar
 
 T = TypeVar("T")
 
@@ -41,3 +41,43 @@ def track(items: Iterable[T], description: str, total: int | None = None) -> Ite
         for item in items:
             yield item
             bar.advance(task)
+
+
+class Steps:
+    """A progress bar for a loop of known length that shows a live figure (e.g. the training loss)::
+
+        with Steps(200, "qat") as bar:
+            for i in range(200):
+                bar.update(i + 1, f"loss {loss:.4f}")
+    """
+
+    def __init__(self, total: int, description: str, done: int = 0) -> None:
+        self.total, self.description, self.done = total, description, done
+        self._bar: Any = None
+
+    def __enter__(self) -> Self:
+        if enabled():
+            from rich.console import Console
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                TextColumn,
+                TimeElapsedColumn,
+                TimeRemainingColumn,
+            )
+
+            self._bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
+                                 TimeElapsedColumn(), TimeRemainingColumn(), console=Console(stderr=True), transient=True)
+            self._bar.start()
+            self._task = self._bar.add_task(self.description, total=self.total, completed=self.done, info="")
+        return self
+
+    def update(self, done: int, info: str = "") -> None:
+        self.done = done
+        if self._bar is not None:
+            self._bar.update(self._task, completed=done, info=info)
+
+    def __exit__(self, *exc: object) -> None:
+        if self._bar is not None:
+            self._bar.stop()

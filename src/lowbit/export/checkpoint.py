@@ -89,6 +89,10 @@ def load_checkpoint(path: str | Path) -> ModelHandle:
         spec = QuantSpec.from_dict(info["spec"])
         if info.get("module") == "embedding":
             q: nn.Module = QuantizedEmbedding(mod.num_embeddings, mod.embedding_dim, spec, mod.padding_idx)
+        elif info.get("module") == "conv2d":
+            from lowbit.modules.qconv import QuantizedConv2d
+
+            q = QuantizedConv2d(mod, spec)
         else:
             q = QuantizedLinear(mod.in_features, mod.out_features, spec, mod.bias is not None)
         _set_submodule(model, name, q)
