@@ -478,6 +478,9 @@ def compare(
     seq_len: Annotated[int, typer.Option(help="Tokens per eval and calibration window.")] = 512,
     calib_samples: Annotated[int, typer.Option(help="Calibration windows.")] = 16,
     calib_check: Annotated[bool, typer.Option("--calib-check", help="Also calibrate on a generic set and show the gap.")] = False,
+    train_data: Annotated[str | None, typer.Option(help="Training text: with --qat-steps, QAT candidates (4- and 3-bit, "
+                                                        "distilled from the float model) join the comparison.")] = None,
+    qat_steps: Annotated[int, typer.Option(help="QAT step budget per candidate (one 256-token window per step).")] = 0,
     no_speed: Annotated[bool, typer.Option("--no-speed", help="Skip the speed measurements.")] = False,
     list_methods: Annotated[bool, typer.Option("--list", help="List the candidates and exit.")] = False,
 ) -> None:
@@ -499,7 +502,8 @@ def compare(
     settings = CompareSettings(calib=calib, eval=eval_data, eval_text=eval_text,
                                methods=[m.strip() for m in methods.split(",") if m.strip()] if methods else None,
                                bar=bar, budget_bpw=budget_bpw, windows=windows, seq_len=seq_len,
-                               calib_samples=calib_samples, speed=not no_speed, calib_check=calib_check, target=target)
+                               calib_samples=calib_samples, speed=not no_speed, calib_check=calib_check, target=target,
+                               train_data=train_data, qat_steps=qat_steps)
     res = run_compare(model, settings, report, console=out)
     from lowbit.compare.report import _md_table
 
@@ -574,7 +578,7 @@ def demo(
     every family, bar kl=0.05), the table, the recommendation and the report."""
     compare("smollm2", report=report, windows=windows, calib="pydoc:calib", eval_data="pydoc:eval",
             eval_text="pydoc:eval", methods=None, bar=None, budget_bpw=None, target="cpu", seq_len=512, calib_samples=16,
-            calib_check=False, no_speed=False, list_methods=False)
+            calib_check=False, train_data=None, qat_steps=0, no_speed=False, list_methods=False)
 
 
 def main() -> None:

@@ -179,3 +179,19 @@ def test_cli_compare_and_list(tiny_llama_dir, text_file, tmp_path) -> None:
     assert "Recommendation: rtn-w4g64" in r.output
     r = CliRunner().invoke(app, ["compare", str(tiny_llama_dir), "--methods", "rtn-w9"])
     assert r.exit_code == 2 and "did you mean" in r.output
+
+
+def test_qat_joins_when_training_data_and_steps_are_given(tiny_llama, text_file, tmp_path) -> None:
+    assert "qat" not in {c.family for c in candidates_for("causal-lm", None)}
+    with_training = candidates_for("causal-lm", None, training=True)
+    assert {c.id for c in with_training if c.family == "qat"} == {"qat-w4g64", "qat-w3g64"}
+    assert "qat-w3g64" in {c.id for c in candidates_for("encoder", None, training=True)}
+    base = {"calib": str(text_file), "eval": str(text_file), "windows": 2, "seq_len": 32, "speed": False}
+    with pytest.raises(InputError, match="--train-data"):
+        compare(tiny_llama, CompareSettings(**base, methods=["qat-w3g64"]), tmp_path / "r0")
+    s = CompareSettings(**base, methods=["rtn-w3g64", "qat-w3g64"], train_data=str(text_file), qat_steps=3)
+    res = compare(tiny_llama, s, tmp_path / "r1")
+    rows = {r["method"]: r for r in res["candidates"]}
+    assert rows["qat-w3g64"]["family"] == "qat" and rows["qat-w3g64"]["calib_seconds"] > 0
+    assert rows["qat-w3g64"]["bits_per_weight"] == pytest.approx(rows["rtn-w3g64"]["bits_per_weight"])
+    assert rows["qat-w3g64"]["kl_mean"] != rows["rtn-w3g64"]["kl_mean"]  # trained: not the RTN start any more

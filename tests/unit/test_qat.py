@@ -19,7 +19,8 @@ from lowbit.load import ModelHandle, load_model
 from lowbit.methods import qat
 from lowbit.methods.rtn import RTNConfig, rtn
 from lowbit.modules.bnb4_linear import Linear4bit
-from lowbit.modules.fake_quant import FakeQuantLinear, IntQuantizer
+from lowbit.modules.fake_quant import IntQuantizer
+from lowbit.modules.ggml_linear import GGMLLinear
 from lowbit.modules.qconv import QuantizedConv2d
 from lowbit.modules.qlinear import QuantizedLinear
 from lowbit.spec import QuantSpec
@@ -77,8 +78,8 @@ def test_prepare_starts_exactly_at_the_ptq_model(tiny_llama, start) -> None:
 
 
 @pytest.mark.parametrize("spec,module", [("int3-asym-g32", QuantizedLinear), ("int4-sym-ch", QuantizedLinear),
-                                         ("nf4", Linear4bit), ("nf4-dq", Linear4bit), ("Q8_0", nn.Linear),
-                                         ("Q4_0", nn.Linear), ("w8a8", "W8A8Linear")])
+                                         ("nf4", Linear4bit), ("nf4-dq", Linear4bit), ("Q8_0", GGMLLinear),
+                                         ("Q4_0", GGMLLinear), ("w8a8", "W8A8Linear")])
 def test_convert_gives_real_layers_with_the_same_logits(tiny_llama, spec, module) -> None:
     p = qat.prepare(tiny_llama, spec)
     qat.train(p, _data(), qat.TrainSettings(steps=3, lr=1e-3, distill=False))
@@ -97,7 +98,7 @@ def test_convert_gives_real_layers_with_the_same_logits(tiny_llama, spec, module
 def test_training_lowers_the_distillation_loss(tiny_llama) -> None:
     p = qat.prepare(tiny_llama, "int2-asym-g32")
     ev = X  # scored on windows it trained on: this checks the optimisation; held-out text is in tests/integration
-    kl = lambda h: float(torch.nn.functional.kl_div(torch.log_softmax(_logits(h), -1),  # noqa: E731
+    kl = lambda h: float(torch.nn.functional.kl_div(torch.log_softmax(_logits(h), -1),
                                                       torch.log_softmax(_logits(tiny_llama), -1), log_target=True,
                                                       reduction="none").sum(-1).mean())
     start = kl(p)
@@ -122,7 +123,7 @@ def test_only_quantized_layers_train_and_gradients_are_clipped(tiny_llama, monke
 
 
 def test_checkpoint_and_resume_reproduce_an_uninterrupted_run(tiny_llama, tmp_path) -> None:
-    s = dict(steps=6, lr=1e-3, distill=True, save_every=3)
+    s = {"steps": 6, "lr": 1e-3, "distill": True, "save_every": 3}
     a = qat.prepare(tiny_llama, "int3-asym-g32")
     qat.train(a, _data(), qat.TrainSettings(**s, checkpoint=str(tmp_path / "a.pt")))
 
@@ -154,15 +155,30 @@ def test_converted_models_save_export_and_reload_identically(tiny_llama, tmp_pat
     ct = api.export(c, tmp_path / "ct", fmt="compressed-tensors")
     assert (ct / "model.safetensors").is_file()
 
-    g = qat.prepare(tiny_llama, "Q8_0")
-    qat.train(g, _data(), qat.TrainSettings(steps=3, lr=1e-3))
-    gc = qat.convert(g)
+
+
+@pytest.mark.parametrize("gtype,mix", [("Q8_0", "Q8_0"), ("Q5_K", "Q5_K_S")])
+def test_gguf_grid_layers_reach_the_file_byte_for_byte(tiny_llama_factory, tmp_path, gtype, mix) -> None:
+    """The trained GGML blocks are written as they are (k-quants re-quantized would drift), q/k rows
+    permuted for llama.cpp like every other tensor; a checkpoint keeps them too."""
     from lowbit.export.gguf import load_into
 
-    path = api.export(gc, tmp_path / "m.gguf", fmt="gguf", gguf_type="Q8_0")
-    again = load_into(path, tiny_llama)
-    name = "model.layers.1.self_attn.o_proj"
-    assert torch.equal(gc.model.get_submodule(name).weight, again.model.get_submodule(name).weight)
+    ref = tiny_llama_factory(hidden_size=256, intermediate_size=512)
+    g = qat.prepare(ref, gtype)
+    qat.train(g, _data(), qat.TrainSettings(steps=3, lr=1e-3))
+    gc = qat.convert(g)
+    path = api.export(gc, tmp_path / "m.gguf", fmt="gguf", gguf_type=mix)
+    again = load_into(path, ref)
+    for name in ("model.layers.1.self_attn.q_proj", "model.layers.1.self_attn.k_proj", "model.layers.0.mlp.up_proj"):
+        mod = gc.model.get_submodule(name)
+        assert isinstance(mod, GGMLLinear) and mod.ggml_type == gtype
+        assert torch.equal(mod.dequantize(), again.model.get_submodule(name).weight)
+    api.save(gc, tmp_path / "ckpt")
+    back = load_model(tmp_path / "ckpt")
+    assert torch.equal(back.model.get_submodule(name).blocks, mod.blocks)
+    x = X.clamp_max(ref.model.config.vocab_size - 1)
+    with torch.no_grad():
+        assert torch.equal(gc.model(input_ids=x).logits, back.model(input_ids=x).logits)
 
 
 def test_conv_layers_fake_quantize_and_convert() -> None:

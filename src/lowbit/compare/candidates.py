@@ -41,6 +41,7 @@ class Candidate:
     config: str = ""  # everything that changes the result, for the resume cache key
     default: bool = True  # in the default set: every family built so far
     plan_method: str | None = None  # its entry in plan/rules.toml, for the five axes in the report
+    needs_training: bool = False  # QAT: joins the default set only when the user gives training data and steps
 
 
 CANDIDATES: Registry[Candidate] = Registry("compare candidate")
@@ -113,18 +114,19 @@ def _register_gguf() -> None:
 _register_methods()
 _register_gguf()
 
-def candidates_for(kind: str, names: list[str] | None) -> list[Candidate]:
-    from lowbit.errors import InputError
-
+def candidates_for(kind: str, names: list[str] | None, training: bool = False) -> list[Candidate]:
     """The named candidates, or the default set for this kind of model: every registered family's
-    default rungs, most conservative (highest bit width) first."""
+    default rungs, most conservative (highest bit width) first; with ``training`` (the user gave
+    training data and a step budget) the training candidates (QAT) join it."""
     import lowbit.methods  # noqa: F401  (families register their candidates on import)
+    from lowbit.errors import InputError
 
     if names:
         chosen = [CANDIDATES.get(n) for n in names]
     else:
         every = [CANDIDATES.get(n) for n in CANDIDATES]
-        chosen = sorted((c for c in every if c.default and kind in c.kinds), key=lambda c: -c.bits)
+        chosen = sorted((c for c in every if (c.default or (training and c.needs_training)) and kind in c.kinds),
+                        key=lambda c: -c.bits)
     bad = [c.id for c in chosen if kind not in c.kinds]
     if bad:
         raise InputError(f"candidate(s) {', '.join(bad)} cannot run on {'an' if kind[0] in 'aeiou' else 'a'} {kind} model (they need calibration "

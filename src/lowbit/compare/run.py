@@ -59,6 +59,8 @@ class CompareSettings:
     calib_check: bool = False
     task_limit: int | None = 200
     target: str = "cpu"  # where it will run, for the hardware-support axis
+    train_data: str | None = None  # QAT candidates: training text ...
+    qat_steps: int = 0  # ... and a budget of optimizer steps
 
 
 @dataclass
@@ -68,6 +70,8 @@ class Context:
 
     ref: ModelHandle
     calib: Any
+    train_data: str | None = None
+    qat_steps: int = 0
     _imatrix: dict | None = field(default=None, repr=False)
     imatrix_seconds: float = 0.0
 
@@ -149,7 +153,10 @@ class Comparison:
         self.evaluator = Evaluator(self.ref, EvalSettings(data=text, windows=settings.windows, seq_len=settings.seq_len,
                                                           speed=False))
         self.bar = Bar.parse(settings.bar) if settings.bar else default_bar(self.kind, self.task is not None)
-        self.candidates = candidates_for(self.kind, settings.methods)
+        training = bool(settings.train_data) and settings.qat_steps > 0
+        self.candidates = candidates_for(self.kind, settings.methods, training)
+        if any(c.needs_training for c in self.candidates) and not training:
+            raise InputError("QAT candidates train: give --train-data DATA and --qat-steps N")
         from lowbit.api import CalibSettings
 
         needs = any(c.needs_calib for c in self.candidates) or settings.calib_check
@@ -157,7 +164,7 @@ class Comparison:
             raise InputError("these candidates calibrate: give --calib DATA")
         self.calib = CalibSettings(data=settings.calib, n_samples=settings.calib_samples, seq_len=settings.seq_len) \
             if settings.calib else None
-        self.ctx = Context(self.ref, self.calib)
+        self.ctx = Context(self.ref, self.calib, settings.train_data, settings.qat_steps)
         self.cache_dir = self.report_dir / ".cache"
 
     def say(self, msg: str) -> None:
@@ -243,7 +250,8 @@ class Comparison:
         calib = calib if calib is not None else self.calib
         parts = [VERSION, self.model_key, c.config, _data_key(self.s.eval), self.s.eval_text if self.task else "",
                  self.s.windows, self.s.seq_len, self.s.task_limit, self.s.speed,
-                 (_data_key(calib.data), calib.n_samples, calib.seq_len) if (calib and (c.needs_calib or c.family == "gguf")) else None]
+                 (_data_key(calib.data), calib.n_samples, calib.seq_len) if (calib and (c.needs_calib or c.family == "gguf")) else None,
+                 (_data_key(self.s.train_data), self.s.qat_steps) if c.needs_training else None]
         return hashlib.sha256(json.dumps(parts, default=str).encode()).hexdigest()[:16]
 
     def run_candidate(self, c: Candidate, calib: Any = None, tag: str = "") -> dict[str, Any]:
@@ -251,7 +259,7 @@ class Comparison:
         if path.exists():
             self.say(f"[dim]{c.id}{tag}: finished in an earlier run, cached ({path.name})[/]")
             return json.loads(path.read_text())
-        ctx = self.ctx if calib is None else Context(self.ref, calib)
+        ctx = self.ctx if calib is None else Context(self.ref, calib, self.s.train_data, self.s.qat_steps)
         self.say(f"{c.id}{tag}: {c.label}")
         had_imatrix = ctx._imatrix is not None
         t0 = time.perf_counter()

@@ -110,7 +110,7 @@ def load_checkpoint(path: str | Path) -> ModelHandle:
 
 
 LAYER_MODULES = {"bnb4": "lowbit.modules.bnb4_linear:Linear4bit", "llm_int8": "lowbit.methods.llm_int8:LinearInt8",
-                 "w8a8": "lowbit.methods.w8a8:W8A8Linear"}
+                 "w8a8": "lowbit.methods.w8a8:W8A8Linear", "ggml": "lowbit.modules.ggml_linear:GGMLLinear"}
 
 
 def _layer_module(key: str) -> Any:

@@ -106,6 +106,21 @@ def _float_tensor(model: torch.nn.Module, mods: dict[str, torch.nn.Module], hf: 
     return a
 
 
+def _own_blocks(model: torch.nn.Module, mods: dict[str, torch.nn.Module], hf: str, g: str, t: str) -> np.ndarray | None:
+    """The GGML blocks of a layer stored in type ``t`` already (GGMLLinear), rows in llama.cpp's order."""
+    base, _, leaf = hf.rpartition(".")
+    mod = mods.get(base)
+    if leaf != "weight" or getattr(mod, "ggml_type", None) != t:
+        return None
+    raw = mod.raw()
+    cfg = model.config
+    if g.endswith("attn_q.weight"):
+        raw = permute_qk(raw, cfg.num_attention_heads)
+    elif g.endswith("attn_k.weight"):
+        raw = permute_qk(raw, getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads)
+    return np.ascontiguousarray(raw)
+
+
 def float_tensors(handle: ModelHandle) -> Iterator[tuple[str, np.ndarray]]:
     """(GGUF name, float32 array in GGUF's row-major PyTorch layout) for every tensor, in file order."""
     mods = dict(handle.model.named_modules())
@@ -258,6 +273,10 @@ def export_gguf(handle: ModelHandle, out: str | Path, mix: str = "Q8_0", *,
         w.write_kv_data_to_file()
         w.write_ti_data_to_file()
         for hf, name, t, im in plan:
+            raw = _own_blocks(model, mods, hf, name, t)
+            if raw is not None:  # a layer already in this type (trained on its grid): its bytes as they are
+                pending.append(lambda raw=raw: raw)
+                continue
             a = _float_tensor(model, mods, hf, name)
             if progress:
                 progress(f"{name} -> {t}")

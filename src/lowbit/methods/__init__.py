@@ -6,6 +6,7 @@ from lowbit.methods import (  # noqa: F401  (register themselves)
     gptq,
     hqq,
     llm_int8,
+    qat,
     rtn,
     w8a8,
 )

@@ -6,9 +6,8 @@ rounding. ``prepare`` swaps the selected Linear (and Conv2d) layers for fake-qua
 ``train`` runs a CPU-sized loop (causal-LM loss, cross-entropy on labels, or distillation to the
 full-precision model, which needs no labels); ``convert`` turns each fake-quantized layer into the
 same real module PTQ produces (QuantizedLinear / QuantizedConv2d for integer specs, Linear4bit for
-NF4/FP4, W8A8Linear), so saving, compressed-tensors and GGUF export work unchanged. For the GGUF
-types the trained weights stay float on the type's grid and GGUF export quantizes them (see
-``convert``).
+NF4/FP4, W8A8Linear, GGMLLinear for the GGUF types, whose blocks GGUF export writes unchanged), so
+saving, compressed-tensors and GGUF export work as they do for PTQ.
 
 Spec strings (``parse_spec``): ``int3-asym-g64``, ``int4-sym-ch``, ``int8-sym-tensor``, ``nf4``,
 ``fp4``, ``nf4-dq``, a GGUF type (``Q4_K``, ``Q3_K``, ``Q8_0``...), or ``w8a8`` (int8 per-channel
@@ -203,7 +202,6 @@ def convert(handle: ModelHandle) -> ModelHandle:
     qs = parse_spec(rec["spec"])
     net = copy.deepcopy(handle.model)
     layers: dict[str, Any] = {}
-    grid_layers: dict[str, str] = {}
     for name, mod in fake_quant_layers(net).items():
         if qs.kind == "int":
             qt = mod.weight_quant.quantized_tensor(mod.weight)
@@ -229,19 +227,18 @@ def convert(handle: ModelHandle) -> ModelHandle:
 
             new = W8A8Linear(mod.float_linear(), "dynamic")
             layers[name] = new.record()
-        else:  # GGUF: float weights exactly on the type's grid; `lowbit export --format gguf` writes them
-            new = mod.float_linear()
-            new.weight.copy_(mod.weight_quant(mod.weight))
-            grid_layers[name] = qs.text
+        else:  # GGUF: the type's own blocks, which `lowbit export --format gguf` writes as they are
+            from lowbit.modules.ggml_linear import GGMLLinear
+
+            new = GGMLLinear.from_linear(mod.float_linear(), qs.text)
+            layers[name] = new.record()
         replace_module(net, name, new)
     for p in net.parameters():
         p.requires_grad_(False)
     method = _QATRecord(qs, rec)
     quant = record_for(method, layers, rec["skipped"], handle.name, rec.get("train_seconds", 0.0))
-    if grid_layers:
-        quant["gguf_grid"] = grid_layers
     return ModelHandle(model=net.eval(), tokenizer=handle.tokenizer, kind=handle.kind, name=handle.name,
-                       quant=quant if layers or grid_layers else None, extra={"qat": rec})
+                       quant=quant, extra={"qat": rec})
 
 
 @dataclass
@@ -454,6 +451,33 @@ def train(handle: ModelHandle, data: Any, settings: TrainSettings, teacher: Mode
                data=settings.data)
     return TrainResult(done, seconds, losses, resumed)
 
+
+# --- compare --------------------------------------------------------------------------------------
+def _candidate(bits: int) -> Any:
+    def build(ref: ModelHandle, ctx: Any) -> Any:
+        from lowbit.compare.candidates import Built
+
+        lm = ref.kind == CAUSAL_LM
+        p = prepare(ref, f"int{bits}-asym-g64", start="rtn")
+        data = (lm_batches(ref, ctx.train_data, ctx.qat_steps, 256) if lm
+                else encoder_batches(ref, ctx.train_data, ctx.qat_steps * 4, 128))
+        res = train(p, data, TrainSettings(steps=ctx.qat_steps, lr=2e-5 if lm else 3e-5, batch=1 if lm else 4,
+                                           distill=True, data=ctx.train_data))
+        return Built(convert(p), extra={"quantize_seconds": res.seconds, "train_steps": res.steps})
+
+    return build
+
+
+def _register() -> None:
+    from lowbit.compare.candidates import Candidate, register_candidate
+
+    for bits in (4, 3):
+        register_candidate(Candidate(f"qat-w{bits}g64", "qat", bits, f"QAT {bits}-bit asym g64 (from RTN, distilled)",
+                                     "int4-weight", _candidate(bits), kinds=(CAUSAL_LM, ENCODER), config=f"qat:{bits}:rtn",
+                                     default=False, plan_method="qat", needs_training=True))
+
+
+_register()
 
 __all__ = ["MODULE", "QATSpec", "TrainResult", "TrainSettings", "convert", "encoder_batches", "fake_quant_layers",
            "lm_batches", "parse_spec", "prepare", "train"]
