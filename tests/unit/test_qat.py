@@ -245,3 +245,14 @@ def test_cli_qat_trains_saves_and_resumes(tiny_llama_dir, tmp_path, text_file) -
     assert r.exit_code == 0 and "(0 run now)" in r.output, r.output
     bad = CliRunner().invoke(app, ["qat", str(tiny_llama_dir), "--spec", "int9", "--out", str(tmp_path / "o3")])
     assert bad.exit_code != 0 and "--spec" in bad.output and not (tmp_path / "o3").exists()
+
+
+def test_lsq_scales_train_and_convert_stores_them(tiny_llama) -> None:
+    p = qat.prepare(tiny_llama, "int3-asym-g32", lsq=True)
+    q = p.model.get_submodule("model.layers.0.mlp.up_proj").weight_quant
+    s0 = q.scale.detach().clone()
+    qat.train(p, _data(), qat.TrainSettings(steps=5, lr=1e-3))  # scale lr: lr / 10
+    assert not torch.equal(s0, q.scale) and float((q.scale - s0).abs().max()) <= 5 * 1e-4 + 1e-6
+    c = qat.convert(p)
+    assert torch.equal(c.model.get_submodule("model.layers.0.mlp.up_proj").scale, q.scale.detach().half())
+    assert torch.allclose(_logits(p), _logits(c), atol=1e-5, rtol=1e-5)
