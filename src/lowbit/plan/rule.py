@@ -220,7 +220,7 @@ def _cost(key: str, params: int | None) -> tuple[float | None, str]:
         return (0.0, c.get("note", "")) if key == "none" else (None, c.get("note", "not measured"))
     if params is None:
         return None, f"measured {c['seconds']:.0f} s for a {c['params'] / 1e6:.0f}M model; give MODEL to scale it"
-    tokens = f" and {c['tokens']} calibration tokens" if c.get("per_token") else ""
+    tokens = f" and {c['tokens']} {c.get('token_kind', 'calibration')} tokens" if c.get("per_token") else ""
     return (c["seconds"] * params / c["params"],
             f"scaled from {c['seconds']:.0f} s for {c['params'] / 1e6:.0f}M parameters{tokens} on {c['machine']}")
 
