@@ -132,8 +132,11 @@ def recommend(rows: list[dict[str, Any]], ref: dict[str, Any], bar: Bar, budget_
     if not scored:
         return Recommendation(None, [*reasons, "No candidate could be scored."], False)
     best = min(scored, key=quality)
-    reasons.append(f"No candidate meets the bar (within budget). The most faithful is {best['id']} ({_metric(best, bar)}). "
-                   "The guide's next step: quantization-aware training (`lowbit plan --goal accuracy`), or loosen the bar.")
+    step = ("QAT was among them: give it more steps (--qat-steps), a wider bit width, or loosen the bar."
+            if any(r.get("family") == "qat" for r in rows) else
+            "The guide's next step: quantization-aware training (`--train-data DATA --qat-steps N`, `lowbit qat`), "
+            "or loosen the bar.")
+    reasons.append(f"No candidate meets the bar (within budget). The most faithful is {best['id']} ({_metric(best, bar)}). {step}")
     return Recommendation(best["id"], reasons, False)
 
 

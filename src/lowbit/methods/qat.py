@@ -34,7 +34,7 @@ from torch import nn
 
 from lowbit.errors import InputError
 from lowbit.load import ModelHandle, load_model
-from lowbit.load.handle import CAUSAL_LM, ENCODER, MODULE
+from lowbit.load.handle import CAUSAL_LM, ENCODER
 from lowbit.modules.fake_quant import ActQuantizer, FakeQuantConv2d, FakeQuantLinear, IntQuantizer, RoundTrip
 from lowbit.modules.select import select_modules
 from lowbit.modules.swap import replace_module
@@ -483,5 +483,5 @@ def _register() -> None:
 
 _register()
 
-__all__ = ["MODULE", "QATSpec", "TrainResult", "TrainSettings", "convert", "encoder_batches", "fake_quant_layers",
+__all__ = ["QATSpec", "TrainResult", "TrainSettings", "convert", "encoder_batches", "fake_quant_layers",
            "lm_batches", "parse_spec", "prepare", "train"]

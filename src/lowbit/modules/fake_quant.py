@@ -105,17 +105,14 @@ class RoundTrip(nn.Module):
 class ActQuantizer(nn.Module):
     """Symmetric int8 activations with one scale per token (dynamic), as W8A8Linear runs them; STE backward."""
 
-    def __init__(self, mode: str = "dynamic", qmax: float = 127.0) -> None:
-        super().__init__()
-        assert mode == "dynamic", "only dynamic per-token activations are fake-quantized"
-        self.mode, self.qmax = mode, qmax
+    qmax = 127.0
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         s = (x.detach().abs().amax(-1, keepdim=True) / self.qmax).clamp_min(1e-12)
         return torch.clamp(round_ste(x / s), -self.qmax, self.qmax) * s
 
     def extra_repr(self) -> str:
-        return f"int8 per-token {self.mode}"
+        return "int8 per-token dynamic"
 
 
 class FakeQuantLinear(nn.Module):
