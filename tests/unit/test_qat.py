@@ -256,3 +256,18 @@ def test_lsq_scales_train_and_convert_stores_them(tiny_llama) -> None:
     c = qat.convert(p)
     assert torch.equal(c.model.get_submodule("model.layers.0.mlp.up_proj").scale, q.scale.detach().half())
     assert torch.allclose(_logits(p), _logits(c), atol=1e-5, rtol=1e-5)
+
+
+def test_the_progress_bar_shows_the_loss(monkeypatch) -> None:
+    from lowbit.progress import Steps
+
+    monkeypatch.setenv("LOWBIT_PROGRESS", "1")
+    with Steps(3, "qat int3") as bar:
+        for i in range(3):
+            bar.update(i + 1, f"loss {0.5 - i / 10:.4f}")
+        task = bar._bar.tasks[0]
+        assert task.description == "qat int3" and task.completed == 3 and task.fields["info"] == "loss 0.3000"
+    monkeypatch.setenv("LOWBIT_PROGRESS", "0")
+    with Steps(3, "quiet") as bar:  # off: no bar at all
+        bar.update(1, "loss 1")
+        assert bar._bar is None
