@@ -165,8 +165,8 @@ def prepare(model: ModelHandle | nn.Module | str, spec: str | QATSpec, *, start:
         if qs.spec is not None:
             qs.spec.block_len(tuple(w.shape), n)
     if start == "gptq" and not lsq:
-        log.warning("--start gptq puts every latent weight at the centre of its rounding bin: with fixed scales a "
-                    "few hundred steps at lr <= 1e-4 moved no code on smollm2 (KL unchanged); use --lsq, or --start rtn")
+        log.warning("--start gptq puts every latent weight at the centre of its rounding bin: on smollm2, 60 steps "
+                    "at lr <= 1e-4 moved no code (KL unchanged); --start rtn trains past GPTQ (docs/benchmarks.md)")
     starts = _ptq_start(handle, qs, names, start, calib) if qs.kind == "int" else {}
     net = copy.deepcopy(handle.model)
     for n in names:
