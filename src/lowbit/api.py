@@ -73,13 +73,16 @@ def quantize(
     ignore: Sequence[str] | None = None,
     embeddings: bool = False,
     inplace: bool = False,
+    prerounding: dict[str, torch.Tensor] | None = None,
 ) -> tuple[ModelHandle, QuantizeReport]:
     """Quantize the selected Linear layers of ``model`` with ``config`` (default: RTN int4 g64 sym).
 
     ``calib`` gives the calibration data for methods that need it (GPTQ, AWQ); a string is a data
     argument with the default sizes (16 x 512 tokens). ``targets`` / ``ignore`` are regexes over
     module names (default: every Linear but the output head); ``embeddings=True`` quantizes
-    ``nn.Embedding`` tables too (always data-free, with RTN, for calibrated methods).
+    ``nn.Embedding`` tables too (always data-free, with RTN, for calibrated methods). A ``prerounding``
+    dict is filled with the float weights each layer's codes were rounded from, where the method
+    changes them first (GPTQ): quantization-aware training starts there.
 
     Returns a new handle (the input is left untouched unless ``inplace``) and a report whose
     ``extra["calibration"]`` holds the cost: seconds, samples, tokens, peak RSS.
@@ -118,6 +121,8 @@ def quantize(
     sizes = [0, 0]
 
     def record(name: str, qmod: nn.Module, qt: Any) -> nn.Module:
+        if prerounding is not None and qt.prerounding is not None:
+            prerounding[name] = qt.prerounding
         kind = "embedding" if isinstance(qmod, QuantizedEmbedding) else "linear"
         layers[name] = {"spec": qt.spec.to_dict(), "shape": list(qt.shape), "format": "intpack", "module": kind}
         sizes[0] += qt.numel

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -27,6 +27,9 @@ class QuantizedTensor:
     zero: torch.Tensor | None
     spec: QuantSpec
     shape: tuple[int, ...]
+    #: the float weights the codes were rounded from, when a method changes them first (GPTQ's
+    #: error-compensated columns); not stored, not compared. QAT starts its latent weights there.
+    prerounding: torch.Tensor | None = field(default=None, repr=False, compare=False)
 
     @classmethod
     def from_codes(
@@ -60,7 +63,9 @@ class QuantizedTensor:
             sc = self.scale.view(self.shape[0], per_row)[rows].reshape(-1).clone()
             zr = None if self.zero is None else self.zero.view(self.shape[0], per_row)[rows].reshape(-1).clone()
             shape = (n, *self.shape[1:])
-            out.append(QuantizedTensor.from_codes(codes[rows].reshape(-1), sc, zr, self.spec, shape))
+            part = QuantizedTensor.from_codes(codes[rows].reshape(-1), sc, zr, self.spec, shape)
+            part.prerounding = None if self.prerounding is None else self.prerounding[rows].clone()
+            out.append(part)
             r0 += n
         return out
 

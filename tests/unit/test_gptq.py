@@ -130,3 +130,22 @@ def test_act_order_groups_are_fixed_at_first_use_or_statically() -> None:
     # the grid is a grid of the weights it quantizes: with first-use groups, fewer codes sit on the clip rails
     rails = lambda qt: int(((qt.codes() == 0) | (qt.codes() == spec.qmax)).sum())  # noqa: E731
     assert rails(lazy) < rails(static)
+
+
+@pytest.mark.parametrize(("act_order", "static"), [(False, False), (True, False), (True, True)],
+                         ids=["plain", "act-order", "act-order-static"])
+def test_prerounding_weights_round_to_the_codes(act_order: bool, static: bool) -> None:
+    """``prerounding`` holds each column as GPTQ rounded it (after the error feedback): rounding it on
+    the result's own grid gives the result's codes, and it differs from the original weights."""
+    from lowbit import grid
+
+    spec = QuantSpec(3, False, 32)
+    x = correlated_inputs()
+    w = torch.randn(48, 128, generator=torch.Generator().manual_seed(1))
+    qt, _ = gptq_quantize(w, 2 * x.t() @ x / x.shape[0], GPTQConfig(spec=spec, act_order=act_order, static_groups=static))
+    pre = qt.prerounding
+    assert pre.shape == w.shape and not torch.allclose(pre, w)
+    codes = grid.quantize_blocks(grid.as_blocks(pre, spec), qt.scale, qt.zero, spec)
+    assert torch.equal(codes, qt.codes())
+    parts = qt.split_rows([16, 32])
+    assert torch.equal(torch.cat([p.prerounding for p in parts]), pre)

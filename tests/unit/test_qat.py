@@ -75,6 +75,11 @@ def test_prepare_starts_exactly_at_the_ptq_model(tiny_llama, start) -> None:
     q, _ = api.quantize(tiny_llama, api.make_config(start, spec), calib="pydoc:calib" if start == "gptq" else None)
     assert torch.equal(_logits(p), _logits(q))
     assert len(qat.fake_quant_layers(p.model)) == 14  # 2 blocks x 7 Linears; the tied head stays float
+    lay = p.model.get_submodule("model.layers.1.mlp.down_proj")
+    on_grid = lay.weight_quant(lay.weight).detach()
+    # the latent weights sit where the PTQ rounding left them inside their bins, not on the grid points
+    # (from grid points, a few hundred small steps moved no GPTQ code on smollm2)
+    assert float((lay.weight - on_grid).abs().mean()) > 0.1 * float(lay.weight_quant.scale.abs().mean())
 
 
 @pytest.mark.parametrize("spec,module", [("int3-asym-g32", QuantizedLinear), ("int4-sym-ch", QuantizedLinear),

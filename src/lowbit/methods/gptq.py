@@ -106,13 +106,13 @@ def _static_qparams(w: torch.Tensor, spec: QuantSpec, g: int) -> tuple[torch.Ten
     return scale.view(w.shape[0], -1), None if zero is None else zero.view(w.shape[0], -1)
 
 
-def _solve_rows(w: torch.Tensor, codes_t: torch.Tensor, hinv: torch.Tensor, diag: list[float], groups: list[int],
+def _solve_rows(wt: torch.Tensor, codes_t: torch.Tensor, hinv: torch.Tensor, diag: list[float], groups: list[int],
                 g: int, spec: QuantSpec, block_size: int, scale_g: torch.Tensor, zero_g: torch.Tensor | None,
                 static: bool) -> float:
-    """GPTQ's column loop over the permuted weight ``w`` (rows, cols): writes the codes into ``codes_t``
+    """GPTQ's column loop over the permuted, transposed weight ``wt`` (cols, rows), updated in place: on
+    return each of its rows holds that column as it was rounded. Writes the codes into ``codes_t``
     (cols, rows) and, for dynamic groups, the grid into ``scale_g`` / ``zero_g``. Returns the GPTQ loss."""
-    rows, cols = w.shape
-    wt = w.t().contiguous()
+    cols, rows = wt.shape
     loss = 0.0
     mid = float(spec.mid)
     # float copies of the grid, one contiguous row per group: (n_groups, rows)
@@ -151,6 +151,7 @@ def _solve_rows(w: torch.Tensor, codes_t: torch.Tensor, hinv: torch.Tensor, diag
             if j + 1 < b1 - b0:
                 w1[j + 1 :].addr_(hinv1[j, j + 1 :], e, alpha=-1)
         loss += 0.5 * float((err1.pow(2).sum(1) * torch.tensor(diag[b0:b1]).pow(2)).sum())
+        wt[b0:b1] = w1  # each column as it was rounded (error-compensated); not read again by the solver
         wt[b1:] -= hinv[b0:b1, b1:].t() @ err1
     return loss
 
@@ -190,7 +191,8 @@ def gptq_quantize(
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        loss = _solve_rows(w, codes_t, hinv, torch.diag(hinv).tolist(), group_of.tolist(), g, spec, cfg.block_size,
+        wt = w.t().contiguous()
+        loss = _solve_rows(wt, codes_t, hinv, torch.diag(hinv).tolist(), group_of.tolist(), g, spec, cfg.block_size,
                            scale_g, zero_g, static)
     finally:
         torch.set_num_threads(threads)
@@ -205,6 +207,7 @@ def gptq_quantize(
         scale, zero = scale_g.reshape(-1).contiguous(), None if zero_g is None else zero_g.reshape(-1).contiguous()
     block_codes = codes.reshape(-1, spec.block_len(tuple(weight.shape)))
     qt = QuantizedTensor.from_codes(block_codes, scale, zero, spec, tuple(weight.shape))
+    qt.prerounding = wt.t()[:, inv].contiguous()
     return qt, GPTQInfo(damp, retries, int(dead.sum()), loss)
 
 

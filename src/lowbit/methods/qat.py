@@ -124,7 +124,8 @@ def _targets(net: nn.Module, targets: Sequence[str] | None, ignore: Sequence[str
 
 
 def _ptq_start(handle: ModelHandle, qs: QATSpec, names: list[str], start: str, calib: Any) -> dict[str, Any]:
-    """name -> QuantizedTensor of the PTQ model training starts from."""
+    """name -> QuantizedTensor of the PTQ model training starts from (GPTQ's carry the weights they
+    were rounded from, ``prerounding``)."""
     from lowbit.methods.rtn import RTNConfig, rtn
 
     if start == "gptq":
@@ -133,9 +134,12 @@ def _ptq_start(handle: ModelHandle, qs: QATSpec, names: list[str], start: str, c
         from lowbit import api
 
         linears = [n for n in names if isinstance(handle.model.get_submodule(n), nn.Linear)]
+        pre: dict[str, torch.Tensor] = {}
         q, _ = api.quantize(handle, api.make_config("gptq", qs.spec), calib=calib or "pydoc:calib", targets=[
-            "^" + re.escape(n) + "$" for n in linears], ignore=[])
+            "^" + re.escape(n) + "$" for n in linears], ignore=[], prerounding=pre)
         out = {n: q.model.get_submodule(n).quantized_tensor() for n in linears}
+        for n in linears:
+            out[n].prerounding = pre[n]
         for n in names:
             if n not in out:  # convolutions: GPTQ is for Linear layers here
                 out[n] = rtn(handle.model.get_submodule(n).weight.data, RTNConfig(spec=qs.spec))
@@ -149,8 +153,9 @@ def prepare(model: ModelHandle | nn.Module | str, spec: str | QATSpec, *, start:
     """A copy of ``model`` with its selected Linear and Conv2d layers fake-quantized to ``spec``.
 
     ``start``: the PTQ result the integer grid starts from ("rtn", or "gptq" with ``calib`` text);
-    the latent weights start at the float weights for RTN and at GPTQ's dequantized weights for GPTQ,
-    so the prepared model's forward equals that PTQ model's. ``lsq`` learns the scales too. ``act``
+    the latent weights start at the float weights for RTN and at the error-compensated weights GPTQ
+    rounded for GPTQ, so the prepared model's forward equals that PTQ model's and every latent weight
+    sits where its PTQ rounding left it inside its bin. ``lsq`` learns the scales too. ``act``
     fake-quantizes the layers' inputs to int8 per token (implied by the ``w8a8`` spec).
     """
     handle = load_model(model)
@@ -164,9 +169,6 @@ def prepare(model: ModelHandle | nn.Module | str, spec: str | QATSpec, *, start:
         w = handle.model.get_submodule(n).weight
         if qs.spec is not None:
             qs.spec.block_len(tuple(w.shape), n)
-    if start == "gptq" and not lsq:
-        log.warning("--start gptq puts every latent weight at the centre of its rounding bin: on smollm2, 60 steps "
-                    "at lr <= 1e-4 moved no code (KL unchanged); --start rtn trains past GPTQ (docs/benchmarks.md)")
     starts = _ptq_start(handle, qs, names, start, calib) if qs.kind == "int" else {}
     net = copy.deepcopy(handle.model)
     for n in names:
@@ -174,7 +176,7 @@ def prepare(model: ModelHandle | nn.Module | str, spec: str | QATSpec, *, start:
         if qs.kind == "int":
             qt = starts[n]
             wq: nn.Module = IntQuantizer(qs.spec, qt, lsq)
-            latent = qt.dequantize() if start == "gptq" and isinstance(mod, nn.Linear) else None
+            latent = qt.prerounding  # GPTQ: the error-compensated weights it rounded; RTN: the float weights
         else:
             wq, latent = _roundtrip(qs, tuple(mod.weight.shape)), None
         aq = ActQuantizer() if (act or qs.kind == "w8a8") else None
