@@ -6,7 +6,8 @@
     then every Conv2d and Linear at 4 and 2 bits (asymmetric, per channel): RTN (PTQ) and QAT (label
     cross-entropy, starting from the RTN grid).
 (b) smollm2 at 3 and 2 bits, asymmetric, group 64: RTN, GPTQ and HQQ against QAT with distillation (KL to
-    the float model) on pydoc:calib, starting from RTN; KL, PPL and top-1 on pydoc:eval.
+    the float model) on pydoc:calib, starting from RTN, and at 3 bits also from GPTQ (half the steps);
+    KL, PPL and top-1 on pydoc:eval.
 (c) minilm at 4 and 3 bits, asymmetric, group 64: RTN against QAT with distillation (cosine distance of
     token states) on pydoc:calib passages; cosine of pooled embeddings on pydoc:eval passages.
 
@@ -76,14 +77,18 @@ def run_smollm2(quick: bool, console: Console) -> dict:
                                 "top1": r.top1_agreement, "seconds": time.perf_counter() - t})
             console.print(f"smollm2 {bits}-bit {method}: KL {r.kl_mean:.4f}")
             del q
-        p = qat.prepare(ref, f"int{bits}-asym-g64", start="rtn")
-        res = qat.train(p, train, qat.TrainSettings(steps=steps, lr=2e-5, seq_len=seq, distill=True))
-        r = ev.run(qat.convert(p), f"qat w{bits}g64")
-        out["rows"].append({"bits": bits, "method": "qat", "kl_mean": r.kl_mean, "ppl": r.ppl, "top1": r.top1_agreement,
-                            "seconds": res.seconds, "train_seconds": res.seconds, "steps": res.steps,
-                            "loss_first10": sum(res.losses[:10]) / 10, "loss_last10": sum(res.losses[-10:]) / 10})
-        console.print(f"smollm2 {bits}-bit QAT: KL {r.kl_mean:.4f} ({res.seconds:.0f} s)")
-        del p
+        starts = ("rtn", "gptq") if bits == 3 else ("rtn",)
+        for start in starts:  # from GPTQ: its error-compensated weights, fewer steps
+            n = steps if start == "rtn" else steps // 2
+            p = qat.prepare(ref, f"int{bits}-asym-g64", start=start, calib=calib)
+            res = qat.train(p, train, qat.TrainSettings(steps=n, lr=2e-5, seq_len=seq, distill=True))
+            r = ev.run(qat.convert(p), f"qat w{bits}g64 from {start}")
+            out["rows"].append({"bits": bits, "method": "qat" if start == "rtn" else "qat_gptq", "start": start,
+                                "kl_mean": r.kl_mean, "ppl": r.ppl, "top1": r.top1_agreement, "seconds": res.seconds,
+                                "train_seconds": res.seconds, "steps": res.steps,
+                                "loss_first10": sum(res.losses[:10]) / 10, "loss_last10": sum(res.losses[-10:]) / 10})
+            console.print(f"smollm2 {bits}-bit QAT from {start}: KL {r.kl_mean:.4f} ({res.seconds:.0f} s)")
+            del p
     out["ref_ppl"] = ev.run(ref, "float").ppl
     return out
 
@@ -117,7 +122,8 @@ def tables(out: dict) -> list[Table]:
         t2.add_column(c, justify="right")
     for r in out["smollm2"]["rows"]:
         rtn = next(x["kl_mean"] for x in out["smollm2"]["rows"] if x["bits"] == r["bits"] and x["method"] == "rtn")
-        label = f"QAT ({r['steps']} steps, distill)" if r["method"] == "qat" else r["method"].upper()
+        label = (f"QAT from {r['start'].upper()} ({r['steps']} steps, distill)" if r["method"].startswith("qat")
+                 else r["method"].upper())
         t2.add_row(str(r["bits"]), label, f"{r['kl_mean']:.4f}", f"{r['kl_mean'] / rtn:.2f}", f"{r['ppl']:.2f}",
                    f"{r['top1']:.3f}", f"{r['seconds']:.0f}")
     t3 = Table(title="(c) minilm, asym g64, cosine to float on pydoc:eval passages")
