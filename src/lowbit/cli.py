@@ -378,12 +378,11 @@ def qat(
     from lowbit.progress import Steps
 
     qs = qatm.parse_spec(spec)  # validate everything before loading a model
+    settings = qatm.TrainSettings(steps=steps, lr=lr, batch=batch, seq_len=seq_len, distill=distill, clip=clip,
+                                  checkpoint=str(checkpoint) if checkpoint else None, save_every=save_every,
+                                  resume=resume, data=data)
     if out_dir.exists() and not overwrite:
         raise ExportError(f"{out_dir} already exists; choose another --out or pass --overwrite")
-    if resume and checkpoint is None:
-        raise InputError("--resume needs --checkpoint FILE")
-    if steps < 1 or not lr > 0:
-        raise InputError("--steps must be >= 1 and --lr > 0")
     from lowbit.calib import load_corpus
 
     load_corpus(data)
@@ -408,9 +407,6 @@ def qat(
         evaluator = Evaluator(handle, EvalSettings(data=eval_data, windows=windows, speed=False))
         with err.status("scoring the start"):
             before = evaluator.run(qatm.convert(prepared))
-    settings = qatm.TrainSettings(steps=steps, lr=lr, batch=batch, seq_len=seq_len, distill=distill, clip=clip,
-                                  checkpoint=str(checkpoint) if checkpoint else None, save_every=save_every,
-                                  resume=resume, data=data)
     with Steps(steps, f"qat {qs.label}") as bar:
         res = qatm.train(prepared, batches, settings, progress=lambda i, n, loss: bar.update(i, f"loss {loss:.4f}"))
     converted = qatm.convert(prepared)

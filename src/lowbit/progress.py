@@ -22,6 +22,17 @@ def track(items: Iterable[T], description: str, total: int | None = None) -> Ite
     if not enabled():
         yield from items
         return
+    if total is None and hasattr(items, "__len__"):
+        total = len(items)  # type: ignore[arg-type]
+    with _progress() as bar:
+        task = bar.add_task(description, total=total)
+        for item in items:
+            yield item
+            bar.advance(task)
+
+
+def _progress(info: bool = False) -> Any:
+    """A rich progress display on stderr: description, bar, done/total, (a live figure,) elapsed, remaining."""
     from rich.console import Console
     from rich.progress import (
         BarColumn,
@@ -32,15 +43,10 @@ def track(items: Iterable[T], description: str, total: int | None = None) -> Ite
         TimeRemainingColumn,
     )
 
-    if total is None and hasattr(items, "__len__"):
-        total = len(items)  # type: ignore[arg-type]
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-               TimeRemainingColumn())
-    with Progress(*columns, console=Console(stderr=True), transient=True) as bar:
-        task = bar.add_task(description, total=total)
-        for item in items:
-            yield item
-            bar.advance(task)
+    columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn()]
+    if info:
+        columns.append(TextColumn("{task.fields[info]}"))
+    return Progress(*columns, TimeElapsedColumn(), TimeRemainingColumn(), console=Console(stderr=True), transient=True)
 
 
 class Steps:
@@ -57,18 +63,7 @@ class Steps:
 
     def __enter__(self) -> Self:
         if enabled():
-            from rich.console import Console
-            from rich.progress import (
-                BarColumn,
-                MofNCompleteColumn,
-                Progress,
-                TextColumn,
-                TimeElapsedColumn,
-                TimeRemainingColumn,
-            )
-
-            self._bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
-                                 TimeElapsedColumn(), TimeRemainingColumn(), console=Console(stderr=True), transient=True)
+            self._bar = _progress(info=True)
             self._bar.start()
             self._task = self._bar.add_task(self.description, total=self.total, completed=self.done, info="")
         return self

@@ -20,7 +20,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 BLOCK = [(576, 576), (192, 576), (192, 576), (576, 576), (1536, 576), (1536, 576), (576, 1536)]  # smollm2
@@ -128,6 +127,7 @@ def _time(layers: list[nn.Module], m: int, repeats: int, device: str = "cpu") ->
 
 def formats() -> dict[str, tuple[str, Callable[[nn.Linear], nn.Module]]]:
     """format key (plan/hardware.toml) -> (label, Linear -> module in that format)."""
+    from lowbit.methods.llm_int8 import int_mm
     from lowbit.methods.rtn import RTNConfig, rtn
     from lowbit.methods.w8a8 import W8A8Linear
     from lowbit.modules.bnb4_linear import Linear4bit
@@ -144,10 +144,7 @@ def formats() -> dict[str, tuple[str, Callable[[nn.Linear], nn.Module]]]:
             self.w = torch.clamp(torch.round(lin.weight.detach() / 0.001), -127, 127).to(torch.int8).T.contiguous()
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
-            xq = torch.clamp(torch.round(x / 0.01), -127, 127).to(torch.int8)
-            if xq.shape[0] <= 16:  # _int_mm needs more than 16 rows
-                xq = F.pad(xq, (0, 0, 0, 17 - xq.shape[0]))
-            return torch._int_mm(xq, self.w).float()
+            return int_mm(torch.clamp(torch.round(x / 0.01), -127, 127).to(torch.int8), self.w).float()
 
     return {
         "fp32": ("float32 F.linear", lambda lin: lin),
@@ -179,8 +176,7 @@ def check(shapes: list[tuple[int, int]] | None = None, repeats: int = 7, prefill
     formats slower than fp32 are flagged."""
     shapes = shapes or BLOCK
     table = only if only is not None else (gpu_formats() if device.startswith("cuda") else formats())
-    base_make = table.get("fp32", formats()["fp32"])[1]
-    base = [layer.to(device) for layer in _block_layers(base_make, shapes)]
+    base = [layer.to(device) for layer in _block_layers(lambda lin: lin, shapes)]  # float32 F.linear
     fp_dec, fp_pre = _time(base, 1, repeats, device), _time(base, prefill_batch, repeats, device)
     out = [FormatTiming("fp32", "float32 F.linear", fp_dec, fp_pre, 1.0, 1.0)]
     for key, (label, make) in table.items():

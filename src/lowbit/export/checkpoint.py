@@ -137,5 +137,6 @@ def _tie(model: nn.Module, dup: str, kept: str) -> None:
 
 
 def record_for(method_cfg: Any, layers: dict[str, Any], skipped: list[str], source: str, seconds: float) -> dict[str, Any]:
-    return {"method": method_cfg.to_dict(), "layers": layers, "skipped": skipped, "source": source,
+    """``method_cfg``: a MethodConfig, or its record as a dict already."""
+    return {"method": method_cfg if isinstance(method_cfg, dict) else method_cfg.to_dict(), "layers": layers, "skipped": skipped, "source": source,
             "quantize_seconds": round(seconds, 3)}

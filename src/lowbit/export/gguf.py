@@ -98,11 +98,15 @@ def _float_tensor(model: torch.nn.Module, mods: dict[str, torch.nn.Module], hf: 
     base, _, leaf = hf.rpartition(".")
     mod = mods.get(base)
     t = mod.dequantize(torch.float32) if leaf == "weight" and hasattr(mod, "dequantize") else model.get_parameter(hf)
-    a = t.detach().to(torch.float32).contiguous().numpy()
+    return _llama_rows(t.detach().to(torch.float32).contiguous().numpy(), g, cfg)
+
+
+def _llama_rows(a: np.ndarray, g: str, cfg: Any) -> np.ndarray:
+    """attn_q / attn_k rows (values, or a row's GGML blocks) in llama.cpp's rope order; others as they are."""
     if g.endswith("attn_q.weight"):
-        a = permute_qk(a, cfg.num_attention_heads)
-    elif g.endswith("attn_k.weight"):
-        a = permute_qk(a, getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads)
+        return permute_qk(a, cfg.num_attention_heads)
+    if g.endswith("attn_k.weight"):
+        return permute_qk(a, getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads)
     return a
 
 
@@ -112,13 +116,7 @@ def _own_blocks(model: torch.nn.Module, mods: dict[str, torch.nn.Module], hf: st
     mod = mods.get(base)
     if leaf != "weight" or getattr(mod, "ggml_type", None) != t:
         return None
-    raw = mod.raw()
-    cfg = model.config
-    if g.endswith("attn_q.weight"):
-        raw = permute_qk(raw, cfg.num_attention_heads)
-    elif g.endswith("attn_k.weight"):
-        raw = permute_qk(raw, getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads)
-    return np.ascontiguousarray(raw)
+    return np.ascontiguousarray(_llama_rows(mod.raw(), g, model.config))
 
 
 def float_tensors(handle: ModelHandle) -> Iterator[tuple[str, np.ndarray]]:

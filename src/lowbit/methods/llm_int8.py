@@ -43,14 +43,19 @@ def int8_vectorwise_quant(a: torch.Tensor, threshold: float = 0.0) -> tuple[torc
     return codes, row_stats, outlier_cols
 
 
+def int_mm(a: torch.Tensor, b_t: torch.Tensor) -> torch.Tensor:
+    """int8 (m, k) x int8 (k, n) -> int32 (m, n) through torch._int_mm, which wants more than 16 rows:
+    fewer are padded with zero rows."""
+    m = a.shape[0]
+    return torch._int_mm(F.pad(a, (0, 0, 0, 17 - m)) if m <= 16 else a, b_t)[:m]
+
+
 def _int_matmul(a: torch.Tensor, b_t: torch.Tensor) -> torch.Tensor:
-    """int8 (m, k) x int8 (k, n) -> exact int32/float64 result, as float64. The fast path is torch._int_mm
-    (which wants more than 16 rows); the exact float64 product is the fallback and the quality path."""
+    """int8 (m, k) x int8 (k, n) -> exact int32/float64 result, as float64. The fast path is torch._int_mm;
+    the exact float64 product is the fallback and the quality path."""
     if QuantizedLinear.kernel_mode != "dequant":
-        m = a.shape[0]
         try:
-            pad = F.pad(a, (0, 0, 0, 17 - m)) if m <= 16 else a
-            return torch._int_mm(pad, b_t)[:m].double()
+            return int_mm(a, b_t).double()
         except RuntimeError:
             pass
     return a.double() @ b_t.double()

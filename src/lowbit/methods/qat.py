@@ -104,11 +104,11 @@ def _roundtrip(qs: QATSpec, shape: tuple[int, ...]) -> RoundTrip:
             return torch.from_numpy(np.asarray(t.dequantize(t.quantize(x), x.shape), dtype=np.float32))
 
         return RoundTrip(fn, f"GGUF {qs.text} grid")
-    from lowbit.methods.w8a8 import QMAX
+    from lowbit.methods.w8a8 import int8_rows
 
-    def w8(w: torch.Tensor) -> torch.Tensor:  # W8A8Linear's weight grid: int8 rows, absmax / 127
-        s = (w.abs().amax(1, keepdim=True) / QMAX).clamp_min(1e-12)
-        return torch.clamp(torch.round(w / s), -QMAX, QMAX) * s
+    def w8(w: torch.Tensor) -> torch.Tensor:  # W8A8Linear's own weight grid
+        codes, s = int8_rows(w)
+        return codes * s[:, None]
 
     return RoundTrip(w8, "int8 per-channel (W8A8 weights)")
 
@@ -210,16 +210,11 @@ def convert(handle: ModelHandle) -> ModelHandle:
     for name, mod in fake_quant_layers(net).items():
         if qs.kind == "int":
             qt = mod.weight_quant.quantized_tensor(mod.weight)
-            if isinstance(mod, FakeQuantConv2d):
-                conv = nn.Conv2d(mod.in_channels, mod.out_channels, mod.kernel_size, bias=mod.bias is not None,
-                                 **mod.conv_args)
-                if mod.bias is not None:
-                    conv.bias.copy_(mod.bias)
-                new: nn.Module = QuantizedConv2d.from_conv(conv, qt)
-                layers[name] = {"spec": qs.spec.to_dict(), "shape": list(qt.shape), "format": "intpack", "module": "conv2d"}
-            else:
-                new = QuantizedLinear.from_linear(mod.float_linear(), qt)
-                layers[name] = {"spec": qs.spec.to_dict(), "shape": list(qt.shape), "format": "intpack", "module": "linear"}
+            conv = isinstance(mod, FakeQuantConv2d)
+            new: nn.Module = (QuantizedConv2d.from_conv(mod.float_conv(), qt) if conv
+                              else QuantizedLinear.from_linear(mod.float_linear(), qt))
+            layers[name] = {"spec": qs.spec.to_dict(), "shape": list(qt.shape), "format": "intpack",
+                            "module": "conv2d" if conv else "linear"}
         elif isinstance(mod, FakeQuantConv2d):
             raise InputError(f"{name}: convolutions convert only from integer specs")
         elif qs.kind == "bnb4":
@@ -240,23 +235,13 @@ def convert(handle: ModelHandle) -> ModelHandle:
         replace_module(net, name, new)
     for p in net.parameters():
         p.requires_grad_(False)
-    method = _QATRecord(qs, rec)
+    keep = ("start", "lsq", "act", "steps", "lr", "distill", "train_seconds", "data")
+    method = {"method": "qat", "version": 1, "qat_spec": qs.text, **{k: rec[k] for k in keep if k in rec}}
+    if qs.spec is not None:
+        method["spec"] = qs.spec.to_dict()
     quant = record_for(method, layers, rec["skipped"], handle.name, rec.get("train_seconds", 0.0))
     return ModelHandle(model=net.eval(), tokenizer=handle.tokenizer, kind=handle.kind, name=handle.name,
                        quant=quant, extra={"qat": rec})
-
-
-@dataclass
-class _QATRecord:
-    qs: QATSpec
-    rec: dict[str, Any]
-
-    def to_dict(self) -> dict[str, Any]:
-        keep = ("start", "lsq", "act", "steps", "lr", "distill", "train_seconds", "data")
-        out = {"method": "qat", "version": 1, "qat_spec": self.qs.text, **{k: self.rec[k] for k in keep if k in self.rec}}
-        if self.qs.spec is not None:
-            out["spec"] = self.qs.spec.to_dict()
-        return out
 
 
 # --- training ------------------------------------------------------------------------------------
@@ -276,6 +261,14 @@ class TrainSettings:
     resume: bool = False
     seed: int = 0
     data: str = ""
+
+    def __post_init__(self) -> None:  # checked when built, so a CLI run fails before loading a model
+        if self.steps < 1:
+            raise InputError(f"--steps {self.steps}: train at least one step")
+        if self.lr <= 0 or not math.isfinite(self.lr):
+            raise InputError(f"--lr {self.lr}: must be a positive number")
+        if self.resume and not self.checkpoint:
+            raise InputError("--resume needs --checkpoint FILE")
 
 
 @dataclass
@@ -388,10 +381,6 @@ def train(handle: ModelHandle, data: Any, settings: TrainSettings, teacher: Mode
     rec = handle.extra.get("qat")
     if rec is None:
         raise InputError(f"{handle.name} was not prepared for QAT (lowbit.methods.qat.prepare)")
-    if settings.steps < 1:
-        raise InputError(f"--steps {settings.steps}: train at least one step")
-    if settings.lr <= 0 or not math.isfinite(settings.lr):
-        raise InputError(f"--lr {settings.lr}: must be a positive number")
     net = handle.model
     teacher_net = None
     if settings.distill:
@@ -418,7 +407,7 @@ def train(handle: ModelHandle, data: Any, settings: TrainSettings, teacher: Mode
     ckpt = Path(settings.checkpoint) if settings.checkpoint else None
     done, losses, seconds = 0, [], 0.0
     if settings.resume:
-        if ckpt is None or not ckpt.is_file():
+        if not ckpt.is_file():
             raise InputError(f"--resume: no checkpoint at {ckpt}")
         state = torch.load(ckpt, weights_only=False)
         if state["spec"] != rec["spec"] or state["total_steps"] != settings.steps:

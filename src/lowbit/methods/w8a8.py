@@ -42,13 +42,24 @@ MLP_PRODUCER = {"down_proj": "up_proj"}
 QMAX = 127.0
 
 
+def int8_rows(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """W8A8's weight grid: integer-valued codes in [-127, 127] per output row and the row scales
+    (absmax / 127), both float32."""
+    scale = (w.abs().amax(1) / QMAX).clamp_min(1e-12)
+    return torch.clamp(torch.round(w / scale[:, None]), -QMAX, QMAX), scale
+
+
+def token_scales(x: torch.Tensor) -> torch.Tensor:
+    """Dynamic activation scales: one per token (row of the last dimension), absmax / 127."""
+    return (x.abs().amax(-1, keepdim=True) / QMAX).clamp_min(1e-12)
+
+
 class W8A8Linear(nn.Module):
     def __init__(self, linear: nn.Linear, act: str, act_scale: float | None = None) -> None:
         super().__init__()
-        w = linear.weight.detach().float()
         self.in_features, self.out_features, self.act = linear.in_features, linear.out_features, act
-        wscale = (w.abs().amax(1) / QMAX).clamp_min(1e-12)
-        self.register_buffer("qweight", torch.clamp(torch.round(w / wscale[:, None]), -QMAX, QMAX).to(torch.int8))
+        codes, wscale = int8_rows(linear.weight.detach().float())
+        self.register_buffer("qweight", codes.to(torch.int8))
         self.register_buffer("wscale", wscale)
         self.register_buffer("act_scale", torch.tensor(act_scale if act_scale is not None else 0.0))
         self.bias = nn.Parameter(linear.bias.detach().clone(), requires_grad=False) if linear.bias is not None else None
@@ -70,12 +81,13 @@ class W8A8Linear(nn.Module):
     def quant_nbytes(self) -> int:
         return self.qweight.numel() + 4 * self.wscale.numel() + (4 if self.act == "static" else 0)
 
+    def _act_codes(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Integer-valued activation codes and their scale (static, or one per token)."""
+        s = self.act_scale if self.act == "static" else token_scales(x)
+        return torch.clamp(torch.round(x / s), -QMAX, QMAX), s
+
     def _emulate(self, x: torch.Tensor) -> torch.Tensor:
-        if self.act == "static":
-            s = self.act_scale
-        else:
-            s = (x.abs().amax(-1, keepdim=True) / QMAX).clamp_min(1e-12)
-        xq = torch.clamp(torch.round(x / s), -QMAX, QMAX)
+        xq, s = self._act_codes(x)
         y = (xq @ self.qweight.float().T) * (s * self.wscale)
         return y + self.bias if self.bias is not None else y
 
@@ -93,15 +105,11 @@ class W8A8Linear(nn.Module):
 
     def _int_mm(self, x: torch.Tensor) -> torch.Tensor:
         """On a GPU: the same arithmetic as ``_emulate`` through torch._int_mm (int8 x int8 -> int32 on the
-        tensor cores). It needs more than 16 rows, so a decode step is padded with zero rows."""
-        x2 = x.reshape(-1, self.in_features).float()
-        s = self.act_scale if self.act == "static" else (x2.abs().amax(-1, keepdim=True) / QMAX).clamp_min(1e-12)
-        xq = torch.clamp(torch.round(x2 / s), -QMAX, QMAX).to(torch.int8)
-        m = xq.shape[0]
-        if m <= 16:
-            xq = F.pad(xq, (0, 0, 0, 17 - m))
-        acc = torch._int_mm(xq, self.qweight.t())[:m]
-        y = acc.float() * (s * self.wscale)
+        tensor cores)."""
+        from lowbit.methods.llm_int8 import int_mm
+
+        xq, s = self._act_codes(x.reshape(-1, self.in_features).float())
+        y = int_mm(xq.to(torch.int8), self.qweight.t()).float() * (s * self.wscale)
         y = y + self.bias if self.bias is not None else y
         return y.to(x.dtype).reshape(*x.shape[:-1], self.out_features)
 

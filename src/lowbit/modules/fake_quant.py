@@ -115,48 +115,60 @@ class ActQuantizer(nn.Module):
         return "int8 per-token dynamic"
 
 
-class FakeQuantLinear(nn.Module):
+class _FakeQuantLayer(nn.Module):
+    """The trainable latent weight (float32; ``latent`` overrides the layer's own), the bias and the
+    quantizers shared by the fake-quantized layers."""
+
+    def __init__(self, layer: nn.Linear | nn.Conv2d, weight_quant: nn.Module, act_quant: nn.Module | None,
+                 latent: torch.Tensor | None) -> None:
+        super().__init__()
+        w = layer.weight.detach() if latent is None else latent
+        self.weight = nn.Parameter(w.float().clone())
+        self.bias = nn.Parameter(layer.bias.detach().float().clone()) if layer.bias is not None else None
+        self.weight_quant, self.act_quant = weight_quant, act_quant
+
+    def _input(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act_quant(x) if self.act_quant is not None else x
+
+    def _copy_into(self, layer: nn.Module) -> nn.Module:
+        """``layer`` (a fresh float layer of the same shape) holding the latent weight and the bias."""
+        with torch.no_grad():
+            layer.weight.copy_(self.weight)
+            if self.bias is not None:
+                layer.bias.copy_(self.bias)
+        return layer
+
+
+class FakeQuantLinear(_FakeQuantLayer):
     """A Linear whose forward uses ``weight_quant(weight)`` (and ``act_quant(x)`` when given)."""
 
     def __init__(self, linear: nn.Linear, weight_quant: nn.Module, act_quant: nn.Module | None = None,
                  latent: torch.Tensor | None = None) -> None:
-        super().__init__()
+        super().__init__(linear, weight_quant, act_quant, latent)
         self.in_features, self.out_features = linear.in_features, linear.out_features
-        w = linear.weight.detach() if latent is None else latent
-        self.weight = nn.Parameter(w.float().clone())
-        self.bias = nn.Parameter(linear.bias.detach().float().clone()) if linear.bias is not None else None
-        self.weight_quant, self.act_quant = weight_quant, act_quant
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.act_quant is not None:
-            x = self.act_quant(x)
-        return F.linear(x, self.weight_quant(self.weight), self.bias)
+        return F.linear(self._input(x), self.weight_quant(self.weight), self.bias)
 
     def float_linear(self) -> nn.Linear:
         """A plain Linear holding the latent weight (what the round-trip formats quantize at convert)."""
-        lin = nn.Linear(self.in_features, self.out_features, bias=self.bias is not None)
-        with torch.no_grad():
-            lin.weight.copy_(self.weight)
-            if self.bias is not None:
-                lin.bias.copy_(self.bias)
-        return lin
+        return self._copy_into(nn.Linear(self.in_features, self.out_features, bias=self.bias is not None))
 
 
-class FakeQuantConv2d(nn.Module):
+class FakeQuantConv2d(_FakeQuantLayer):
     """A Conv2d whose forward uses ``weight_quant(weight)``; the weight is quantized as (out, in*kh*kw)."""
 
     def __init__(self, conv: nn.Conv2d, weight_quant: nn.Module, act_quant: nn.Module | None = None,
                  latent: torch.Tensor | None = None) -> None:
-        super().__init__()
+        super().__init__(conv, weight_quant, act_quant, latent)
         self.conv_args = {"stride": conv.stride, "padding": conv.padding, "dilation": conv.dilation,
                           "groups": conv.groups}
         self.in_channels, self.out_channels, self.kernel_size = conv.in_channels, conv.out_channels, conv.kernel_size
-        w = conv.weight.detach() if latent is None else latent
-        self.weight = nn.Parameter(w.float().clone())
-        self.bias = nn.Parameter(conv.bias.detach().float().clone()) if conv.bias is not None else None
-        self.weight_quant, self.act_quant = weight_quant, act_quant
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.act_quant is not None:
-            x = self.act_quant(x)
-        return F.conv2d(x, self.weight_quant(self.weight), self.bias, **self.conv_args)
+        return F.conv2d(self._input(x), self.weight_quant(self.weight), self.bias, **self.conv_args)
+
+    def float_conv(self) -> nn.Conv2d:
+        """A plain Conv2d holding the latent weight."""
+        return self._copy_into(nn.Conv2d(self.in_channels, self.out_channels, self.kernel_size,
+                                         bias=self.bias is not None, **self.conv_args))
