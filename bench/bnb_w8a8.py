@@ -30,10 +30,10 @@ from rich.console import Console
 from rich.table import Table
 from torch import nn
 
-from lowbit.evaluate import speed
-from lowbit.evaluate.run import EvalSettings, Evaluator
+from lowbit.metrics import speed
+from lowbit.metrics.run import EvalSettings, Evaluator
 from lowbit.formats.bnb4 import quantize_4bit
-from lowbit.load import ModelHandle, load_model
+from lowbit.loaders import ModelHandle, load_model
 from lowbit.methods.bnb import quantize_bnb4
 from lowbit.methods.llm_int8 import quantize_llm_int8
 from lowbit.methods.w8a8 import quantize_w8a8

@@ -33,7 +33,7 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")  # as lowbit/__init__.py: numpy is imported (by torch) first
+os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")  # as the CLI does: before numpy is imported (by torch)
 
 import torch
 from rich.console import Console
@@ -41,9 +41,9 @@ from rich.table import Table
 
 from lowbit import api
 from lowbit.calib import load_corpus, token_windows
-from lowbit.evaluate.run import EvalSettings, Evaluator
-from lowbit.evaluate.size import model_bytes
-from lowbit.load import load_model
+from lowbit.metrics.run import EvalSettings, Evaluator
+from lowbit.metrics.size import model_bytes
+from lowbit.loaders import load_model
 from lowbit.report import write_json
 from lowbit.spec import QuantSpec
 

@@ -23,12 +23,12 @@ from rich.table import Table
 
 from lowbit.calib import load_corpus, token_windows
 from lowbit.calib.imatrix import compute_imatrix
-from lowbit.evaluate import llamacpp
-from lowbit.evaluate.run import EvalSettings, Evaluator
-from lowbit.export.gguf import export_gguf, load_into
+from lowbit.metrics import llamacpp
+from lowbit.metrics.run import EvalSettings, Evaluator
+from lowbit.writers.gguf import export_gguf, load_into
 from lowbit.formats.ggml import GGML_TYPES
-from lowbit.load import load_model
-from lowbit.load.handle import ModelHandle
+from lowbit.loaders import load_model
+from lowbit.loaders.handle import ModelHandle
 from lowbit.report import write_json
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -33,9 +33,9 @@ from rich.console import Console
 from rich.table import Table
 
 from lowbit import api
-from lowbit.evaluate.run import EvalSettings, Evaluator
+from lowbit.metrics.run import EvalSettings, Evaluator
 from lowbit.examples import digits
-from lowbit.load import ModelHandle, load_model
+from lowbit.loaders import ModelHandle, load_model
 from lowbit.methods import qat
 from lowbit.report import write_json
 from lowbit.spec import QuantSpec

@@ -16,13 +16,14 @@ import time
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")  # as the CLI does, before numpy is imported
 
 import torch
 from rich.console import Console
 
 from lowbit import api
-from lowbit.evaluate.run import EvalSettings, Evaluator
-from lowbit.load import load_model
+from lowbit.metrics.run import EvalSettings, Evaluator
+from lowbit.loaders import load_model
 from lowbit.report import results_table, write_json
 from lowbit.spec import QuantSpec
 

@@ -37,7 +37,7 @@ def make_tiny_llama(seed: int = 0, tokenizer=None, **overrides):
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from lowbit.load import ModelHandle
+    from lowbit.loaders import ModelHandle
 
     kw = {"vocab_size": TINY_VOCAB, "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
           "num_attention_heads": 4, "num_key_value_heads": 2, "tie_word_embeddings": True,
@@ -53,7 +53,7 @@ def make_tiny_bert(seed: int = 0, tokenizer=None, **overrides):
     import torch
     from transformers import BertConfig, BertModel
 
-    from lowbit.load import ModelHandle
+    from lowbit.loaders import ModelHandle
 
     kw = {"vocab_size": TINY_VOCAB, "hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
           "intermediate_size": 128}

@@ -9,13 +9,6 @@ The public API is a handful of verbs::
     lowbit.save(q, "out/smollm2-int4")
 """
 
-import os
-
-# numpy's OpenBLAS (used for the calibration Gram matrices) keeps its threads spinning after each call,
-# and they fight torch's own threads for the cores; let them sleep at once. Effective only when lowbit
-# is imported before numpy (always for the CLI); a user's own setting wins.
-os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
-
 from typing import TYPE_CHECKING, Any
 
 from lowbit.errors import LowbitError
@@ -23,20 +16,22 @@ from lowbit.errors import LowbitError
 __version__ = "0.1.0"
 
 # The verbs load torch; they are imported on first use, so `lowbit plan` (and `import lowbit`) stay instant.
+# No verb shares its name with a subpackage (loaders/, metrics/, writers/): importing a subpackage binds
+# its name on this module, which would shadow a verb of the same name.
 _LAZY = {
     "CalibSettings": "lowbit.api", "QuantizeReport": "lowbit.api", "export": "lowbit.api",
     "make_config": "lowbit.api", "quantize": "lowbit.api", "save": "lowbit.api",
-    "EvalResult": "lowbit.evaluate", "evaluate": "lowbit.evaluate",
-    "EvalSettings": "lowbit.evaluate.run", "Evaluator": "lowbit.evaluate.run",
-    "ModelHandle": "lowbit.load", "load_model": "lowbit.load", "load": "lowbit.load",
+    "EvalResult": "lowbit.metrics", "evaluate": "lowbit.metrics",
+    "EvalSettings": "lowbit.metrics.run", "Evaluator": "lowbit.metrics.run",
+    "ModelHandle": "lowbit.loaders", "load_model": "lowbit.loaders", "load": "lowbit.loaders",
     "QuantSpec": "lowbit.spec",
 }
 
 if TYPE_CHECKING:
     from lowbit.api import CalibSettings, QuantizeReport, export, make_config, quantize, save
-    from lowbit.evaluate import EvalResult, evaluate
-    from lowbit.evaluate.run import EvalSettings, Evaluator
-    from lowbit.load import ModelHandle, load_model
+    from lowbit.metrics import EvalResult, evaluate
+    from lowbit.metrics.run import EvalSettings, Evaluator
+    from lowbit.loaders import ModelHandle, load_model
     from lowbit.spec import QuantSpec
 
     load = load_model

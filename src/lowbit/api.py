@@ -16,8 +16,8 @@ from torch import nn
 from lowbit.calib.capture import run_sequential
 from lowbit.calib.cost import PeakRSS
 from lowbit.errors import InputError
-from lowbit.export.checkpoint import record_for, save_checkpoint
-from lowbit.load import ModelHandle, load_model
+from lowbit.writers.checkpoint import record_for, save_checkpoint
+from lowbit.loaders import ModelHandle, load_model
 from lowbit.methods import get_method
 from lowbit.methods.base import MethodConfig
 from lowbit.modules.qembedding import QuantizedEmbedding
@@ -206,21 +206,21 @@ def export(handle: ModelHandle, out: str | Path, fmt: str = "compressed-tensors"
     quantized model; transformers (with the ``compressed-tensors`` package) and vLLM load it.
     ``gguf``: a llama.cpp file from any Llama-architecture model, in a GGML type or mix
     (``gguf_type="Q4_K_M"``), optionally with ``imatrix`` (GGUF name -> per-column weights) and
-    ``tensor_types`` (``["REGEX=TYPE", ...]``); see export/gguf.py.
-    ``bitsandbytes``: an NF4/FP4 model as the checkpoint transformers + bitsandbytes load; see export/bnb.py.
+    ``tensor_types`` (``["REGEX=TYPE", ...]``); see writers/gguf.py.
+    ``bitsandbytes``: an NF4/FP4 model as the checkpoint transformers + bitsandbytes load; see writers/bnb.py.
     """
     if fmt == "compressed-tensors":
-        from lowbit.export.compressed_tensors import export_compressed_tensors
+        from lowbit.writers.compressed_tensors import export_compressed_tensors
 
         return export_compressed_tensors(handle, out, overwrite=overwrite)
     if fmt == "gguf":
-        from lowbit.export.gguf import export_gguf
+        from lowbit.writers.gguf import export_gguf
 
         opts = dict(gguf_options)
         mix = opts.pop("gguf_type", "Q8_0")
         return Path(export_gguf(handle, out, mix, overwrite=overwrite, **opts)["path"])
     if fmt == "bitsandbytes":
-        from lowbit.export.bnb import export_bnb
+        from lowbit.writers.bnb import export_bnb
 
         return export_bnb(handle, out, overwrite=overwrite)
     raise InputError(f"unknown export format {fmt!r}; use one of {', '.join(EXPORT_FORMATS)}")

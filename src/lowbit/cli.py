@@ -107,7 +107,7 @@ def quantize(
         if out_dir.exists() and not overwrite:
             raise ExportError(f"{out_dir} already exists; choose another --out or pass --overwrite")
         _quiet_libraries()
-        from lowbit.load import load_model
+        from lowbit.loaders import load_model
 
         with err.status(f"loading {model}"):
             handle = load_model(model)
@@ -149,7 +149,7 @@ def quantize(
     if out_dir.exists() and not overwrite:
         raise ExportError(f"{out_dir} already exists; choose another --out or pass --overwrite")
     _quiet_libraries()
-    from lowbit.load import load_model
+    from lowbit.loaders import load_model
 
     with err.status(f"loading {model}"):
         handle = load_model(model)
@@ -191,7 +191,7 @@ def export(
         raise ExportError(f"{out_path} already exists; choose another --out or pass --overwrite")
     opts: dict[str, Any] = {}
     if fmt == "gguf":
-        from lowbit.export.gguf_mix import MIXES, parse_overrides
+        from lowbit.writers.gguf_mix import MIXES, parse_overrides
 
         if gguf_type.upper() not in MIXES:
             raise InputError(f"--type {gguf_type!r}: choose one of {', '.join(MIXES)}")
@@ -210,7 +210,7 @@ def export(
     elif imatrix or calib or tensor_type:
         raise InputError("--imatrix, --calib and --tensor-type apply to --format gguf only")
     _quiet_libraries()
-    from lowbit.load import load_model
+    from lowbit.loaders import load_model
 
     with err.status(f"loading {model}"):
         handle = load_model(model)
@@ -249,7 +249,7 @@ def imatrix_cmd(
         raise ExportError(f"{out_path} already exists; choose another --out or pass --overwrite")
     load_corpus(calib)
     _quiet_libraries()
-    from lowbit.load import load_model
+    from lowbit.loaders import load_model
 
     with err.status(f"loading {model}"):
         handle = load_model(model)
@@ -275,18 +275,18 @@ def eval_(
     """Evaluate MODEL on your data: PPL, KL and top-1 vs the reference, size, bits/weight, speed."""
     from lowbit.calib import load_corpus
     from lowbit.errors import InputError
-    from lowbit.evaluate.run import EvalSettings, Evaluator
+    from lowbit.metrics.run import EvalSettings, Evaluator
     from lowbit.report import results_table, write_json
 
     load_corpus(data)  # fail on bad data before loading any model
     _quiet_libraries()
-    from lowbit.load import load_model
+    from lowbit.loaders import load_model
 
     if runtime not in ("torch", "llama.cpp"):
         raise InputError(f"--runtime {runtime!r}: use torch or llama.cpp")
     with err.status(f"loading {model}"):
         if runtime == "llama.cpp":
-            from lowbit.evaluate.llamacpp import load_llamacpp
+            from lowbit.metrics.llamacpp import load_llamacpp
 
             handle = load_llamacpp(model, n_ctx=max(seq_len, 512))
         else:
@@ -387,7 +387,7 @@ def qat(
 
     load_corpus(data)
     _quiet_libraries()
-    from lowbit.load import load_model
+    from lowbit.loaders import load_model
 
     with err.status(f"loading {model}"):
         handle = load_model(model)
@@ -402,7 +402,7 @@ def qat(
         batches = qatm.lm_batches(handle, data, max(min(steps * batch, 512), 16), seq_len)
     evaluator = None
     if eval_data:
-        from lowbit.evaluate.run import EvalSettings, Evaluator
+        from lowbit.metrics.run import EvalSettings, Evaluator
 
         evaluator = Evaluator(handle, EvalSettings(data=eval_data, windows=windows, speed=False))
         with err.status("scoring the start"):
@@ -529,7 +529,7 @@ def hardware(
     """Detect this machine (CPU ISA, cores, GPU) and time every format lowbit runs here against float32:
     one smollm2-sized block of matmuls at batch 1 (decode) and 64 (prefill), on the CPU and, where one is
     present, on the GPU. Formats slower than float32 are flagged; the ratios feed `lowbit plan`."""
-    from lowbit.evaluate import hardware as hw
+    from lowbit.metrics import hardware as hw
 
     machine = hw.detect()
     for line in machine.lines():
@@ -578,6 +578,10 @@ def demo(
 
 
 def main() -> None:
+    # numpy's OpenBLAS (the calibration Gram matrices) keeps its threads spinning after each call, and they
+    # fight torch's threads for the cores: let them sleep at once. Set before numpy is first imported; a
+    # user's own setting wins. The CLI's choice, not the library's: `import lowbit` sets nothing.
+    os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
     app()
 
 

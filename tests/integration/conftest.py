@@ -18,14 +18,14 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 @pytest.fixture(scope="session")
 def smollm2():
-    from lowbit.load import load_model
+    from lowbit.loaders import load_model
 
     return load_model("smollm2")
 
 
 @pytest.fixture(scope="session")
 def minilm():
-    from lowbit.load import load_model
+    from lowbit.loaders import load_model
 
     return load_model("minilm")
 
@@ -33,6 +33,6 @@ def minilm():
 @pytest.fixture(scope="session")
 def smollm2_eval(smollm2):
     """2 windows x 512 tokens of pydoc:eval, reference outputs cached across tests."""
-    from lowbit.evaluate.run import EvalSettings, Evaluator
+    from lowbit.metrics.run import EvalSettings, Evaluator
 
     return Evaluator(smollm2, EvalSettings(data="pydoc:eval", windows=2, seq_len=512, speed=False))

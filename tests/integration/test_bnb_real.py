@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from lowbit import api
-from lowbit.load import load_model
+from lowbit.loaders import load_model
 from lowbit.methods.bnb import quantize_bnb4
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from lowbit.load.builtin import builtin_path
+from lowbit.loaders.builtin import builtin_path
 
 LOWBIT = [sys.executable, "-m", "lowbit.cli"]
 

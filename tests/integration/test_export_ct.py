@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from lowbit import api
-from lowbit.export.compressed_tensors import export_compressed_tensors
+from lowbit.writers.compressed_tensors import export_compressed_tensors
 from lowbit.modules.qlinear import QuantizedLinear
 from lowbit.spec import QuantSpec
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from lowbit.formats.ggml import GGML_TYPES
-from lowbit.load.builtin import builtin_path
+from lowbit.loaders.builtin import builtin_path
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "ggml"
 sys.path.insert(0, str(FIXTURES))

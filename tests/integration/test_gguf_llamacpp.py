@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from lowbit.evaluate import llamacpp
+from lowbit.metrics import llamacpp
 
 pytestmark = pytest.mark.skipif(not llamacpp.available(), reason="llama-cpp-python not installed (make reference)")
 
@@ -18,8 +18,8 @@ def _answer(path) -> str:
 
 def test_exports_generate_in_llamacpp(tmp_path) -> None:
     """Greedy continuations of "The capital of France is" in llama.cpp: " Paris." as from the original file."""
-    from lowbit.export.gguf import export_gguf
-    from lowbit.load import load_model
+    from lowbit.writers.gguf import export_gguf
+    from lowbit.loaders import load_model
 
     ref = load_model("smollm2")
     q8, q4 = tmp_path / "q8.gguf", tmp_path / "q4km.gguf"

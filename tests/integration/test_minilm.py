@@ -7,8 +7,8 @@ from pathlib import Path
 import torch
 
 from lowbit import api
-from lowbit.evaluate.run import EvalSettings, Evaluator
-from lowbit.load import load_model
+from lowbit.metrics.run import EvalSettings, Evaluator
+from lowbit.loaders import load_model
 from lowbit.spec import QuantSpec
 
 

@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from lowbit import api
-from lowbit.evaluate.run import EvalSettings, Evaluator
+from lowbit.metrics.run import EvalSettings, Evaluator
 from lowbit.examples import digits
-from lowbit.load import ModelHandle, load_model
+from lowbit.loaders import ModelHandle, load_model
 from lowbit.methods import qat
 from lowbit.modules.qlinear import QuantizedLinear
 from lowbit.spec import QuantSpec

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from lowbit import api
-from lowbit.load import load_model
+from lowbit.loaders import load_model
 from lowbit.modules.qlinear import QuantizedLinear
 from lowbit.spec import QuantSpec
 
@@ -77,7 +77,7 @@ def test_clip_search_reduces_kl_at_3_bits(smollm2, smollm2_eval):
 
 
 def test_speed_is_measured(smollm2):
-    from lowbit.evaluate.run import EvalSettings, Evaluator
+    from lowbit.metrics.run import EvalSettings, Evaluator
 
     ev = Evaluator(smollm2, EvalSettings(windows=1, seq_len=64, speed=True, decode_tokens=4))
     q, _ = api.quantize(smollm2, api.make_config("rtn", QuantSpec(4, True, 64)))
@@ -86,7 +86,7 @@ def test_speed_is_measured(smollm2):
 
 
 def test_gguf_file_loads_like_builtin(smollm2):
-    from lowbit.load.builtin import builtin_path
+    from lowbit.loaders.builtin import builtin_path
 
     h = load_model(builtin_path("smollm2"))
     assert h.extra["gguf"].endswith(".gguf")

@@ -8,7 +8,7 @@ from torch import nn
 
 import lowbit
 from lowbit.errors import InputError, ShapeError
-from lowbit.load import ModelHandle
+from lowbit.loaders import ModelHandle
 from lowbit.methods.rtn import RTNConfig
 from lowbit.modules.qlinear import QuantizedLinear
 from lowbit.spec import QuantSpec

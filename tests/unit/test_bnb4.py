@@ -89,7 +89,7 @@ def test_live_against_bitsandbytes(qt) -> None:
 
 def test_linear4bit_model_and_compare_family(tiny_llama) -> None:
     from lowbit.compare.candidates import candidates_for
-    from lowbit.evaluate.size import quantized_layer_bits
+    from lowbit.metrics.size import quantized_layer_bits
     from lowbit.methods.bnb import quantize_bnb4
     from lowbit.modules.bnb4_linear import Linear4bit
 

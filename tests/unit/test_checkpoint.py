@@ -1,4 +1,4 @@
-"""export/checkpoint.py: save -> load gives bit-identical outputs; saving is atomic."""
+"""writers/checkpoint.py: save -> load gives bit-identical outputs; saving is atomic."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import torch
 
 import lowbit
 from lowbit.errors import ExportError, InputError
-from lowbit.export import load_checkpoint, save_checkpoint
-from lowbit.load import load_model
+from lowbit.writers import load_checkpoint, save_checkpoint
+from lowbit.loaders import load_model
 from lowbit.modules.qlinear import QuantizedLinear
 from lowbit.spec import QuantSpec
 

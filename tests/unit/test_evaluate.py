@@ -1,4 +1,4 @@
-"""evaluate/: KL, top-1, perplexity and token counts on a tiny LLaMA; cosine on a tiny BERT; sizes."""
+"""metrics/: KL, top-1, perplexity and token counts on a tiny LLaMA; cosine on a tiny BERT; sizes."""
 
 from __future__ import annotations
 
@@ -10,11 +10,11 @@ from torch import nn
 
 import lowbit
 from lowbit.errors import InputError
-from lowbit.evaluate import EvalResult
-from lowbit.evaluate.lm import ReferenceLM, score_lm, window_logprobs
-from lowbit.evaluate.run import EvalSettings, Evaluator
-from lowbit.evaluate.size import model_bytes, quantized_layer_bits
-from lowbit.load import ModelHandle
+from lowbit.metrics import EvalResult
+from lowbit.metrics.lm import ReferenceLM, score_lm, window_logprobs
+from lowbit.metrics.run import EvalSettings, Evaluator
+from lowbit.metrics.size import model_bytes, quantized_layer_bits
+from lowbit.loaders import ModelHandle
 from lowbit.modules.qlinear import QuantizedLinear
 from lowbit.spec import QuantSpec
 

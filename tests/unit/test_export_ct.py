@@ -1,4 +1,4 @@
-"""export/compressed_tensors.py: pack-quantized layout, bit-exact against compressed-tensors' own writer,
+"""writers/compressed_tensors.py: pack-quantized layout, bit-exact against compressed-tensors' own writer,
 and a transformers round trip whose logits equal lowbit's exactly."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 
 import lowbit
 from lowbit.errors import ExportError
-from lowbit.export.compressed_tensors import export_compressed_tensors, pack_rows, weights_args
+from lowbit.writers.compressed_tensors import export_compressed_tensors, pack_rows, weights_args
 from lowbit.modules.qlinear import QuantizedLinear
 from lowbit.spec import QuantSpec
 
@@ -205,7 +205,7 @@ def test_quantized_head_unties(tiny_llama, tmp_path) -> None:
 
 def test_from_a_lowbit_checkpoint(tiny_llama, tmp_path) -> None:
     """What `lowbit export CKPT --format compressed-tensors` does: reload lowbit's checkpoint, export."""
-    from lowbit.load import load_model
+    from lowbit.loaders import load_model
 
     spec = QuantSpec(4, True, 16)
     q, _ = quantize(tiny_llama, spec)

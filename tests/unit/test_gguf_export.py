@@ -15,9 +15,9 @@ from typer.testing import CliRunner
 from lowbit.calib.imatrix import Imatrix, compute_imatrix, load_imatrix, save_imatrix
 from lowbit.cli import app
 from lowbit.errors import ExportError, InputError
-from lowbit.export.gguf import export_gguf
-from lowbit.export.gguf_mix import MixPlanner, parse_overrides, use_more_bits
-from lowbit.load import load_model
+from lowbit.writers.gguf import export_gguf
+from lowbit.writers.gguf_mix import MixPlanner, parse_overrides, use_more_bits
+from lowbit.loaders import load_model
 
 
 @pytest.fixture
@@ -192,7 +192,7 @@ def test_cli_export_gguf(bpe_llama, tmp_path) -> None:
 
 
 def test_llamacpp_runtime_missing_is_a_clear_error(bpe_llama, tmp_path, monkeypatch) -> None:
-    from lowbit.evaluate import llamacpp
+    from lowbit.metrics import llamacpp
 
     monkeypatch.setattr(llamacpp, "available", lambda: False)
     export_gguf(bpe_llama, tmp_path / "m.gguf", "Q8_0")
@@ -201,12 +201,12 @@ def test_llamacpp_runtime_missing_is_a_clear_error(bpe_llama, tmp_path, monkeypa
     assert res.exit_code == 2 and "make reference" in res.stderr, res.output
 
 
-@pytest.mark.skipif(not __import__("lowbit.evaluate.llamacpp", fromlist=["x"]).available(),
+@pytest.mark.skipif(not __import__("lowbit.metrics.llamacpp", fromlist=["x"]).available(),
                     reason="llama-cpp-python not installed (make reference)")
 @pytest.mark.parametrize("mix", ["F32", "Q8_0", "Q4_K_M"])
 def test_llamacpp_runs_our_files_like_torch(bpe_llama, tmp_path, mix: str) -> None:
     """llama.cpp loads lowbit's GGUF and its logits match transformers' on the same file."""
-    from lowbit.evaluate.llamacpp import load_llamacpp
+    from lowbit.metrics.llamacpp import load_llamacpp
 
     path = tmp_path / "m.gguf"
     export_gguf(bpe_llama, path, mix)
@@ -222,8 +222,8 @@ def test_metadata_arrays_pack_like_gguf_py_and_round_trip(tmp_path) -> None:
     read back and copied unchanged."""
     import gguf
 
-    from lowbit.export.gguf import _copy_kv, _Writer
-    from lowbit.load.gguf_check import read_metadata
+    from lowbit.writers.gguf import _copy_kv, _Writer
+    from lowbit.loaders.gguf_check import read_metadata
 
     V = gguf.GGUFValueType
     cases = [(["a", "héllo", "", "\u0120the"], V.STRING), ([1, -2, 3], V.INT32), ([0.5, -1.25], V.FLOAT32),

@@ -13,7 +13,7 @@ from torch import nn
 from typer.testing import CliRunner
 
 from lowbit.cli import app
-from lowbit.evaluate import hardware as hw
+from lowbit.metrics import hardware as hw
 from lowbit.modules.qlinear import QuantizedLinear
 from lowbit.plan import Inputs, ModelInfo, make_plan
 from lowbit.plan.model_info import ENCODER

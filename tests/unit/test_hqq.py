@@ -286,7 +286,7 @@ def test_integer_grid_exports_to_compressed_tensors(tiny_llama, tmp_path) -> Non
     from compressed_tensors.compressors.pack_quantized import unpack_from_int32
     from safetensors.torch import load_file
 
-    from lowbit.export.compressed_tensors import export_compressed_tensors
+    from lowbit.writers.compressed_tensors import export_compressed_tensors
 
     spec = QuantSpec(3, False, 32)
     qh, _ = api.quantize(tiny_llama, api.make_config("hqq", spec))

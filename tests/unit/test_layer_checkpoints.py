@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from lowbit import api
 from lowbit.cli import app
-from lowbit.load import load_model
+from lowbit.loaders import load_model
 from lowbit.methods.bnb import quantize_bnb4
 from lowbit.methods.llm_int8 import quantize_llm_int8
 from lowbit.methods.w8a8 import quantize_w8a8

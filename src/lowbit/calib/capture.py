@@ -93,7 +93,7 @@ class LayerStats:
 def gram(x: torch.Tensor) -> torch.Tensor:
     """X^T X (d, d) in float32. The Hessians cost as much as the forward pass itself, and numpy computes
     ``a.T @ a`` as a symmetric rank-k update (BLAS syrk): half the flops of torch's general matmul,
-    ~1.8x faster here. (lowbit/__init__.py stops OpenBLAS's idle threads from spinning against torch's.)"""
+    ~1.8x faster here. (the CLI and the benches stop OpenBLAS's idle threads from spinning against torch's.)"""
     a = x.detach().contiguous().numpy()
     return torch.from_numpy(a.T @ a)
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lowbit.load.handle import CAUSAL_LM, ModelHandle
+from lowbit.loaders.handle import CAUSAL_LM, ModelHandle
 from lowbit.registry import Registry
 
 
@@ -90,7 +90,7 @@ def _gguf(mix: str) -> Callable[[ModelHandle, Any], Built]:
     def build(ref: ModelHandle, ctx: Any) -> Built:
         import gguf
 
-        from lowbit.export.gguf import export_gguf, load_into
+        from lowbit.writers.gguf import export_gguf, load_into
 
         path = Path(tempfile.mkdtemp(prefix="lowbit-compare-")) / f"{mix}.gguf"
         imatrix = ctx.imatrix() if ctx.calib is not None and mix not in ("Q8_0", "F16") else None

@@ -27,9 +27,9 @@ from torch import nn
 from lowbit.compare.candidates import Built, Candidate, candidates_for
 from lowbit.compare.decide import Bar, default_bar, pareto, recommend
 from lowbit.errors import InputError
-from lowbit.evaluate import speed as speedmod
-from lowbit.evaluate.run import EvalSettings, Evaluator
-from lowbit.evaluate.tasks import (
+from lowbit.metrics import speed as speedmod
+from lowbit.metrics.run import EvalSettings, Evaluator
+from lowbit.metrics.tasks import (
     MC,
     class_centroids,
     load_task,
@@ -37,8 +37,8 @@ from lowbit.evaluate.tasks import (
     score_mc,
     task_kind,
 )
-from lowbit.load import ModelHandle, load_model
-from lowbit.load.handle import CAUSAL_LM
+from lowbit.loaders import ModelHandle, load_model
+from lowbit.loaders.handle import CAUSAL_LM
 
 log = logging.getLogger(__name__)
 VERSION = 1  # bump when a change alters cached rows
@@ -91,7 +91,7 @@ class Context:
 def _data_key(data: str) -> str:
     p = Path(data)
     if p.is_file():
-        from lowbit.load.cache import file_key
+        from lowbit.loaders.cache import file_key
 
         return f"{data}:{file_key(p)}"
     if p.is_dir():
@@ -105,7 +105,7 @@ def _model_key(model: Any, handle: ModelHandle) -> str:
     if src and Path(src).exists():
         return _data_key(str(src))
     if isinstance(model, str):
-        from lowbit.load.builtin import BUILTINS, builtin_path
+        from lowbit.loaders.builtin import BUILTINS, builtin_path
 
         if model in BUILTINS:
             return _data_key(str(builtin_path(model)))
@@ -179,7 +179,7 @@ class Comparison:
             return None
         if self.task.kind == MC:
             return score_mc(handle.model, self.ref.tokenizer, self.task)
-        from lowbit.evaluate.encoder import embed
+        from lowbit.metrics.encoder import embed
 
         texts = [it["text"] for it in self.task.items]
         emb = embed(handle.model, self.ref.tokenizer, texts)
@@ -200,14 +200,14 @@ class Comparison:
 
     def _gguf_speed(self, path: Path) -> tuple[float | None, float | None, str]:
         """llama.cpp's speed on the candidate file, as a ratio to llama.cpp on the F32 export."""
-        from lowbit.evaluate import llamacpp
+        from lowbit.metrics import llamacpp
 
         if not self.s.speed:
             return None, None, ""
         if not llamacpp.available():
             return None, None, "speed not measured: llama.cpp is not installed (`make reference`)"
         if getattr(self, "_f32_speed", None) is None:
-            from lowbit.export.gguf import export_gguf
+            from lowbit.writers.gguf import export_gguf
 
             f32 = self.cache_dir / "f32-speed.gguf"
             export_gguf(self.ref, f32, "F32", overwrite=True)
@@ -217,7 +217,7 @@ class Comparison:
         return pre / self._f32_speed[0], dec / self._f32_speed[1], "llama.cpp, ratio to the F32 GGUF in llama.cpp"
 
     def _llamacpp_speed(self, path: Path) -> tuple[float, float]:
-        from lowbit.evaluate.llamacpp import load_llamacpp
+        from lowbit.metrics.llamacpp import load_llamacpp
 
         h = load_llamacpp(path, n_ctx=512)
         win = self.evaluator.windows(self.ref.tokenizer)

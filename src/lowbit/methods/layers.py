@@ -1,6 +1,6 @@
 """Shared by the methods whose layers are their own module kinds (NF4/FP4, LLM.int8, W8A8) rather than
 integer grids of QuantizedLinear: swap the selected Linears of a copy of the model, measure their bits,
-and write the checkpoint record that export/checkpoint.py reloads from each layer's ``record()``."""
+and write the checkpoint record that writers/checkpoint.py reloads from each layer's ``record()``."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from typing import Any
 from torch import nn
 
 from lowbit.errors import InputError
-from lowbit.load import ModelHandle, load_model
+from lowbit.loaders import ModelHandle, load_model
 from lowbit.modules.select import select_modules
 from lowbit.modules.swap import replace_module
 from lowbit.progress import track

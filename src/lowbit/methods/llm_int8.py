@@ -20,8 +20,8 @@ from torch import nn
 
 from lowbit.compare.candidates import Built, Candidate, register_candidate
 from lowbit.errors import InputError
-from lowbit.load import ModelHandle
-from lowbit.load.handle import CAUSAL_LM, ENCODER
+from lowbit.loaders import ModelHandle
+from lowbit.loaders.handle import CAUSAL_LM, ENCODER
 from lowbit.methods.layers import swap_linears
 from lowbit.modules.qlinear import QuantizedLinear
 

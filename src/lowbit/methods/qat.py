@@ -33,8 +33,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from lowbit.errors import InputError
-from lowbit.load import ModelHandle, load_model
-from lowbit.load.handle import CAUSAL_LM, ENCODER
+from lowbit.loaders import ModelHandle, load_model
+from lowbit.loaders.handle import CAUSAL_LM, ENCODER
 from lowbit.modules.fake_quant import ActQuantizer, FakeQuantConv2d, FakeQuantLinear, IntQuantizer, RoundTrip
 from lowbit.modules.select import select_modules
 from lowbit.modules.swap import replace_module
@@ -197,7 +197,7 @@ def fake_quant_layers(net: nn.Module) -> dict[str, nn.Module]:
 def convert(handle: ModelHandle) -> ModelHandle:
     """The trained model with real quantized layers, as PTQ makes them (``handle.quant`` records them
     for save / export). Its logits equal the fake-quantized model's to float tolerance."""
-    from lowbit.export.checkpoint import record_for
+    from lowbit.writers.checkpoint import record_for
     from lowbit.modules.qconv import QuantizedConv2d
     from lowbit.modules.qlinear import QuantizedLinear
 

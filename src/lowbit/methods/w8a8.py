@@ -28,8 +28,8 @@ from torch import nn
 
 from lowbit.compare.candidates import Built, Candidate, register_candidate
 from lowbit.errors import InputError
-from lowbit.load import ModelHandle, load_model
-from lowbit.load.handle import CAUSAL_LM, ENCODER
+from lowbit.loaders import ModelHandle, load_model
+from lowbit.loaders.handle import CAUSAL_LM, ENCODER
 from lowbit.methods.layers import layer_bits, quant_record, selected_linears
 from lowbit.modules.qlinear import QuantizedLinear
 from lowbit.modules.swap import replace_module
@@ -307,7 +307,7 @@ def quantize_w8a8(model: ModelHandle | nn.Module | str, act: str = "dynamic", sm
     if smooth and alpha is None:  # pick alpha by the error to the float model on calibration data
         kls = {}
         if lm:
-            from lowbit.evaluate.lm import window_logprobs
+            from lowbit.metrics.lm import window_logprobs
 
             probe = windows[0, :256]  # half a window: enough to rank the alphas, half the cost
             ref = window_logprobs(handle.model, probe)

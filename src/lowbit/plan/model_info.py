@@ -29,7 +29,7 @@ class ModelInfo:
     def of(cls, model: str | None) -> ModelInfo:
         if not model:
             return cls("(no model given)")
-        from lowbit.load.builtin import BUILTINS, builtin_path
+        from lowbit.loaders.builtin import BUILTINS, builtin_path
 
         path = builtin_path(model) if model in BUILTINS else Path(model)
         if not path.exists():
@@ -81,7 +81,7 @@ def _hf_dir(name: str, path: Path) -> ModelInfo:
 
 
 def _gguf(name: str, path: Path) -> ModelInfo:
-    from lowbit.load.gguf_check import read_metadata, tensor_table
+    from lowbit.loaders.gguf_check import read_metadata, tensor_table
 
     arch = next((v for k, _, v in read_metadata(path) if k == "general.architecture"), None)
     params = sum(numel for _, numel in tensor_table(path))

@@ -285,7 +285,7 @@ def cpu_flags() -> frozenset[str]:
 
 
 def speed_file() -> Path:
-    from lowbit.load.cache import cache_root
+    from lowbit.loaders.cache import cache_root
 
     return cache_root() / "speed.json"
 

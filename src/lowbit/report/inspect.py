@@ -59,7 +59,7 @@ def inspect_path(path: str | Path) -> FileInfo:
 def inspect_gguf(path: Path) -> FileInfo:
     import gguf
 
-    from lowbit.load.dispatch import check_gguf
+    from lowbit.loaders.dispatch import check_gguf
 
     check_gguf(path)
     reader = gguf.GGUFReader(str(path))

@@ -11,7 +11,7 @@ from typing import Any
 
 from rich.table import Table
 
-from lowbit.evaluate.result import EvalResult
+from lowbit.metrics.result import EvalResult
 
 COLUMNS: list[tuple[str, str, str]] = [
     # (header, attribute, format)

@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from lowbit.load.cache import atomic_dir, publish_dir
+from lowbit.loaders.cache import atomic_dir, publish_dir
 
 
 def write_model_dir(out: Path, tensors: dict[str, torch.Tensor], config: dict[str, Any], tokenizer: Any = None,

@@ -12,9 +12,9 @@ from typing import Any
 from torch import nn
 
 from lowbit.errors import InputError
-from lowbit.load.builtin import BUILTINS, builtin_path
-from lowbit.load.gguf_check import check_gguf
-from lowbit.load.handle import CAUSAL_LM, ENCODER, MODULE, ModelHandle
+from lowbit.loaders.builtin import BUILTINS, builtin_path
+from lowbit.loaders.gguf_check import check_gguf
+from lowbit.loaders.handle import CAUSAL_LM, ENCODER, MODULE, ModelHandle
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +51,7 @@ def _load_path(path: Path) -> ModelHandle:
             raise InputError(f"{path} is a directory without config.json; expected {ACCEPTED}")
         qc = _read_json(config).get("quantization_config") or {}
         if qc.get("quant_method") == "lowbit":
-            from lowbit.export.checkpoint import load_checkpoint
+            from lowbit.writers.checkpoint import load_checkpoint
 
             return load_checkpoint(path)
         return load_hf_dir(path)
@@ -115,7 +115,7 @@ def load_gguf(path: Path) -> ModelHandle:
 
     The first load takes ~30 s for smollm2; later loads read the cached float32 safetensors.
     """
-    from lowbit.load.cache import atomic_dir, cache_root, file_key, publish_dir
+    from lowbit.loaders.cache import atomic_dir, cache_root, file_key, publish_dir
 
     check_gguf(path)
     final = cache_root() / f"gguf-{path.stem}-{file_key(path)}"

@@ -47,9 +47,9 @@ import torch
 from torch import nn
 
 from lowbit.errors import ExportError
-from lowbit.export.hfdir import write_model_dir
+from lowbit.writers.hfdir import write_model_dir
 from lowbit.formats.intpack import pack_codes
-from lowbit.load.handle import ModelHandle
+from lowbit.loaders.handle import ModelHandle
 from lowbit.spec import PER_CHANNEL, PER_TENSOR, QuantSpec
 
 #: compressed-tensors release whose pack-quantized layout this writer follows (dense packing).

@@ -1,7 +1,7 @@
 """Write a Llama-architecture model as a GGUF file that llama.cpp loads, in any lowbit GGML type or mix.
 
     handle (float or lowbit-quantized) -> float32 tensors in GGUF names and layout -> per-tensor type
-    from the mix (export/gguf_mix.py) -> bytes (formats/ggml, bit-exact with llama.cpp) -> GGUFWriter
+    from the mix (writers/gguf_mix.py) -> bytes (formats/ggml, bit-exact with llama.cpp) -> GGUFWriter
     -> temp file -> atomic rename
 
 The metadata llama.cpp needs comes from the model config (``llama.*`` keys); the tokenizer is copied
@@ -27,10 +27,10 @@ import numpy as np
 import torch
 
 from lowbit.errors import ExportError, InputError
-from lowbit.export.gguf_mix import MIXES, MixPlanner, parse_overrides
+from lowbit.writers.gguf_mix import MIXES, MixPlanner, parse_overrides
 from lowbit.formats.ggml import GGML_TYPES
 from lowbit.formats.ggml.names import gguf_name, permute_qk
-from lowbit.load.handle import ModelHandle
+from lowbit.loaders.handle import ModelHandle
 
 log = logging.getLogger(__name__)
 
@@ -150,7 +150,7 @@ def _arch_kv(w: gguf.GGUFWriter, cfg: Any, name: str) -> None:
 
 
 def _copy_kv(w: gguf.GGUFWriter, src: str, skip: Callable[[str], bool]) -> None:
-    from lowbit.load.gguf_check import read_metadata
+    from lowbit.loaders.gguf_check import read_metadata
 
     for key, vtype, value in read_metadata(Path(src)):
         if key.startswith("GGUF.") or skip(key):

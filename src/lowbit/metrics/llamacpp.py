@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from lowbit.errors import InputError
-from lowbit.load.handle import CAUSAL_LM, ModelHandle
+from lowbit.loaders.handle import CAUSAL_LM, ModelHandle
 
 
 def available() -> bool:
@@ -89,7 +89,7 @@ def load_llamacpp(path: str | Path, n_ctx: int = 2048) -> ModelHandle:
     (through transformers), so windows are tokenized exactly as for the torch runtime."""
     from transformers import AutoTokenizer
 
-    from lowbit.load.gguf_check import check_gguf
+    from lowbit.loaders.gguf_check import check_gguf
     from lowbit.report.inspect import inspect_gguf
 
     path = Path(path).resolve()
@@ -114,7 +114,7 @@ def quantize_with_llamacpp(src: str | Path, dst: str | Path, mix: str, nthread: 
 
     import llama_cpp
 
-    from lowbit.export.gguf_mix import MIXES
+    from lowbit.writers.gguf_mix import MIXES
 
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = MIXES[mix][1]

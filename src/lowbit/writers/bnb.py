@@ -15,10 +15,10 @@ from pathlib import Path
 import torch
 
 from lowbit.errors import ExportError
-from lowbit.export.checkpoint import _dedupe
-from lowbit.export.hfdir import write_model_dir
+from lowbit.writers.checkpoint import _dedupe
+from lowbit.writers.hfdir import write_model_dir
 from lowbit.formats.bnb4 import code4, dynamic_map
-from lowbit.load.handle import ModelHandle
+from lowbit.loaders.handle import ModelHandle
 from lowbit.modules.bnb4_linear import Linear4bit
 
 

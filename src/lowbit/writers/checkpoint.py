@@ -20,8 +20,8 @@ import torch
 from torch import nn
 
 from lowbit.errors import ExportError, InputError
-from lowbit.export.hfdir import write_model_dir
-from lowbit.load.handle import CAUSAL_LM, ModelHandle
+from lowbit.writers.hfdir import write_model_dir
+from lowbit.loaders.handle import CAUSAL_LM, ModelHandle
 from lowbit.spec import QuantSpec
 
 FORMAT_VERSION = 1

@@ -13,12 +13,12 @@ import torch
 
 from lowbit.calib import load_corpus, sample_texts, token_windows
 from lowbit.errors import InputError
-from lowbit.evaluate import encoder as enc_metrics
-from lowbit.evaluate import speed
-from lowbit.evaluate.lm import ReferenceLM, score_lm
-from lowbit.evaluate.result import EvalResult, Protocol
-from lowbit.evaluate.size import model_bytes, quantized_layer_bits
-from lowbit.load.handle import CAUSAL_LM, ENCODER, ModelHandle
+from lowbit.metrics import encoder as enc_metrics
+from lowbit.metrics import speed
+from lowbit.metrics.lm import ReferenceLM, score_lm
+from lowbit.metrics.result import EvalResult, Protocol
+from lowbit.metrics.size import model_bytes, quantized_layer_bits
+from lowbit.loaders.handle import CAUSAL_LM, ENCODER, ModelHandle
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +94,7 @@ class Evaluator:
             res.top1_agreement = sc.top1_agree / sc.n_tokens
             res.ref_ppl = self._ref_lm.ppl if self._ref_lm else None
         if s.speed:
-            m = handle.model  # a foreign runtime measures itself; torch models go through evaluate/speed.py
+            m = handle.model  # a foreign runtime measures itself; torch models go through metrics/speed.py
             prefill = getattr(m, "prefill_tok_s", None) or (lambda t: speed.prefill_tok_s(m, t))
             decode = getattr(m, "decode_tok_s", None) or (lambda t, n: speed.decode_tok_s(m, t, n))
             res.prefill_tok_s = prefill(win[0, : min(256, win.shape[1])])
