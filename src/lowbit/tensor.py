@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 import torch
 
 from lowbit import grid
-from lowbit.formats.intpack import pack_codes, packed_nbytes, unpack_codes
+from lowbit.bitpack import pack_codes, packed_nbytes, unpack_codes
 from lowbit.spec import QuantSpec
 
 
@@ -16,7 +16,7 @@ from lowbit.spec import QuantSpec
 class QuantizedTensor:
     """A weight stored as ``bits``-bit codes.
 
-    packed: uint8 (ceil(numel*bits/8),)  dense little-endian codes, see formats/intpack.py
+    packed: uint8 (ceil(numel*bits/8),)  dense little-endian codes, see bitpack.py
     scale:  (n_blocks,) in spec.scale_dtype
     zero:   (n_blocks,) uint8 integer zero points, or None for a symmetric spec
     shape:  the original weight shape (out, in, ...)
@@ -38,6 +38,13 @@ class QuantizedTensor:
     ) -> QuantizedTensor:
         assert int(codes.max()) <= spec.qmax, "codes exceed the spec's range"
         return cls(pack_codes(codes.reshape(-1), spec.bits), scale, zero, spec, tuple(shape))
+
+    @classmethod
+    def round_to_nearest(cls, weight: torch.Tensor, spec: QuantSpec) -> QuantizedTensor:
+        """``weight`` on ``spec``'s grid, each block's range from its own min / max (RTN, no search)."""
+        blocks = grid.as_blocks(weight, spec)
+        scale, zero = grid.qparams(blocks, spec)
+        return cls.from_codes(grid.quantize_blocks(blocks, scale, zero, spec), scale, zero, spec, tuple(weight.shape))
 
     @property
     def numel(self) -> int:

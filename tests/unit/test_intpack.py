@@ -1,4 +1,4 @@
-"""formats/intpack.py: dense little-endian bit packing, exact round trips and the documented layout."""
+"""bitpack.py (+ formats/intpack.py): dense little-endian bit packing, exact round trips and the documented layout."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from lowbit.formats import FORMATS, IntPacked, pack_codes, unpack_codes
-from lowbit.formats.intpack import packed_nbytes
+from lowbit.bitpack import packed_nbytes
 from lowbit.methods.rtn import RTNConfig, rtn
 from lowbit.spec import QuantSpec
 

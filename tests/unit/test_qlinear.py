@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lowbit.formats.intpack import packed_nbytes
+from lowbit.bitpack import packed_nbytes
 from lowbit.methods.rtn import RTNConfig, rtn
 from lowbit.modules.qlinear import KERNEL_MAX_ROWS, QuantizedLinear
 from lowbit.spec import QuantSpec

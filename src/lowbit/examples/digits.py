@@ -73,7 +73,7 @@ def train_float(d: Digits, epochs: int = 40, lr: float = 3e-3, batch: int = 64, 
 @torch.no_grad()
 def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
     """Fraction of ``x`` classified as ``y``, in [0, 1]."""
-    from lowbit.modules.qlinear import QuantizedLinear
+    from lowbit.modules.kernel_mode import kernel_mode
 
-    with QuantizedLinear.mode("dequant"):
+    with kernel_mode(model, "dequant"):
         return float((model(x).argmax(-1) == y).float().mean())

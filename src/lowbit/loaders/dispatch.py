@@ -129,7 +129,7 @@ def load_gguf(path: Path) -> ModelHandle:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
     handle = load_hf_dir(final)
-    handle.name, handle.extra["gguf"] = str(path), str(path)
+    handle.name, handle.gguf_source = str(path), str(path)
     return handle
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from torch import nn
@@ -10,6 +10,15 @@ from torch import nn
 CAUSAL_LM = "causal-lm"
 ENCODER = "encoder"
 MODULE = "module"
+
+
+@dataclass(frozen=True)
+class Artifact:
+    """A model that runs in another runtime (a GGUF file in llama.cpp): its own size and bits per weight."""
+
+    runtime: str
+    file_bytes: int
+    bits_per_weight: float
 
 
 @dataclass
@@ -20,6 +29,10 @@ class ModelHandle:
     name:       what the user asked for ("smollm2", a path, ...)
     path:       the directory it was loaded from, if any
     quant:      lowbit quantization record for a quantized checkpoint (method config, layers), else None
+    gguf_source: the GGUF file a float model was dequantized from (GGUF export reuses its metadata)
+    artifact:   set when the model is a file run by another runtime (llama.cpp)
+    qat:        the QAT record of a model prepared for quantization-aware training (lowbit.qat)
+    teacher:    the full-precision model a QAT model distills from
     """
 
     model: nn.Module
@@ -28,7 +41,10 @@ class ModelHandle:
     name: str = "module"
     path: str | None = None
     quant: dict[str, Any] | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
+    gguf_source: str | None = None
+    artifact: Artifact | None = None
+    qat: dict[str, Any] | None = None
+    teacher: ModelHandle | None = None
 
     @property
     def reference_name(self) -> str | None:

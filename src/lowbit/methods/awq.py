@@ -30,7 +30,7 @@ from torch import nn
 
 from lowbit import grid
 from lowbit.errors import CalibrationError, InputError
-from lowbit.methods.base import MethodConfig, register_method
+from lowbit.methods.base import GridConfig, register_method
 from lowbit.modules.fold import apply_fold
 from lowbit.spec import PER_CHANNEL, PER_TENSOR, QuantSpec
 from lowbit.tensor import QuantizedTensor
@@ -39,7 +39,7 @@ log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class AWQConfig(MethodConfig):
+class AWQConfig(GridConfig):
     """AWQ options: ``n_grid`` values of alpha in [0, 1); optional clipping search over ``clip_grid``
     range factors down to ``clip_min`` (AWQ's max_shrink 0.5)."""
 

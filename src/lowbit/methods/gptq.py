@@ -27,7 +27,7 @@ import torch
 
 from lowbit import grid
 from lowbit.errors import CalibrationError, InputError
-from lowbit.methods.base import MethodConfig, register_method
+from lowbit.methods.base import GridConfig, register_method
 from lowbit.spec import PER_CHANNEL, PER_TENSOR, QuantSpec
 from lowbit.tensor import QuantizedTensor
 
@@ -35,7 +35,7 @@ log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class GPTQConfig(MethodConfig):
+class GPTQConfig(GridConfig):
     """GPTQ options.
 
     damp:        dampening, as a fraction of the mean Hessian diagonal added to the diagonal

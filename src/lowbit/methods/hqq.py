@@ -68,13 +68,13 @@ import torch
 
 from lowbit import grid
 from lowbit.errors import InputError
-from lowbit.methods.base import MethodConfig, register_method
+from lowbit.methods.base import GridConfig, register_method
 from lowbit.spec import QuantSpec
 from lowbit.tensor import QuantizedTensor
 
 
 @dataclass(frozen=True)
-class HQQConfig(MethodConfig):
+class HQQConfig(GridConfig):
     """HQQ options (the reference defaults).
 
     lp_norm      p of the objective ``sum |error|^p``, in (0, 1]; p < 1 promotes sparse errors

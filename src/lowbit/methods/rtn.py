@@ -18,12 +18,12 @@ import torch
 
 from lowbit import grid
 from lowbit.errors import InputError
-from lowbit.methods.base import MethodConfig, register_method
+from lowbit.methods.base import GridConfig, register_method
 from lowbit.tensor import QuantizedTensor
 
 
 @dataclass(frozen=True)
-class RTNConfig(MethodConfig):
+class RTNConfig(GridConfig):
     """RTN options. ``clip_search`` enables the per-block MSE range search."""
 
     clip_search: bool = False

@@ -13,12 +13,12 @@ from torch import nn
 def embed(model: nn.Module, tokenizer: Any, texts: list[str], max_len: int = 128, batch: int = 16) -> torch.Tensor:
     """Mean-pooled, L2-normalized embeddings (n, hidden) in float32 (sentence-transformers' pooling).
     Quantized layers run their exact arithmetic ("dequant" mode), as in the causal-LM metrics."""
-    from lowbit.modules.qlinear import QuantizedLinear
+    from lowbit.modules.kernel_mode import kernel_mode
 
     out = []
     for i in range(0, len(texts), batch):
         enc = tokenizer(texts[i : i + batch], padding=True, truncation=True, max_length=max_len, return_tensors="pt")
-        with QuantizedLinear.mode("dequant"):
+        with kernel_mode(model, "dequant"):
             hidden = model(**enc).last_hidden_state.float()
         mask = enc["attention_mask"].unsqueeze(-1).float()
         pooled = (hidden * mask).sum(1) / mask.sum(1).clamp_min(1e-9)

@@ -46,7 +46,7 @@ class Machine:
 
 
 def detect() -> Machine:
-    from lowbit.methods.w8a8 import int8_engine
+    from lowbit.modules.int8_kernels import int8_engine
     from lowbit.plan.rule import cpu_flags
 
     name = platform.processor() or platform.machine()
@@ -127,15 +127,15 @@ def _time(layers: list[nn.Module], m: int, repeats: int, device: str = "cpu") ->
 
 def formats() -> dict[str, tuple[str, Callable[[nn.Linear], nn.Module]]]:
     """format key (plan/hardware.toml) -> (label, Linear -> module in that format)."""
-    from lowbit.methods.llm_int8 import int_mm
-    from lowbit.methods.rtn import RTNConfig, rtn
-    from lowbit.methods.w8a8 import W8A8Linear
     from lowbit.modules.bnb4_linear import Linear4bit
+    from lowbit.modules.int8_kernels import int_mm
     from lowbit.modules.qlinear import QuantizedLinear
+    from lowbit.modules.w8a8_linear import W8A8Linear
     from lowbit.spec import QuantSpec
+    from lowbit.tensor import QuantizedTensor
 
-    def qlin(spec: QuantSpec) -> Callable[[nn.Linear], nn.Module]:
-        return lambda lin: QuantizedLinear.from_linear(lin, rtn(lin.weight.data, RTNConfig(spec=spec)))
+    def qlin(spec: QuantSpec) -> Callable[[nn.Linear], nn.Module]:  # round-to-nearest: what RTN stores
+        return lambda lin: QuantizedLinear.from_linear(lin, QuantizedTensor.round_to_nearest(lin.weight.data, spec))
 
     class IntMM(nn.Module):  # torch._int_mm: int8 x int8 -> int32, the "obvious" integer path
         def __init__(self, lin: nn.Linear) -> None:

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from lowbit.errors import InputError
-from lowbit.loaders.handle import CAUSAL_LM, ModelHandle
+from lowbit.loaders.handle import CAUSAL_LM, Artifact, ModelHandle
 
 
 def available() -> bool:
@@ -103,7 +103,7 @@ def load_llamacpp(path: str | Path, n_ctx: int = 2048) -> ModelHandle:
     bpw = 8 * sum(t.nbytes for t in weights) / max(sum(t.numel for t in weights), 1)
     model = LlamaCppLM(path, n_ctx=n_ctx)
     return ModelHandle(model=model, tokenizer=tok, kind=CAUSAL_LM, name=f"{path} (llama.cpp)", path=str(path),
-                       extra={"runtime": "llama.cpp", "bits_per_weight": bpw, "file_bytes": path.stat().st_size})
+                       artifact=Artifact("llama.cpp", path.stat().st_size, bpw))
 
 
 def quantize_with_llamacpp(src: str | Path, dst: str | Path, mix: str, nthread: int = 0,

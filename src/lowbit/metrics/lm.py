@@ -34,9 +34,9 @@ class LMScores:
 @torch.inference_mode()
 def window_logprobs(model: nn.Module, window: torch.Tensor) -> torch.Tensor:
     """log-softmax of the next-token logits at positions 0..L-2 for one window, (L-1, vocab) float32."""
-    from lowbit.modules.qlinear import QuantizedLinear
+    from lowbit.modules.kernel_mode import kernel_mode
 
-    with QuantizedLinear.mode("dequant"):  # quality numbers always use the exact quantized weights
+    with kernel_mode(model, "dequant"):  # quality numbers always use the exact quantized weights
         logits = model(input_ids=window.unsqueeze(0)).logits[0, :-1].float()
     return F.log_softmax(logits, dim=-1)
 

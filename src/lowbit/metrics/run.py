@@ -67,8 +67,8 @@ class Evaluator:
         res = EvalResult(model=label or handle.name, kind=handle.kind, protocol=None, bits_per_weight=bpw,
                          size_bytes=model_bytes(handle.model), quantized_params=nq,
                          reference=self.reference.name if self.reference else None)
-        if "file_bytes" in handle.extra:  # a file run by another runtime (llama.cpp): its own sizes
-            res.size_bytes, res.bits_per_weight = handle.extra["file_bytes"], handle.extra["bits_per_weight"]
+        if handle.artifact is not None:  # a file run by another runtime (llama.cpp): its own sizes
+            res.size_bytes, res.bits_per_weight = handle.artifact.file_bytes, handle.artifact.bits_per_weight
         if handle.kind == CAUSAL_LM:
             self._run_lm(handle, res)
         elif handle.kind == ENCODER:

@@ -124,10 +124,10 @@ class TaskScore:
 @torch.inference_mode()
 def score_mc(model: nn.Module, tokenizer: Any, task: Task) -> TaskScore:
     """Each choice's summed log-probability after the question (a space joins them)."""
-    from lowbit.modules.qlinear import QuantizedLinear
+    from lowbit.modules.kernel_mode import kernel_mode
 
     preds = []
-    with QuantizedLinear.mode("dequant"):
+    with kernel_mode(model, "dequant"):
         for it in task.items:
             q = tokenizer(it["question"], add_special_tokens=False)["input_ids"]
             if not q:

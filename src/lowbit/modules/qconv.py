@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lowbit.formats.intpack import packed_nbytes
+from lowbit.bitpack import packed_nbytes
 from lowbit.grid import scale_dtype
 from lowbit.spec import QuantSpec
 from lowbit.tensor import QuantizedTensor

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lowbit import grid
-from lowbit.formats.intpack import packed_nbytes, unpack_codes
+from lowbit.bitpack import packed_nbytes, unpack_codes
 from lowbit.spec import PER_TENSOR, QuantSpec
 from lowbit.tensor import QuantizedTensor
 

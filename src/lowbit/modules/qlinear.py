@@ -2,7 +2,7 @@
 
 Buffers (saved in the state dict)::
 
-    qweight  uint8 (ceil(out*in*bits/8),)   packed codes, formats/intpack.py
+    qweight  uint8 (ceil(out*in*bits/8),)   packed codes, bitpack.py
     scale    (n_blocks,) float16/float32
     zero     (n_blocks,) uint8              asymmetric specs only
 
@@ -16,9 +16,6 @@ rows) are cast to bfloat16 for the kernel, where one exists, and cast back.
 """
 
 from __future__ import annotations
-
-import contextlib
-from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F
@@ -34,16 +31,12 @@ KERNEL_MAX_ROWS = 8
 
 
 class QuantizedLinear(nn.Module):
-    #: "auto": kernels for bfloat16 inputs and small float32 inputs; "dequant": always exact float
-    #: dequantization (what evaluation uses); "kernel": kernels whenever the spec has one.
-    kernel_mode: str = "auto"
-
     def __init__(self, in_features: int, out_features: int, spec: QuantSpec, bias: bool = False) -> None:
         super().__init__()
         self.in_features, self.out_features, self.spec = in_features, out_features, spec
         shape = (out_features, in_features)
         nblk = spec.n_blocks(shape)
-        from lowbit.formats.intpack import packed_nbytes
+        from lowbit.bitpack import packed_nbytes
         from lowbit.grid import scale_dtype
 
         self.register_buffer("qweight", torch.zeros(packed_nbytes(out_features * in_features, spec.bits), dtype=torch.uint8))
@@ -53,6 +46,10 @@ class QuantizedLinear(nn.Module):
         else:
             self.zero = None
         self.bias = nn.Parameter(torch.zeros(out_features)) if bias else None
+        #: "auto": kernels for bfloat16 inputs and small float32 inputs; "dequant": always exact float
+        #: dequantization (what evaluation uses); "kernel": kernels whenever the spec has one. Set per
+        #: model with modules.kernel_mode.kernel_mode(model, mode).
+        self.kernel_mode = "auto"
         self._kernel: tuple[str, torch.Tensor, torch.Tensor] | None = None
 
     # --- construction ------------------------------------------------------------------------
@@ -163,17 +160,6 @@ class QuantizedLinear(nn.Module):
         self.scale = scale.to(self.qweight.device)
         self._kernel = None
         return out
-
-    @classmethod
-    @contextlib.contextmanager
-    def mode(cls, mode: str) -> Iterator[None]:
-        """Temporarily set the kernel mode of every QuantizedLinear ("auto", "dequant", "kernel")."""
-        assert mode in ("auto", "dequant", "kernel"), mode
-        old, cls.kernel_mode = cls.kernel_mode, mode
-        try:
-            yield
-        finally:
-            cls.kernel_mode = old
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, spec={self.spec}"

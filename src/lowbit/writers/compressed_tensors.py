@@ -48,7 +48,7 @@ from torch import nn
 
 from lowbit.errors import ExportError
 from lowbit.writers.hfdir import write_model_dir
-from lowbit.formats.intpack import pack_codes
+from lowbit.bitpack import pack_codes
 from lowbit.loaders.handle import ModelHandle
 from lowbit.spec import PER_CHANNEL, PER_TENSOR, QuantSpec
 

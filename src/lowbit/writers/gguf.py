@@ -218,7 +218,7 @@ def export_gguf(handle: ModelHandle, out: str | Path, mix: str = "Q8_0", *,
         raise ExportError(f"{out} exists; pass --overwrite to replace it")
     if out.is_dir():
         raise ExportError(f"{out} is a directory; give a .gguf file name")
-    src_gguf = handle.extra.get("gguf")
+    src_gguf = handle.gguf_source
     tied = not any(g == "output.weight" for _, g in tensor_names(handle.model))
     planner = MixPlanner(mix, cfg.num_hidden_layers, cfg.num_attention_heads,
                          getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads, tied,
