@@ -73,7 +73,7 @@ def run_smollm2(args: argparse.Namespace, console: Console) -> dict:
         for method, opts in QUICK_METHODS if args.quick else METHODS:
             cfg = _config(method, opts, spec)
             q, rep = api.quantize(ref, cfg, calib=calib if cfg.method != "rtn" and api.get_method(cfg.method).needs else None)
-            cal = rep.extra["calibration"]
+            cal = rep.calibration.to_dict()
             row = {"method": method, "spec": str(spec), "bits": spec.bits, "symmetric": spec.symmetric,
                    "seconds": rep.seconds, "bpw": rep.bits_per_weight,
                    # this bench process also holds the float reference and the evaluators' caches

@@ -1,193 +1,38 @@
-"""The verbs: load, quantize, evaluate, save. Orchestration only; the math lives in methods/."""
+"""The verbs: load, quantize, evaluate, save, export. Orchestration only: the math lives in methods/,
+the pipeline every method runs through in pipeline/, the writers in writers/."""
 
 from __future__ import annotations
 
-import copy
-import functools
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-from torch import nn
-
-from lowbit.calib.capture import run_sequential
-from lowbit.calib.cost import PeakRSS
+from lowbit.calib.settings import CalibSettings
 from lowbit.errors import InputError
-from lowbit.writers.checkpoint import record_for, save_checkpoint
 from lowbit.loaders import ModelHandle, load_model
-from lowbit.methods import get_method
+from lowbit.methods import get_method, make_config
 from lowbit.methods.base import MethodConfig
-from lowbit.modules.qembedding import QuantizedEmbedding
-from lowbit.modules.qlinear import QuantizedLinear
-from lowbit.modules.select import select_modules
-from lowbit.modules.swap import replace_module
-from lowbit.progress import track
+from lowbit.pipeline import CalibrationCost, QuantizeReport, quantize
 from lowbit.spec import QuantSpec
+from lowbit.writers.checkpoint import save_checkpoint
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from torch import nn
+
+    from lowbit.calib.imatrix import Imatrix
+    from lowbit.metrics.hardware import FormatTiming, Machine
+    from lowbit.metrics.result import EvalResult
+    from lowbit.metrics.run import EvalSettings
+    from lowbit.qat import TrainResult, TrainSettings
 
 log = logging.getLogger(__name__)
 
-
-@dataclass
-class QuantizeReport:
-    method: str
-    spec: QuantSpec
-    layers: list[str]
-    skipped: list[str]
-    seconds: float
-    quantized_params: int
-    quantized_bytes: int
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def bits_per_weight(self) -> float:
-        return 8 * self.quantized_bytes / max(self.quantized_params, 1)
-
-
-def make_config(method: str = "rtn", spec: QuantSpec | None = None, **options: Any) -> MethodConfig:
-    entry = get_method(method)
-    try:
-        return entry.config(spec=spec or QuantSpec(), **options)
-    except TypeError as e:
-        raise InputError(f"method {method!r} does not take these options: {e}") from None
-
-
-@dataclass(frozen=True)
-class CalibSettings:
-    """Calibration data for methods that need it: ``n_samples`` windows of ``seq_len`` tokens."""
-
-    data: str = "pydoc:calib"
-    n_samples: int = 16
-    seq_len: int = 512
-    seed: int = 0
-
-
-def quantize(
-    model: ModelHandle | nn.Module | str,
-    config: MethodConfig | None = None,
-    *,
-    calib: CalibSettings | str | None = None,
-    targets: Sequence[str] | None = None,
-    ignore: Sequence[str] | None = None,
-    embeddings: bool = False,
-    inplace: bool = False,
-    prerounding: dict[str, torch.Tensor] | None = None,
-) -> tuple[ModelHandle, QuantizeReport]:
-    """Quantize the selected Linear layers of ``model`` with ``config`` (default: RTN int4 g64 sym).
-
-    ``calib`` gives the calibration data for methods that need it (GPTQ, AWQ); a string is a data
-    argument with the default sizes (16 x 512 tokens). ``targets`` / ``ignore`` are regexes over
-    module names (default: every Linear but the output head); ``embeddings=True`` quantizes
-    ``nn.Embedding`` tables too (always data-free, with RTN, for calibrated methods). A ``prerounding``
-    dict is filled with the float weights each layer's codes were rounded from, where the method
-    changes them first (GPTQ): quantization-aware training starts there.
-
-    Returns a new handle (the input is left untouched unless ``inplace``) and a report whose
-    ``extra["calibration"]`` holds the cost: seconds, samples, tokens, peak RSS.
-
-    >>> qh, rep = quantize("smollm2", make_config("gptq", QuantSpec(4, True, 64)), calib="pydoc:calib")  # doctest: +SKIP
-    """
-    handle = load_model(model)
-    targets = [targets] if isinstance(targets, str) else targets
-    ignore = [ignore] if isinstance(ignore, str) else ignore
-    config = config or make_config()
-    entry = get_method(config.method)
-    if isinstance(calib, str):
-        calib = CalibSettings(data=calib)
-    if entry.needs and calib is None:
-        raise InputError(f"method {entry.name!r} needs calibration data (--calib), for its {', '.join(entry.needs)}")
-    selected, skipped = select_modules(handle.model, targets, ignore, embeddings)
-    if not any(isinstance(m, nn.Linear) for m in selected.values()):
-        all_linear = [n for n, m in handle.model.named_modules() if isinstance(m, nn.Linear)]
-        if not all_linear:
-            raise InputError(f"{handle.name} has no nn.Linear layer: nothing lowbit can quantize")
-        raise InputError(f"targets {list(targets or [])} / ignore {list(ignore) if ignore is not None else 'default'} match "
-                         f"none of the {len(all_linear)} Linear layers (e.g. {all_linear[0]}); nothing to quantize")
-    for name, mod in selected.items():  # check every shape before doing any work
-        config.spec.block_len(tuple(mod.weight.shape), name)
-    windows = None
-    if entry.needs:
-        from lowbit.calib import load_corpus, token_windows
-
-        windows = token_windows(load_corpus(calib.data), handle.tokenizer, calib.n_samples, calib.seq_len, calib.seed)
-    net = handle.model if inplace else copy.deepcopy(handle.model)
-    # Names only from here on: a reference to a replaced float layer would keep its weight alive.
-    order = list(selected)
-    linear_names = [n for n, m in selected.items() if isinstance(m, nn.Linear)]
-    del selected
-    layers: dict[str, Any] = {}
-    sizes = [0, 0]
-
-    def record(name: str, qmod: nn.Module, qt: Any) -> nn.Module:
-        if prerounding is not None and qt.prerounding is not None:
-            prerounding[name] = qt.prerounding
-        kind = "embedding" if isinstance(qmod, QuantizedEmbedding) else "linear"
-        layers[name] = {"spec": qt.spec.to_dict(), "shape": list(qt.shape), "format": "intpack", "module": kind}
-        sizes[0] += qt.numel
-        sizes[1] += qt.nbytes
-        return qmod
-
-    with PeakRSS() as cost:
-        if entry.needs:
-            others = [n for n in order if n not in linear_names]
-
-            def quantize_group(names: list[str], lins: list[nn.Linear], stats: dict) -> list[nn.Module]:
-                if int(stats.get("rows", 0)) == 0:
-                    log.warning("%s: no calibration data reached it; quantized with RTN instead", ", ".join(names))
-                    qts = [get_method("rtn").fn(m.weight.data, make_config("rtn", config.spec), None) for m in lins]
-                elif len(lins) > 1 and entry.row_independent and config.spec.group_size != 0:
-                    # Linears reading one input share its statistics: quantize them stacked, then split
-                    stacked = torch.cat([m.weight.data for m in lins])
-                    qts = entry.fn(stacked, config, stats).split_rows([m.out_features for m in lins])
-                else:
-                    qts = [entry.fn(m.weight.data, config, stats) for m in lins]
-                return [record(n, QuantizedLinear.from_linear(m, qt), qt) for n, m, qt in zip(names, lins, qts)]
-
-            transform = None
-            if entry.block_transform is not None:
-                transform = functools.partial(entry.block_transform, cfg=config)
-            cap = run_sequential(net, windows, {n: net.get_submodule(n) for n in linear_names}, entry.needs,
-                                 quantize_group, block_transform=transform)
-            extra_cal = {"samples": cap.samples, "tokens": cap.tokens, "schedule": cap.schedule,
-                         "unreached": cap.unreached, "data": calib.data}
-            _quantize_data_free(net, others, make_config("rtn", config.spec), record)
-        else:
-            _quantize_data_free(net, order, config, record)
-            extra_cal = {"samples": 0, "tokens": 0}
-    seconds = cost.seconds
-    calibration = dict(extra_cal, seconds=round(seconds, 3), peak_rss_bytes=cost.peak)
-    quant = record_for(config, dict(sorted(layers.items(), key=lambda kv: order.index(kv[0]))), skipped,
-                       handle.reference_name or handle.name, seconds)
-    quant["calibration"] = calibration
-    out = ModelHandle(model=net.eval(), tokenizer=handle.tokenizer, kind=handle.kind, name=handle.name, path=None,
-                      quant=quant)
-    report = QuantizeReport(entry.name, config.spec, list(quant["layers"]), skipped, seconds, sizes[0], sizes[1],
-                            extra={"calibration": calibration})
-    log.info("quantized %d layers (%d skipped) in %.1f s, %.3f bpw", len(layers), len(skipped), seconds,
-             report.bits_per_weight)
-    return out, report
-
-
-def _quantize_data_free(net: nn.Module, names: list[str], config: MethodConfig, record: Any) -> None:
-    entry = get_method(config.method)
-    done: dict[int, nn.Module] = {}  # tied weights (embedding = lm_head) are quantized once and shared
-    for name in track(names, f"quantize {entry.name} {config.spec}"):
-        mod = net.get_submodule(name)
-        src = done.get(id(mod.weight))
-        qt = src.quantized_tensor() if src is not None else entry.fn(mod.weight.data, config, None)
-        if isinstance(mod, nn.Embedding):
-            new: nn.Module = QuantizedEmbedding.from_embedding(mod, qt)
-        else:
-            new = QuantizedLinear.from_linear(mod, qt)
-        if src is None:
-            done[id(mod.weight)] = new
-        else:
-            new.qweight, new.scale = src.qweight, src.scale
-            if src.zero is not None:
-                new.zero = src.zero
-        replace_module(net, name, record(name, new, qt))
+__all__ = ["CalibSettings", "CalibrationCost", "MethodConfig", "ModelHandle", "QuantSpec", "QuantizeReport",
+           "export", "get_method", "load_model", "make_config", "quantize", "save"]
 
 
 def save(handle: ModelHandle, out: str | Path, overwrite: bool = False) -> Path:
@@ -224,3 +69,224 @@ def export(handle: ModelHandle, out: str | Path, fmt: str = "compressed-tensors"
 
         return export_bnb(handle, out, overwrite=overwrite)
     raise InputError(f"unknown export format {fmt!r}; use one of {', '.join(EXPORT_FORMATS)}")
+
+
+# --- load, run, write: one call per CLI command -----------------------------------------------------
+# Each checks the output path (and the data) before it loads a model, so a bad --out fails at once, and
+# writes atomically through the writers. Printing is the caller's.
+
+
+def quantize_to(
+    model: ModelHandle | nn.Module | str,
+    config: MethodConfig,
+    out: str | Path,
+    *,
+    calib: CalibSettings | str | None = None,
+    targets: Sequence[str] | None = None,
+    ignore: Sequence[str] | None = None,
+    embeddings: bool = False,
+    overwrite: bool = False,
+) -> QuantizeReport:
+    """Load ``model``, quantize it with ``config`` (see :func:`quantize` for the keywords) and save the
+    checkpoint to ``out``: ``lowbit quantize``. A model given by name or path is quantized in place.
+
+    >>> report = quantize_to("smollm2", make_config("gptq"), "smollm2-gptq", calib="pydoc:calib")  # doctest: +SKIP
+    """
+    from lowbit.calib import load_corpus
+    from lowbit.writers.guard import check_output
+
+    check_output(out, overwrite)
+    if calib is not None:
+        load_corpus(calib if isinstance(calib, str) else calib.data)  # bad data fails before the model loads
+    loaded = isinstance(model, (str, Path))
+    quantized, report = quantize(load_model(model), config, calib=calib, targets=targets, ignore=ignore,
+                                 embeddings=embeddings, inplace=loaded)
+    save(quantized, out, overwrite=overwrite)
+    return report
+
+
+@dataclass(frozen=True)
+class GGUFSettings:
+    """A GGUF export: a llama.cpp type or mix (``Q4_K_M``), ``REGEX=TYPE`` overrides, and importance
+    weights from an ``imatrix`` file (llama-imatrix or ``lowbit imatrix``) or computed from ``calib``."""
+
+    type: str = "Q4_K_M"
+    tensor_types: tuple[str, ...] = ()
+    imatrix: str | Path | None = None
+    calib: CalibSettings | None = None
+
+    def __post_init__(self) -> None:  # checked when built: a bad type fails before a model loads
+        from lowbit.writers.gguf_mix import MIXES, parse_overrides
+
+        if self.type.upper() not in MIXES:
+            raise InputError(f"unknown GGUF type {self.type!r}; choose one of {', '.join(MIXES)}")
+        parse_overrides(list(self.tensor_types))
+        if self.imatrix is not None and self.calib is not None:
+            raise InputError("give an importance matrix (--imatrix) or calibration data (--calib), not both")
+
+
+def export_to(model: ModelHandle | nn.Module | str, out: str | Path, fmt: str = "compressed-tensors", *,
+              gguf: GGUFSettings | None = None, overwrite: bool = False) -> Path:
+    """Load ``model`` and write it in ``fmt`` (see :func:`export`) to ``out``: ``lowbit export``.
+    ``gguf`` applies to ``fmt="gguf"`` only (default: ``GGUFSettings()``, Q4_K_M without an imatrix).
+
+    >>> export_to("smollm2", "smollm2.gguf", "gguf", gguf=GGUFSettings("Q4_K_M", calib=CalibSettings()))  # doctest: +SKIP
+    """
+    from lowbit.calib import load_corpus
+    from lowbit.calib.imatrix import load_imatrix
+    from lowbit.errors import ExportError
+    from lowbit.writers.guard import check_output
+
+    if fmt not in EXPORT_FORMATS:
+        raise ExportError(f"--format {fmt!r} is not supported; use one of {', '.join(EXPORT_FORMATS)}")
+    if gguf is not None and fmt != "gguf":
+        raise InputError(f"GGUF settings (type, imatrix, tensor types) do not apply to {fmt}")
+    check_output(out, overwrite)
+    options: dict[str, Any] = {}
+    if fmt == "gguf":
+        gguf = gguf or GGUFSettings()
+        options = {"gguf_type": gguf.type, "tensor_types": list(gguf.tensor_types) or None}
+        if gguf.imatrix is not None:
+            options["imatrix"] = load_imatrix(gguf.imatrix).weights()
+        if gguf.calib is not None:
+            load_corpus(gguf.calib.data)
+    handle = load_model(model)
+    if gguf is not None and gguf.calib is not None:
+        options["imatrix"] = _imatrix_of(handle, gguf.calib).weights()
+    return export(handle, out, fmt=fmt, overwrite=overwrite, **options)
+
+
+def imatrix_to(model: ModelHandle | nn.Module | str, out: str | Path, calib: CalibSettings | str = "pydoc:calib", *,
+               overwrite: bool = False) -> Imatrix:
+    """Load ``model``, compute its importance matrix (mean x^2 per Linear input column) on ``calib`` and
+    write it to ``out`` (``.gguf``, llama.cpp's current format, or ``.dat``): ``lowbit imatrix``.
+    Returns the :class:`~lowbit.calib.imatrix.Imatrix`."""
+    from lowbit.calib import load_corpus
+    from lowbit.calib.imatrix import save_imatrix
+    from lowbit.writers.guard import check_output
+
+    settings = CalibSettings(data=calib) if isinstance(calib, str) else calib
+    check_output(out, overwrite)
+    load_corpus(settings.data)
+    im = _imatrix_of(load_model(model), settings)
+    save_imatrix(im, out, overwrite=overwrite)
+    return im
+
+
+def _imatrix_of(handle: ModelHandle, calib: CalibSettings) -> Imatrix:
+    from lowbit.calib import load_corpus, token_windows
+    from lowbit.calib.imatrix import compute_imatrix
+
+    windows = token_windows(load_corpus(calib.data), handle.tokenizer, calib.n_samples, calib.seq_len, calib.seed)
+    return compute_imatrix(handle.model, windows, dataset=calib.data)
+
+
+RUNTIMES = ("torch", "llama.cpp")
+
+
+def evaluate_against(model: ModelHandle | nn.Module | str, settings: EvalSettings | None = None, *,
+                     reference: ModelHandle | str | None = None, runtime: str = "torch") -> tuple[EvalResult, EvalResult | None]:
+    """Load ``model`` (run by torch, or by llama.cpp for a .gguf file) and its full-precision
+    ``reference`` (default: the model a lowbit checkpoint was quantized from), score both on
+    ``settings`` (an :class:`~lowbit.metrics.run.EvalSettings`): ``lowbit eval``.
+
+    Returns ``(result, reference_result)``; the second is None without a reference (PPL only)."""
+    from lowbit.calib import load_corpus
+    from lowbit.metrics.run import EvalSettings, Evaluator
+
+    settings = settings or EvalSettings()
+    load_corpus(settings.data)  # bad data fails before any model loads
+    if runtime not in RUNTIMES:
+        raise InputError(f"--runtime {runtime!r}: use torch or llama.cpp")
+    if runtime == "llama.cpp":
+        from lowbit.metrics.llamacpp import load_llamacpp
+
+        handle = load_llamacpp(model, n_ctx=max(settings.seq_len, 512))
+    else:
+        handle = load_model(model)
+    reference = reference or handle.reference_name
+    ref = load_model(reference) if reference else None
+    evaluator = Evaluator(ref, settings, tokenizer=(ref or handle).tokenizer)
+    ref_result = evaluator.run(ref, label=f"{ref.name} (reference)") if ref is not None else None
+    return evaluator.run(handle), ref_result
+
+
+@dataclass
+class HardwareCheck:
+    """This machine and the timing of every format on its CPU (and GPU, where one is present)."""
+
+    machine: Machine
+    cpu: list[FormatTiming]
+    gpu: list[FormatTiming] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        from lowbit.metrics import hardware
+
+        return hardware.to_dict(self.machine, self.cpu, self.gpu)
+
+
+def check_hardware(repeats: int = 7) -> HardwareCheck:
+    """Detect this machine, time every format against float32 on its CPU and GPU, and record the ratios
+    where ``lowbit plan`` reads measured speeds: ``lowbit hardware``."""
+    from lowbit.metrics import hardware
+
+    machine = hardware.detect()
+    cpu = hardware.check(repeats=repeats)
+    hardware.record(cpu, machine)
+    gpu = None
+    if machine.gpu:
+        gpu = hardware.check(repeats=repeats, device="cuda")
+        hardware.record(gpu, machine, device="cuda")
+    return HardwareCheck(machine, cpu, gpu)
+
+
+@dataclass
+class QATRun:
+    """A ``lowbit qat`` run: the training and, when asked, the converted model scored before (the PTQ
+    start) and after training, against the full-precision model."""
+
+    label: str  # the spec trained to, e.g. int4-asym-g64
+    kind: str  # causal-lm or encoder
+    train: TrainResult
+    before: EvalResult | None = None
+    after: EvalResult | None = None
+
+
+def train_qat(model: ModelHandle | nn.Module | str, out: str | Path, settings: TrainSettings, *,
+              spec: str = "int4-asym-g64", start: str = "rtn", calib: str = "pydoc:calib", lsq: bool = False,
+              act: bool = False, evaluate: EvalSettings | None = None, overwrite: bool = False,
+              progress: Callable[[int, int, float], None] | None = None) -> QATRun:
+    """Quantization-aware training of a causal LM or encoder, end to end: ``lowbit qat``. Fake-quantize
+    ``model``'s layers to ``spec`` starting from ``start`` (rtn, or gptq on ``calib``; see
+    :func:`lowbit.qat.prepare` for ``lsq`` / ``act``), train on ``settings.data``, convert to real
+    quantized layers and save the checkpoint to ``out``. With ``evaluate``, the converted start and the
+    result are scored against the float model. ``progress(step, steps, loss)`` follows the training."""
+    from lowbit import qat
+    from lowbit.calib import load_corpus
+    from lowbit.metrics.run import Evaluator
+    from lowbit.writers.guard import check_output
+
+    qs = qat.parse_spec(spec)  # everything is checked before a model loads
+    check_output(out, overwrite)
+    load_corpus(settings.data)
+    handle = load_model(model)
+    if handle.kind not in ("causal-lm", "encoder"):
+        raise InputError(f"{handle.name}: lowbit.api.train_qat trains causal LMs and encoders; use lowbit.qat "
+                         "for other modules (e.g. a classifier with (x, y) tensors)")
+    prepared = qat.prepare(handle, qs, start=start, lsq=lsq, act=act, calib=calib)
+    if handle.kind == "encoder":
+        batches = qat.encoder_batches(handle, settings.data, max(settings.steps * settings.batch, 64), settings.seq_len)
+    else:
+        batches = qat.lm_batches(handle, settings.data, max(min(settings.steps * settings.batch, 512), 16),
+                                 settings.seq_len)
+    evaluator = Evaluator(handle, evaluate) if evaluate is not None else None
+    before = evaluator.run(qat.convert(prepared)) if evaluator is not None else None
+    result = qat.train(prepared, batches, settings, progress=progress)
+    converted = qat.convert(prepared)
+    save(converted, out, overwrite=overwrite)
+    after = evaluator.run(converted) if evaluator is not None else None
+    return QATRun(qs.label, handle.kind, result, before, after)
+
+
+__all__ += ["GGUFSettings", "HardwareCheck", "QATRun", "check_hardware", "evaluate_against", "export_to",
+            "imatrix_to", "quantize_to", "train_qat"]

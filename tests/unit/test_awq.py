@@ -94,7 +94,7 @@ def test_awq_beats_rtn_on_tiny_llama(tiny_llama, text_file) -> None:
     spec = QuantSpec(2, False, 32)
     a, rep = api.quantize(tiny_llama, api.make_config("awq", spec), calib=api.CalibSettings(str(text_file), 8, 32))
     r, _ = api.quantize(tiny_llama, api.make_config("rtn", spec))
-    assert rep.extra["calibration"]["schedule"] == "two-pass"
+    assert rep.calibration.to_dict()["schedule"] == "two-pass"
     assert ev.run(a).kl_mean < ev.run(r).kl_mean
 
 

@@ -9,6 +9,7 @@ from torch import nn
 import lowbit
 from lowbit import api
 from lowbit.calib import capture
+from lowbit.calib.stats import StatsAccumulator, gather
 from lowbit.errors import CalibrationError, InputError
 from lowbit.modules.qlinear import QuantizedLinear
 from lowbit.spec import QuantSpec
@@ -35,22 +36,38 @@ def test_shared_input_groups_llama(tiny_llama) -> None:
 
 
 def test_layer_stats_hessian_and_means() -> None:
-    st = capture.LayerStats(("hessian", "act_absmean", "act_sqmean", "inputs"))
+    acc = StatsAccumulator(("hessian", "act_absmean", "act_absmax", "act_sqsum"))
     x = torch.randn(3, 5, 8)
-    st.add(x[:2])
-    st.add(x[2:])
-    d = st.as_dict()
+    acc.add(x[:2])
+    acc.add(x[2:])
+    st = acc.stats()
     flat = x.reshape(-1, 8)
-    torch.testing.assert_close(d["hessian"], 2 * flat.t() @ flat / 15)
-    torch.testing.assert_close(d["act_absmean"], flat.abs().mean(0))
-    torch.testing.assert_close(d["act_sqmean"], flat.pow(2).mean(0))
-    assert d["inputs"].shape == (15, 8) and int(d["rows"]) == 15
+    torch.testing.assert_close(st.hessian, 2 * flat.t() @ flat / 15)
+    torch.testing.assert_close(st.act_absmean, flat.abs().mean(0))
+    torch.testing.assert_close(st.act_absmax, flat.abs().amax(0))
+    assert acc.sq_sum.dtype == torch.float64
+    torch.testing.assert_close(acc.sq_sum, flat.double().pow(2).sum(0))
+    assert st.rows == 15
+    s = torch.rand(8) + 0.5
+    sc = st.scaled(s)
+    torch.testing.assert_close(sc.hessian, st.hessian / (s[None, :] * s[:, None]))
+    torch.testing.assert_close(sc.act_absmax, st.act_absmax / s)
 
 
 def test_only_needed_statistics_are_gathered() -> None:
-    st = capture.LayerStats(("act_absmean",))
-    st.add(torch.randn(4, 8))
-    assert set(st.as_dict()) == {"rows", "act_absmean"}
+    acc = StatsAccumulator(("act_absmean",))
+    acc.add(torch.randn(4, 8))
+    st = acc.stats()
+    assert st.act_absmean is not None and st.hessian is None and st.act_absmax is None and acc.sq_sum is None
+
+
+def test_gather_hooks_every_named_module_and_removes_them() -> None:
+    net = nn.Sequential(nn.Linear(8, 4), nn.ReLU(), nn.Linear(4, 2))
+    xs = [torch.randn(3, 8), torch.randn(5, 8)]
+    accs = gather(net, {"a": net[0], "b": net[2]}, ("act_absmax",), xs, run=lambda m, x: m(x))
+    assert accs["a"].rows == 8 and accs["b"].rows == 8
+    torch.testing.assert_close(accs["a"].stats().act_absmax, torch.cat(xs).abs().amax(0))
+    assert not net[0]._forward_pre_hooks and not net[2]._forward_pre_hooks
 
 
 @pytest.mark.parametrize("fused", [True, False])
@@ -59,7 +76,7 @@ def test_sequential_gptq_on_tiny_llama(tiny_llama, text_file, monkeypatch, fused
         monkeypatch.setattr(capture, "FUSED_BUDGET_BYTES", 0)
     calib = api.CalibSettings(str(text_file), n_samples=4, seq_len=32)
     q, rep = api.quantize(tiny_llama, api.make_config("gptq", QuantSpec(4, False, 32)), calib=calib)
-    cal = rep.extra["calibration"]
+    cal = rep.calibration.to_dict()
     assert cal["schedule"] == ("fused" if fused else "two-pass")
     assert cal["samples"] == 4 and cal["tokens"] == 128 and cal["peak_rss_bytes"] > 0 and cal["seconds"] > 0
     assert len(rep.layers) == 14 and rep.skipped == ["model.embed_tokens", "lm_head"]
@@ -91,7 +108,7 @@ def test_gptq_beats_rtn_on_tiny_llama(tiny_llama, text_file) -> None:
 def test_leftover_linear_outside_blocks_is_calibrated(tiny_bert, text_file) -> None:
     q, rep = api.quantize(tiny_bert, api.make_config("gptq", QuantSpec(4, True, 32)),
                           calib=api.CalibSettings(str(text_file), 2, 32))
-    assert "pooler.dense" in rep.layers and rep.extra["calibration"]["unreached"] == []
+    assert "pooler.dense" in rep.layers and rep.calibration.to_dict()["unreached"] == []
 
 
 def test_calibrated_method_errors(tiny_llama, text_file, tmp_path) -> None:

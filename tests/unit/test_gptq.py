@@ -7,6 +7,7 @@ import logging
 import pytest
 import torch
 
+from lowbit.calib.stats import LayerStats
 from lowbit.errors import CalibrationError, InputError, ShapeError
 from lowbit.methods import get_method
 from lowbit.methods.gptq import GPTQConfig, gptq_quantize
@@ -69,7 +70,7 @@ def test_not_positive_definite_raises_damping_and_reports(caplog: pytest.LogCapt
     qt, info = gptq_quantize(w, h, cfg)
     assert info.retries >= 1 and info.damp_used > cfg.damp
     with caplog.at_level(logging.WARNING):
-        get_method("gptq").fn(w, cfg, {"hessian": h})
+        get_method("gptq").fn(w, cfg, LayerStats(rows=1, hessian=h))
     assert "damping raised" in caplog.text
 
 

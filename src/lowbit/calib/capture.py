@@ -16,9 +16,8 @@ Two schedules, chosen by the activation memory of the calibration set:
 - **two-pass** (larger sets, micro-batches): per block, a statistics pass with hooks over all
   micro-batches, then quantization, then a propagation pass.
 
-Statistics are gathered only when a method asks for them (``Method.needs``):
-``hessian`` (X^T X, GPTQ), ``act_absmean`` (mean |x| per input channel, AWQ), ``act_sqmean``
-(mean x^2 per input channel, importance matrices), ``inputs`` (a row sample of X, AWQ's search).
+Statistics are gathered only when a method asks for them (``Method.needs``), by the one gatherer in
+calib/stats.py: ``hessian`` (X^T X, GPTQ), ``act_absmean`` (mean |x| per input channel, AWQ).
 """
 
 from __future__ import annotations
@@ -31,76 +30,23 @@ from typing import Any
 import torch
 from torch import nn
 
+from lowbit.calib.stats import LayerStats, StatsAccumulator, collecting
 from lowbit.errors import CalibrationError, InputError
 from lowbit.modules.swap import page_out, replace_module, trim_heap
 from lowbit.progress import track
 
 log = logging.getLogger(__name__)
 
-STATS = ("hessian", "act_absmean", "act_sqmean", "inputs")
 FUSED_BUDGET_BYTES = 3 << 30
-INPUT_SAMPLE_ROWS = 4096
 
 
 class _StopForward(Exception):
     """Private signal: the first block's inputs are caught, the rest of the forward is not needed."""
 
 
-@dataclass
-class LayerStats:
-    """What calibration saw at one Linear's input (in features = d)."""
-
-    needs: tuple[str, ...]
-    rows: int = 0
-    xtx: torch.Tensor | None = None  # (d, d) float32, sum of x^T x
-    abs_sum: torch.Tensor | None = None  # (d,) sum of |x|
-    sq_sum: torch.Tensor | None = None  # (d,) sum of x^2
-    sample: list[torch.Tensor] = field(default_factory=list)  # rows of x, float32
-
-    def add(self, x: torch.Tensor) -> None:
-        x = x.detach().reshape(-1, x.shape[-1]).float()
-        self.rows += x.shape[0]
-        if "hessian" in self.needs:
-            xtx = gram(x)
-            self.xtx = xtx if self.xtx is None else self.xtx.add_(xtx)
-        if "act_absmean" in self.needs:
-            a = x.abs().sum(0)
-            self.abs_sum = a if self.abs_sum is None else self.abs_sum + a
-        if "act_sqmean" in self.needs:
-            s = x.pow(2).sum(0)
-            self.sq_sum = s if self.sq_sum is None else self.sq_sum + s
-        if "inputs" in self.needs:
-            have = sum(t.shape[0] for t in self.sample)
-            if have < INPUT_SAMPLE_ROWS:
-                step = max(1, x.shape[0] // (INPUT_SAMPLE_ROWS - have))
-                self.sample.append(x[::step][: INPUT_SAMPLE_ROWS - have].clone())
-
-    def as_dict(self) -> dict[str, torch.Tensor]:
-        """The statistics a method function receives: hessian = 2 X^T X / n, as in the GPTQ paper."""
-        out: dict[str, torch.Tensor] = {"rows": torch.tensor(self.rows)}
-        n = max(self.rows, 1)
-        if self.xtx is not None:
-            out["hessian"] = self.xtx * (2.0 / n)
-        if self.abs_sum is not None:
-            out["act_absmean"] = self.abs_sum / n
-        if self.sq_sum is not None:
-            out["act_sqmean"] = self.sq_sum / n
-        if self.sample:
-            out["inputs"] = torch.cat(self.sample)
-        return out
-
-
-def gram(x: torch.Tensor) -> torch.Tensor:
-    """X^T X (d, d) in float32. The Hessians cost as much as the forward pass itself, and numpy computes
-    ``a.T @ a`` as a symmetric rank-k update (BLAS syrk): half the flops of torch's general matmul,
-    ~1.8x faster here. (the CLI and the benches stop OpenBLAS's idle threads from spinning against torch's.)"""
-    a = x.detach().contiguous().numpy()
-    return torch.from_numpy(a.T @ a)
-
-
 # A callback that quantizes Linears reading the same input (e.g. q/k/v) from their shared statistics
 # and returns the modules to install, in the same order.
-QuantizeGroup = Callable[[list[str], list[nn.Linear], dict[str, torch.Tensor]], list[nn.Module]]
+QuantizeGroup = Callable[[list[str], list[nn.Linear], LayerStats], list[nn.Module]]
 
 
 def find_blocks(model: nn.Module) -> tuple[str, nn.ModuleList]:
@@ -215,7 +161,7 @@ def run_sequential(
     needs: tuple[str, ...],
     quantize_group: QuantizeGroup,
     micro_batch: int = 4,
-    block_transform: Callable[..., list[dict[str, torch.Tensor]]] | None = None,
+    block_transform: Callable[..., list[LayerStats]] | None = None,
 ) -> CaptureReport:
     """Calibrate ``targets`` block by block on ``windows`` (n, L); install what ``quantize_group`` returns.
 
@@ -223,8 +169,6 @@ def run_sequential(
     with each group's fold target (found by modules/fold.py), and returns the statistics to use; it
     implies the two-pass schedule.
     """
-    unknown = set(needs) - set(STATS)
-    assert not unknown, f"unknown statistics {unknown}"
     if windows.numel() == 0:
         raise CalibrationError("no calibration tokens")
     targets = dict(targets)  # entries are dropped as they are replaced, so their float weights can go
@@ -274,10 +218,10 @@ def _block_fused(block: nn.Module, chunks: list[tuple[tuple, dict]], in_block: d
     def pre_hook(mod: nn.Module, args: tuple) -> None:
         if in_block[mod] in installed:  # quantized with its group, weights already written
             return
-        st = LayerStats(needs)
+        st = StatsAccumulator(needs)
         st.add(args[0])
         group = group_of[mod]
-        news = quantize_group([in_block[m] for m in group], group, st.as_dict())
+        news = quantize_group([in_block[m] for m in group], group, st.stats())
         for m, new in zip(group, news):
             installed[in_block[m]] = new
             # the rest of this pass runs quantized; a fresh tensor, not copy_(): writing into a weight that
@@ -301,7 +245,7 @@ def _block_fused(block: nn.Module, chunks: list[tuple[tuple, dict]], in_block: d
 def _bind_transform(transform: Callable[..., Any], block: nn.Module, head: str, folds: dict[str, str | None]) -> Callable[..., Any]:
     """Give a block transform each group's names, modules and fold target (a module of this block)."""
 
-    def run(groups: list[list[nn.Module]], names: list[list[str]], stats: list[dict]) -> list[dict]:
+    def run(groups: list[list[nn.Module]], names: list[list[str]], stats: list[LayerStats]) -> list[LayerStats]:
         info = []
         for g, ns in zip(groups, names):
             target = folds.get(ns[0][len(head):])
@@ -314,17 +258,12 @@ def _bind_transform(transform: Callable[..., Any], block: nn.Module, head: str, 
 def _block_two_pass(block: nn.Module, chunks: list[tuple[tuple, dict]], in_block: dict[nn.Module, str],
                     groups: list[list[nn.Module]], needs: tuple[str, ...], quantize_group: QuantizeGroup,
                     model: nn.Module, transform: Callable[..., Any] | None = None) -> list[tuple[tuple, dict]]:
-    stats = {g[0]: LayerStats(needs) for g in groups}  # one accumulator per shared input
-    hooks = [m.register_forward_pre_hook(lambda mod, a: stats[mod].add(a[0])) for m in stats]
-    try:
+    names = [[in_block[m] for m in g] for g in groups]
+    with collecting({ns[0]: g[0] for g, ns in zip(groups, names)}, needs) as accs:  # one per shared input
         with torch.inference_mode():
             for args, kwargs in chunks:
                 block(*args, **kwargs)
-    finally:
-        for h in hooks:
-            h.remove()
-    names = [[in_block[m] for m in g] for g in groups]
-    group_stats = [stats[g[0]].as_dict() for g in groups]
+    group_stats = [accs[ns[0]].stats() for ns in names]
     if transform is not None:
         with torch.inference_mode():
             group_stats = transform(groups, names, group_stats)
@@ -341,20 +280,15 @@ def _block_two_pass(block: nn.Module, chunks: list[tuple[tuple, dict]], in_block
 def _leftovers(model: nn.Module, batches: list[torch.Tensor], leftovers: dict[str, nn.Linear],
                needs: tuple[str, ...], quantize_group: QuantizeGroup) -> list[str]:
     """Targets outside the blocks (e.g. a pooler): one full forward with hooks, then quantize each."""
-    stats = {m: LayerStats(needs) for m in leftovers.values()}
-    hooks = [m.register_forward_pre_hook(lambda mod, a: stats[mod].add(a[0])) for m in leftovers.values()]
-    try:
+    with collecting(leftovers, needs) as accs:
         with torch.inference_mode():
             for ids in batches:
                 model(input_ids=ids)
-    finally:
-        for h in hooks:
-            h.remove()
     unreached = []
     for name, mod in leftovers.items():
-        if stats[mod].rows == 0:
+        if accs[name].rows == 0:
             unreached.append(name)
-        replace_module(model, name, quantize_group([name], [mod], stats[mod].as_dict())[0])
+        replace_module(model, name, quantize_group([name], [mod], accs[name].stats())[0])
     return unreached
 
 

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from lowbit.calib.stats import gather
 from lowbit.errors import InputError
 from lowbit.formats.ggml.names import gguf_name
 from lowbit.progress import track
@@ -48,11 +49,20 @@ class Imatrix:
 
 @torch.no_grad()
 def compute_imatrix(model: nn.Module, windows: torch.Tensor, dataset: str = "", micro_batch: int = 4) -> Imatrix:
-    """Run ``windows`` (n, L) token ids through the float model and gather x^2 at every Linear input."""
+    """Run ``windows`` (n, L) token ids through the float model and gather x^2 at every Linear input
+    (the one statistics gatherer, calib/stats.py, in float64 sums)."""
     im = Imatrix(datasets=[dataset] if dataset else [], chunk_count=int(windows.shape[0]),
                  chunk_size=int(windows.shape[1]))
-    hooks = []
+    accs = gather(model, _imatrix_targets(model), ("act_sqsum",), track(list(windows.split(micro_batch)), "imatrix"))
+    im.sums = {k: a.sq_sum.numpy().astype(np.float32) for k, a in accs.items() if a.rows}
+    im.counts = {k: a.rows for k, a in accs.items() if a.rows}
+    return im
+
+
+def _imatrix_targets(model: nn.Module) -> dict[str, nn.Module]:
+    """GGUF tensor name -> the module whose input it weights, as llama-imatrix records them."""
     tied = getattr(getattr(model, "config", None), "tie_word_embeddings", False)
+    out: dict[str, nn.Module] = {}
     for name, mod in model.named_modules():
         g = gguf_name(f"{name}.weight")
         if g is None or not (isinstance(mod, nn.Linear) or hasattr(mod, "dequantize")) or isinstance(mod, nn.Embedding):
@@ -61,27 +71,15 @@ def compute_imatrix(model: nn.Module, windows: torch.Tensor, dataset: str = "", 
             if not tied:          # a tied one is the token_embd matrix, recorded under that name
                 continue
             g = "token_embd.weight"
-
-        def hook(_m: nn.Module, args: tuple, g: str = g) -> None:
-            x = args[0].detach().reshape(-1, args[0].shape[-1]).double()
-            s = x.pow(2).sum(0).numpy()
-            im.sums[g] = im.sums[g] + s if g in im.sums else s
-            im.counts[g] = im.counts.get(g, 0) + x.shape[0]
-
-        hooks.append(mod.register_forward_pre_hook(hook))
-    try:
-        for ids in track(list(windows.split(micro_batch)), "imatrix"):
-            model(input_ids=ids)
-    finally:
-        for h in hooks:
-            h.remove()
-    im.sums = {k: v.astype(np.float32) for k, v in im.sums.items()}
-    return im
+        out[g] = mod
+    return out
 
 
-def save_imatrix(im: Imatrix, path: str | Path) -> Path:
+def save_imatrix(im: Imatrix, path: str | Path, overwrite: bool = False) -> Path:
     """Write ``im`` atomically: ``.dat`` in the legacy format, anything else as GGUF."""
-    path = Path(path)
+    from lowbit.writers.guard import check_output
+
+    path = check_output(path, overwrite)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent or ".")
     os.close(fd)
     try:

@@ -1,8 +1,10 @@
-"""Quantization methods: one file each (config dataclass + pure function + registration)."""
+"""Quantization methods: one file each (config dataclass + the per-layer function + one
+``@register_method`` line). The pipeline (pipeline/) runs every one of them the same way."""
 
 from lowbit.methods import (  # noqa: F401  (register themselves)
     awq,
     bnb,
+    gguf,
     gptq,
     hqq,
     llm_int8,
@@ -10,6 +12,6 @@ from lowbit.methods import (  # noqa: F401  (register themselves)
     rtn,
     w8a8,
 )
-from lowbit.methods.base import METHODS, Method, MethodConfig, get_method
+from lowbit.methods.base import METHODS, GridConfig, Method, MethodConfig, Transform, get_method, make_config
 
-__all__ = ["METHODS", "Method", "MethodConfig", "get_method"]
+__all__ = ["METHODS", "GridConfig", "Method", "MethodConfig", "Transform", "get_method", "make_config"]

@@ -23,14 +23,15 @@ that takes RTN takes AWQ.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
 from lowbit import grid
 from lowbit.errors import CalibrationError, InputError
-from lowbit.methods.base import GridConfig, register_method
+from lowbit.calib.stats import LayerStats
+from lowbit.methods.base import GridConfig, Transform, register_method
 from lowbit.modules.fold import apply_fold
 from lowbit.spec import PER_CHANNEL, PER_TENSOR, QuantSpec
 from lowbit.tensor import QuantizedTensor
@@ -43,10 +44,12 @@ class AWQConfig(GridConfig):
     """AWQ options: ``n_grid`` values of alpha in [0, 1); optional clipping search over ``clip_grid``
     range factors down to ``clip_min`` (AWQ's max_shrink 0.5)."""
 
-    n_grid: int = 20
-    clip_search: bool = True
-    clip_grid: int = 20
-    clip_min: float = 0.5
+    n_grid: int = field(default=20, metadata={
+        "help": "How many values of alpha, from 0 up to 1, the search for the scales mean|x|^alpha tries."})
+    clip_search: bool = field(default=True, metadata={
+        "help": "After scaling, search each block's clipping range for the least output error."})
+    clip_grid: int = field(default=20, metadata={"help": "How many range factors the clipping search tries, from 1 down to the smallest."})
+    clip_min: float = field(default=0.5, metadata={"help": "Smallest range factor the clipping search tries, in (0, 1]."})
 
     def __post_init__(self) -> None:
         if self.n_grid < 1 or self.clip_grid < 1 or not 0 < self.clip_min <= 1:
@@ -127,37 +130,35 @@ def clip_rtn(w: torch.Tensor, h: torch.Tensor, spec: QuantSpec, n: int, clip_min
 
 def awq_block_transform(
     groups: list[tuple[list[str], list[nn.Linear], nn.Module | None]],
-    stats: list[dict[str, torch.Tensor]],
+    stats: list[LayerStats],
     cfg: AWQConfig,
-) -> list[dict[str, torch.Tensor]]:
+) -> list[LayerStats]:
     """Search and fold the scales of every group of one block; return each group's statistics as seen
     through the scaled inputs (x / s): H' = D^-1 H D^-1, mean|x|' = mean|x| / s."""
     out = []
     for (names, lins, producer), st in zip(groups, stats):
-        if producer is None or int(st.get("rows", 0)) == 0:
+        if producer is None or st.rows == 0:
             out.append(st)
             continue
         w = torch.cat([m.weight.data.float() for m in lins])
-        s, alpha = search_scale(w, st["act_absmean"], st["hessian"], cfg)
+        s, alpha = search_scale(w, st.act_absmean, st.hessian, cfg)
         if alpha > 0:
             apply_fold(producer, lins, s)
         log.debug("AWQ %s: alpha %.2f", names, alpha)
-        st = dict(st, hessian=st["hessian"] / (s.unsqueeze(0) * s.unsqueeze(1)), act_absmean=st["act_absmean"] / s,
-                  awq_alpha=torch.tensor(alpha))
-        out.append(st)
+        out.append(st.scaled(s))
     return out
 
 
 @register_method("awq", AWQConfig, needs=("hessian", "act_absmean"),
                  summary="AWQ: activation-aware scales folded into the previous op, then RTN (Lin et al. 2023)",
-                 block_transform=awq_block_transform)
-def awq(weight: torch.Tensor, cfg: AWQConfig, stats: dict[str, torch.Tensor] | None = None) -> QuantizedTensor:
+                 transform=Transform("block", awq_block_transform))
+def awq(weight: torch.Tensor, cfg: AWQConfig, stats: LayerStats | None = None) -> QuantizedTensor:
     """Quantize an (already AWQ-scaled) weight: RTN, with the output-error clipping search if enabled."""
-    if not stats or "hessian" not in stats:
+    if stats is None or stats.hessian is None:
         raise CalibrationError("AWQ needs the layer's input statistics: give calibration data")
     if not cfg.clip_search:
         blocks = grid.as_blocks(weight, cfg.spec)
         scale, zero = grid.qparams(blocks, cfg.spec)
         return QuantizedTensor.from_codes(grid.quantize_blocks(blocks, scale, zero, cfg.spec), scale, zero, cfg.spec,
                                           tuple(weight.shape))
-    return clip_rtn(weight.float(), stats["hessian"], cfg.spec, cfg.clip_grid, cfg.clip_min)
+    return clip_rtn(weight.float(), stats.hessian, cfg.spec, cfg.clip_grid, cfg.clip_min)

@@ -40,6 +40,9 @@ class MethodConfig:
     method: ClassVar[str] = ""
     version: ClassVar[int] = 1
 
+    def check_layer(self, shape: tuple[int, ...], name: str) -> None:
+        """Raise InputError if a layer of weight ``shape`` cannot be stored this way (checked before any work)."""
+
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         if isinstance(getattr(self, "spec", None), QuantSpec):
@@ -65,6 +68,9 @@ class GridConfig(MethodConfig):
     """Configs of the methods that produce integer grids (QuantizedTensor): a spec plus options."""
 
     spec: QuantSpec = field(default_factory=QuantSpec)
+
+    def check_layer(self, shape: tuple[int, ...], name: str) -> None:
+        self.spec.block_len(shape, name)
 
 
 @dataclass(frozen=True)
@@ -95,6 +101,8 @@ class Method:
     #: rows are quantized independently given shared statistics, so Linears that read the same input
     #: (q/k/v, gate/up) can be stacked into one call (one Hessian inverse instead of three)
     row_independent: bool = True
+    #: which modules it quantizes when not every nn.Linear (QAT's convert: the fake-quantized layers)
+    selects: Callable[[Any], bool] | None = None
 
     def __post_init__(self) -> None:
         assert set(self.needs) <= set(STATISTICS), self.needs
@@ -111,7 +119,7 @@ METHODS: Registry[Method] = Registry("method")
 def register_method(
     name: str, config: type[MethodConfig], needs: tuple[str, ...] = (), summary: str = "", *,
     produces: str = "tensor", calibration: str = "sequential", transform: Transform | None = None,
-    row_independent: bool = True,
+    row_independent: bool = True, selects: Callable[[Any], bool] | None = None,
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Register ``fn`` as method ``name``: ``fn(weight, cfg, stats) -> QuantizedTensor`` when it produces
     tensors, ``fn(linear, cfg, stats) -> nn.Module`` when it produces layers; ``stats`` is the layer's
@@ -119,7 +127,8 @@ def register_method(
 
     def deco(fn: Callable[..., Any]) -> Callable[..., Any]:
         config.method = name
-        METHODS.add(name, Method(name, config, fn, needs, summary, produces, calibration, transform, row_independent))
+        METHODS.add(name, Method(name, config, fn, needs, summary, produces, calibration, transform, row_independent,
+                                      selects))
         return fn
 
     return deco

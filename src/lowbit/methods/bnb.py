@@ -1,46 +1,53 @@
-"""bitsandbytes-style NF4 / FP4 (QLoRA): the guide's lowest-friction option, no calibration. Every
-selected Linear becomes a :class:`~lowbit.modules.bnb4_linear.Linear4bit` whose codes and constants are
-bit-identical to ``bitsandbytes.functional.quantize_4bit``; double quantization re-quantizes the block
-constants (4.127 bits per weight for NF4 at block 64).
+"""bitsandbytes-style NF4 / FP4 (QLoRA, Dettmers et al. 2023, https://arxiv.org/abs/2305.14314): the
+guide's lowest-friction option, no calibration. Every selected Linear becomes a
+:class:`~lowbit.modules.bnb4_linear.Linear4bit` whose codes and constants are bit-identical to
+``bitsandbytes.functional.quantize_4bit``; double quantization re-quantizes the block constants (4.127
+bits per weight for NF4 at block 64).
 
-    qh, report = quantize_bnb4(load_model("smollm2"), "nf4", double_quant=True)
+    qh, report = lowbit.quantize(model, lowbit.make_config("nf4", double_quant=True))
 
-Joins `lowbit compare` as the "bitsandbytes" family (bnb-nf4, bnb-nf4-dq, bnb-fp4).
+Trade-offs: seconds to run and no data, but round-to-nearest on a fixed 16-value grid: below GPTQ/AWQ
+at 4 bits, and lowbit's layer dequantizes per forward on CPU (bitsandbytes' own kernels are the fast path).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
+from dataclasses import dataclass, field
 
 from torch import nn
 
-from lowbit.compare.candidates import Built, Candidate, register_candidate
-from lowbit.loaders import ModelHandle
-from lowbit.loaders.handle import CAUSAL_LM, ENCODER
-from lowbit.methods.layers import swap_linears
+from lowbit.calib.stats import LayerStats
+from lowbit.errors import InputError
+from lowbit.methods.base import MethodConfig, register_method
 from lowbit.modules.bnb4_linear import Linear4bit
 
 
-def quantize_bnb4(model: ModelHandle | nn.Module | str, quant_type: str = "nf4", double_quant: bool = False,
-                  blocksize: int = 64, targets: Sequence[str] | None = None,
-                  ignore: Sequence[str] | None = None) -> tuple[ModelHandle, dict[str, Any]]:
-    """A copy of ``model`` with its selected Linears (default: all but the output head) in NF4/FP4."""
-    return swap_linears(model, lambda lin: Linear4bit.from_linear(lin, quant_type, double_quant, blocksize),
-                        f"{quant_type}{'+dq' if double_quant else ''}",
-                        {"method": quant_type, "double_quant": double_quant, "blocksize": blocksize}, targets, ignore)
+@dataclass(frozen=True)
+class Bnb4Config(MethodConfig):
+    double_quant: bool = field(default=False, metadata={"help": "nf4/fp4: re-quantize the block constants (QLoRA)."})
+    blocksize: int = field(default=64, metadata={"help": "nf4/fp4: weights per absmax block."})
+
+    def __post_init__(self) -> None:
+        if self.blocksize not in (32, 64, 128, 256, 512, 1024, 2048, 4096):
+            raise InputError(f"blocksize={self.blocksize}: bitsandbytes blocks are 32, 64, 128, ... 4096 weights")
 
 
-def _candidate(quant_type: str, dq: bool) -> Any:
-    def build(ref: ModelHandle, ctx: Any) -> Built:
-        qh, rep = quantize_bnb4(ref, quant_type, dq)
-        return Built(qh, extra={"quantize_seconds": rep["seconds"]})
-
-    return build
+@dataclass(frozen=True)
+class NF4Config(Bnb4Config):
+    """NF4: 16 quantiles of a normal distribution, absmax per block."""
 
 
-for _qt, _dq, _default in (("nf4", False, False), ("nf4", True, True), ("fp4", False, False)):
-    register_candidate(Candidate(f"bnb-{_qt}{'-dq' if _dq else ''}", "bitsandbytes", 4,
-                                 f"bitsandbytes-style {_qt.upper()}{' + double quant' if _dq else ''}, block 64",
-                                 "bnb-nf4", _candidate(_qt, _dq), kinds=(CAUSAL_LM, ENCODER),
-                                 config=f"bnb4:{_qt}:{_dq}:64", default=_default, plan_method="bnb-nf4"))
+@dataclass(frozen=True)
+class FP4Config(Bnb4Config):
+    """FP4: a 4-bit float (e2m1), absmax per block."""
+
+
+@register_method("nf4", NF4Config, summary="bitsandbytes NF4 (QLoRA), block 64, optional double quant",
+                 produces="layer")
+def nf4(linear: nn.Linear, cfg: NF4Config, stats: LayerStats | None = None) -> nn.Module:
+    return Linear4bit.from_linear(linear, "nf4", cfg.double_quant, cfg.blocksize)
+
+
+@register_method("fp4", FP4Config, summary="bitsandbytes FP4, block 64, optional double quant", produces="layer")
+def fp4(linear: nn.Linear, cfg: FP4Config, stats: LayerStats | None = None) -> nn.Module:
+    return Linear4bit.from_linear(linear, "fp4", cfg.double_quant, cfg.blocksize)

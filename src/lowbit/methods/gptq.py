@@ -21,12 +21,13 @@ bits; a calibration set unlike the deployment data can hurt (the guide's calibra
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
 from lowbit import grid
 from lowbit.errors import CalibrationError, InputError
+from lowbit.calib.stats import LayerStats
 from lowbit.methods.base import GridConfig, register_method
 from lowbit.spec import PER_CHANNEL, PER_TENSOR, QuantSpec
 from lowbit.tensor import QuantizedTensor
@@ -50,11 +51,18 @@ class GPTQConfig(GridConfig):
     max_damp:    give up (CalibrationError) if the Hessian is still not positive definite at this damping
     """
 
-    damp: float = 0.01
-    block_size: int = 128
-    act_order: bool = True
-    static_groups: bool = False
-    max_damp: float = 10.0
+    damp: float = field(default=0.01, metadata={
+        "help": "Dampening added to the Hessian diagonal, as a fraction of its mean."})
+    block_size: int = field(default=128, metadata={"help": "Columns per lazy batch update (speed only)."})
+    act_order: bool = field(default=True, metadata={"help": (
+        "Quantize the columns by decreasing Hessian diagonal, most-used inputs first. Each group's grid is "
+        "fixed when the pass first reaches one of its columns, from the weights as updated so far "
+        "(--static-groups: from the original weights, before the pass). Groups stay contiguous.")})
+    static_groups: bool = field(default=False, metadata={"help": (
+        "With act-order, fix every group's grid from the original weights before the pass (the reference "
+        "code's static groups); the updated weights can then overflow it, badly at 3 bits.")})
+    max_damp: float = field(default=10.0, metadata={
+        "help": "Give up if the Hessian is still not positive definite at this dampening."})
 
     def __post_init__(self) -> None:
         if not 0 <= self.damp <= self.max_damp or self.block_size < 1:
@@ -212,11 +220,11 @@ def gptq_quantize(
 
 
 @register_method("gptq", GPTQConfig, needs=("hessian",), summary="GPTQ: Hessian-based error feedback (Frantar et al. 2022)")
-def gptq(weight: torch.Tensor, cfg: GPTQConfig, stats: dict[str, torch.Tensor] | None = None) -> QuantizedTensor:
-    """Quantize ``weight`` with GPTQ; ``stats["hessian"]`` is 2 X^T X / n of its inputs."""
-    if not stats or "hessian" not in stats:
+def gptq(weight: torch.Tensor, cfg: GPTQConfig, stats: LayerStats | None = None) -> QuantizedTensor:
+    """Quantize ``weight`` with GPTQ; ``stats.hessian`` is 2 X^T X / n of its inputs."""
+    if stats is None or stats.hessian is None:
         raise CalibrationError("GPTQ needs the layer's input Hessian: give calibration data")
-    qt, info = gptq_quantize(weight, stats["hessian"], cfg)
+    qt, info = gptq_quantize(weight, stats.hessian, cfg)
     if info.retries:
         log.warning("GPTQ: Hessian not positive definite, damping raised %d time(s) to %g", info.retries, info.damp_used)
     return qt

@@ -61,13 +61,14 @@ in weight units, as in the reference: the shrink leaves only errors above ``beta
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
 
 from lowbit import grid
 from lowbit.errors import InputError
+from lowbit.calib.stats import LayerStats
 from lowbit.methods.base import GridConfig, register_method
 from lowbit.spec import QuantSpec
 from lowbit.tensor import QuantizedTensor
@@ -84,12 +85,15 @@ class HQQConfig(GridConfig):
     tol          relative decrease of a block's L1 error needed to keep iterating it (early stop)
     """
 
-    lp_norm: float = 0.7
-    beta: float = 10.0
-    kappa: float = 1.01
-    iters: int = 20
-    refit_iters: int = 10
-    tol: float = 1e-4
+    lp_norm: float = field(default=0.7, metadata={
+        "help": "p of the objective sum |error|^p, in (0, 1]; p < 1 favours sparse errors."})
+    beta: float = field(default=10.0, metadata={"help": "Initial coupling of the half-quadratic split."})
+    kappa: float = field(default=1.01, metadata={"help": "Growth of the coupling per iteration (>= 1)."})
+    iters: int = field(default=20, metadata={"help": "Most iterations of the float-zero solver (stage 1)."})
+    refit_iters: int = field(default=10, metadata={
+        "help": "Most iterations of the integer-zero scale refit (stage 2); 0 rounds only."})
+    tol: float = field(default=1e-4, metadata={
+        "help": "Relative decrease of a block's L1 error needed to keep iterating it (early stop)."})
 
     def __post_init__(self) -> None:
         checks = {
@@ -212,7 +216,7 @@ def _integer_grid(
 
 
 @register_method("hqq", HQQConfig, needs=(), summary="half-quadratic lp-norm solver for scale/zero, no data")
-def hqq(weight: torch.Tensor, cfg: HQQConfig, stats: dict[str, torch.Tensor] | None = None) -> QuantizedTensor:
+def hqq(weight: torch.Tensor, cfg: HQQConfig, stats: LayerStats | None = None) -> QuantizedTensor:
     """Quantize ``weight`` (out, in) to ``cfg.spec`` with the HQQ solver on lowbit's integer grid.
 
     >>> qt = hqq(torch.randn(8, 64), HQQConfig(spec=QuantSpec(3, False, 32)))

@@ -12,12 +12,13 @@ which use activations to decide which errors matter.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
 from lowbit import grid
 from lowbit.errors import InputError
+from lowbit.calib.stats import LayerStats
 from lowbit.methods.base import GridConfig, register_method
 from lowbit.tensor import QuantizedTensor
 
@@ -26,9 +27,10 @@ from lowbit.tensor import QuantizedTensor
 class RTNConfig(GridConfig):
     """RTN options. ``clip_search`` enables the per-block MSE range search."""
 
-    clip_search: bool = False
-    clip_grid: int = 20
-    clip_min: float = 0.5
+    clip_search: bool = field(default=False, metadata={
+        "help": "Search each block's clipping range for the least squared weight error."})
+    clip_grid: int = field(default=20, metadata={"help": "How many range factors the clipping search tries, from 1 down to the smallest."})
+    clip_min: float = field(default=0.5, metadata={"help": "Smallest range factor the clipping search tries, in (0, 1]."})
 
     def __post_init__(self) -> None:
         if self.clip_grid < 1 or not 0 < self.clip_min <= 1:
@@ -54,7 +56,7 @@ def _mse_shrink(blocks: torch.Tensor, cfg: RTNConfig) -> torch.Tensor:
 
 
 @register_method("rtn", RTNConfig, needs=(), summary="round-to-nearest, optional MSE clipping search")
-def rtn(weight: torch.Tensor, cfg: RTNConfig, stats: dict[str, torch.Tensor] | None = None) -> QuantizedTensor:
+def rtn(weight: torch.Tensor, cfg: RTNConfig, stats: LayerStats | None = None) -> QuantizedTensor:
     """Quantize ``weight`` (out, in) to ``cfg.spec`` by rounding to nearest.
 
     >>> qt = rtn(torch.randn(8, 64), RTNConfig())

@@ -37,6 +37,11 @@ class QuantizedConv2d(nn.Module):
             m.zero = qt.zero.clone()
         return m
 
+    def record(self) -> dict:
+        """This layer in the checkpoint's record (export/checkpoint.py rebuilds it from this)."""
+        return {"spec": self.spec.to_dict(), "shape": list(self.quantized_tensor().shape), "format": "intpack",
+                "module": "conv2d"}
+
     def quantized_tensor(self) -> QuantizedTensor:
         return QuantizedTensor(self.qweight, self.scale, self.zero, self.spec, self.shape)
 

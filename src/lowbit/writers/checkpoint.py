@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from lowbit.errors import ExportError, InputError
+from lowbit.writers.guard import check_output
 from lowbit.writers.hfdir import write_model_dir
 from lowbit.loaders.handle import CAUSAL_LM, ModelHandle
 from lowbit.spec import QuantSpec
@@ -44,9 +45,7 @@ def _dedupe(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], di
 
 def save_checkpoint(handle: ModelHandle, out: str | Path, overwrite: bool = False) -> Path:
     """Write ``handle`` (a quantized model) to ``out``; returns the path."""
-    out = Path(out)
-    if out.exists() and not overwrite:
-        raise ExportError(f"{out} already exists; choose another --out or pass --overwrite")
+    out = check_output(out, overwrite)
     if handle.quant is None:
         raise ExportError("this model is not quantized by lowbit; nothing to save as a lowbit checkpoint")
     tensors, ties = _dedupe(handle.model.state_dict())
@@ -76,6 +75,7 @@ def load_checkpoint(path: str | Path) -> ModelHandle:
             tensors = {k: f.get_tensor(k) for k in f.keys()}
     except Exception as e:  # safetensors raises its own error types for corrupt files
         raise InputError(f"{st} cannot be read: {e}") from None
+    _check_versions(record, path)
     raw = json.loads((path / "config.json").read_text())
     raw.pop("quantization_config", None)
     config = AutoConfig.for_model(**{k: v for k, v in raw.items() if k != "model_type"}, model_type=raw["model_type"])
@@ -109,8 +109,31 @@ def load_checkpoint(path: str | Path) -> ModelHandle:
                        name=str(path), path=str(path), quant=record)
 
 
-LAYER_MODULES = {"bnb4": "lowbit.modules.bnb4_linear:Linear4bit", "llm_int8": "lowbit.methods.llm_int8:LinearInt8",
-                 "w8a8": "lowbit.methods.w8a8:W8A8Linear", "ggml": "lowbit.modules.ggml_linear:GGMLLinear"}
+def _check_versions(record: Any, path: Path) -> None:
+    """Refuse a checkpoint this lowbit cannot read: a newer layout (the record's ``format_version``) or
+    a newer method config (the record's ``method.version`` above its config class's ``version``)."""
+    found = record.get("format_version") if isinstance(record, dict) else None
+    if not _readable(found, FORMAT_VERSION):
+        raise InputError(f"{path}: checkpoint format_version {found!r} was written by a newer lowbit; this lowbit "
+                         f"reads format_version {FORMAT_VERSION} and older; upgrade lowbit to load it")
+    method = record.get("method")
+    if isinstance(method, dict) and "method" in method and "version" in method:
+        from lowbit.methods import METHODS, get_method
+
+        name = method["method"]
+        # The version alone, not config.from_dict(record): a converted QAT model records its grid under
+        # "spec" (the spec string under "qat_spec"), which is not a QATConfig to rebuild.
+        if name in METHODS and not _readable(method["version"], supported := get_method(name).config.version):
+            raise InputError(f"{path}: {name} config version {method['version']!r} was written by a newer lowbit; "
+                             f"this lowbit reads {name} config version {supported} and older; upgrade lowbit to load it")
+
+
+def _readable(version: Any, supported: int) -> bool:
+    return isinstance(version, int) and not isinstance(version, bool) and version <= supported
+
+
+LAYER_MODULES = {"bnb4": "lowbit.modules.bnb4_linear:Linear4bit", "llm_int8": "lowbit.modules.int8_linear:LinearInt8",
+                 "w8a8": "lowbit.modules.w8a8_linear:W8A8Linear", "ggml": "lowbit.modules.ggml_linear:GGMLLinear"}
 
 
 def _layer_module(key: str) -> Any:
@@ -134,9 +157,3 @@ def _tie(model: nn.Module, dup: str, kept: str) -> None:
         dst._parameters[leaf] = src
     else:
         dst._buffers[leaf] = src
-
-
-def record_for(method_cfg: Any, layers: dict[str, Any], skipped: list[str], source: str, seconds: float) -> dict[str, Any]:
-    """``method_cfg``: a MethodConfig, or its record as a dict already."""
-    return {"method": method_cfg if isinstance(method_cfg, dict) else method_cfg.to_dict(), "layers": layers, "skipped": skipped, "source": source,
-            "quantize_seconds": round(seconds, 3)}
