@@ -34,9 +34,9 @@ from lowbit.metrics import speed
 from lowbit.metrics.run import EvalSettings, Evaluator
 from lowbit.formats.bnb4 import quantize_4bit
 from lowbit.loaders import ModelHandle, load_model
-from lowbit.methods.bnb import quantize_bnb4
-from lowbit.methods.llm_int8 import quantize_llm_int8
-from lowbit.methods.w8a8 import quantize_w8a8
+from lowbit.calib.settings import CalibSettings
+from lowbit.methods import get_method, make_config
+from lowbit.pipeline import quantize
 from lowbit.modules.select import select_modules
 from lowbit.report import write_json
 
@@ -98,6 +98,13 @@ def speeds(model: nn.Module, win: torch.Tensor, kind: str, enc: dict | None) -> 
     return speed.encoder_tok_s(model, enc, repeats=3), None
 
 
+def lowbit_run(ref: ModelHandle, method: str, n_cal: int = 16, **options: object) -> tuple[ModelHandle, dict]:
+    """One lowbit method through the pipeline; the figures the table shows from its report."""
+    calib = CalibSettings("pydoc:calib", n_samples=n_cal) if get_method(method).needs else None
+    qh, rep = quantize(ref, make_config(method, **options), calib=calib)
+    return qh, {"bits_per_weight": rep.bits_per_weight, "alpha": rep.details.get("alpha")}
+
+
 def run(name: str, quick: bool, console: Console) -> dict:
     ref = load_model(name)
     windows = 2 if quick else 4
@@ -110,18 +117,18 @@ def run(name: str, quick: bool, console: Console) -> dict:
     fp_pre, fp_dec = speeds(ref.model, win, ref.kind, enc)
     n_cal = 4 if quick else 16
     jobs: list[tuple[str, str, object]] = [
-        ("nf4", "lowbit", lambda: quantize_bnb4(ref, "nf4", False)),
-        ("nf4-dq", "lowbit", lambda: quantize_bnb4(ref, "nf4", True)),
-        ("fp4", "lowbit", lambda: quantize_bnb4(ref, "fp4", False)),
-        ("llm.int8", "lowbit", lambda: quantize_llm_int8(ref, 6.0)),
-        ("int8 rows, no outliers", "lowbit", lambda: quantize_llm_int8(ref, 0.0)),
+        ("nf4", "lowbit", lambda: lowbit_run(ref, "nf4", double_quant=False)),
+        ("nf4-dq", "lowbit", lambda: lowbit_run(ref, "nf4", double_quant=True)),
+        ("fp4", "lowbit", lambda: lowbit_run(ref, "fp4", double_quant=False)),
+        ("llm.int8", "lowbit", lambda: lowbit_run(ref, "int8", threshold=6.0)),
+        ("int8 rows, no outliers", "lowbit", lambda: lowbit_run(ref, "int8", threshold=0.0)),
     ]
     # W8A8 for both kinds: encoders calibrate on pydoc passages (post-norm BERT admits no exact smoothing fold)
     for act in ("dynamic", "static"):
         for smooth in (False, True):
             jobs.append((f"w8a8-{act}-{'smooth' if smooth else 'plain'}", "lowbit",
-                         lambda act=act, smooth=smooth: quantize_w8a8(ref, act, smooth, alpha=None if smooth else 0.5,
-                                                                      n_samples=n_cal)))
+                         lambda act=act, smooth=smooth: lowbit_run(ref, "w8a8", n_cal, act=act, smooth=smooth,
+                                                                   alpha=None if smooth else 0.5)))
     jobs += [("bnb nf4-dq", "bitsandbytes", lambda: (with_bnb_layers(ref, "nf4-dq"), {})),
              ("bnb int8 (LLM.int8)", "bitsandbytes", lambda: (with_bnb_layers(ref, "int8"), {}))]
     rows = []

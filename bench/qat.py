@@ -32,11 +32,10 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from lowbit import api
-from lowbit.metrics.run import EvalSettings, Evaluator
+from lowbit import api, qat
 from lowbit.examples import digits
 from lowbit.loaders import ModelHandle, load_model
-from lowbit.methods import qat
+from lowbit.metrics.run import EvalSettings, Evaluator
 from lowbit.report import write_json
 from lowbit.spec import QuantSpec
 

@@ -14,7 +14,7 @@ LOWBIT = [sys.executable, "-m", "lowbit.cli"]
 
 
 def run(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*LOWBIT, *args], cwd=cwd, capture_output=True, text=True, timeout=600)
+    return subprocess.run([*LOWBIT, *args], cwd=cwd, capture_output=True, text=True, timeout=600, check=False)
 
 
 def _check(res: subprocess.CompletedProcess[str], cwd: Path, before: set[str], needle: str) -> None:
@@ -46,5 +46,20 @@ def workdir(tmp_path: Path) -> Path:
     ],
 )
 def test_bad_input(workdir: Path, args: list[str], needle: str) -> None:
+    before = {p.name for p in workdir.iterdir()}
+    _check(run(*args, cwd=workdir), workdir, before, needle)
+
+
+@pytest.mark.parametrize(
+    "args,needle",
+    [
+        (["quantize", "smollm2", "--method", "rtn", "--act-order", "--out", "o"], "method 'rtn' has no option --act-order"),
+        (["quantize", "smollm2", "--method", "nf4", "--bits", "3", "--out", "o"], "method 'nf4' has no option --bits"),
+        (["quantize", "smollm2", "--method", "hqq", "--out", "notes.txt"], "already exists"),
+        (["export", "smollm2", "--format", "gguf", "--type", "Q7_X", "--out", "o.gguf"], "unknown gguf type"),
+        (["imatrix", "smollm2", "--calib", "empty.txt", "--out", "o.gguf"], "no text"),
+    ],
+)
+def test_bad_option_fails_before_loading(workdir: Path, args: list[str], needle: str) -> None:
     before = {p.name for p in workdir.iterdir()}
     _check(run(*args, cwd=workdir), workdir, before, needle)

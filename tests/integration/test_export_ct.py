@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from lowbit import api
-from lowbit.writers.compressed_tensors import export_compressed_tensors
-from lowbit.modules.qlinear import QuantizedLinear
+from lowbit.modules.kernel_mode import kernel_mode
 from lowbit.spec import QuantSpec
+from lowbit.writers.compressed_tensors import export_compressed_tensors
 
 pytest.importorskip("compressed_tensors")
 
@@ -47,7 +47,7 @@ def test_smollm2_int4_g64_asym_round_trip(smollm2, tmp_path) -> None:
     # asymmetric: transformers 5.24 + compressed-tensors 0.20 load packed zero points only with dequantize=True
     m = AutoModelForCausalLM.from_pretrained(path, quantization_config=CompressedTensorsConfig(dequantize=True)).eval()
     ids = q.tokenizer("The capital of France is Paris, and the capital of Italy is", return_tensors="pt").input_ids
-    with torch.inference_mode(), QuantizedLinear.mode("dequant"):
+    with torch.inference_mode(), kernel_mode(q.model, "dequant"):
         ours, theirs = q.model(input_ids=ids).logits, m(input_ids=ids).logits
     assert torch.equal(ours, theirs), (ours - theirs).abs().max()
     assert m.lm_head.weight is m.model.embed_tokens.weight

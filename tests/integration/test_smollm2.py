@@ -89,7 +89,7 @@ def test_gguf_file_loads_like_builtin(smollm2):
     from lowbit.loaders.builtin import builtin_path
 
     h = load_model(builtin_path("smollm2"))
-    assert h.extra["gguf"].endswith(".gguf")
+    assert h.gguf_source.endswith(".gguf")
     a = dict(h.model.named_parameters())["model.layers.3.mlp.down_proj.weight"]
     b = dict(smollm2.model.named_parameters())["model.layers.3.mlp.down_proj.weight"]
     assert torch.equal(a, b)

@@ -90,23 +90,23 @@ def test_live_against_bitsandbytes(qt) -> None:
 def test_linear4bit_model_and_compare_family(tiny_llama) -> None:
     from lowbit.compare.candidates import candidates_for
     from lowbit.metrics.size import quantized_layer_bits
-    from lowbit.methods.bnb import quantize_bnb4
+    import lowbit
     from lowbit.modules.bnb4_linear import Linear4bit
 
     ids = torch.tensor([[3, 9, 14, 20, 7, 11]])
     with torch.no_grad():
         ref = tiny_llama.model(ids).logits
     for dq in (False, True):
-        qh, rep = quantize_bnb4(tiny_llama, "nf4", double_quant=dq)
+        qh, rep = lowbit.quantize(tiny_llama, lowbit.make_config("nf4", double_quant=dq))
         mods = [m for m in qh.model.modules() if isinstance(m, Linear4bit)]
-        assert len(mods) == len(rep["layers"]) > 0 and "lm_head" not in rep["layers"]
+        assert len(mods) == len(rep.layers) > 0 and "lm_head" not in rep.layers
         lin = mods[0]
-        w = tiny_llama.model.get_submodule(rep["layers"][0]).weight
+        w = tiny_llama.model.get_submodule(rep.layers[0]).weight
         assert torch.equal(lin.dequantize(), quantize_4bit(w, "nf4", 64, dq).dequantize())
         with torch.no_grad():
             out = qh.model(ids).logits
         assert not torch.equal(out, ref) and float((out - ref).norm() / ref.norm()) < 0.2
         bpw, _ = quantized_layer_bits(qh.model)
-        assert bpw == pytest.approx(rep["bits_per_weight"]) and (bpw < 4.2 if dq else bpw == pytest.approx(4.5))
+        assert bpw == pytest.approx(rep.bits_per_weight) and (bpw < 4.2 if dq else bpw == pytest.approx(4.5))
     assert "bitsandbytes" in {c.family for c in candidates_for("causal-lm", None)}
     assert "bitsandbytes" in {c.family for c in candidates_for("encoder", None)}

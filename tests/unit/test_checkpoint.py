@@ -9,10 +9,11 @@ import torch
 
 import lowbit
 from lowbit.errors import ExportError, InputError
-from lowbit.writers import load_checkpoint, save_checkpoint
 from lowbit.loaders import load_model
+from lowbit.modules.kernel_mode import kernel_mode
 from lowbit.modules.qlinear import QuantizedLinear
 from lowbit.spec import QuantSpec
+from lowbit.writers import load_checkpoint, save_checkpoint
 
 
 def ids(n: int = 24, seed: int = 0) -> torch.Tensor:
@@ -33,7 +34,7 @@ def test_tiny_llama_round_trip_bit_identical(tiny_llama, tmp_path, spec: QuantSp
     assert r.model.lm_head.weight is r.model.model.embed_tokens.weight
     with torch.no_grad():
         assert torch.equal(q.model(input_ids=ids()).logits, r.model(input_ids=ids()).logits)
-        with QuantizedLinear.mode("kernel"):
+        with kernel_mode(q.model, "kernel"), kernel_mode(r.model, "kernel"):
             assert torch.equal(q.model(input_ids=ids()[:1, :4]).logits, r.model(input_ids=ids()[:1, :4]).logits)
     # the tokenizer comes back and tokenizes the same way
     text = "Hello, lowbit!\n"
@@ -173,3 +174,78 @@ def test_overwrite_of_a_file_leaves_no_stray_backup(tiny_llama, tmp_path) -> Non
     lowbit.save(q, target, overwrite=True)
     assert (target / "model.safetensors").is_file()
     assert [p.name for p in tmp_path.iterdir()] == ["ck"]
+
+
+def _rewrite_record(path, change) -> dict:
+    """Apply ``change`` to the quantization record of the checkpoint at ``path``, in both places it lives:
+    config.json's quantization_config and model.safetensors' "lowbit" metadata."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    cfg_path, st = path / "config.json", path / "model.safetensors"
+    cfg = json.loads(cfg_path.read_text())
+    change(cfg["quantization_config"])
+    cfg_path.write_text(json.dumps(cfg))
+    with safe_open(str(st), framework="pt") as f:
+        meta, tensors = dict(f.metadata()), {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (not a dict)
+    record = json.loads(meta["lowbit"])
+    change(record)
+    save_file(tensors, str(st), metadata=dict(meta, lowbit=json.dumps(record)))
+    return record
+
+
+@pytest.fixture
+def saved(tiny_llama, tmp_path):
+    q, _ = lowbit.quantize(tiny_llama, lowbit.make_config("rtn", QuantSpec(4, True, 64)))
+    return lowbit.save(q, tmp_path / "ck")
+
+
+def test_untouched_record_still_loads(saved) -> None:
+    """The rewrite itself keeps a checkpoint loadable: the refusals below are the version's doing."""
+    from lowbit.writers.checkpoint import FORMAT_VERSION
+
+    record = _rewrite_record(saved, lambda r: None)
+    assert record["format_version"] == FORMAT_VERSION and record["method"]["version"] == 1
+    assert load_model(saved).quant["layers"] == record["layers"]
+
+
+@pytest.mark.parametrize("found", [2, 99, "2", None], ids=["2", "99", "str", "null"])
+def test_checkpoint_from_a_newer_lowbit_is_refused(saved, found) -> None:
+    from lowbit.writers.checkpoint import FORMAT_VERSION
+
+    assert FORMAT_VERSION == 1  # bump the values above with it
+    _rewrite_record(saved, lambda r: r.update(format_version=found))
+    with pytest.raises(InputError, match="newer") as e:
+        load_model(saved)
+    msg = str(e.value)
+    assert f"format_version {found!r}" in msg and f"format_version {FORMAT_VERSION}" in msg and "upgrade lowbit" in msg
+    assert str(saved) in msg
+
+
+def test_method_config_from_a_newer_lowbit_is_refused(saved) -> None:
+    record = _rewrite_record(saved, lambda r: r["method"].update(version=r["method"]["version"] + 1))
+    assert record["method"]["method"] == "rtn"
+    with pytest.raises(InputError, match="newer") as e:
+        load_model(saved)
+    assert "rtn config version 2" in str(e.value) and "upgrade lowbit" in str(e.value)
+
+
+def test_unregistered_method_name_is_not_checked(saved) -> None:
+    """A record naming a method this lowbit does not register (nothing to check it against) still loads:
+    the layers carry everything needed to rebuild them."""
+    _rewrite_record(saved, lambda r: r["method"].update(method="from-a-plugin", version=7))
+    assert load_model(saved).quant["method"]["method"] == "from-a-plugin"
+
+
+def test_converted_qat_record_passes_the_version_check(saved) -> None:
+    """A converted QAT model records its grid as "spec" and the spec string as "qat_spec": not a QATConfig
+    to rebuild, so only the version is checked."""
+    def as_qat(r: dict) -> None:
+        r["method"] = {"method": "qat", "version": 1, "qat_spec": "int4-sym-g64", "steps": 10,
+                       "spec": r["method"]["spec"]}
+
+    _rewrite_record(saved, as_qat)
+    assert load_model(saved).quant["method"]["qat_spec"] == "int4-sym-g64"
+    _rewrite_record(saved, lambda r: r["method"].update(version=2))
+    with pytest.raises(InputError, match="qat config version 2 was written by a newer lowbit"):
+        load_model(saved)

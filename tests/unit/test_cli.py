@@ -168,3 +168,151 @@ def test_eval_default_reference_survives_a_change_of_directory(runner, tmp_path,
     res = runner.invoke(app, ["eval", str(tmp_path / "q4"), "--data", str(text_file), "--windows", "1",
                               "--seq-len", "16", "--no-speed"])
     assert res.exit_code == 0, res.output
+
+
+# --- one quantize path for every method ---------------------------------------------------------------
+def test_cli_import_loads_no_torch_or_numpy() -> None:
+    """main() sets OPENBLAS_THREAD_TIMEOUT before numpy loads: importing the CLI must not load it."""
+    import subprocess
+    import sys
+
+    code = "import sys, lowbit.cli; print('torch' in sys.modules, 'numpy' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["False", "False"]
+
+
+@pytest.fixture
+def captured(monkeypatch):
+    """api.quantize_to replaced by a recorder: what the CLI parsed, without loading a model."""
+    from types import SimpleNamespace
+
+    from lowbit import api
+
+    calls: list[dict] = []
+
+    def fake(model, config, out, **kw):
+        calls.append({"model": model, "config": config, "out": out, **kw})
+        return SimpleNamespace(method=config.method, config=config, layers=["a"], skipped=[], bits_per_weight=4.0,
+                               seconds=0.0, calibration=None, details={"alpha": 0.5})
+
+    monkeypatch.setattr(api, "quantize_to", fake)
+    return calls
+
+
+def test_every_config_field_is_an_option(runner) -> None:
+    import dataclasses
+
+    from lowbit.methods import METHODS, get_method
+    from lowbit.spec import QuantSpec
+
+    res = runner.invoke(app, ["quantize", "--help"])
+    assert res.exit_code == 0, res.output
+    for name in METHODS:
+        for f in dataclasses.fields(get_method(name).config):
+            if not (f.name == "spec" and get_method(name).takes_spec):
+                assert "--" + f.name.replace("_", "-") in res.output, (name, f.name)
+    assert QuantSpec().bits == 4  # the defaults the grid flags fall back to
+
+
+def test_act_order_help_says_what_the_default_does() -> None:
+    from lowbit.cli.options import method_options
+
+    text = method_options()["act_order"].help_text()
+    assert "(gptq: default on)" in text and "first reaches" in text and "--static-groups" in text
+    assert "(gptq: default off)" in method_options()["static_groups"].help_text()
+
+
+@pytest.mark.parametrize("args,method,expected", [
+    (["--method", "gptq", "--static-groups", "--no-act-order", "--damp", "0.05"], "gptq",
+     {"static_groups": True, "act_order": False, "damp": 0.05}),
+    (["--method", "awq", "--no-clip-search", "--n-grid", "5"], "awq", {"clip_search": False, "n_grid": 5}),
+    (["--method", "hqq", "--lp-norm", "0.5", "--iters", "3"], "hqq", {"lp_norm": 0.5, "iters": 3}),
+    (["--method", "nf4", "--double-quant", "--blocksize", "32"], "nf4", {"double_quant": True, "blocksize": 32}),
+    (["--method", "int8", "--threshold", "0"], "int8", {"threshold": 0.0}),
+    (["--method", "w8a8", "--smooth", "--alpha", "0.6", "--act", "static"], "w8a8",
+     {"smooth": True, "alpha": 0.6, "act": "static"}),
+    (["--method", "gguf", "--type", "Q8_0"], "gguf", {"type": "Q8_0"}),
+])
+def test_method_options_reach_the_config(runner, tmp_path, captured, args, method, expected) -> None:
+    res = runner.invoke(app, ["quantize", "m", "--out", str(tmp_path / "o"), *args])
+    assert res.exit_code == 0, res.output
+    (call,) = captured
+    assert call["config"].method == method
+    for k, v in expected.items():
+        assert getattr(call["config"], k) == v, k
+
+
+def test_grid_flags_fill_quantspec_defaults(runner, tmp_path, captured) -> None:
+    from lowbit.spec import QuantSpec
+
+    assert runner.invoke(app, ["quantize", "m", "--out", str(tmp_path / "o"), "--method", "hqq"]).exit_code == 0
+    assert runner.invoke(app, ["quantize", "m", "--out", str(tmp_path / "o"), "--bits", "3", "--asym",
+                               "--scale-dtype", "float32"]).exit_code == 0
+    assert captured[0]["config"].spec == QuantSpec()
+    assert captured[1]["config"].spec == QuantSpec(bits=3, symmetric=False, group_size=64, scale_dtype="float32")
+
+
+def test_calibrated_method_without_calib_uses_the_builtin_data(runner, tmp_path, captured) -> None:
+    res = runner.invoke(app, ["quantize", "m", "--out", str(tmp_path / "o"), "--method", "w8a8", "--n-samples", "2"])
+    assert res.exit_code == 0, res.output
+    assert "w8a8 needs calibration data; using the built-in pydoc:calib (2 x 512 tokens)" in res.stderr
+    assert captured[0]["calib"].data == "pydoc:calib" and captured[0]["calib"].n_samples == 2
+    assert "w8a8: 1 layers quantized" in res.stdout and "(alpha 0.5)" in res.stdout
+    res = runner.invoke(app, ["quantize", "m", "--out", str(tmp_path / "o"), "--ignore", "none"])
+    assert captured[1]["calib"] is None and captured[1]["ignore"] == []
+
+
+@pytest.mark.parametrize("args,needles", [
+    (["--method", "rtn", "--act-order"], ["method 'rtn' has no option --act-order", "--clip-search", "--bits"]),
+    (["--method", "gptq", "--type", "Q4_K"], ["method 'gptq' has no option --type", "--static-groups"]),
+    (["--method", "nf4", "--bits", "3"], ["method 'nf4' has no option --bits", "own storage format",
+                                          "--double-quant, --blocksize"]),
+    (["--method", "int8", "--sym"], ["method 'int8' has no option --asym", "--threshold"]),
+    (["--method", "w8a8", "--act", "sometimes"], ["act"]),
+    (["--method", "gptq", "--damp", "-1"], ["damp=-1"]),
+])
+def test_option_for_another_method_is_one_line(runner, tmp_path, args, needles) -> None:
+    out = tmp_path / "o"
+    res = runner.invoke(app, ["quantize", str(tmp_path / "no-such-model"), "--out", str(out), *args])
+    for needle in needles:
+        assert_user_error(res, needle)
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("method,extra,label", [
+    ("nf4", ["--double-quant"], "nf4:"),
+    ("int8", [], "int8:"),
+    ("w8a8", ["--n-samples", "2", "--seq-len", "16"], "w8a8:"),
+    ("gguf", ["--type", "Q8_0"], "gguf:"),
+])
+def test_layer_methods_share_the_one_path(runner, tmp_path, tiny_llama_dir, text_file, method, extra, label) -> None:
+    out = tmp_path / method
+    args = ["quantize", str(tiny_llama_dir), "--method", method, "--out", str(out), *extra]
+    if method == "w8a8":
+        args += ["--calib", str(text_file)]
+    res = runner.invoke(app, args)
+    assert res.exit_code == 0, res.output
+    assert re.search(label + r" 14 layers quantized \(\d+ kept: [^)]*\), \d+\.\d{3} bits/weight", res.stdout), res.stdout
+    assert (out / "model.safetensors").is_file()
+
+
+# --- the output guard runs before any model loads --------------------------------------------------------
+@pytest.mark.parametrize("cmd", [
+    ["quantize"], ["quantize", "--method", "nf4"], ["export"], ["export", "--format", "gguf"], ["imatrix"], ["qat"],
+])
+def test_existing_out_fails_before_loading(runner, tmp_path, cmd) -> None:
+    out = tmp_path / "taken"
+    out.mkdir()
+    res = runner.invoke(app, [cmd[0], str(tmp_path / "no-such-model"), "--out", str(out), *cmd[1:]])
+    assert_user_error(res, "already exists; choose another --out or pass --overwrite")
+    assert list(out.iterdir()) == []
+
+
+def test_check_output(tmp_path) -> None:
+    from lowbit.errors import ExportError
+    from lowbit.writers.guard import check_output
+
+    assert check_output(str(tmp_path / "new"), overwrite=False) == tmp_path / "new"
+    assert check_output(tmp_path, overwrite=True) == tmp_path
+    with pytest.raises(ExportError, match="already exists; choose another --out or pass --overwrite"):
+        check_output(tmp_path, overwrite=False)

@@ -1,10 +1,13 @@
 """`lowbit compare` on tiny models: the bar, the Pareto front and the guide's recommendation as pure
-functions; a whole run with its report, resume, accuracy with flips, and the candidate registry."""
+functions over rows; rows as results.json and the cache hold them; a whole run with its report, resume,
+accuracy with flips, and the candidate registry."""
 
 from __future__ import annotations
 
+import ast
 import json
 from collections import Counter
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -15,21 +18,29 @@ from lowbit.compare import (
     Bar,
     Candidate,
     CompareSettings,
+    Row,
+    cache,
     compare,
     pareto,
     recommend,
     register_candidate,
+    speed,
 )
 from lowbit.compare.candidates import candidates_for
 from lowbit.compare.domain import js_distance
 from lowbit.errors import InputError
 
-REF = {"id": "reference", "ppl": 10.0, "accuracy": 0.80}
+ROOT = Path(__file__).resolve().parents[2]
+REF = Row("reference", "float32", "float", 32, ppl=10.0, accuracy=0.80)
 
 
 def _row(cid, bits, bpw, size, kl, acc=None):
-    return {"id": cid, "bits": bits, "bits_per_weight": bpw, "size_bytes": size, "kl_mean": kl, "accuracy": acc,
-            "ppl": 10.0 * (1 + kl)}
+    return Row(cid, cid, "rtn", bits, bits_per_weight=bpw, size_bytes=size, kl_mean=kl, accuracy=acc,
+               ppl=10.0 * (1 + kl))
+
+
+def _metrics(**kw) -> Row:
+    return Row("c", "c", "rtn", 4, **kw)
 
 
 ROWS = [_row("w8", 8, 8.0, 800, 0.003), _row("w4-a", 4, 4.5, 450, 0.04), _row("w4-b", 4, 4.3, 430, 0.09),
@@ -45,8 +56,8 @@ ROWS = [_row("w8", 8, 8.0, 800, 0.003), _row("w4-a", 4, 4.5, 450, 0.04), _row("w
 ])
 def test_bars(text, ok_row, bad_row) -> None:
     bar = Bar.parse(text)
-    assert bar.holds(ok_row, REF) is True and bar.holds(bad_row, REF) is False
-    assert bar.holds({}, REF) is None
+    assert bar.holds(_metrics(**ok_row), REF) is True and bar.holds(_metrics(**bad_row), REF) is False
+    assert bar.holds(_metrics(), REF) is None
 
 
 @pytest.mark.parametrize("bad", ["kl", "kl=", "speed=2", "kl=5%", "kl=-1"])
@@ -78,6 +89,100 @@ def test_js_distance() -> None:
     a, b = Counter({1: 5, 2: 5}), Counter({3: 10})
     assert js_distance(a, a) == 0.0 and js_distance(a, b) == pytest.approx(1.0)
     assert 0 < js_distance(a, Counter({1: 5, 3: 5})) < 1
+
+
+
+def test_rows_read_back_as_results_json_holds_them() -> None:
+    """Every row of a real run's results.json reads back into a Row and writes the same keys, in order."""
+    res = json.loads((ROOT / "docs" / "compare-smollm2.json").read_text())
+    for d in [res["reference"], *res["candidates"]]:
+        back = Row.from_dict(d).to_dict()
+        assert back == d and list(back) == list(d)
+    with pytest.raises(ValueError, match="unknown key"):
+        Row.from_dict({**res["candidates"][0], "speed": 1.0})
+
+
+def test_row_keys_follow_what_was_measured() -> None:
+    ref = Row("reference", "float32", "float", 32, prefill_tok_s=100.0, accuracy=0.5, flips=0)
+    assert list(ref.to_dict())[-4:] == ["prefill_tok_s", "decode_tok_s", "accuracy", "flips"]
+    c = Row("rtn-w8", "rtn-w8", "rtn", 8, label="RTN", format="int8-weight", layer_errors={"l0": 0.1})
+    d = c.to_dict()
+    assert not {"pareto", "meets_bar", "axes", "accuracy", "prefill_tok_s"} & d.keys()
+    assert list(d)[-1] == "slower_than_fp32" and d["layer_errors"] == {"l0": 0.1}
+    c.pareto, c.meets_bar = False, None  # decided; the row lacks the bar's metric
+    assert list(c.to_dict())[-2:] == ["pareto", "meets_bar"] and c.to_dict()["meets_bar"] is None
+
+
+def test_a_cached_row_reads_back_the_same(tmp_path) -> None:
+    row = Row("gptq-w3g64@pydoc:calib", "gptq-w3g64", "gptq", 3, kl_mean=0.1, label="GPTQ", format="int4-weight",
+              calib_seconds=1.5, calibrated=True, layer_errors={"l0": 0.2}, axes={"bit width": "3"}, accuracy=0.5,
+              flips=2, flips_to_wrong=1, flips_to_right=0)
+    path = tmp_path / "c" / "x.json"
+    assert cache.read_row(path) is None
+    cache.write_row(path, row)
+    assert cache.read_row(path) == row and [f.name for f in path.parent.iterdir()] == ["x.json"]
+
+
+def test_compare_records_speed_through_the_one_writer(tmp_path, monkeypatch) -> None:
+    from lowbit.plan import rule
+
+    monkeypatch.setenv("LOWBIT_CACHE", str(tmp_path))
+    old = {"bnb-nf4": {"prefill_ratio_vs_fp32": 0.5}, "cuda": {"fp16": {"prefill_ratio_vs_fp32": 3.0}}}
+    (tmp_path / "speed.json").write_text(json.dumps(old))
+    rows = [Row("rtn-w8", "rtn-w8", "rtn", 8, format="int8-weight", speed_ratio_vs_fp32=0.9, decode_ratio_vs_fp32=0.8,
+                speed_note="torch"), Row("gguf-q8_0", "gguf-q8_0", "gguf", 8, format="gguf")]  # the GGUF one: not timed
+    calls, writer = [], rule.record_speed
+    monkeypatch.setattr(rule, "record_speed", lambda entries, section=None: calls.append((entries, section)) or
+                        writer(entries, section))
+    speed.record(rows, "tiny")
+    assert [(list(e), sec) for e, sec in calls] == [(["int8-weight"], None)]
+    data = json.loads((tmp_path / "speed.json").read_text())
+    assert data["bnb-nf4"] == old["bnb-nf4"] and data["cuda"] == old["cuda"]  # merged, not replaced
+    assert data["int8-weight"]["prefill_ratio_vs_fp32"] == 0.9 and data["int8-weight"]["runtime"] == "torch"
+
+    def full(*a, **k):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(rule, "record_speed", full)
+    speed.record(rows, "tiny")  # a speed cache that cannot be written does not fail the run
+
+
+def test_layer_errors_is_a_metric() -> None:
+    import copy
+
+    import torch
+    from torch import nn
+
+    from lowbit.metrics.layer_error import layer_errors
+
+    class Dequantizes(nn.Module):
+        def __init__(self, w: torch.Tensor) -> None:
+            super().__init__()
+            self.w = w
+
+        def dequantize(self, dtype: torch.dtype) -> torch.Tensor:
+            return self.w.to(dtype)
+
+    torch.manual_seed(0)
+    ref = nn.Sequential(nn.Linear(8, 6), nn.Linear(6, 4), nn.Linear(4, 2))
+    cand = copy.deepcopy(ref)
+    with torch.no_grad():
+        cand[0].weight.mul_(1.1)  # 10% off; cand[2] stays in float and is skipped
+    cand[1] = Dequantizes(ref[1].weight.detach() * 0.5)
+    assert layer_errors(ref, cand) == pytest.approx({"0": 0.1, "1": 0.5}, rel=1e-5)
+
+
+def test_compare_imports_no_api() -> None:
+    """compare sits above methods and metrics, below the API: no module of it imports lowbit.api."""
+    for f in sorted((ROOT / "src" / "lowbit" / "compare").glob("*.py")):
+        for node in ast.walk(ast.parse(f.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                names = [node.module or "", *(f"{node.module}.{a.name}" for a in node.names)]
+            elif isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            else:
+                continue
+            assert not any(n == "lowbit.api" or n.startswith("lowbit.api.") for n in names), (f.name, names)
 
 
 def test_default_set_covers_every_family_and_a_new_one_joins(monkeypatch) -> None:

@@ -10,11 +10,12 @@ from torch import nn
 
 import lowbit
 from lowbit.errors import InputError
+from lowbit.loaders import ModelHandle
 from lowbit.metrics import EvalResult
 from lowbit.metrics.lm import ReferenceLM, score_lm, window_logprobs
 from lowbit.metrics.run import EvalSettings, Evaluator
 from lowbit.metrics.size import model_bytes, quantized_layer_bits
-from lowbit.loaders import ModelHandle
+from lowbit.modules.kernel_mode import kernel_mode
 from lowbit.modules.qlinear import QuantizedLinear
 from lowbit.spec import QuantSpec
 
@@ -92,10 +93,12 @@ def test_kl_matches_direct_computation(tiny_llama, settings) -> None:
 def test_quality_numbers_use_exact_dequantized_weights(tiny_llama) -> None:
     q, _ = lowbit.quantize(tiny_llama, lowbit.make_config("rtn", QuantSpec(4, True, 64)))
     win = torch.randint(3, 100, (SEQ,), generator=torch.Generator().manual_seed(0))
-    with QuantizedLinear.mode("kernel"):
+    layers = [m for m in q.model.modules() if isinstance(m, QuantizedLinear)]
+    assert layers
+    with kernel_mode(q.model, "kernel"):
         lp = window_logprobs(q.model, win)
-        assert QuantizedLinear.kernel_mode == "kernel"
-    with QuantizedLinear.mode("dequant"), torch.no_grad():
+        assert all(m.kernel_mode == "kernel" for m in layers)  # the model's own mode is put back
+    with kernel_mode(q.model, "dequant"), torch.no_grad():
         ref = torch.log_softmax(q.model(input_ids=win[None]).logits[0, :-1].float(), -1)
     assert torch.equal(lp, ref)
 

@@ -14,9 +14,10 @@ from safetensors.torch import load_file
 
 import lowbit
 from lowbit.errors import ExportError
-from lowbit.writers.compressed_tensors import export_compressed_tensors, pack_rows, weights_args
+from lowbit.modules.kernel_mode import kernel_mode
 from lowbit.modules.qlinear import QuantizedLinear
 from lowbit.spec import QuantSpec
+from lowbit.writers.compressed_tensors import export_compressed_tensors, pack_rows, weights_args
 
 ct = pytest.importorskip("compressed_tensors")
 from compressed_tensors.compressors.pack_quantized import pack_to_int32, unpack_from_int32
@@ -160,7 +161,7 @@ def test_transformers_logits_identical(tiny_llama, tmp_path, spec: QuantSpec) ->
     (q - zp) * s is exact in float32 (<= 9-bit integer times an 11-bit float16 scale), so bit-equal."""
     q, rep = quantize(tiny_llama, spec)
     m = load_hf(export_compressed_tensors(q, tmp_path / "ct"), spec)
-    with torch.no_grad(), QuantizedLinear.mode("dequant"):
+    with torch.no_grad(), kernel_mode(q.model, "dequant"):
         ours, theirs = q.model(input_ids=ids()).logits, m(input_ids=ids()).logits
     assert torch.equal(ours, theirs), (ours - theirs).abs().max()
     for name in rep.layers:  # without dequantize=True, compressed-tensors decompresses on the first forward
@@ -186,7 +187,7 @@ def test_biases_round_trip(tiny_llama_factory, tmp_path) -> None:
     path = export_compressed_tensors(q, tmp_path / "ct")
     assert f"{LAYER}.bias" in load_file(str(path / "model.safetensors"))
     m = load_hf(path, spec)
-    with torch.no_grad(), QuantizedLinear.mode("dequant"):
+    with torch.no_grad(), kernel_mode(q.model, "dequant"):
         assert torch.equal(q.model(input_ids=ids()).logits, m(input_ids=ids()).logits)
 
 
@@ -198,7 +199,7 @@ def test_quantized_head_unties(tiny_llama, tmp_path) -> None:
     cfg = json.loads((path / "config.json").read_text())
     assert cfg["tie_word_embeddings"] is False and cfg["quantization_config"]["ignore"] == []
     m = load_hf(path, spec)
-    with torch.no_grad(), QuantizedLinear.mode("dequant"):
+    with torch.no_grad(), kernel_mode(q.model, "dequant"):
         assert torch.equal(q.model(input_ids=ids()).logits, m(input_ids=ids()).logits)
     assert torch.equal(m.model.embed_tokens.weight, tiny_llama.model.model.embed_tokens.weight)
 
@@ -212,7 +213,7 @@ def test_from_a_lowbit_checkpoint(tiny_llama, tmp_path) -> None:
     back = load_model(lowbit.save(q, tmp_path / "lowbit"))
     m = load_hf(export_compressed_tensors(back, tmp_path / "ct"), spec)
     assert (tmp_path / "ct" / "tokenizer.json").is_file()
-    with torch.no_grad(), QuantizedLinear.mode("dequant"):
+    with torch.no_grad(), kernel_mode(q.model, "dequant"):
         assert torch.equal(q.model(input_ids=ids()).logits, m(input_ids=ids()).logits)
 
 
@@ -224,7 +225,7 @@ def test_untied_head_is_stored(tiny_llama_factory, tmp_path) -> None:
     assert torch.equal(t["lm_head.weight"], q.model.lm_head.weight)
     m = load_hf(path, spec)
     assert m.lm_head.weight is not m.model.embed_tokens.weight
-    with torch.no_grad(), QuantizedLinear.mode("dequant"):
+    with torch.no_grad(), kernel_mode(q.model, "dequant"):
         assert torch.equal(q.model(input_ids=ids()).logits, m(input_ids=ids()).logits)
 
 
@@ -238,7 +239,7 @@ def test_mixed_specs_get_explicit_targets(tiny_llama, tmp_path) -> None:
                       json.dumps(weights_args(QuantSpec(4, True, 16)), sort_keys=True): mlp.layers}
     assert qc["ignore"] == [f"model.layers.{i}.self_attn.{p}_proj" for i in (0, 1) for p in "vo"] + ["lm_head"]
     m = load_hf(path, QuantSpec(4, True, 16))
-    with torch.no_grad(), QuantizedLinear.mode("dequant"):
+    with torch.no_grad(), kernel_mode(q.model, "dequant"):
         assert torch.equal(q.model(input_ids=ids()).logits, m(input_ids=ids()).logits)
     assert torch.equal(m.model.layers[0].self_attn.v_proj.weight, tiny_llama.model.model.layers[0].self_attn.v_proj.weight)
 

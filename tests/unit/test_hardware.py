@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 
 from lowbit.cli import app
 from lowbit.metrics import hardware as hw
-from lowbit.modules.qlinear import QuantizedLinear
+from lowbit.modules.kernel_mode import kernel_mode
 from lowbit.plan import Inputs, ModelInfo, make_plan
 from lowbit.plan.model_info import ENCODER
 
@@ -86,6 +86,34 @@ def test_gpu_figures_feed_plan_for_a_cuda_target_only(tmp_path, monkeypatch) -> 
     assert not cpu.chosen.support[0].runtime.startswith("measured")
 
 
+def test_the_speed_cache_has_one_atomic_writer(tmp_path, monkeypatch) -> None:
+    """hardware.record (like compare) merges through plan.rule.record_speed; a write that fails midway
+    leaves the previous cache whole and no temporary file behind."""
+    from lowbit.plan import rule
+
+    monkeypatch.setenv("LOWBIT_CACHE", str(tmp_path))
+    calls, writer = [], rule.record_speed
+    monkeypatch.setattr(rule, "record_speed", lambda entries, section=None: calls.append((sorted(entries), section)) or
+                        writer(entries, section))
+    m = hw.Machine("cpu", 2, 2, [], gpu="Fake GPU", compute_capability="9.0")
+    rows = [hw.FormatTiming("fp32", "float32", 1.0, 1.0, 1.0, 1.0), hw.FormatTiming("int8-weight", "int8", 2.0, 2.0, 0.5, 0.5)]
+    hw.record(rows, m)
+    hw.record(rows, m, device="cuda")
+    assert calls == [(["int8-weight"], None), (["int8-weight"], "cuda")]
+    before = (tmp_path / "speed.json").read_text()
+    assert json.loads(before)["int8-weight"]["machine"] == "cpu" and json.loads(before)["cuda"]["int8-weight"]
+
+    def half_written(obj, f, **kw):
+        f.write(json.dumps(obj)[:10])
+        raise OSError("disk full")
+
+    monkeypatch.setattr(rule.json, "dump", half_written)
+    with pytest.raises(OSError, match="disk full"):
+        writer({"bnb-nf4": {"prefill_ratio_vs_fp32": 0.1}})
+    assert (tmp_path / "speed.json").read_text() == before
+    assert [f.name for f in tmp_path.iterdir()] == ["speed.json"]
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (runs on the device machine)")
 def test_every_format_runs_on_the_gpu_and_matches_the_cpu() -> None:
     """Each GPU format computes what the same module computes on the CPU, then is timed there."""
@@ -93,7 +121,7 @@ def test_every_format_runs_on_the_gpu_and_matches_the_cpu() -> None:
     for key, (_, make) in hw.gpu_formats().items():
         lin = nn.Linear(64, 128, bias=False)
         ref_mod = make(lin)
-        with QuantizedLinear.mode("dequant"):  # the exact arithmetic (the CPU's bfloat16 kernels aside)
+        with kernel_mode(ref_mod, "dequant"):  # the exact arithmetic (the CPU's bfloat16 kernels aside)
             ref = ref_mod(x.to(_dtype(ref_mod))).float()
         got = copy.deepcopy(ref_mod).to("cuda")(x.to("cuda", _dtype(ref_mod))).float().cpu()
         tol = 5e-3 if key == "fp16" else 1e-4

@@ -12,16 +12,27 @@ from typer.testing import CliRunner
 from lowbit import api
 from lowbit.cli import app
 from lowbit.loaders import load_model
-from lowbit.methods.bnb import quantize_bnb4
-from lowbit.methods.llm_int8 import quantize_llm_int8
-from lowbit.methods.w8a8 import quantize_w8a8
-from lowbit.modules.qlinear import QuantizedLinear
+from lowbit.calib.settings import CalibSettings
+from lowbit.modules.kernel_mode import kernel_mode
+
+
+def quantize_bnb4(model, quant_type="nf4", double_quant=False):
+    return api.quantize(model, api.make_config(quant_type, double_quant=double_quant))
+
+
+def quantize_llm_int8(model):
+    return api.quantize(model, api.make_config("int8"))
+
+
+def quantize_w8a8(model, act, smooth, alpha, calib, n_samples, seq_len):
+    return api.quantize(model, api.make_config("w8a8", act=act, smooth=smooth, alpha=alpha),
+                        calib=CalibSettings(calib, n_samples, seq_len))
 
 IDS = torch.tensor([[5, 9, 13, 40, 7, 3, 22, 61]])
 
 
 def _logits(model):
-    with torch.no_grad(), QuantizedLinear.mode("dequant"):
+    with torch.no_grad(), kernel_mode(model, "dequant"):
         return model(IDS).logits
 
 

@@ -12,8 +12,14 @@ import torch
 from torch import nn
 
 from lowbit.compare.candidates import candidates_for
-from lowbit.methods.llm_int8 import LinearInt8, int8_vectorwise_quant, quantize_llm_int8
-from lowbit.modules.qlinear import QuantizedLinear
+import lowbit
+from lowbit.formats.int8 import int8_vectorwise_quant
+from lowbit.modules.int8_linear import LinearInt8
+from lowbit.modules.kernel_mode import kernel_mode
+
+
+def quantize_llm_int8(model, threshold=6.0):
+    return lowbit.quantize(model, lowbit.make_config("int8", threshold=threshold))
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "bnb" / "bnb4.npz"
 
@@ -51,12 +57,12 @@ def test_outlier_decomposition_is_exact() -> None:
     ca, sca, cols = int8_vectorwise_quant(x, 6.0)
     int_part = (ca.long() @ m.CB.long().T).double() * sca.double()[:, None] * m.SCB.double()[None, :] / 127**2
     want = int_part + (x[:, cols].double() @ m.dequantize()[:, cols].double().T) + lin.bias.double()
-    with QuantizedLinear.mode("dequant"):
+    with kernel_mode(m, "dequant"):
         got = m(x)
     assert torch.allclose(got.double(), want, atol=1e-5)
     assert float((got - lin(x)).norm() / lin(x).norm()) < 0.02  # the outlier column kept in float
     no_split = LinearInt8(lin, threshold=0.0)
-    with QuantizedLinear.mode("dequant"):
+    with kernel_mode(no_split, "dequant"):
         worse = float((no_split(x) - lin(x)).norm() / lin(x).norm())
     assert worse > float((got - lin(x)).norm() / lin(x).norm())
 
@@ -66,7 +72,7 @@ def test_fast_integer_kernel_equals_the_exact_product() -> None:
     m = LinearInt8(nn.Linear(96, 48), threshold=6.0)
     for rows in (1, 40):
         x = torch.randn(rows, 96)
-        with QuantizedLinear.mode("dequant"):
+        with kernel_mode(m, "dequant"):
             exact = m(x)
         try:
             fast = m(x)
@@ -77,7 +83,7 @@ def test_fast_integer_kernel_equals_the_exact_product() -> None:
 
 def test_model_and_registration(tiny_llama) -> None:
     qh, rep = quantize_llm_int8(tiny_llama)
-    assert rep["layers"] and 8 < rep["bits_per_weight"] < 9
+    assert rep.layers and 8 < rep.bits_per_weight < 9
     ids = torch.tensor([[4, 8, 15, 16, 23, 42]])
     with torch.no_grad():
         ref, out = tiny_llama.model(ids).logits, qh.model(ids).logits

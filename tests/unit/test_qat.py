@@ -12,15 +12,15 @@ import torch
 from torch import nn
 from typer.testing import CliRunner
 
-from lowbit import api
+from lowbit import api, qat
 from lowbit.cli import app
 from lowbit.errors import InputError, ShapeError
 from lowbit.loaders import ModelHandle, load_model
-from lowbit.methods import qat
 from lowbit.methods.rtn import RTNConfig, rtn
 from lowbit.modules.bnb4_linear import Linear4bit
 from lowbit.modules.fake_quant import IntQuantizer
 from lowbit.modules.ggml_linear import GGMLLinear
+from lowbit.modules.kernel_mode import kernel_mode
 from lowbit.modules.qconv import QuantizedConv2d
 from lowbit.modules.qlinear import QuantizedLinear
 from lowbit.spec import QuantSpec
@@ -29,7 +29,7 @@ X = torch.randint(3, 100, (2, 24), generator=torch.Generator().manual_seed(0))
 
 
 def _logits(h: ModelHandle) -> torch.Tensor:
-    with torch.no_grad(), QuantizedLinear.mode("dequant"):
+    with torch.no_grad(), kernel_mode(h.model, "dequant"):
         return h.model(input_ids=X).logits
 
 
@@ -144,10 +144,59 @@ def test_checkpoint_and_resume_reproduce_an_uninterrupted_run(tiny_llama, tmp_pa
     res = qat.train(c, _data(), qat.TrainSettings(**s, checkpoint=str(tmp_path / "b.pt"), resume=True))
     assert res.resumed_from == 3 and len(res.losses) == 6
     assert torch.equal(_logits(a), _logits(c))
+    state = torch.load(tmp_path / "b.pt", weights_only=True)  # tensors, numbers and strings only: no code runs
+    assert state["step"] == 6 and state["spec"] == "int3-asym-g32" and state["settings"]["save_every"] == 3
     with pytest.raises(InputError, match="written for"):
         qat.train(qat.prepare(tiny_llama, "int4-asym-g32"), _data(),
                   qat.TrainSettings(**s, checkpoint=str(tmp_path / "b.pt"), resume=True))
 
+
+
+class _NotAState:
+    """Pickled into a fake checkpoint: ``weights_only`` loading must refuse it, not build it."""
+
+
+def test_resume_refuses_a_file_that_is_not_a_training_checkpoint(tiny_llama, tmp_path) -> None:
+    s = {"steps": 2, "lr": 1e-3, "resume": True}
+    torch.save({"model": _NotAState()}, tmp_path / "obj.pt")  # loading it would run pickled code
+    torch.save({"step": 1}, tmp_path / "partial.pt")
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    for name, match in (("obj.pt", "not a lowbit QAT training checkpoint"), ("partial.pt", "lacks model"),
+                        ("junk.pt", "not a lowbit QAT training checkpoint"), ("missing.pt", "no checkpoint")):
+        with pytest.raises(InputError, match=match):
+            qat.train(qat.prepare(tiny_llama, "int4-asym-g32"), _data(),
+                      qat.TrainSettings(**s, checkpoint=str(tmp_path / name)))
+
+
+def test_prepare_records_the_run_and_convert_keeps_the_record(tiny_llama) -> None:
+    p = qat.prepare(tiny_llama, "int3-asym-g32", lsq=True)
+    assert p.teacher is tiny_llama and p.quant is None
+    assert p.qat == {"spec": "int3-asym-g32", "start": "rtn", "lsq": True, "act": False,
+                     "layers": list(qat.fake_quant_layers(p.model)), "skipped": ["model.embed_tokens", "lm_head"]}
+    qat.train(p, _data(), qat.TrainSettings(steps=2, lr=1e-3, data="pydoc:calib"))
+    c = qat.convert(p)
+    assert c.qat is p.qat and c.teacher is None and not any(t.requires_grad for t in c.model.parameters())
+    m = c.quant["method"]
+    assert m == {"method": "qat", "version": 1, "qat_spec": "int3-asym-g32", "start": "rtn", "lsq": True,
+                 "act": False, "steps": 2, "lr": 1e-3, "distill": True, "train_seconds": p.qat["train_seconds"],
+                 "data": "pydoc:calib", "spec": QuantSpec(3, False, 32).to_dict()}
+    assert c.quant["skipped"] == ["model.embed_tokens", "lm_head"] and c.quant["source"] == "tiny"
+    assert c.quant["quantize_seconds"] == p.qat["train_seconds"]
+    assert list(c.quant["layers"]) == p.qat["layers"]
+    w = qat.convert(qat.prepare(tiny_llama, "w8a8"))  # no integer grid: the record has no "spec"
+    assert w.quant["method"]["qat_spec"] == "w8a8" and "spec" not in w.quant["method"]
+    with pytest.raises(InputError, match="not prepared"):
+        qat.convert(tiny_llama)
+
+
+def test_the_qat_package_imports_no_api_cli_or_compare() -> None:
+    import subprocess
+    import sys
+
+    code = ("import sys, lowbit.qat; bad = sorted(m for m in sys.modules if m.startswith(('lowbit.api', 'lowbit.cli', "
+            "'lowbit.compare'))); assert not bad, bad")
+    r = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
 
 def test_converted_models_save_export_and_reload_identically(tiny_llama, tmp_path) -> None:
     p = qat.prepare(tiny_llama, "int4-asym-g32")
@@ -196,7 +245,7 @@ def test_conv_layers_fake_quantize_and_convert() -> None:
     assert sum(res.losses[-5:]) < sum(res.losses[:5])
     c = qat.convert(p)
     assert isinstance(c.model[0], QuantizedConv2d) and isinstance(c.model[3], QuantizedLinear)
-    with torch.no_grad(), QuantizedLinear.mode("dequant"):
+    with torch.no_grad(), kernel_mode(c.model, "dequant"):
         assert torch.allclose(p.model(x), c.model(x), atol=1e-5)
     sd = copy.deepcopy(c.model.state_dict())
     fresh = qat.convert(qat.prepare(h, "int2-asym-ch", ignore=[]))

@@ -9,6 +9,8 @@ from torch import nn
 
 from lowbit.bitpack import packed_nbytes
 from lowbit.methods.rtn import RTNConfig, rtn
+from lowbit.modules.int8_kernels import int8_engine, select_int8_engine
+from lowbit.modules.kernel_mode import KERNEL_MODES, kernel_mode, set_kernel_mode
 from lowbit.modules.qlinear import KERNEL_MAX_ROWS, QuantizedLinear
 from lowbit.spec import QuantSpec
 
@@ -34,7 +36,7 @@ def test_dequant_forward_equals_f_linear_exactly(spec: QuantSpec) -> None:
     lin, q = make_qlinear(spec)
     x = torch.randn(3, 5, 128)
     ref = F.linear(x, q.dequantize(), lin.bias)
-    with QuantizedLinear.mode("dequant"):
+    with kernel_mode(q, "dequant"):
         y = q(x)
     assert y.dtype == torch.float32 and y.shape == (3, 5, 96)
     assert torch.equal(y, ref)
@@ -109,7 +111,7 @@ def test_every_forward_path_matches_dequant_reference(spec: QuantSpec) -> None:
     lin, q = make_qlinear(spec)
     x = torch.randn(32, 128)  # above KERNEL_MAX_ROWS: "auto" would dequantize float32
     ref = F.linear(x, q.dequantize(), lin.bias)
-    with QuantizedLinear.mode("kernel"):
+    with kernel_mode(q, "kernel"):
         y = q(x)
     assert y.dtype == torch.float32 and y.shape == (32, 96)
     assert (q._kernel is not None) == (q.kernel_name() is not None)
@@ -123,7 +125,7 @@ def test_forced_kernel_mode_with_float32_input(spec: QuantSpec) -> None:
     lin, q = make_qlinear(spec)
     x = torch.randn(32, 128)
     ref = F.linear(x, q.dequantize(), lin.bias)
-    with QuantizedLinear.mode("kernel"):
+    with kernel_mode(q, "kernel"):
         y = q(x)
     assert q._kernel is not None
     assert y.dtype == torch.float32 and not torch.equal(y, ref)  # bf16 compute: not the exact path
@@ -148,19 +150,88 @@ def test_auto_mode_row_threshold_and_dequant_mode() -> None:
     assert not q._use_kernel(torch.randn(KERNEL_MAX_ROWS + 1, 128))
     assert q._use_kernel(torch.randn(100, 128, dtype=torch.bfloat16))
     assert not q._use_kernel(torch.randn(1, 128, dtype=torch.float16))
-    with QuantizedLinear.mode("dequant"):
+    with kernel_mode(q, "dequant"):
         assert not q._use_kernel(torch.randn(1, 128, dtype=torch.bfloat16))
-    assert QuantizedLinear.kernel_mode == "auto"  # restored
+    assert q.kernel_mode == "auto"  # restored
     _, q8a = make_qlinear(QuantSpec(8, False, -1))  # no kernel for this spec
     assert q8a.kernel_name() is None
     assert not q8a._use_kernel(torch.randn(1, 128, dtype=torch.bfloat16))
 
 
-def test_mode_is_restored_after_an_exception() -> None:
-    with pytest.raises(RuntimeError), QuantizedLinear.mode("kernel"):
-        assert QuantizedLinear.kernel_mode == "kernel"
+def two_layer_model(seed: int = 0) -> nn.Sequential:
+    spec = QuantSpec(4, True, 32)
+    return nn.Sequential(make_qlinear(spec, seed=seed)[1], nn.ReLU(), make_qlinear(spec, 96, 128, seed=seed + 1)[1])
+
+
+def modes(model: nn.Module) -> list[str]:
+    return [m.kernel_mode for m in model.modules() if isinstance(m, QuantizedLinear)]
+
+
+def test_kernel_mode_is_a_setting_of_one_model() -> None:
+    a, b = two_layer_model(0), two_layer_model(2)
+    with kernel_mode(a, "dequant") as m:
+        assert m is a
+        assert modes(a) == ["dequant", "dequant"]
+        assert modes(b) == ["auto", "auto"]  # another model's layers keep their own mode
+        assert not a[0]._use_kernel(torch.randn(1, 128, dtype=torch.bfloat16))
+        assert b[0]._use_kernel(torch.randn(1, 128, dtype=torch.bfloat16))
+    assert modes(a) == modes(b) == ["auto", "auto"]
+    assert not hasattr(QuantizedLinear, "kernel_mode")  # no class-wide setting left to leak
+
+
+def test_kernel_mode_puts_back_each_layers_own_mode() -> None:
+    model = two_layer_model()
+    model[2].kernel_mode = "kernel"
+    with kernel_mode(model, "dequant"):
+        assert modes(model) == ["dequant", "dequant"]
+    assert modes(model) == ["auto", "kernel"]
+
+
+def test_kernel_mode_is_restored_after_an_exception() -> None:
+    model = two_layer_model()
+    with pytest.raises(RuntimeError, match="boom"), kernel_mode(model, "kernel"):
+        assert modes(model) == ["kernel", "kernel"]
         raise RuntimeError("boom")
-    assert QuantizedLinear.kernel_mode == "auto"
+    assert modes(model) == ["auto", "auto"]
+
+
+def test_set_kernel_mode_is_permanent_and_per_model() -> None:
+    a, b = two_layer_model(0), two_layer_model(2)
+    set_kernel_mode(a, "dequant")
+    assert modes(a) == ["dequant", "dequant"] and modes(b) == ["auto", "auto"]
+    x = torch.randn(1, 128, dtype=torch.bfloat16)
+    assert not a[0]._use_kernel(x) and b[0]._use_kernel(x)
+    set_kernel_mode(a[0], "kernel")  # one layer is a model too
+    assert modes(a) == ["kernel", "dequant"]
+
+
+@pytest.mark.parametrize("bad", ["fast", "", "Dequant"])
+def test_a_bad_kernel_mode_is_refused(bad: str) -> None:
+    model = two_layer_model()
+    with pytest.raises(ValueError, match="auto, dequant, kernel"):
+        set_kernel_mode(model, bad)
+    with pytest.raises(ValueError, match=repr(bad)), kernel_mode(model, bad):
+        pass
+    assert modes(model) == ["auto", "auto"]
+    assert KERNEL_MODES == ("auto", "dequant", "kernel")
+
+
+def test_int8_engine_reports_and_select_int8_engine_sets() -> None:
+    before = torch.backends.quantized.engine
+    engine = int8_engine()
+    assert torch.backends.quantized.engine == before  # reporting changes nothing
+    if engine is None:
+        pytest.skip("torch offers no int8 GEMM engine on this machine")
+    assert engine in torch.backends.quantized.supported_engines
+    try:
+        other = next((e for e in torch.backends.quantized.supported_engines if e not in (engine, "none")), None)
+        if other is not None:  # start elsewhere, so that selecting really has something to change
+            torch.backends.quantized.engine = other
+            assert int8_engine() == engine and torch.backends.quantized.engine == other
+        assert select_int8_engine() == engine
+        assert torch.backends.quantized.engine == engine
+    finally:
+        torch.backends.quantized.engine = before
 
 
 def test_large_float32_input_in_auto_mode_is_exact() -> None:

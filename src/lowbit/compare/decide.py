@@ -1,6 +1,6 @@
 """The user's quality bar, the Pareto front of size vs quality, and the guide's recommendation:
 start conservative and push the bit width down only while the bar holds. Pure functions over result
-rows (dicts with ``id``, ``bits``, ``bits_per_weight``, ``size_bytes`` and the metrics), so they are
+rows (:class:`Row`: ``id``, ``bits``, ``bits_per_weight``, ``size_bytes`` and the metrics), so they are
 tested without running a model.
 """
 
@@ -10,6 +10,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from lowbit.compare.row import Row
 from lowbit.errors import InputError
 
 _BAR = re.compile(r"^\s*(kl|ppl|acc|cos|top1)\s*=\s*([+-]?\d+(?:\.\d+)?)\s*(%?)\s*$", re.IGNORECASE)
@@ -44,22 +45,23 @@ class Bar:
                 "cos": f"cosine >= {self.value:g}", "top1": f"top-1 agreement >= {self.value:g}"}[self.metric]
 
     def key(self) -> str:
+        """The :class:`Row` attribute the bar reads."""
         return {"kl": "kl_mean", "ppl": "ppl", "acc": "accuracy", "cos": "cosine_mean", "top1": "top1_agreement"}[self.metric]
 
-    def holds(self, row: dict[str, Any], ref: dict[str, Any]) -> bool | None:
+    def holds(self, row: Row, ref: Row) -> bool | None:
         """True / False, or None when the row lacks the metric."""
-        v = row.get(self.key())
+        v = getattr(row, self.key())
         if v is None:
             return None
         if self.metric == "kl":
             return v <= self.value
         if self.metric == "ppl":
-            base = ref.get("ppl")
+            base = ref.ppl
             if base is None:
                 return None
             return v <= base * (1 + self.value / 100) if self.percent else v <= base + self.value
         if self.metric == "acc":
-            base = ref.get("accuracy")
+            base = ref.accuracy
             return None if base is None else 100 * (v - base) >= self.value - 1e-9
         return v >= self.value
 
@@ -70,19 +72,19 @@ def default_bar(kind: str, has_accuracy: bool) -> Bar:
     return Bar("cos", 0.99) if kind == "encoder" else Bar("kl", 0.05)
 
 
-def quality(row: dict[str, Any]) -> float | None:
+def quality(row: Row) -> float | None:
     """Lower is better: KL for LMs, 1 - cosine for encoders."""
-    if row.get("kl_mean") is not None:
-        return row["kl_mean"]
-    if row.get("cosine_mean") is not None:
-        return 1 - row["cosine_mean"]
+    if row.kl_mean is not None:
+        return row.kl_mean
+    if row.cosine_mean is not None:
+        return 1 - row.cosine_mean
     return None
 
 
-def pareto(rows: list[dict[str, Any]]) -> set[str]:
+def pareto(rows: list[Row]) -> set[str]:
     """Ids on the front of (size, quality loss): no other row is at least as small and as good, and
     strictly better in one."""
-    pts = [(r["id"], r.get("size_bytes"), quality(r)) for r in rows]
+    pts = [(r.id, r.size_bytes, quality(r)) for r in rows]
     pts = [p for p in pts if p[1] is not None and p[2] is not None]
     front = set()
     for i, s, q in pts:
@@ -97,49 +99,52 @@ class Recommendation:
     reasons: list[str]
     met_bar: bool
 
+    def to_dict(self) -> dict[str, Any]:
+        return {"method": self.id, "reasons": list(self.reasons), "met_bar": self.met_bar}
 
-def recommend(rows: list[dict[str, Any]], ref: dict[str, Any], bar: Bar, budget_bpw: float | None = None) -> Recommendation:
+
+def recommend(rows: list[Row], ref: Row, bar: Bar, budget_bpw: float | None = None) -> Recommendation:
     """The guide's walk: from the widest bit width down, at each rung keep the smallest candidate that
     meets the bar (and the bpw budget); stop at the first rung where none does."""
     reasons = [f"Bar: {bar}" + (f"; budget: at most {budget_bpw:g} bits per weight" if budget_bpw else "") + "."]
-    ok = {r["id"]: bar.holds(r, ref) for r in rows}
-    rungs = sorted({r["bits"] for r in rows}, reverse=True)
-    chosen: dict[str, Any] | None = None
+    ok = {r.id: bar.holds(r, ref) for r in rows}
+    rungs = sorted({r.bits for r in rows}, reverse=True)
+    chosen: Row | None = None
     for bits in rungs:
-        level = [r for r in rows if r["bits"] == bits]
-        passing = [r for r in level if ok[r["id"]]]
-        fits = [r for r in passing if budget_bpw is None or (r.get("bits_per_weight") or 99) <= budget_bpw]
+        level = [r for r in rows if r.bits == bits]
+        passing = [r for r in level if ok[r.id]]
+        fits = [r for r in passing if budget_bpw is None or (r.bits_per_weight or 99) <= budget_bpw]
         if not passing:
             best = min(level, key=lambda r: quality(r) if quality(r) is not None else float("inf"))
-            reasons.append(f"{bits}-bit: nothing meets the bar (closest: {best['id']}, {_metric(best, bar)}); stop "
+            reasons.append(f"{bits}-bit: nothing meets the bar (closest: {best.id}, {_metric(best, bar)}); stop "
                            "pushing the bit width down here.")
             break
         if not fits:
-            reasons.append(f"{bits}-bit: {', '.join(r['id'] for r in passing)} meet(s) the bar but exceed(s) the "
+            reasons.append(f"{bits}-bit: {', '.join(r.id for r in passing)} meet(s) the bar but exceed(s) the "
                            f"{budget_bpw:g} bpw budget; trying fewer bits.")
             continue
-        pick = min(fits, key=lambda r: (r.get("size_bytes") or 0, quality(r) or 0))
-        others = [r["id"] for r in fits if r is not pick]
-        reasons.append(f"{bits}-bit: {pick['id']} meets the bar ({_metric(pick, bar)})"
-                       + (f", smallest of {', '.join([pick['id'], *others])}" if others else "")
+        pick = min(fits, key=lambda r: (r.size_bytes or 0, quality(r) or 0))
+        others = [r.id for r in fits if r is not pick]
+        reasons.append(f"{bits}-bit: {pick.id} meets the bar ({_metric(pick, bar)})"
+                       + (f", smallest of {', '.join([pick.id, *others])}" if others else "")
                        + ("; push down one more step." if bits != rungs[-1] else "."))
         chosen = pick
     if chosen is not None:
-        reasons.append(f"Recommended: {chosen['id']}, the fewest bits at which the bar still held"
-                       f" ({chosen.get('bits_per_weight') or 0:.2f} bits per weight).")
-        return Recommendation(chosen["id"], reasons, True)
+        reasons.append(f"Recommended: {chosen.id}, the fewest bits at which the bar still held"
+                       f" ({chosen.bits_per_weight or 0:.2f} bits per weight).")
+        return Recommendation(chosen.id, reasons, True)
     scored = [r for r in rows if quality(r) is not None]
     if not scored:
         return Recommendation(None, [*reasons, "No candidate could be scored."], False)
     best = min(scored, key=quality)
     step = ("QAT was among them: give it more steps (--qat-steps), a wider bit width, or loosen the bar."
-            if any(r.get("family") == "qat" for r in rows) else
+            if any(r.family == "qat" for r in rows) else
             "The guide's next step: quantization-aware training (`--train-data DATA --qat-steps N`, `lowbit qat`), "
             "or loosen the bar.")
-    reasons.append(f"No candidate meets the bar (within budget). The most faithful is {best['id']} ({_metric(best, bar)}). {step}")
-    return Recommendation(best["id"], reasons, False)
+    reasons.append(f"No candidate meets the bar (within budget). The most faithful is {best.id} ({_metric(best, bar)}). {step}")
+    return Recommendation(best.id, reasons, False)
 
 
-def _metric(row: dict[str, Any], bar: Bar) -> str:
-    v = row.get(bar.key())
+def _metric(row: Row, bar: Bar) -> str:
+    v = getattr(row, bar.key())
     return f"{bar.key()} {v:.4g}" if v is not None else f"no {bar.key()}"

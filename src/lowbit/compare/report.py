@@ -1,5 +1,6 @@
 """`lowbit compare`'s outputs: results.json, report.md (with the plots as PNG files beside it) and a
-self-contained report.html (the plots embedded), all written atomically into the report directory."""
+self-contained report.html (the plots embedded), all written atomically into the report directory.
+Everything is drawn from the run's :class:`Results`; ``results.json`` is its ``to_dict()``."""
 
 from __future__ import annotations
 
@@ -8,11 +9,16 @@ import html
 import io
 import json
 import math
-import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-COLUMNS = [  # (header, key, format)
+from lowbit.compare.cache import atomic_write
+from lowbit.compare.calib_check import CalibCheck
+from lowbit.compare.results import Results
+from lowbit.compare.row import Row
+
+COLUMNS = [  # (header, Row attribute, format)
     ("candidate", "id", "{}"), ("family", "family", "{}"), ("bits", "bits", "{}"), ("bpw", "bits_per_weight", "{:.2f}"),
     ("MB", "size_bytes", "mb"), ("PPL", "ppl", "{:.3f}"), ("KL", "kl_mean", "{:.4f}"), ("top-1", "top1_agreement", "{:.3f}"),
     ("cosine", "cosine_mean", "{:.4f}"), ("acc", "accuracy", "{:.3f}"), ("flips", "flips", "{}"),
@@ -21,8 +27,8 @@ COLUMNS = [  # (header, key, format)
 ]
 
 
-def _cell(row: dict[str, Any], key: str, fmt: str) -> str:
-    v = row.get(key)
+def _cell(row: Row, key: str, fmt: str) -> str:
+    v = getattr(row, key)
     if v is None or (isinstance(v, float) and not math.isfinite(v)):
         return "–"
     if fmt == "mb":
@@ -32,44 +38,44 @@ def _cell(row: dict[str, Any], key: str, fmt: str) -> str:
     return fmt.format(v)
 
 
-def _columns(rows: list[dict[str, Any]]) -> list[tuple[str, str, str]]:
-    return [c for c in COLUMNS if any(r.get(c[1]) is not None for r in rows)]
+def _columns(rows: Sequence[Row]) -> list[tuple[str, str, str]]:
+    return [c for c in COLUMNS if any(getattr(r, c[1]) is not None for r in rows)]
 
 
-def size_quality_png(out: dict[str, Any]) -> bytes:
+def size_quality_png(res: Results) -> bytes:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = out["candidates"]
-    lm = any(r.get("kl_mean") is not None for r in rows)
+    rows = res.candidates
+    lm = any(r.kl_mean is not None for r in rows)
     fig, ax = plt.subplots(figsize=(7.5, 4.8), dpi=110)
-    rec = out["recommendation"]["method"]
+    rec = res.recommendation.id
     for r in rows:
-        q = r.get("kl_mean") if lm else (1 - r["cosine_mean"] if r.get("cosine_mean") is not None else None)
-        if q is None or r.get("size_bytes") is None:
+        q = r.kl_mean if lm else (1 - r.cosine_mean if r.cosine_mean is not None else None)
+        if q is None or r.size_bytes is None:
             continue
-        style = {"marker": "*" if r["id"] == rec else "o", "s": 180 if r["id"] == rec else 50,
-                     "c": "tab:red" if r.get("pareto") else "tab:gray", "edgecolors": "black", "linewidths": 0.5, "zorder": 3}
-        ax.scatter(r["size_bytes"] / 1e6, max(q, 1e-6), **style)
-        ax.annotate(r["id"], (r["size_bytes"] / 1e6, max(q, 1e-6)), textcoords="offset points", xytext=(5, 4), fontsize=8)
-    front = sorted((r for r in rows if r.get("pareto")), key=lambda r: r["size_bytes"])
+        style = {"marker": "*" if r.id == rec else "o", "s": 180 if r.id == rec else 50,
+                 "c": "tab:red" if r.pareto else "tab:gray", "edgecolors": "black", "linewidths": 0.5, "zorder": 3}
+        ax.scatter(r.size_bytes / 1e6, max(q, 1e-6), **style)
+        ax.annotate(r.id, (r.size_bytes / 1e6, max(q, 1e-6)), textcoords="offset points", xytext=(5, 4), fontsize=8)
+    front = sorted((r for r in rows if r.pareto), key=lambda r: r.size_bytes)
     if len(front) > 1:
-        ax.plot([r["size_bytes"] / 1e6 for r in front],
-                [max(r["kl_mean"] if lm else 1 - r["cosine_mean"], 1e-6) for r in front], color="tab:red", lw=1, zorder=2)
-    if lm and out["bar"].startswith("KL"):
-        ax.axhline(float(out["bar"].split("<=")[1]), color="tab:blue", ls="--", lw=1, label=out["bar"])
+        ax.plot([r.size_bytes / 1e6 for r in front],
+                [max(r.kl_mean if lm else 1 - r.cosine_mean, 1e-6) for r in front], color="tab:red", lw=1, zorder=2)
+    if lm and res.bar.metric == "kl":
+        ax.axhline(res.bar.value, color="tab:blue", ls="--", lw=1, label=str(res.bar))
         ax.legend(loc="upper right", fontsize=8)
     ax.set_yscale("log")
     ax.set_xlabel("size (MB)")
     ax.set_ylabel("KL to the reference (log)" if lm else "1 - cosine to the reference (log)")
-    ax.set_title(f"{Path(out['model']).name}: size vs quality (red: Pareto front, star: recommended)", fontsize=10)
+    ax.set_title(f"{Path(res.model).name}: size vs quality (red: Pareto front, star: recommended)", fontsize=10)
     ax.grid(True, which="both", alpha=0.3)
     return _png(fig)
 
 
-def layer_error_png(out: dict[str, Any]) -> bytes:
+def layer_error_png(res: Results) -> bytes:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -77,15 +83,15 @@ def layer_error_png(out: dict[str, Any]) -> bytes:
 
     fig, ax = plt.subplots(figsize=(9, 4.5), dpi=110)
     names: list[str] = []
-    for r in out["candidates"]:
-        for n in r.get("layer_errors", {}):
+    for r in res.candidates:
+        for n in r.layer_errors:
             if n not in names:
                 names.append(n)
-    for r in out["candidates"]:
-        errs = r.get("layer_errors", {})
+    for r in res.candidates:
+        errs = r.layer_errors
         if errs:
             ax.plot([i for i, n in enumerate(names) if n in errs], [errs[n] for n in names if n in errs], lw=0.9,
-                    marker=".", ms=3, label=r["id"])
+                    marker=".", ms=3, label=r.id)
     ax.set_yscale("log")
     ax.set_xlabel(f"layer ({len(names)} quantized weights, model order)")
     ax.set_ylabel("||W - Wq|| / ||W||")
@@ -105,99 +111,78 @@ def _png(fig: Any) -> bytes:
     return buf.getvalue()
 
 
-def _atomic(path: Path, data: bytes | str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    if isinstance(data, str):
-        tmp.write_text(data, encoding="utf-8")
-    else:
-        tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
-def _md_table(rows: list[dict[str, Any]]) -> str:
+def markdown_table(rows: Sequence[Row | dict[str, Any]]) -> str:
+    """The rows as a markdown table, with only the columns some row fills; rows may be given as
+    :class:`Row` or as their ``to_dict()`` (what :func:`lowbit.compare.compare` returns)."""
+    rows = [r if isinstance(r, Row) else Row.from_dict(r) for r in rows]
     cols = _columns(rows)
     lines = ["| " + " | ".join(c[0] for c in cols) + " |", "|" + "---|" * len(cols)]
     lines += ["| " + " | ".join(_cell(r, k, f) for _, k, f in cols) + " |" for r in rows]
     return "\n".join(lines)
 
 
-def _summary(out: dict[str, Any]) -> list[str]:
-    ref = out["reference"]
-    s = out["settings"]
-    lines = [f"Model: `{out['model']}` ({out['kind']}). Eval: `{s['eval']}`"
-             + (f" (KL/PPL on `{s['eval_text']}`)" if out.get("task") else "")
-             + f", {s['windows']} x {s['seq_len']} tokens. Calibration: `{s['calib']}` ({s['calib_samples']} x {s['seq_len']} tokens)."]
-    if ref.get("ppl") is not None:
-        lines.append(f"Reference (float32): PPL {ref['ppl']:.3f}" + (f", accuracy {ref['accuracy']:.3f}" if ref.get("accuracy") is not None else "")
-                     + (f", prefill {ref['prefill_tok_s']:.0f} tok/s, decode {ref['decode_tok_s']:.1f} tok/s" if ref.get("prefill_tok_s") else "") + ".")
-    lines.append(f"Machine: {out['machine']['platform']}, {out['machine']['threads']} threads.")
+def _summary(res: Results) -> list[str]:
+    ref, s = res.reference, res.settings
+    lines = [f"Model: `{res.model}` ({res.kind}). Eval: `{s.eval}`"
+             + (f" (KL/PPL on `{s.eval_text}`)" if res.task else "")
+             + f", {s.windows} x {s.seq_len} tokens. Calibration: `{s.calib}` ({s.calib_samples} x {s.seq_len} tokens)."]
+    if ref.ppl is not None:
+        lines.append(f"Reference (float32): PPL {ref.ppl:.3f}" + (f", accuracy {ref.accuracy:.3f}" if ref.accuracy is not None else "")
+                     + (f", prefill {ref.prefill_tok_s:.0f} tok/s, decode {ref.decode_tok_s:.1f} tok/s" if ref.prefill_tok_s else "") + ".")
+    lines.append(f"Machine: {res.machine.platform}, {res.machine.threads} threads.")
     return lines
 
 
-def markdown(out: dict[str, Any]) -> str:
-    rec = out["recommendation"]
-    parts = ["# lowbit compare", "", *_summary(out), "",
-             f"## Recommendation: `{rec['method']}`" + ("" if rec["met_bar"] else " (the bar is not met)"), "",
-             *[f"- {r}" for r in rec["reasons"]], ""]
-    if out.get("axes"):
-        parts += [f"On the guide's five axes (hardware for `{out['settings']['target']}`):", "",
-                  *[f"- **{k}**: {v}" for k, v in out["axes"].items()], ""]
-    if out["warnings"]:
-        parts += ["## Warnings", "", *[f"- {w}" for w in out["warnings"]], ""]
-    parts += ["## Candidates", "", _md_table([out["reference"], *out["candidates"]]), "",
+def markdown(res: Results) -> str:
+    rec = res.recommendation
+    parts = ["# lowbit compare", "", *_summary(res), "",
+             f"## Recommendation: `{rec.id}`" + ("" if rec.met_bar else " (the bar is not met)"), "",
+             *[f"- {r}" for r in rec.reasons], ""]
+    if res.axes:
+        parts += [f"On the guide's five axes (hardware for `{res.settings.target}`):", "",
+                  *[f"- **{k}**: {v}" for k, v in res.axes.items()], ""]
+    if res.warnings:
+        parts += ["## Warnings", "", *[f"- {w}" for w in res.warnings], ""]
+    parts += ["## Candidates", "", markdown_table([res.reference, *res.candidates]), "",
               ("KL: mean KL(reference || candidate) per token; bpw: bits per quantized weight (GGUF: every 2-D tensor, "
               "embedding included); quantize s: quantization including calibration; prefill/decode x fp32: speed on "
               "this machine as a ratio to full precision (below 1: slower than not quantizing at all, the guide's "
               "portability trap); flips: answers that changed from the reference's."), "",
               "![size vs quality](size_quality.png)", "", "![per-layer error](layer_error.png)", ""]
-    axes_rows = [r for r in out["candidates"] if r.get("axes")]
+    axes_rows = [r for r in res.candidates if r.axes]
     if axes_rows:
-        keys = list(axes_rows[0]["axes"])
-        parts += [f"## The five axes (hardware for `{out['settings']['target']}`)", "",
+        keys = list(axes_rows[0].axes)
+        parts += [f"## The five axes (hardware for `{res.settings.target}`)", "",
                   "| candidate | " + " | ".join(keys) + " |", "|---|" + "---|" * len(keys),
-                  *["| " + r["id"] + " | " + " | ".join(str(r["axes"].get(k, "")).replace("|", "/") for k in keys) + " |"
+                  *["| " + r.id + " | " + " | ".join(str(r.axes.get(k, "")).replace("|", "/") for k in keys) + " |"
                     for r in axes_rows], ""]
-    cc = out.get("calib_check")
-    if cc and "skipped" not in cc:
-        verdict = "beats" if cc["user_calib_better"] else "does NOT beat"
+    cc = res.calib_check
+    if isinstance(cc, CalibCheck):
+        verdict = "beats" if cc.user_calib_better else "does NOT beat"
         parts += ["## Calibration-set check", "",
-                  (f"{cc['candidate']} calibrated on `{cc['user_calib']}` {verdict} the same method calibrated on "
-                  f"`{cc['generic_calib']}`: {cc['metric']} {cc['user_value']:.4f} vs {cc['generic_value']:.4f} on the eval set. "
-                  f"Token distance to the eval data (Jensen-Shannon): yours {cc['distance_user_calib_to_eval']:.2f}, "
-                  f"generic {cc['distance_generic_to_eval']:.2f}."), ""]
+                  (f"{cc.candidate} calibrated on `{cc.user_calib}` {verdict} the same method calibrated on "
+                  f"`{cc.generic_calib}`: {cc.metric} {cc.user_value:.4f} vs {cc.generic_value:.4f} on the eval set. "
+                  f"Token distance to the eval data (Jensen-Shannon): yours {cc.distance_user_calib_to_eval:.2f}, "
+                  f"generic {cc.distance_generic_to_eval:.2f}."), ""]
     return "\n".join(parts)
 
 
-def html_report(out: dict[str, Any], plots: dict[str, bytes]) -> str:
-    rec = out["recommendation"]
-    rows = [out["reference"], *out["candidates"]]
+def html_report(res: Results, plots: dict[str, bytes]) -> str:
+    rec = res.recommendation
+    rows = [res.reference, *res.candidates]
     cols = _columns(rows)
     head = "".join(f"<th>{html.escape(c[0])}</th>" for c in cols)
-    body = "".join("<tr" + (' class="rec"' if r["id"] == rec["method"] else "") + ">"
+    body = "".join("<tr" + (' class="rec"' if r.id == rec.id else "") + ">"
                    + "".join(f"<td>{html.escape(_cell(r, k, f))}</td>" for _, k, f in cols) + "</tr>" for r in rows)
     imgs = "".join(f'<figure><img alt="{html.escape(n)}" src="data:image/png;base64,{base64.b64encode(b).decode()}">'
                    f"<figcaption>{html.escape(n)}</figcaption></figure>" for n, b in plots.items())
-    warn = "".join(f"<li>{html.escape(w)}</li>" for w in out["warnings"])
-    reasons = "".join(f"<li>{html.escape(r)}</li>" for r in rec["reasons"])
-    summary = "".join(f"<p>{html.escape(x)}</p>" for x in _summary(out))
-    axes = "".join(f"<li><b>{html.escape(k)}</b>: {html.escape(v)}</li>" for k, v in (out.get("axes") or {}).items())
-    axes_rows = [r for r in out["candidates"] if r.get("axes")]
-    axes_table = ""
-    if axes_rows:
-        keys = list(axes_rows[0]["axes"])
-        axes_table = ("<h2>The five axes</h2><table><thead><tr><th>candidate</th>"
-                      + "".join(f"<th>{html.escape(k)}</th>" for k in keys) + "</tr></thead><tbody>"
-                      + "".join("<tr><td>" + html.escape(r["id"]) + "</td>"
-                                + "".join(f'<td style="text-align:left">{html.escape(str(r["axes"].get(k, "")))}</td>' for k in keys)
-                                + "</tr>" for r in axes_rows) + "</tbody></table>")
-    cc = out.get("calib_check")
-    ccs = ""
-    if cc and "skipped" not in cc:
-        ccs = (f"<h2>Calibration-set check</h2><p>{html.escape(cc['candidate'])} calibrated on {html.escape(cc['user_calib'])}: "
-               f"{cc['metric']} {cc['user_value']:.4f}; on {html.escape(cc['generic_calib'])}: {cc['generic_value']:.4f} "
-               f"({'yours is better' if cc['user_calib_better'] else 'yours is NOT better'}).</p>")
+    warn = "".join(f"<li>{html.escape(w)}</li>" for w in res.warnings)
+    reasons = "".join(f"<li>{html.escape(r)}</li>" for r in rec.reasons)
+    summary = "".join(f"<p>{html.escape(x)}</p>" for x in _summary(res))
+    axes = "".join(f"<li><b>{html.escape(k)}</b>: {html.escape(v)}</li>" for k, v in (res.axes or {}).items())
+    name = html.escape(Path(res.model).name)
     return f"""<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>lowbit compare: {html.escape(Path(out['model']).name)}</title>
+<html lang="en"><head><meta charset="utf-8"><title>lowbit compare: {name}</title>
 <style>
 body {{ font-family: system-ui, sans-serif; margin: 2em; color: #222; max-width: 1200px; }}
 table {{ border-collapse: collapse; font-size: 13px; }} th, td {{ border: 1px solid #ccc; padding: 3px 7px; text-align: right; }}
@@ -205,26 +190,47 @@ th {{ background: #f3f3f3; }} td:first-child, td:nth-child(2) {{ text-align: lef
 figure {{ display: inline-block; margin: 1em 1em 0 0; }} img {{ max-width: 100%; border: 1px solid #ddd; }}
 .warn li {{ color: #a33; }}
 </style></head><body>
-<h1>lowbit compare: {html.escape(Path(out['model']).name)}</h1>
+<h1>lowbit compare: {name}</h1>
 {summary}
-<h2>Recommendation: {html.escape(str(rec['method']))}{'' if rec['met_bar'] else ' (the bar is not met)'}</h2>
+<h2>Recommendation: {html.escape(str(rec.id))}{'' if rec.met_bar else ' (the bar is not met)'}</h2>
 <ul>{reasons}</ul>
-{f'<p>On the guide&#39;s five axes (hardware for {html.escape(out["settings"]["target"])}):</p><ul>{axes}</ul>' if axes else ''}
+{f'<p>On the guide&#39;s five axes (hardware for {html.escape(res.settings.target)}):</p><ul>{axes}</ul>' if axes else ''}
 {f'<h2>Warnings</h2><ul class="warn">{warn}</ul>' if warn else ''}
 <h2>Candidates</h2>
 <table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>
 {imgs}
-{axes_table}
-{ccs}
+{_html_axes_table(res)}
+{_html_calib_check(res)}
 </body></html>
 """
 
 
-def write_report(out: dict[str, Any], report_dir: Path) -> None:
+def _html_axes_table(res: Results) -> str:
+    axes_rows = [r for r in res.candidates if r.axes]
+    if not axes_rows:
+        return ""
+    keys = list(axes_rows[0].axes)
+    return ("<h2>The five axes</h2><table><thead><tr><th>candidate</th>"
+            + "".join(f"<th>{html.escape(k)}</th>" for k in keys) + "</tr></thead><tbody>"
+            + "".join("<tr><td>" + html.escape(r.id) + "</td>"
+                      + "".join(f'<td style="text-align:left">{html.escape(str(r.axes.get(k, "")))}</td>' for k in keys)
+                      + "</tr>" for r in axes_rows) + "</tbody></table>")
+
+
+def _html_calib_check(res: Results) -> str:
+    cc = res.calib_check
+    if not isinstance(cc, CalibCheck):
+        return ""
+    return (f"<h2>Calibration-set check</h2><p>{html.escape(cc.candidate)} calibrated on {html.escape(cc.user_calib)}: "
+            f"{cc.metric} {cc.user_value:.4f}; on {html.escape(cc.generic_calib)}: {cc.generic_value:.4f} "
+            f"({'yours is better' if cc.user_calib_better else 'yours is NOT better'}).</p>")
+
+
+def write_report(res: Results, report_dir: Path) -> None:
     report_dir.mkdir(parents=True, exist_ok=True)
-    plots = {"size vs quality": size_quality_png(out), "per-layer weight error": layer_error_png(out)}
-    _atomic(report_dir / "size_quality.png", plots["size vs quality"])
-    _atomic(report_dir / "layer_error.png", plots["per-layer weight error"])
-    _atomic(report_dir / "results.json", json.dumps(out, indent=1, default=str))
-    _atomic(report_dir / "report.md", markdown(out))
-    _atomic(report_dir / "report.html", html_report(out, plots))
+    plots = {"size vs quality": size_quality_png(res), "per-layer weight error": layer_error_png(res)}
+    atomic_write(report_dir / "size_quality.png", plots["size vs quality"])
+    atomic_write(report_dir / "layer_error.png", plots["per-layer weight error"])
+    atomic_write(report_dir / "results.json", json.dumps(res.to_dict(), indent=1, default=str))
+    atomic_write(report_dir / "report.md", markdown(res))
+    atomic_write(report_dir / "report.html", html_report(res, plots))

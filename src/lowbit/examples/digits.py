@@ -3,7 +3,16 @@ scikit-learn, no download): the image-classifier case of the guide, used to show
 costs a convolutional network and what quantization-aware training wins back.
 
 ``data()`` splits the images into a fixed train / held-out test split (stratified, seed 0);
-``train_float`` fits the float model; ``accuracy`` scores any model on a split.
+``train_float`` fits the float model; ``accuracy`` scores any model on a split (quantized layers in
+their exact "dequant" kernel mode). With QAT (bench/qat.py):
+
+    from lowbit import qat
+    from lowbit.loaders import ModelHandle
+
+    d = data()
+    p = qat.prepare(ModelHandle(model=train_float(d), kind="module", name="digits"), "int2-asym-ch", ignore=[])
+    qat.train(p, (d.x_train, d.y_train), qat.TrainSettings(steps=600, lr=1e-3, batch=64, distill=False))
+    accuracy(qat.convert(p).model, d.x_test, d.y_test)
 """
 
 from __future__ import annotations

@@ -24,8 +24,8 @@ from lowbit.modules.bnb4_linear import Linear4bit
 
 @dataclass(frozen=True)
 class Bnb4Config(MethodConfig):
-    double_quant: bool = field(default=False, metadata={"help": "nf4/fp4: re-quantize the block constants (QLoRA)."})
-    blocksize: int = field(default=64, metadata={"help": "nf4/fp4: weights per absmax block."})
+    double_quant: bool = field(default=False, metadata={"help": "re-quantize the block constants (QLoRA)."})
+    blocksize: int = field(default=64, metadata={"help": "weights per absmax block."})
 
     def __post_init__(self) -> None:
         if self.blocksize not in (32, 64, 128, 256, 512, 1024, 2048, 4096):

@@ -25,7 +25,7 @@ from lowbit.modules.ggml_linear import GGMLLinear
 
 @dataclass(frozen=True)
 class GGUFConfig(MethodConfig):
-    type: str = field(default="Q4_K", metadata={"help": "gguf: the GGML weight type (Q8_0, Q4_0, Q4_K, Q6_K...)."})
+    type: str = field(default="Q4_K", metadata={"help": "The GGML weight type (Q8_0, Q4_0, Q4_K, Q6_K...)."})
 
     def __post_init__(self) -> None:
         if self.type.upper() not in GGML_TYPES:

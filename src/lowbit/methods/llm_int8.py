@@ -25,7 +25,7 @@ from lowbit.modules.int8_linear import LinearInt8
 @dataclass(frozen=True)
 class LLMInt8Config(MethodConfig):
     threshold: float = field(default=6.0, metadata={
-        "help": "int8 (LLM.int8): activation outlier threshold; 0 turns the outlier decomposition off."})
+        "help": "LLM.int8 activation outlier threshold; 0 turns the outlier decomposition off."})
 
     def __post_init__(self) -> None:
         if not self.threshold >= 0:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import nn
@@ -97,10 +98,17 @@ def roundtrip(qs: QATSpec, shape: tuple[int, ...]) -> RoundTrip:
 
 @dataclass(frozen=True)
 class QATConfig(MethodConfig):
-    spec: str = field(default="int4-asym-g64", metadata={"help": "qat: the spec the model was prepared with."})
+    spec: str = field(default="int4-asym-g64", metadata={"help": "The QAT spec the model was prepared with."})
 
     def __post_init__(self) -> None:
         parse_spec(self.spec)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> QATConfig:
+        """A converted model's record keeps the spec string as ``qat_spec`` (``spec`` is the integer grid)."""
+        d = dict(d)
+        d["spec"] = d.get("qat_spec", d.get("spec"))
+        return super().from_dict(d)  # type: ignore[return-value]
 
 
 def is_fake_quant(mod: nn.Module) -> bool:

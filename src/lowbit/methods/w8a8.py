@@ -43,10 +43,10 @@ ALPHAS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 
 @dataclass(frozen=True)
 class W8A8Config(MethodConfig):
-    act: str = field(default="dynamic", metadata={"help": "w8a8: dynamic (per token) or static (per tensor) activations."})
-    smooth: bool = field(default=False, metadata={"help": "w8a8: SmoothQuant scales folded into the norms."})
+    act: str = field(default="dynamic", metadata={"help": "dynamic (per token) or static (per tensor) activations."})
+    smooth: bool = field(default=False, metadata={"help": "SmoothQuant scales folded into the norms."})
     alpha: float | None = field(default=None, metadata={
-        "help": "w8a8 with smoothing: migration strength in (0, 1); searched when not given."})
+        "help": "With --smooth: migration strength in (0, 1); searched when not given."})
 
     def __post_init__(self) -> None:
         if self.act not in ("dynamic", "static"):

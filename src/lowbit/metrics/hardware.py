@@ -11,7 +11,6 @@ ratios are kept apart, under "cuda", for `lowbit plan --target cuda:SM`.
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import time
@@ -196,19 +195,18 @@ def check(shapes: list[tuple[int, int]] | None = None, repeats: int = 7, prefill
 
 def record(timings: list[FormatTiming], machine: Machine, device: str = "cpu") -> None:
     """Write the kernel-level ratios where `lowbit plan` reads measured speeds (GPU ones under "cuda")."""
-    from lowbit.plan.rule import measured_speed, speed_file
+    from lowbit.plan.rule import record_speed
 
-    data = measured_speed()
-    where = data.setdefault("cuda", {}) if device.startswith("cuda") else data
+    gpu = device.startswith("cuda")
+    entries: dict[str, dict[str, Any]] = {}
     for t in timings:
         if t.format != "fp32" and t.prefill_ratio_vs_fp32 == t.prefill_ratio_vs_fp32 and t.prefill_ratio_vs_fp32 > 0:
-            where[t.format] = {"prefill_ratio_vs_fp32": t.prefill_ratio_vs_fp32, "decode_ratio_vs_fp32": t.decode_ratio_vs_fp32,
-                               "runtime": f"lowbit hardware: {t.label}",
-                               "machine": machine.gpu if device.startswith("cuda") else machine.cpu,
-                               "date": time.strftime("%Y-%m-%d")}
-            if device.startswith("cuda"):
-                where[t.format]["compute_capability"] = machine.compute_capability
-    speed_file().write_text(json.dumps(data, indent=1))
+            entries[t.format] = {"prefill_ratio_vs_fp32": t.prefill_ratio_vs_fp32, "decode_ratio_vs_fp32": t.decode_ratio_vs_fp32,
+                                 "runtime": f"lowbit hardware: {t.label}", "machine": machine.gpu if gpu else machine.cpu,
+                                 "date": time.strftime("%Y-%m-%d")}
+            if gpu:
+                entries[t.format]["compute_capability"] = machine.compute_capability
+    record_speed(entries, section="cuda" if gpu else None)
 
 
 def to_dict(machine: Machine, timings: list[FormatTiming], gpu: list[FormatTiming] | None = None) -> dict[str, Any]:

@@ -71,8 +71,9 @@ def quantize(
         if prerounding is not None and qt is not None and qt.prerounding is not None:
             prerounding[name] = qt.prerounding
         layers[name] = layer_record(mod)
-        sizes[0] += qt.numel if qt is not None else mod.in_features * mod.out_features
-        sizes[1] += qt.nbytes if qt is not None else mod.quant_nbytes
+        grid = qt if qt is not None or not hasattr(mod, "quantized_tensor") else mod.quantized_tensor()
+        sizes[0] += grid.numel if grid is not None else mod.in_features * mod.out_features
+        sizes[1] += grid.nbytes if grid is not None else mod.quant_nbytes
         return mod
 
     with PeakRSS() as cost:

@@ -9,12 +9,12 @@ plan/hardware.toml. Pure data plus a little matching: no torch, answers at once.
 from __future__ import annotations
 
 import json
+import os
+import tomllib
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
 from typing import Any
-
-import tomllib
 
 from lowbit.errors import InputError
 from lowbit.plan.model_info import ModelInfo
@@ -291,8 +291,29 @@ def speed_file() -> Path:
 
 
 def measured_speed() -> dict[str, Any]:
-    """Per-format speed ratios that `lowbit compare` measured on this machine (empty if none yet)."""
+    """Per-format speed ratios that `lowbit compare` and `lowbit hardware` measured on this machine
+    (empty if none yet): ``{format: entry}``, and the GPU's under ``"cuda"``."""
     try:
         return json.loads(speed_file().read_text())
     except (OSError, ValueError):
         return {}
+
+
+def record_speed(entries: dict[str, dict[str, Any]], section: str | None = None) -> Path:
+    """Merge per-format entries into the speed cache (under ``section``, e.g. ``"cuda"``, if given) and
+    write it atomically: a temporary file in the same directory, renamed over the old one only once
+    it is complete, so a failure mid-write leaves the previous cache as it was. The one writer of the
+    file: `lowbit compare` and `lowbit hardware` both record through it. Raises ``OSError``."""
+    path = speed_file()
+    data = measured_speed()
+    where = data.setdefault(section, {}) if section else data
+    where.update(entries)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # one per process: two writers never share it
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(data, f, indent=1)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path

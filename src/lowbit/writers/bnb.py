@@ -16,6 +16,7 @@ import torch
 
 from lowbit.errors import ExportError
 from lowbit.writers.checkpoint import _dedupe
+from lowbit.writers.guard import check_output
 from lowbit.writers.hfdir import write_model_dir
 from lowbit.formats.bnb4 import code4, dynamic_map
 from lowbit.loaders.handle import ModelHandle
@@ -27,9 +28,7 @@ def _json_bytes(d: dict) -> torch.Tensor:
 
 
 def export_bnb(handle: ModelHandle, out: str | Path, overwrite: bool = False) -> Path:
-    out = Path(out)
-    if out.exists() and not overwrite:
-        raise ExportError(f"{out} already exists; choose another --out or pass --overwrite")
+    out = check_output(out, overwrite)
     mods = {n: m for n, m in handle.model.named_modules() if isinstance(m, Linear4bit)}
     if not mods:
         raise ExportError("bitsandbytes export needs a model quantized with nf4 or fp4 (lowbit quantize --method nf4)")

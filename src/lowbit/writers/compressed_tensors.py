@@ -47,6 +47,7 @@ import torch
 from torch import nn
 
 from lowbit.errors import ExportError
+from lowbit.writers.guard import check_output
 from lowbit.writers.hfdir import write_model_dir
 from lowbit.bitpack import pack_codes
 from lowbit.loaders.handle import ModelHandle
@@ -210,9 +211,7 @@ def export_compressed_tensors(handle: ModelHandle, out: str | Path, overwrite: b
     >>> AutoModelForCausalLM.from_pretrained("smollm2-w4a16-ct")  # decompresses  # doctest: +SKIP
     """
 
-    out = Path(out)
-    if out.exists() and not overwrite:
-        raise ExportError(f"{out} already exists; choose another --out or pass --overwrite")
+    out = check_output(out, overwrite)
     if handle.quant is None:
         raise ExportError("this model is not quantized by lowbit; quantize it before exporting to compressed-tensors")
     model = handle.model

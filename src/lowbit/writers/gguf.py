@@ -20,17 +20,18 @@ import tempfile
 from collections import deque
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import gguf
 import numpy as np
 import torch
 
 from lowbit.errors import ExportError, InputError
-from lowbit.writers.gguf_mix import MIXES, MixPlanner, parse_overrides
 from lowbit.formats.ggml import GGML_TYPES
 from lowbit.formats.ggml.names import gguf_name, permute_qk
 from lowbit.loaders.handle import ModelHandle
+from lowbit.writers.gguf_mix import MIXES, MixPlanner, parse_overrides
+from lowbit.writers.guard import check_output
 
 log = logging.getLogger(__name__)
 
@@ -200,6 +201,17 @@ def _hf_tokenizer_kv(w: gguf.GGUFWriter, tok: Any) -> None:
 
 
 IN_FLIGHT = 3  # tensors queued on the quantizing pool at once: both cores busy, memory bounded
+_UNQUANTIZED = ("F32", "F16", "BF16")
+
+
+class _Planned(NamedTuple):
+    """One tensor of the file: its Hugging Face and GGUF names, shape, GGML type and imatrix row."""
+
+    hf: str
+    name: str
+    shape: tuple[int, ...]
+    ggml_type: str
+    imatrix: np.ndarray | None
 
 
 def export_gguf(handle: ModelHandle, out: str | Path, mix: str = "Q8_0", *,
@@ -213,12 +225,7 @@ def export_gguf(handle: ModelHandle, out: str | Path, mix: str = "Q8_0", *,
     if mix not in MIXES:
         raise InputError(f"unknown GGUF type {mix!r}; choose one of {', '.join(MIXES)}")
     cfg = check_llama(handle)
-    out = Path(out)
-    if out.exists() and not overwrite:
-        raise ExportError(f"{out} exists; pass --overwrite to replace it")
-    if out.is_dir():
-        raise ExportError(f"{out} is a directory; give a .gguf file name")
-    src_gguf = handle.gguf_source
+    out = _check_out(Path(out), overwrite)
     tied = not any(g == "output.weight" for _, g in tensor_names(handle.model))
     planner = MixPlanner(mix, cfg.num_hidden_layers, cfg.num_attention_heads,
                          getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads, tied,
@@ -226,69 +233,21 @@ def export_gguf(handle: ModelHandle, out: str | Path, mix: str = "Q8_0", *,
     out.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
     os.close(fd)
-    types: dict[str, str] = {}
     missing: list[str] = []
     pending: deque[Callable[[], np.ndarray]] = deque()
     w = _Writer(tmp, "llama")
     try:
-        if src_gguf:
-            _copy_kv(w, src_gguf, lambda k: k in ("general.architecture", "general.file_type",
-                                                   "general.quantization_version"))
-        else:
-            _arch_kv(w, cfg, Path(handle.name).name)
-            if handle.tokenizer is None:
-                raise ExportError("GGUF export needs the model's tokenizer (none was loaded)")
-            _hf_tokenizer_kv(w, handle.tokenizer)
-        w.add_file_type(MIXES[mix][1])
-        if mix not in ("F32", "F16", "BF16"):
-            w.add_quantization_version(gguf.GGML_QUANT_VERSION)
+        _write_kv(w, handle, cfg, mix)
         # Every tensor's type and size first: the header and tensor table go out before any data,
         # then each tensor's bytes are written as soon as they are ready, while later ones quantize.
         model, mods = handle.model, dict(handle.model.named_modules())
-        plan = []
-        for hf, name in tensor_names(model):
-            shape = _shape(model, mods, hf)
-            t = planner.type_for(name, shape)
-            types[name] = t
-            im = None
-            if imatrix is not None and t not in ("F32", "F16", "BF16", "Q8_0") and len(shape) == 2:
-                im = imatrix.get(name)
-                if im is None:
-                    missing.append(name)
-                    log.warning("%s: no importance-matrix data (calibration never reached it); quantized without", name)
-                elif im.shape != (shape[-1],):
-                    raise InputError(f"importance matrix for {name} has {im.shape[0]} values, the tensor {shape[-1]} columns")
-            plan.append((hf, name, t, im))
-            if t in ("F32", "F16"):
-                w.add_tensor_info(name, shape, np.dtype(np.float32 if t == "F32" else np.float16),
-                                  int(np.prod(shape)) * (4 if t == "F32" else 2))
-            else:
-                g = GGML_TYPES.get(t)
-                rows = int(np.prod(shape[:-1]))
-                w.add_tensor_info(name, shape, np.dtype(np.float32), rows * (shape[-1] // g.block_size) * g.type_size,
-                                  raw_dtype=gguf.GGMLQuantizationType[t])
+        plan = _plan(model, mods, planner, imatrix, missing)
+        for p in plan:
+            _add_tensor_info(w, p.name, p.shape, p.ggml_type)
         w.write_header_to_file()
         w.write_kv_data_to_file()
         w.write_ti_data_to_file()
-        for hf, name, t, im in plan:
-            raw = _own_blocks(model, mods, hf, name, t)
-            if raw is not None:  # a layer already in this type (trained on its grid): its bytes as they are
-                pending.append(lambda raw=raw: raw)
-                continue
-            a = _float_tensor(model, mods, hf, name)
-            if progress:
-                progress(f"{name} -> {t}")
-            if t == "F32":
-                pending.append(lambda a=a: a)
-            elif t == "F16":
-                pending.append(lambda a=a: a.astype(np.float16))
-            else:  # quantized on the pool while the next tensors are converted and queued
-                pending.append(GGML_TYPES.get(t).quantize_async(a, im))
-            del a
-            while len(pending) > IN_FLIGHT:
-                w.write_tensor_data(pending.popleft()())
-        while pending:
-            w.write_tensor_data(pending.popleft()())
+        _write_tensors(w, model, mods, plan, pending, progress)
         w.close()
         os.replace(tmp, out)
     except BaseException:
@@ -300,7 +259,87 @@ def export_gguf(handle: ModelHandle, out: str | Path, mix: str = "Q8_0", *,
         raise
     for f in planner.fallbacks:
         log.info("fallback: %s", f)
+    types = {p.name: p.ggml_type for p in plan}
     return {"path": str(out), "mix": mix, "types": types, "fallbacks": planner.fallbacks, "no_imatrix": missing}
+
+
+def _check_out(out: Path, overwrite: bool) -> Path:
+    check_output(out, overwrite)
+    if out.is_dir():
+        raise ExportError(f"{out} is a directory; give a .gguf file name")
+    return out
+
+
+def _write_kv(w: gguf.GGUFWriter, handle: ModelHandle, cfg: Any, mix: str) -> None:
+    """The metadata: copied from the GGUF the model came from, or built from its config and tokenizer."""
+    if handle.gguf_source:
+        _copy_kv(w, handle.gguf_source, lambda k: k in ("general.architecture", "general.file_type",
+                                                         "general.quantization_version"))
+    else:
+        _arch_kv(w, cfg, Path(handle.name).name)
+        if handle.tokenizer is None:
+            raise ExportError("GGUF export needs the model's tokenizer (none was loaded)")
+        _hf_tokenizer_kv(w, handle.tokenizer)
+    w.add_file_type(MIXES[mix][1])
+    if mix not in _UNQUANTIZED:
+        w.add_quantization_version(gguf.GGML_QUANT_VERSION)
+
+
+def _plan(model: torch.nn.Module, mods: dict[str, torch.nn.Module], planner: MixPlanner,
+          imatrix: dict[str, np.ndarray] | None, missing: list[str]) -> list[_Planned]:
+    """Every tensor's type from the mix, in file order, with its imatrix row (names without one go to ``missing``)."""
+    plan = []
+    for hf, name in tensor_names(model):
+        shape = _shape(model, mods, hf)
+        t = planner.type_for(name, shape)
+        im = None
+        if imatrix is not None and t not in (*_UNQUANTIZED, "Q8_0") and len(shape) == 2:
+            im = imatrix.get(name)
+            if im is None:
+                missing.append(name)
+                log.warning("%s: no importance-matrix data (calibration never reached it); quantized without", name)
+            elif im.shape != (shape[-1],):
+                raise InputError(f"importance matrix for {name} has {im.shape[0]} values, the tensor {shape[-1]} columns")
+        plan.append(_Planned(hf, name, shape, t, im))
+    return plan
+
+
+def _add_tensor_info(w: gguf.GGUFWriter, name: str, shape: tuple[int, ...], t: str) -> None:
+    """One entry of the tensor table: the name, shape, type and byte size of a tensor still to come."""
+    if t in ("F32", "F16"):
+        w.add_tensor_info(name, shape, np.dtype(np.float32 if t == "F32" else np.float16),
+                          int(np.prod(shape)) * (4 if t == "F32" else 2))
+    else:
+        g = GGML_TYPES.get(t)
+        rows = int(np.prod(shape[:-1]))
+        w.add_tensor_info(name, shape, np.dtype(np.float32), rows * (shape[-1] // g.block_size) * g.type_size,
+                          raw_dtype=gguf.GGMLQuantizationType[t])
+
+
+def _write_tensors(w: gguf.GGUFWriter, model: torch.nn.Module, mods: dict[str, torch.nn.Module],
+                   plan: list[_Planned], pending: deque[Callable[[], np.ndarray]],
+                   progress: Callable[[str], None] | None) -> None:
+    """Every tensor's bytes in plan order; up to IN_FLIGHT quantize on the pool while the next are converted.
+    ``pending`` is the caller's, so that a failure can cancel what is still queued."""
+    for p in plan:
+        raw = _own_blocks(model, mods, p.hf, p.name, p.ggml_type)
+        if raw is not None:  # a layer already in this type (trained on its grid): its bytes as they are
+            pending.append(lambda raw=raw: raw)
+            continue
+        a = _float_tensor(model, mods, p.hf, p.name)
+        if progress:
+            progress(f"{p.name} -> {p.ggml_type}")
+        if p.ggml_type == "F32":
+            pending.append(lambda a=a: a)
+        elif p.ggml_type == "F16":
+            pending.append(lambda a=a: a.astype(np.float16))
+        else:  # quantized on the pool while the next tensors are converted and queued
+            pending.append(GGML_TYPES.get(p.ggml_type).quantize_async(a, p.imatrix))
+        del a
+        while len(pending) > IN_FLIGHT:
+            w.write_tensor_data(pending.popleft()())
+    while pending:
+        w.write_tensor_data(pending.popleft()())
 
 
 def load_into(path: str | Path, like: ModelHandle) -> ModelHandle:

@@ -1,5 +1,16 @@
-"""The implementation of bench/gguf.py (see there); a separate module because a file named gguf.py
-in bench/ shadows the gguf package for anything imported from there."""
+"""GGUF on smollm2: every type and mix lowbit writes, against llama.cpp's own quantizer and runtime.
+
+    python bench/gguf_types.py [--quick] [--json FILE] [--markdown FILE]
+
+1. lowbit exports smollm2 as an F32 GGUF: the common input of both quantizers.
+2. Bit-exactness per type: lowbit's bytes vs libggml's ``ggml_quantize_chunk`` on real smollm2 rows
+   (live when llama-cpp-python is installed, `make reference`; else the committed golden fixtures).
+3. For each mix: lowbit's ``export_gguf`` and llama.cpp's ``llama_model_quantize`` on the same F32
+   weights, timed in this run (ratio), tensor data compared byte for byte.
+4. Each lowbit file is scored on pydoc:eval (PPL, KL, top-1 vs the float model) through torch (the
+   file's own bytes, dequantized) and, when installed, through llama.cpp (same windows, same protocol).
+5. Q4_K_M, Q3_K_M and Q2_K again with an importance matrix computed from pydoc:calib.
+"""
 
 from __future__ import annotations
 
@@ -12,8 +23,8 @@ import time
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")  # as the CLI does, before numpy is imported
 
 import gguf
 import numpy as np
@@ -23,13 +34,13 @@ from rich.table import Table
 
 from lowbit.calib import load_corpus, token_windows
 from lowbit.calib.imatrix import compute_imatrix
-from lowbit.metrics import llamacpp
-from lowbit.metrics.run import EvalSettings, Evaluator
-from lowbit.writers.gguf import export_gguf, load_into
 from lowbit.formats.ggml import GGML_TYPES
 from lowbit.loaders import load_model
 from lowbit.loaders.handle import ModelHandle
+from lowbit.metrics import llamacpp
+from lowbit.metrics.run import EvalSettings, Evaluator
 from lowbit.report import write_json
+from lowbit.writers.gguf import export_gguf, load_into
 
 ROOT = Path(__file__).resolve().parents[1]
 MIXES = ["Q8_0", "Q6_K", "Q5_K_M", "Q5_K_S", "Q4_K_M", "Q4_K_S", "Q3_K_L", "Q3_K_M", "Q3_K_S", "Q2_K", "Q5_0", "Q4_0", "F16"]
@@ -104,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     evs = {"pydoc:eval": Evaluator(ref, EvalSettings(data="pydoc:eval", windows=windows, speed=False))}
     base = evs["pydoc:eval"].run(ref)
     have_llamacpp = llamacpp.available()
-    out: dict = {"command": "python bench/gguf.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+    out: dict = {"command": "python bench/gguf_types.py " + " ".join(argv if argv is not None else sys.argv[1:]),
                  "date": time.strftime("%Y-%m-%d %H:%M:%S"), "llamacpp": have_llamacpp,
                  "machine": {"platform": platform.platform(), "threads": torch.get_num_threads()},
                  "fp32_ppl": base.ppl, "eval_windows": windows, "rows": []}
@@ -190,9 +201,9 @@ def table(out: dict) -> Table:
 
 
 def markdown(out: dict) -> str:
-    lines = [f"smollm2 float32 PPL {out['fp32_ppl']:.3f} on pydoc:eval ({out['eval_windows']} windows x 512); "
-             f"imatrix from {out['imatrix_tokens']} tokens of pydoc:calib; bit-exact types ({out['bit_exact_source']}): "
-             f"{', '.join(out['bit_exact_types'])}.", "",
+    lines = [(f"smollm2 float32 PPL {out['fp32_ppl']:.3f} on pydoc:eval ({out['eval_windows']} windows x 512); "
+              f"imatrix from {out['imatrix_tokens']} tokens of pydoc:calib; bit-exact types ({out['bit_exact_source']}): "
+              f"{', '.join(out['bit_exact_types'])}."), "",
              "| mix | MB | bpw | PPL | KL | top-1 | PPL (llama.cpp) | KL (llama.cpp) | lowbit s | llama.cpp s | bytes identical |",
              "|---|" + "---|" * 10]
     for r in out["rows"]:

@@ -1,0 +1,68 @@
+"""`lowbit quantize`: one path for every registered method (`--method NAME` and its options)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from lowbit.cli import _quiet_libraries, command, err, out
+from lowbit.cli.options import Grid, MethodOptionsCommand, build_config, given_options
+
+
+@command(cls=MethodOptionsCommand)
+def quantize(
+    ctx: typer.Context,
+    model: Annotated[str, typer.Argument(help="smollm2, minilm, a Hugging Face directory or a .gguf file.")],
+    out_dir: Annotated[Path, typer.Option("--out", help="Directory to write the quantized checkpoint to.")],
+    method: Annotated[str, typer.Option(help="Quantization method (see above).")] = "rtn",
+    bits: Annotated[int | None, typer.Option(help="Bits per weight code, 2 to 8 (default 4).")] = None,
+    group_size: Annotated[int | None, typer.Option(help="Group size; -1 per-channel, 0 per-tensor (default 64).")] = None,
+    asym: Annotated[bool | None, typer.Option("--asym/--sym", help="Asymmetric (zero point) or symmetric grid "
+                                                                   "(default symmetric).")] = None,
+    scale_dtype: Annotated[str | None, typer.Option(help="Scale dtype: float16, bfloat16 or float32 "
+                                                         "(default float16).")] = None,
+    calib: Annotated[str | None, typer.Option(help="Calibration data for methods that need it (gptq, awq, w8a8): "
+                                                   "pydoc:calib, stdlib:calib, a file, folder or .jsonl.")] = None,
+    n_samples: Annotated[int, typer.Option(help="Calibration windows.")] = 16,
+    seq_len: Annotated[int, typer.Option(help="Tokens per calibration window.")] = 512,
+    targets: Annotated[list[str] | None, typer.Option("--targets", help="Regex of Linear names to quantize (repeatable).")] = None,
+    ignore: Annotated[list[str] | None, typer.Option("--ignore", help="Regex of module names to keep in full precision "
+                                                     "(repeatable); replaces the default (lm_head); 'none' keeps nothing.")] = None,
+    embeddings: Annotated[bool, typer.Option("--embeddings", help="Quantize nn.Embedding tables too (kept by default).")] = False,
+    overwrite: Annotated[bool, typer.Option(help="Replace --out if it exists.")] = False,
+) -> None:
+    """Quantize MODEL and save a checkpoint that `lowbit eval`, `lowbit export` and the Python API reload.
+
+    Methods: rtn, gptq, awq, hqq (integer grids: --bits, --group-size, --asym), nf4 / fp4 (bitsandbytes-style
+    4-bit), int8 (LLM.int8), w8a8 (int8 weights and activations), gguf (a GGML type). Each method's own
+    options are listed under "Method options"; the method's config rejects the others."""
+    from lowbit import api
+
+    config = build_config(method, Grid(bits, group_size, asym, scale_dtype), given_options(ctx))
+    if api.get_method(method).needs and calib is None:
+        calib = "pydoc:calib"
+        err.print(f"{method} needs calibration data; using the built-in pydoc:calib ({n_samples} x {seq_len} tokens)")
+    settings = api.CalibSettings(calib, n_samples, seq_len) if calib else None
+    if ignore is not None and [i.lower() for i in ignore] == ["none"]:
+        ignore = []
+    _quiet_libraries()
+    report = api.quantize_to(model, config, out_dir, calib=settings, targets=targets, ignore=ignore,
+                             embeddings=embeddings, overwrite=overwrite)
+    out.print(_summary(report, out_dir), highlight=False)
+
+
+def _summary(report: Any, out_dir: Path) -> str:
+    """One line: what was quantized and kept, the size, the time and the calibration cost."""
+    spec = getattr(report.config, "spec", None)
+    line = (f"{report.method if spec is None else f'{report.method} {spec}'}: {len(report.layers)} layers quantized "
+            f"({len(report.skipped)} kept: {', '.join(report.skipped) or 'none'}), "
+            f"{report.bits_per_weight:.3f} bits/weight, {report.seconds:.1f} s")
+    cal = report.calibration
+    if cal is not None and cal.tokens:
+        line += f", {cal.tokens} calibration tokens"
+    if cal is not None and cal.peak_rss_bytes:
+        line += f", peak RSS {cal.peak_rss_bytes / 2**20:.0f} MiB"
+    found = ", ".join(f"{k} {v}" for k, v in report.details.items() if isinstance(v, (bool, int, float, str)))
+    return line + (f" ({found})" if found else "") + f" -> {out_dir}"
