@@ -10,19 +10,18 @@ import torch
 
 from lowbit import api
 from lowbit.loaders import load_model
-from lowbit.methods.bnb import quantize_bnb4
 
 
 @pytest.fixture(scope="module")
 def nf4(smollm2, tmp_path_factory):
-    qh, rep = quantize_bnb4(smollm2, "nf4", double_quant=True)
+    qh, rep = api.quantize(smollm2, api.make_config("nf4", double_quant=True))
     d = tmp_path_factory.mktemp("nf4")
     return qh, rep, api.save(qh, d / "ckpt"), api.export(qh, d / "bnb", fmt="bitsandbytes")
 
 
 def test_nf4_dq_round_trip(nf4, smollm2) -> None:
     qh, rep, ckpt, _ = nf4
-    assert abs(rep["bits_per_weight"] - 4.127) < 0.01
+    assert abs(rep.bits_per_weight - 4.127) < 0.01
     ids = smollm2.tokenizer("The capital of France is", return_tensors="pt").input_ids
     with torch.no_grad():
         assert torch.equal(load_model(str(ckpt)).model(ids).logits, qh.model(ids).logits)

@@ -259,10 +259,10 @@ def _block_two_pass(block: nn.Module, chunks: list[tuple[tuple, dict]], in_block
                     groups: list[list[nn.Module]], needs: tuple[str, ...], quantize_group: QuantizeGroup,
                     model: nn.Module, transform: Callable[..., Any] | None = None) -> list[tuple[tuple, dict]]:
     names = [[in_block[m] for m in g] for g in groups]
-    with collecting({ns[0]: g[0] for g, ns in zip(groups, names)}, needs) as accs:  # one per shared input
-        with torch.inference_mode():
-            for args, kwargs in chunks:
-                block(*args, **kwargs)
+    leaders = {ns[0]: g[0] for g, ns in zip(groups, names)}  # one accumulator per shared input
+    with collecting(leaders, needs) as accs, torch.inference_mode():
+        for args, kwargs in chunks:
+            block(*args, **kwargs)
     group_stats = [accs[ns[0]].stats() for ns in names]
     if transform is not None:
         with torch.inference_mode():
@@ -280,10 +280,9 @@ def _block_two_pass(block: nn.Module, chunks: list[tuple[tuple, dict]], in_block
 def _leftovers(model: nn.Module, batches: list[torch.Tensor], leftovers: dict[str, nn.Linear],
                needs: tuple[str, ...], quantize_group: QuantizeGroup) -> list[str]:
     """Targets outside the blocks (e.g. a pooler): one full forward with hooks, then quantize each."""
-    with collecting(leftovers, needs) as accs:
-        with torch.inference_mode():
-            for ids in batches:
-                model(input_ids=ids)
+    with collecting(leftovers, needs) as accs, torch.inference_mode():
+        for ids in batches:
+            model(input_ids=ids)
     unreached = []
     for name, mod in leftovers.items():
         if accs[name].rows == 0:

@@ -29,8 +29,8 @@ import torch
 from torch import nn
 
 from lowbit import grid
-from lowbit.errors import CalibrationError, InputError
 from lowbit.calib.stats import LayerStats
+from lowbit.errors import CalibrationError, InputError
 from lowbit.methods.base import GridConfig, Transform, register_method
 from lowbit.modules.fold import apply_fold
 from lowbit.spec import PER_CHANNEL, PER_TENSOR, QuantSpec

@@ -26,8 +26,8 @@ from dataclasses import dataclass, field
 import torch
 
 from lowbit import grid
-from lowbit.errors import CalibrationError, InputError
 from lowbit.calib.stats import LayerStats
+from lowbit.errors import CalibrationError, InputError
 from lowbit.methods.base import GridConfig, register_method
 from lowbit.spec import PER_CHANNEL, PER_TENSOR, QuantSpec
 from lowbit.tensor import QuantizedTensor

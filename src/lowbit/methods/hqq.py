@@ -67,8 +67,8 @@ from typing import Literal
 import torch
 
 from lowbit import grid
-from lowbit.errors import InputError
 from lowbit.calib.stats import LayerStats
+from lowbit.errors import InputError
 from lowbit.methods.base import GridConfig, register_method
 from lowbit.spec import QuantSpec
 from lowbit.tensor import QuantizedTensor

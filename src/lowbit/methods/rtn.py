@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 import torch
 
 from lowbit import grid
-from lowbit.errors import InputError
 from lowbit.calib.stats import LayerStats
+from lowbit.errors import InputError
 from lowbit.methods.base import GridConfig, register_method
 from lowbit.tensor import QuantizedTensor
 

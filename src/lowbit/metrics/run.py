@@ -13,12 +13,12 @@ import torch
 
 from lowbit.calib import load_corpus, sample_texts, token_windows
 from lowbit.errors import InputError
+from lowbit.loaders.handle import CAUSAL_LM, ENCODER, ModelHandle
 from lowbit.metrics import encoder as enc_metrics
 from lowbit.metrics import speed
 from lowbit.metrics.lm import ReferenceLM, score_lm
 from lowbit.metrics.result import EvalResult, Protocol
 from lowbit.metrics.size import model_bytes, quantized_layer_bits
-from lowbit.loaders.handle import CAUSAL_LM, ENCODER, ModelHandle
 
 log = logging.getLogger(__name__)
 

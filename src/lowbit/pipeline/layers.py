@@ -25,7 +25,8 @@ log = logging.getLogger(__name__)
 Record = Callable[[str, nn.Module, QuantizedTensor | None], nn.Module]
 
 
-def install(entry: Method, config: MethodConfig, name: str, mod: nn.Module, stats: LayerStats | None) -> tuple[nn.Module, QuantizedTensor | None]:
+def install(entry: Method, config: MethodConfig, mod: nn.Module,
+            stats: LayerStats | None) -> tuple[nn.Module, QuantizedTensor | None]:
     """The module that replaces ``mod`` under ``entry`` (and its QuantizedTensor for integer grids)."""
     if entry.produces == "layer":
         return entry.fn(mod, config, stats), None
@@ -45,7 +46,7 @@ def data_free(net: nn.Module, names: list[str], entry: Method, config: MethodCon
         mod = net.get_submodule(name)
         src = done.get(id(getattr(mod, "weight", None))) if entry.produces == "tensor" else None
         if src is None:
-            new, qt = install(entry, config, name, mod, None if stats is None else stats.get(name))
+            new, qt = install(entry, config, mod, None if stats is None else stats.get(name))
             if entry.produces == "tensor":
                 done[id(mod.weight)] = new
         else:
@@ -68,7 +69,7 @@ def sequential(net: nn.Module, windows: torch.Tensor, names: list[str], entry: M
                record: Record) -> CaptureReport:
     """Calibrate and quantize block by block ("true sequential": each block sees the blocks before it
     already quantized). Linears reading one input share its statistics, and row-independent methods
-    quantize them stacked (one Hessian inverse for q/k/v)."""
+    quantize them stacked (one Hessian inverse for q/k/v). A group no calibration token reached gets RTN."""
 
     def quantize_group(group: list[str], lins: list[nn.Linear], stats: LayerStats) -> list[nn.Module]:
         if stats.rows == 0:
@@ -79,7 +80,7 @@ def sequential(net: nn.Module, windows: torch.Tensor, names: list[str], entry: M
             stacked = torch.cat([m.weight.data for m in lins])
             qts = entry.fn(stacked, config, stats).split_rows([m.out_features for m in lins])
         else:
-            return [record(n, *install(entry, config, n, m, stats)) for n, m in zip(group, lins)]
+            return [record(n, *install(entry, config, m, stats)) for n, m in zip(group, lins)]
         return [record(n, QuantizedLinear.from_linear(m, qt), qt) for n, m, qt in zip(group, lins, qts)]
 
     transform = None

@@ -17,7 +17,6 @@ from lowbit.calib.stats import LayerStats, gather
 from lowbit.methods.base import Method, MethodConfig
 from lowbit.modules.fold import find_fold_targets
 from lowbit.modules.kernel_mode import kernel_mode
-from lowbit.modules.swap import replace_module
 from lowbit.pipeline.data import CalibData
 from lowbit.pipeline.layers import Record, data_free
 
@@ -111,5 +110,3 @@ def float_calibrated(net: nn.Module, names: list[str], entry: Method, config: Me
     data_free(net, names, entry, config, record, stats)
     return details
 
-
-__all__ = ["ModelContext", "float_calibrated", "folds_of", "replace_module"]

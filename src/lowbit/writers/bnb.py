@@ -15,12 +15,12 @@ from pathlib import Path
 import torch
 
 from lowbit.errors import ExportError
-from lowbit.writers.checkpoint import _dedupe
-from lowbit.writers.guard import check_output
-from lowbit.writers.hfdir import write_model_dir
 from lowbit.formats.bnb4 import code4, dynamic_map
 from lowbit.loaders.handle import ModelHandle
 from lowbit.modules.bnb4_linear import Linear4bit
+from lowbit.writers.checkpoint import _dedupe
+from lowbit.writers.guard import check_output
+from lowbit.writers.hfdir import write_model_dir
 
 
 def _json_bytes(d: dict) -> torch.Tensor:

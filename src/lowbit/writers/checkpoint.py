@@ -20,10 +20,10 @@ import torch
 from torch import nn
 
 from lowbit.errors import ExportError, InputError
-from lowbit.writers.guard import check_output
-from lowbit.writers.hfdir import write_model_dir
 from lowbit.loaders.handle import CAUSAL_LM, ModelHandle
 from lowbit.spec import QuantSpec
+from lowbit.writers.guard import check_output
+from lowbit.writers.hfdir import write_model_dir
 
 FORMAT_VERSION = 1
 

@@ -46,12 +46,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from lowbit.errors import ExportError
-from lowbit.writers.guard import check_output
-from lowbit.writers.hfdir import write_model_dir
 from lowbit.bitpack import pack_codes
+from lowbit.errors import ExportError
 from lowbit.loaders.handle import ModelHandle
 from lowbit.spec import PER_CHANNEL, PER_TENSOR, QuantSpec
+from lowbit.writers.guard import check_output
+from lowbit.writers.hfdir import write_model_dir
 
 #: compressed-tensors release whose pack-quantized layout this writer follows (dense packing).
 CT_FORMAT_VERSION = "0.20.0"
