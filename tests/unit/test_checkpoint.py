@@ -1,4 +1,4 @@
-"""writers/checkpoint.py: save -> load gives bit-identical outputs; saving is atomic."""
+"""writers/checkpoint.py + loaders/checkpoint.py: save -> load gives bit-identical outputs; saving is atomic."""
 
 from __future__ import annotations
 
@@ -10,10 +10,11 @@ import torch
 import lowbit
 from lowbit.errors import ExportError, InputError
 from lowbit.loaders import load_model
+from lowbit.loaders.checkpoint import load_checkpoint
 from lowbit.modules.kernel_mode import kernel_mode
 from lowbit.modules.qlinear import QuantizedLinear
 from lowbit.spec import QuantSpec
-from lowbit.writers import load_checkpoint, save_checkpoint
+from lowbit.writers import save_checkpoint
 
 
 def ids(n: int = 24, seed: int = 0) -> torch.Tensor:
@@ -202,7 +203,7 @@ def saved(tiny_llama, tmp_path):
 
 def test_untouched_record_still_loads(saved) -> None:
     """The rewrite itself keeps a checkpoint loadable: the refusals below are the version's doing."""
-    from lowbit.writers.checkpoint import FORMAT_VERSION
+    from lowbit.loaders.checkpoint import FORMAT_VERSION
 
     record = _rewrite_record(saved, lambda r: None)
     assert record["format_version"] == FORMAT_VERSION and record["method"]["version"] == 1
@@ -211,7 +212,7 @@ def test_untouched_record_still_loads(saved) -> None:
 
 @pytest.mark.parametrize("found", [2, 99, "2", None], ids=["2", "99", "str", "null"])
 def test_checkpoint_from_a_newer_lowbit_is_refused(saved, found) -> None:
-    from lowbit.writers.checkpoint import FORMAT_VERSION
+    from lowbit.loaders.checkpoint import FORMAT_VERSION
 
     assert FORMAT_VERSION == 1  # bump the values above with it
     _rewrite_record(saved, lambda r: r.update(format_version=found))

@@ -37,6 +37,13 @@ RULES = [
     ("modules/", lambda rel: rel.startswith("modules/"), _ABOVE_MODULES),
     ("formats/", lambda rel: rel.startswith("formats/"), _ABOVE_MODULES),
     ("core", lambda rel: rel in CORE, ("lowbit.formats", "lowbit.modules", "lowbit.methods")),
+    ("compare/", lambda rel: rel.startswith("compare/"), ("lowbit.api", "lowbit.cli")),
+    ("pipeline/ and qat/", lambda rel: rel.startswith(("pipeline/", "qat/")),
+     ("lowbit.api", "lowbit.cli", "lowbit.compare")),
+    ("api.py", lambda rel: rel == "api.py", ("lowbit.cli",)),
+    # (the checkpoint loader reads the method registry, to refuse a record from a newer lowbit)
+    ("loaders/ and calib/", lambda rel: rel.startswith(("loaders/", "calib/")),
+     ("lowbit.metrics", "lowbit.pipeline", "lowbit.compare", "lowbit.api", "lowbit.cli", "lowbit.qat")),
 ]
 
 

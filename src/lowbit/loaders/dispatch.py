@@ -51,7 +51,7 @@ def _load_path(path: Path) -> ModelHandle:
             raise InputError(f"{path} is a directory without config.json; expected {ACCEPTED}")
         qc = _read_json(config).get("quantization_config") or {}
         if qc.get("quant_method") == "lowbit":
-            from lowbit.writers.checkpoint import load_checkpoint
+            from lowbit.loaders.checkpoint import load_checkpoint
 
             return load_checkpoint(path)
         return load_hf_dir(path)

@@ -93,5 +93,5 @@ def sequential(net: nn.Module, windows: torch.Tensor, names: list[str], entry: M
 
 def layer_record(mod: nn.Module) -> dict[str, Any]:
     """The one layer-record builder: every quantized module describes itself (``record()``), and the
-    checkpoint loader (writers/checkpoint.py) rebuilds it from that."""
+    checkpoint loader (loaders/checkpoint.py) rebuilds it from that."""
     return mod.record()

@@ -5,8 +5,7 @@
                              (metadata "lowbit" repeats the quantization record)
     DIR/tokenizer*           the tokenizer, when the model has one
 
-Reloading rebuilds the architecture from config.json, swaps in QuantizedLinear modules with the
-recorded specs and loads the tensors as they were saved, so logits are bit-identical.
+loaders/checkpoint.py reads it back (bit-identical logits).
 The directory is written beside its final path and renamed into place: never half-written.
 """
 
@@ -14,18 +13,14 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
 
 import torch
-from torch import nn
 
-from lowbit.errors import ExportError, InputError
-from lowbit.loaders.handle import CAUSAL_LM, ModelHandle
-from lowbit.spec import QuantSpec
+from lowbit.errors import ExportError
+from lowbit.loaders.checkpoint import FORMAT_VERSION
+from lowbit.loaders.handle import ModelHandle
 from lowbit.writers.guard import check_output
 from lowbit.writers.hfdir import write_model_dir
-
-FORMAT_VERSION = 1
 
 
 def _dedupe(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
@@ -55,105 +50,3 @@ def save_checkpoint(handle: ModelHandle, out: str | Path, overwrite: bool = Fals
         raise ExportError("only models with a Hugging Face config can be saved as a reloadable checkpoint")
     cfg = dict(config.to_dict(), quantization_config=record)
     return write_model_dir(out, tensors, cfg, handle.tokenizer, metadata={"lowbit": json.dumps(record)})
-
-
-def load_checkpoint(path: str | Path) -> ModelHandle:
-    """Rebuild a model saved by :func:`save_checkpoint`."""
-    from safetensors import safe_open
-    from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
-
-    from lowbit.modules.qembedding import QuantizedEmbedding
-    from lowbit.modules.qlinear import QuantizedLinear
-
-    path = Path(path)
-    st = path / "model.safetensors"
-    if not st.is_file():
-        raise InputError(f"{path}: lowbit checkpoint without model.safetensors")
-    try:
-        with safe_open(str(st), framework="pt") as f:
-            record = json.loads(f.metadata()["lowbit"])
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
-    except Exception as e:  # safetensors raises its own error types for corrupt files
-        raise InputError(f"{st} cannot be read: {e}") from None
-    _check_versions(record, path)
-    raw = json.loads((path / "config.json").read_text())
-    raw.pop("quantization_config", None)
-    config = AutoConfig.for_model(**{k: v for k, v in raw.items() if k != "model_type"}, model_type=raw["model_type"])
-    cls = AutoModelForCausalLM if record.get("kind") == CAUSAL_LM else AutoModel
-    model = cls.from_config(config, dtype=torch.float32)
-    for name, info in record["layers"].items():
-        mod = model.get_submodule(name)
-        if info.get("module") in LAYER_MODULES:  # layers that are not integer grids (NF4, LLM.int8, W8A8)
-            _set_submodule(model, name, _layer_module(info["module"]).empty(mod, info))
-            continue
-        spec = QuantSpec.from_dict(info["spec"])
-        if info.get("module") == "embedding":
-            q: nn.Module = QuantizedEmbedding(mod.num_embeddings, mod.embedding_dim, spec, mod.padding_idx)
-        elif info.get("module") == "conv2d":
-            from lowbit.modules.qconv import QuantizedConv2d
-
-            q = QuantizedConv2d(mod, spec)
-        else:
-            q = QuantizedLinear(mod.in_features, mod.out_features, spec, mod.bias is not None)
-        _set_submodule(model, name, q)
-    missing, unexpected = model.load_state_dict(tensors, strict=False)
-    missing = [k for k in missing if k not in record.get("tied", {})]
-    if missing or unexpected:
-        raise InputError(f"{path}: checkpoint does not match its config (missing {missing[:3]}, unexpected {unexpected[:3]})")
-    for dup, kept in record.get("tied", {}).items():
-        _tie(model, dup, kept)
-    tokenizer = None
-    if any(path.glob("tokenizer*")):
-        tokenizer = AutoTokenizer.from_pretrained(path)
-    return ModelHandle(model=model.eval(), tokenizer=tokenizer, kind=record.get("kind", CAUSAL_LM),
-                       name=str(path), path=str(path), quant=record)
-
-
-def _check_versions(record: Any, path: Path) -> None:
-    """Refuse a checkpoint this lowbit cannot read: a newer layout (the record's ``format_version``) or
-    a newer method config (the record's ``method.version`` above its config class's ``version``)."""
-    found = record.get("format_version") if isinstance(record, dict) else None
-    if not _readable(found, FORMAT_VERSION):
-        raise InputError(f"{path}: checkpoint format_version {found!r} was written by a newer lowbit; this lowbit "
-                         f"reads format_version {FORMAT_VERSION} and older; upgrade lowbit to load it")
-    method = record.get("method")
-    if isinstance(method, dict) and "method" in method and "version" in method:
-        from lowbit.methods import METHODS, get_method
-
-        name = method["method"]
-        # The version alone, not config.from_dict(record): a converted QAT model records its grid under
-        # "spec" (the spec string under "qat_spec"), which is not a QATConfig to rebuild.
-        if name in METHODS and not _readable(method["version"], supported := get_method(name).config.version):
-            raise InputError(f"{path}: {name} config version {method['version']!r} was written by a newer lowbit; "
-                             f"this lowbit reads {name} config version {supported} and older; upgrade lowbit to load it")
-
-
-def _readable(version: Any, supported: int) -> bool:
-    return isinstance(version, int) and not isinstance(version, bool) and version <= supported
-
-
-LAYER_MODULES = {"bnb4": "lowbit.modules.bnb4_linear:Linear4bit", "llm_int8": "lowbit.modules.int8_linear:LinearInt8",
-                 "w8a8": "lowbit.modules.w8a8_linear:W8A8Linear", "ggml": "lowbit.modules.ggml_linear:GGMLLinear"}
-
-
-def _layer_module(key: str) -> Any:
-    import importlib
-
-    mod, _, cls = LAYER_MODULES[key].partition(":")
-    return getattr(importlib.import_module(mod), cls)
-
-
-def _set_submodule(model: nn.Module, name: str, new: nn.Module) -> None:
-    parent, _, leaf = name.rpartition(".")
-    setattr(model.get_submodule(parent) if parent else model, leaf, new)
-
-
-def _tie(model: nn.Module, dup: str, kept: str) -> None:
-    mod_name, _, leaf = dup.rpartition(".")
-    kmod, _, kleaf = kept.rpartition(".")
-    src = getattr(model.get_submodule(kmod) if kmod else model, kleaf)
-    dst = model.get_submodule(mod_name) if mod_name else model
-    if isinstance(src, nn.Parameter):
-        dst._parameters[leaf] = src
-    else:
-        dst._buffers[leaf] = src
