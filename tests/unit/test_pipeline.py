@@ -77,3 +77,12 @@ def test_gguf_method_blocks_are_what_gguf_export_writes(tiny_llama_factory, tmp_
     down = q.model.get_submodule("model.layers.0.mlp.down_proj")
     t = tensors["blk.0.ffn_down.weight"]
     assert t.tensor_type.name == "Q5_K" and np.array_equal(np.asarray(t.data).reshape(-1), down.raw().reshape(-1))
+
+
+def test_encoders_calibrate_block_by_block_on_token_windows(tiny_bert, text_file) -> None:
+    """GPTQ on an encoder sees n_samples windows of seq_len tokens (the float pass of W8A8 sees passages)."""
+    cal = lowbit.CalibSettings(str(text_file), n_samples=2, seq_len=24)
+    _, rep = lowbit.quantize(tiny_bert, lowbit.make_config("gptq", lowbit.QuantSpec(4, False, 32)), calib=cal)
+    assert rep.calibration.samples == 2 and rep.calibration.tokens == 48
+    _, rep8 = lowbit.quantize(tiny_bert, lowbit.make_config("w8a8"), calib=cal)
+    assert rep8.calibration.schedule == "float" and rep8.calibration.samples == 2  # batches of 16 passages

@@ -19,9 +19,11 @@ ENCODER_MAX_LEN = 128
 
 @dataclass
 class CalibData:
-    """``windows``: (n, L) token ids (causal LMs; also the probe input of the fold search); ``batches``:
-    keyword arguments for the model, one dict per forward; ``check``: one small batch on which a
-    transformed float model must still give the same output."""
+    """``windows``: (n, L) token ids of the calibration text, for every model kind (what the sequential,
+    block-by-block methods run; also the probe input of the fold search); ``batches``: keyword arguments
+    for the model, one dict per forward of the float-model pass (token windows one at a time for causal
+    LMs, 16 tokenized passages for encoders, as the evaluator embeds them); ``check``: one small batch on
+    which a transformed float model must still give the same output."""
 
     settings: CalibSettings
     windows: torch.Tensor
@@ -35,8 +37,8 @@ def calibration_data(handle: ModelHandle, settings: CalibSettings) -> CalibData:
     if handle.tokenizer is None:
         raise InputError(f"{handle.name}: calibration runs on text, and the model has no tokenizer")
     corpus = load_corpus(settings.data)
+    w = token_windows(corpus, handle.tokenizer, settings.n_samples, settings.seq_len, settings.seed)
     if handle.kind == CAUSAL_LM:
-        w = token_windows(corpus, handle.tokenizer, settings.n_samples, settings.seq_len, settings.seed)
         return CalibData(settings, w, [{"input_ids": w[i : i + 1]} for i in range(len(w))],
                          {"input_ids": w[:1, :64]}, int(w.numel()), True)
     texts = sample_texts(corpus, ENCODER_BATCH * settings.n_samples, settings.seed)
@@ -44,7 +46,7 @@ def calibration_data(handle: ModelHandle, settings: CalibSettings) -> CalibData:
                                      max_length=ENCODER_MAX_LEN, return_tensors="pt"))
                for i in range(0, len(texts), ENCODER_BATCH)]
     tokens = int(sum(int(b["attention_mask"].sum()) for b in batches))
-    return CalibData(settings, batches[0]["input_ids"], batches, batches[0], tokens, False)
+    return CalibData(settings, w, batches, batches[0], tokens, False)
 
 
 def as_settings(calib: CalibSettings | str | None) -> CalibSettings | None:
