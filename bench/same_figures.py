@@ -11,6 +11,7 @@ import argparse
 import json
 import math
 import sys
+from pathlib import Path
 from typing import Any
 
 QUALITY = ("kl", "ppl", "top1", "cosine", "bits_per_weight", "bpw", "bit_exact", "byte_identical", "identical",
@@ -54,7 +55,7 @@ def main() -> int:
     p.add_argument("after")
     p.add_argument("--markdown")
     args = p.parse_args()
-    a, b = (figures(json.load(open(f))) for f in (args.before, args.after))
+    a, b = (figures(json.loads(Path(f).read_text())) for f in (args.before, args.after))
     rows, bad = [], 0
     for k in sorted(set(a) | set(b)):
         ok = k in a and k in b and same(a[k], b[k])
@@ -62,7 +63,7 @@ def main() -> int:
         rows.append(f"| {k} | {a.get(k, 'missing')} | {b.get(k, 'missing')} | {'yes' if ok else '**NO**'} |")
     text = "| figure | before | after | same to 4 s.f. |\n|---|---|---|---|\n" + "\n".join(rows)
     if args.markdown:
-        open(args.markdown, "w").write(text + "\n")
+        Path(args.markdown).write_text(text + "\n")
     print(f"{args.before} vs {args.after}: {len(rows)} figures, {bad} differ")
     for r in rows:
         if "**NO**" in r:
