@@ -46,6 +46,10 @@ class QuantizedTensor:
         scale, zero = grid.qparams(blocks, spec)
         return cls.from_codes(grid.quantize_blocks(blocks, scale, zero, spec), scale, zero, spec, tuple(weight.shape))
 
+    def record(self, module: str) -> dict:
+        """The checkpoint record of a layer holding this tensor (``module``: linear, embedding, conv2d)."""
+        return {"spec": self.spec.to_dict(), "shape": list(self.shape), "format": "intpack", "module": module}
+
     @property
     def numel(self) -> int:
         return math.prod(self.shape)

@@ -86,8 +86,8 @@ def _check_versions(record: Any, path: Path) -> None:
         from lowbit.methods import METHODS, get_method
 
         name = method["method"]
-        # The version alone, not config.from_dict(record): a converted QAT model records its grid under
-        # "spec" (the spec string under "qat_spec"), which is not a QATConfig to rebuild.
+        # The version alone, not config.from_dict(record): a converted QAT model's record carries training
+        # fields and its grid's spec beside the config's own options.
         if name in METHODS and not _readable(method["version"], supported := get_method(name).config.version):
             raise InputError(f"{path}: {name} config version {method['version']!r} was written by a newer lowbit; "
                              f"this lowbit reads {name} config version {supported} and older; upgrade lowbit to load it")

@@ -58,10 +58,8 @@ class MethodConfig:
                              f"(up to {cls.version}); upgrade lowbit")
         names = {f.name for f in fields(cls)}
         kw = {k: v for k, v in d.items() if k in names and k != "spec"}
-        if "spec" in names and isinstance(d.get("spec"), dict):  # an integer grid's spec (QAT's is a string)
-            kw["spec"] = QuantSpec.from_dict(d["spec"])
-        elif "spec" in d:
-            kw["spec"] = d["spec"]
+        if "spec" in names:
+            kw["spec"] = QuantSpec.from_dict(d.get("spec", {}))
         return cls(**kw)
 
 
@@ -149,11 +147,9 @@ def make_config(method: str = "rtn", spec: QuantSpec | None = None, **options: A
     entry = get_method(method)
     if entry.takes_spec:
         options["spec"] = spec or QuantSpec()
+    elif spec is not None:
+        raise InputError(f"method {method!r} has its own storage format and takes no bits / group size spec")
     known = {f.name for f in fields(entry.config)}
-    if not entry.takes_spec and spec is not None:
-        if isinstance(spec, QuantSpec) or "spec" not in known:
-            raise InputError(f"method {method!r} has its own storage format and takes no bits / group size spec")
-        options["spec"] = spec  # a method whose own option is called spec (QAT's spec string)
     unknown = sorted(set(options) - known)
     if unknown:
         raise InputError(f"method {method!r} has no option {', '.join(unknown)} (its options: "

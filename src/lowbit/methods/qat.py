@@ -3,7 +3,7 @@
 real module PTQ produces: QuantizedLinear / QuantizedConv2d for integer specs, Linear4bit for NF4/FP4,
 W8A8Linear, GGMLLinear for the GGUF types (whose blocks GGUF export writes unchanged).
 
-    q, report = lowbit.quantize(prepared, lowbit.make_config("qat", spec="int3-asym-g64"))
+    q, report = lowbit.quantize(prepared, lowbit.make_config("qat", qat_spec="int3-asym-g64"))
 
 Spec strings (``parse_spec``): ``int3-asym-g64``, ``int4-sym-ch``, ``int8-sym-tensor``, ``nf4``,
 ``fp4``, ``nf4-dq``, a GGUF type (``Q4_K``, ``Q3_K``, ``Q8_0``...), or ``w8a8`` (int8 per-channel
@@ -15,7 +15,6 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass, field
-from typing import Any
 
 import torch
 from torch import nn
@@ -98,17 +97,10 @@ def roundtrip(qs: QATSpec, shape: tuple[int, ...]) -> RoundTrip:
 
 @dataclass(frozen=True)
 class QATConfig(MethodConfig):
-    spec: str = field(default="int4-asym-g64", metadata={"help": "The QAT spec the model was prepared with."})
+    qat_spec: str = field(default="int4-asym-g64", metadata={"help": "The QAT spec the model was prepared with."})
 
     def __post_init__(self) -> None:
-        parse_spec(self.spec)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> QATConfig:
-        """A converted model's record keeps the spec string as ``qat_spec`` (``spec`` is the integer grid)."""
-        d = dict(d)
-        d["spec"] = d.get("qat_spec", d.get("spec"))
-        return super().from_dict(d)  # type: ignore[return-value]
+        parse_spec(self.qat_spec)
 
 
 def is_fake_quant(mod: nn.Module) -> bool:
@@ -121,7 +113,7 @@ def is_fake_quant(mod: nn.Module) -> bool:
 def convert_layer(layer: nn.Module, cfg: QATConfig, stats: LayerStats | None = None) -> nn.Module:
     """The real quantized module of one trained fake-quantized layer; its output equals the layer's to
     float tolerance."""
-    qs = parse_spec(cfg.spec)
+    qs = parse_spec(cfg.qat_spec)
     if qs.kind == "int":
         from lowbit.modules.qconv import QuantizedConv2d
         from lowbit.modules.qlinear import QuantizedLinear

@@ -72,8 +72,8 @@ def smooth(model: nn.Module, stats: dict[str, LayerStats], folds: list[tuple[str
     return out
 
 
-def _smoothed(ctx: Any, model: nn.Module, alpha: float) -> dict[str, LayerStats]:
-    stats = smooth(model, ctx.stats, ctx.folds, alpha)
+def _smoothed(ctx: Any, folds: list[tuple[str, list[str]]], model: nn.Module, alpha: float) -> dict[str, LayerStats]:
+    stats = smooth(model, ctx.stats, folds, alpha)
     err = ctx.output_error(model)
     if err > 1e-3:  # folding is exact algebra; anything else means a wrong producer was found
         raise CalibrationError(f"smoothing changed the float model's output (relative error {err:.2e})")
@@ -93,8 +93,8 @@ def smoothquant(ctx: Any, cfg: W8A8Config) -> tuple[dict[str, LayerStats], dict[
     ModelContext (model, stats, folds, width, output_error, score, quantized)."""
     if not cfg.smooth:
         return ctx.stats, {"smoothed_layers": []}
-    ctx.folds = [(p, c) for p, c in ctx.folds if smoothable(ctx.model.get_submodule(p), ctx.width)]
-    if not ctx.folds:
+    folds = [(p, c) for p, c in ctx.folds if smoothable(ctx.model.get_submodule(p), ctx.width)]
+    if not folds:
         log.warning("no norm output feeds only Linears (e.g. post-norm residuals), so no smoothing scale can be "
                     "folded exactly; W8A8 without smoothing")
         return ctx.stats, {"smoothed_layers": []}
@@ -104,11 +104,11 @@ def smoothquant(ctx: Any, cfg: W8A8Config) -> tuple[dict[str, LayerStats], dict[
         scores = {}
         for a in ALPHAS:
             trial = copy.deepcopy(ctx.model)
-            scores[a] = ctx.score(ctx.quantized(trial, _smoothed(ctx, trial, a)))
+            scores[a] = ctx.score(ctx.quantized(trial, _smoothed(ctx, folds, trial, a)))
         alpha = min(scores, key=scores.get)
         details["alpha_search"] = scores
-    stats = _smoothed(ctx, ctx.model, alpha)
-    details.update(alpha=alpha, smoothed_layers=sorted(n for _, consumers in ctx.folds for n in consumers))
+    stats = _smoothed(ctx, folds, ctx.model, alpha)
+    details.update(alpha=alpha, smoothed_layers=sorted(n for _, consumers in folds for n in consumers))
     return stats, details
 
 

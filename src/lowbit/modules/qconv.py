@@ -39,8 +39,7 @@ class QuantizedConv2d(nn.Module):
 
     def record(self) -> dict:
         """This layer in the checkpoint's record (export/checkpoint.py rebuilds it from this)."""
-        return {"spec": self.spec.to_dict(), "shape": list(self.quantized_tensor().shape), "format": "intpack",
-                "module": "conv2d"}
+        return self.quantized_tensor().record("conv2d")
 
     def quantized_tensor(self) -> QuantizedTensor:
         return QuantizedTensor(self.qweight, self.scale, self.zero, self.spec, self.shape)

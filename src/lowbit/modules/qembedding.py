@@ -41,8 +41,7 @@ class QuantizedEmbedding(nn.Module):
 
     def record(self) -> dict:
         """This layer in the checkpoint's record (export/checkpoint.py rebuilds it from this)."""
-        return {"spec": self.spec.to_dict(), "shape": list(self.quantized_tensor().shape), "format": "intpack",
-                "module": "embedding"}
+        return self.quantized_tensor().record("embedding")
 
     def quantized_tensor(self) -> QuantizedTensor:
         return QuantizedTensor(self.qweight, self.scale, self.zero, self.spec, (self.num_embeddings, self.embedding_dim))

@@ -71,8 +71,7 @@ class QuantizedLinear(nn.Module):
 
     def record(self) -> dict:
         """This layer in the checkpoint's record (export/checkpoint.py rebuilds it from this)."""
-        return {"spec": self.spec.to_dict(), "shape": list(self.quantized_tensor().shape), "format": "intpack",
-                "module": "linear"}
+        return self.quantized_tensor().record("linear")
 
     def quantized_tensor(self) -> QuantizedTensor:
         return QuantizedTensor(self.qweight, self.scale, self.zero, self.spec, (self.out_features, self.in_features))

@@ -6,7 +6,6 @@ from __future__ import annotations
 import functools
 import logging
 from collections.abc import Callable
-from typing import Any
 
 import torch
 from torch import nn
@@ -90,8 +89,3 @@ def sequential(net: nn.Module, windows: torch.Tensor, names: list[str], entry: M
     return run_sequential(net, windows, {n: net.get_submodule(n) for n in names}, entry.needs, quantize_group,
                           block_transform=transform)
 
-
-def layer_record(mod: nn.Module) -> dict[str, Any]:
-    """The one layer-record builder: every quantized module describes itself (``record()``), and the
-    checkpoint loader (loaders/checkpoint.py) rebuilds it from that."""
-    return mod.record()

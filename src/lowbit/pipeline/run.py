@@ -25,7 +25,7 @@ from lowbit.loaders import ModelHandle, load_model
 from lowbit.methods.base import Method, MethodConfig, get_method, make_config
 from lowbit.modules.select import select_modules
 from lowbit.pipeline.data import CalibData, as_settings, calibration_data, describe
-from lowbit.pipeline.layers import data_free, layer_record, sequential
+from lowbit.pipeline.layers import data_free, sequential
 from lowbit.pipeline.model_scope import float_calibrated
 from lowbit.pipeline.report import CalibrationCost, QuantizeReport
 from lowbit.tensor import QuantizedTensor
@@ -70,7 +70,7 @@ def quantize(
     def record(name: str, mod: nn.Module, qt: QuantizedTensor | None) -> nn.Module:
         if prerounding is not None and qt is not None and qt.prerounding is not None:
             prerounding[name] = qt.prerounding
-        layers[name] = layer_record(mod)
+        layers[name] = mod.record()  # every quantized module describes itself; loaders/checkpoint.py rebuilds it
         grid = qt if qt is not None or not hasattr(mod, "quantized_tensor") else mod.quantized_tensor()
         sizes[0] += grid.numel if grid is not None else mod.in_features * mod.out_features
         sizes[1] += grid.nbytes if grid is not None else mod.quant_nbytes

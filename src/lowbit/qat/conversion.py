@@ -16,10 +16,10 @@ TRAINING_FIELDS = ("start", "lsq", "act", "steps", "lr", "distill", "train_secon
 
 
 def method_record(config: dict[str, Any], qs: QATSpec, rec: dict[str, Any]) -> dict[str, Any]:
-    """The checkpoint's method record of a converted model: the config's record with its spec string as
-    ``qat_spec``, the training fields, and ``spec`` the integer grid (its QuantSpec dict) when there is
+    """The checkpoint's method record of a converted model: the config's record (its spec string as
+    ``qat_spec``), the training fields, and ``spec`` the integer grid (its QuantSpec dict) when there is
     one, as every integer-grid method records it."""
-    method = {k: v for k, v in config.items() if k != "spec"}
+    method = dict(config)
     method.update(qat_spec=qs.text, **{k: rec[k] for k in TRAINING_FIELDS if k in rec})
     if qs.spec is not None:
         method["spec"] = qs.spec.to_dict()
@@ -40,7 +40,7 @@ def convert(handle: ModelHandle) -> ModelHandle:
     if rec is None:
         raise InputError(f"{handle.name} was not prepared for QAT (lowbit.qat.prepare)")
     qs = parse_spec(rec["spec"])
-    out, _ = quantize(handle, QATConfig(spec=rec["spec"]))
+    out, _ = quantize(handle, QATConfig(qat_spec=rec["spec"]))
     for p in out.model.parameters():
         p.requires_grad_(False)
     quant = dict(out.quant)
