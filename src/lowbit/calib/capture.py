@@ -144,6 +144,41 @@ def _groups_in_block(prefix: str, i: int, in_block: dict[nn.Module, str], shared
     return groups
 
 
+class BlockStream:
+    """How block-by-block calibration meets the model's memory. This one, the default, does nothing: the
+    model is in memory. pipeline/stream.py's reads each block before it runs (``load``), writes it out
+    and frees it after (``done``), and resumes an interrupted run (``start``, ``inputs``)."""
+
+    start = 0
+
+    def fits(self, windows: torch.Tensor, fused: bool) -> bool:
+        """Whether the whole calibration set runs as one batch (the fused schedule)."""
+        return fused
+
+    def entering(self, i: int) -> Any:
+        """A context in which the model runs up to block ``i`` (the modules before it are read)."""
+        from contextlib import nullcontext
+
+        return nullcontext()
+
+    def inputs(self, chunks: list[tuple[tuple, dict]]) -> list[tuple[tuple, dict]]:
+        """The inputs of block ``start``, given those caught at block 0."""
+        return chunks
+
+    def blocks(self, n: int, label: str) -> Iterable[int]:
+        return track(range(self.start, n), label)
+
+    def load(self, i: int) -> None:
+        pass
+
+    def done(self, i: int, chunks: list[tuple[tuple, dict]]) -> None:
+        pass
+
+    def replaying(self, chunks: list[tuple[tuple, dict]]) -> Any:
+        """A context in which a full forward runs (targets outside the blocks, e.g. a pooler)."""
+        return self.entering(0)
+
+
 @dataclass
 class CaptureReport:
     blocks: int
@@ -162,31 +197,28 @@ def run_sequential(
     quantize_group: QuantizeGroup,
     micro_batch: int = 4,
     block_transform: Callable[..., list[LayerStats]] | None = None,
+    stream: BlockStream | None = None,
 ) -> CaptureReport:
     """Calibrate ``targets`` block by block on ``windows`` (n, L); install what ``quantize_group`` returns.
 
     ``block_transform(groups, stats)`` (AWQ) runs between a block's statistics and its quantization,
     with each group's fold target (found by modules/fold.py), and returns the statistics to use; it
-    implies the two-pass schedule.
+    implies the two-pass schedule. A ``stream`` (pipeline/stream.py) reads each block before it runs and
+    writes it out after, for models that are not in memory.
     """
     if windows.numel() == 0:
         raise CalibrationError("no calibration tokens")
+    stream = stream or BlockStream()
     targets = dict(targets)  # entries are dropped as they are replaced, so their float weights can go
     prefix, blocks = find_blocks(model)
-    fused = _fused_fits(model, windows) and block_transform is None
+    fused = stream.fits(windows, _fused_fits(model, windows)) and block_transform is None
     batches = [windows] if fused else list(windows.split(micro_batch))
     names = {mod: name for name, mod in targets.items()}
-    probe: list[tuple[tuple, dict]] = []
-    shared = shared_input_groups(model, blocks, windows, probe)
-    folds: dict[str, str | None] = {}
-    if block_transform is not None:
-        from lowbit.modules.fold import find_fold_targets
-
-        folds = find_fold_targets(blocks[0], *probe[0], shared)
-    chunks = _catch_block_inputs(model, blocks[0], batches)
-    if len(chunks) != len(batches):
-        raise CalibrationError("the first block was never reached; cannot calibrate this model")
-    for i in track(range(len(blocks)), f"calibrate {len(blocks)} blocks ({'fused' if fused else 'two-pass'})"):
+    shared, folds, chunks = _enter(model, blocks, windows, batches, stream, block_transform is not None)
+    for name in [n for n in targets if any(n.startswith(f"{prefix}.{j}.") for j in range(stream.start))]:
+        names.pop(targets.pop(name))  # finished by the run this one resumes
+    for i in stream.blocks(len(blocks), f"calibrate {len(blocks)} blocks ({'fused' if fused else 'two-pass'})"):
+        stream.load(i)
         head = f"{prefix}.{i}." if prefix else f"{i}."
         in_block = {m: n for m, n in names.items() if n.startswith(head)}
         groups = _groups_in_block(prefix, i, in_block, shared)
@@ -201,12 +233,34 @@ def run_sequential(
         for name in in_block.values():
             del targets[name]
         del in_block, groups
+        stream.done(i, chunks)
         if i % 4 == 3:  # glibc keeps freed activations; trimming costs ~20 ms, so every few blocks
             trim_heap()
     leftovers = targets
-    unreached = _leftovers(model, batches, leftovers, needs, quantize_group) if leftovers else []
+    unreached = []
+    if leftovers:
+        with stream.replaying(chunks):
+            unreached = _leftovers(model, batches, leftovers, needs, quantize_group)
     return CaptureReport(len(blocks), "fused" if fused else "two-pass", windows.shape[0], windows.numel(), unreached,
                          shared)
+
+
+def _enter(model: nn.Module, blocks: list[nn.Module], windows: torch.Tensor, batches: list[torch.Tensor],
+           stream: BlockStream, with_folds: bool) -> tuple[list[list[str]], dict[str, str | None], list[tuple[tuple, dict]]]:
+    """What the blocks share (groups of layers fed the same input), AWQ's fold targets, and the inputs
+    of the first block still to do."""
+    probe: list[tuple[tuple, dict]] = []
+    with stream.entering(0):
+        shared = shared_input_groups(model, blocks, windows, probe)
+        folds: dict[str, str | None] = {}
+        if with_folds:
+            from lowbit.modules.fold import find_fold_targets
+
+            folds = find_fold_targets(blocks[0], *probe[0], shared)
+        chunks = stream.inputs(_catch_block_inputs(model, blocks[0], batches))
+    if len(chunks) != len(batches):
+        raise CalibrationError("the first block was never reached; cannot calibrate this model")
+    return shared, folds, chunks
 
 
 def _block_fused(block: nn.Module, chunks: list[tuple[tuple, dict]], in_block: dict[nn.Module, str],

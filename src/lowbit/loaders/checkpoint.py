@@ -24,25 +24,15 @@ FORMAT_VERSION = 1
 
 def load_checkpoint(path: str | Path) -> ModelHandle:
     """Rebuild a model saved by :func:`save_checkpoint`."""
-    from safetensors import safe_open
     from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
 
     from lowbit.modules.qembedding import QuantizedEmbedding
     from lowbit.modules.qlinear import QuantizedLinear
 
     path = Path(path)
-    st = path / "model.safetensors"
-    if not st.is_file():
-        raise InputError(f"{path}: lowbit checkpoint without model.safetensors")
-    try:
-        with safe_open(str(st), framework="pt") as f:
-            record = json.loads(f.metadata()["lowbit"])
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
-    except Exception as e:  # safetensors raises its own error types for corrupt files
-        raise InputError(f"{st} cannot be read: {e}") from None
-    _check_versions(record, path)
     raw = json.loads((path / "config.json").read_text())
-    raw.pop("quantization_config", None)
+    record, tensors = _read_tensors(path, raw.pop("quantization_config", None))
+    _check_versions(record, path)
     config = AutoConfig.for_model(**{k: v for k, v in raw.items() if k != "model_type"}, model_type=raw["model_type"])
     cls = AutoModelForCausalLM if record.get("kind") == CAUSAL_LM else AutoModel
     model = cls.from_config(config, dtype=torch.float32)
@@ -72,6 +62,28 @@ def load_checkpoint(path: str | Path) -> ModelHandle:
         tokenizer = AutoTokenizer.from_pretrained(path)
     return ModelHandle(model=model.eval(), tokenizer=tokenizer, kind=record.get("kind", CAUSAL_LM),
                        name=str(path), path=str(path), quant=record)
+
+
+def _read_tensors(path: Path, record: Any) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """The quantization record and every tensor: one model.safetensors (its metadata repeats the record),
+    or the shards of a streamed run (model.safetensors.index.json; the record is config.json's)."""
+    from safetensors import safe_open
+
+    from lowbit.loaders.safetensors_source import INDEX, SafetensorsSource
+
+    single = path / "model.safetensors"
+    if (path / INDEX).is_file():
+        source = SafetensorsSource(path)
+        return record, {k: source.get(k) for k in source.keys()}
+    if not single.is_file():
+        raise InputError(f"{path}: lowbit checkpoint without model.safetensors or {INDEX}")
+    try:
+        with safe_open(str(single), framework="pt") as f:
+            record = json.loads(f.metadata()["lowbit"])
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as e:  # safetensors raises its own error types for corrupt files
+        raise InputError(f"{single} cannot be read: {e}") from None
+    return record, tensors
 
 
 def _check_versions(record: Any, path: Path) -> None:

@@ -10,7 +10,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from lowbit.calib.capture import CaptureReport, run_sequential
+from lowbit.calib.capture import BlockStream, CaptureReport, run_sequential
 from lowbit.calib.stats import LayerStats
 from lowbit.methods.base import Method, MethodConfig, get_method, make_config
 from lowbit.modules.qembedding import QuantizedEmbedding
@@ -65,7 +65,7 @@ def _shared(mod: nn.Module, src: nn.Module, qt: QuantizedTensor) -> nn.Module:
 
 
 def sequential(net: nn.Module, windows: torch.Tensor, names: list[str], entry: Method, config: MethodConfig,
-               record: Record) -> CaptureReport:
+               record: Record, stream: BlockStream | None = None) -> CaptureReport:
     """Calibrate and quantize block by block ("true sequential": each block sees the blocks before it
     already quantized). Linears reading one input share its statistics, and row-independent methods
     quantize them stacked (one Hessian inverse for q/k/v). A group no calibration token reached gets RTN."""
@@ -87,5 +87,5 @@ def sequential(net: nn.Module, windows: torch.Tensor, names: list[str], entry: M
         assert entry.transform.scope == "block", entry.transform
         transform = functools.partial(entry.transform.fn, cfg=config)
     return run_sequential(net, windows, {n: net.get_submodule(n) for n in names}, entry.needs, quantize_group,
-                          block_transform=transform)
+                          block_transform=transform, stream=stream)
 

@@ -61,7 +61,7 @@ def quantize(
     settings = as_settings(calib)
     if entry.needs and settings is None:
         raise InputError(f"method {entry.name!r} needs calibration data (--calib), for its {', '.join(entry.needs)}")
-    order, skipped = _select(handle, entry, config, targets, ignore, embeddings)
+    order, skipped = select_layers(handle, entry, config, targets, ignore, embeddings)
     data = calibration_data(handle, settings) if entry.needs else None
     net = handle.model if inplace else copy.deepcopy(handle.model)
     layers: dict[str, Any] = {}
@@ -92,7 +92,7 @@ def quantize(
     return out, report
 
 
-def _select(handle: ModelHandle, entry: Method, config: MethodConfig, targets: Sequence[str] | None,
+def select_layers(handle: ModelHandle, entry: Method, config: MethodConfig, targets: Sequence[str] | None,
             ignore: Sequence[str] | None, embeddings: bool) -> tuple[list[str], list[str]]:
     """The names of the modules to quantize, in model order, and those kept; every shape is checked
     against the method before any work."""

@@ -1,0 +1,82 @@
+"""A GGUF file as a lazy source: tensors read one at a time from the memory map and dequantized with the
+``gguf`` package's own dequantizers, under their Hugging Face names (transformers' GGUF tables, with
+its per-architecture processors: llama.cpp's converter permutes the q/k rows of Llama models, and
+the processor puts them back). Nothing is cached: the file is the source."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from lowbit.errors import InputError
+from lowbit.loaders.gguf_check import check_gguf
+from lowbit.loaders.handle import CAUSAL_LM
+from lowbit.loaders.lazy import LazyModel, bind, build_on_meta
+
+
+class GGUFSource:
+    """HF tensor name -> the GGUF tensor it comes from; ``get`` dequantizes one tensor to float32."""
+
+    def __init__(self, path: Path, reader: Any, processor: Any, mapping: dict[str, str], parsed: dict[str, Any]) -> None:
+        self.path = path
+        self.processor = processor
+        self.tensors = {t.name: t for t in reader.tensors}
+        self.by_hf = {hf: g for g, hf in mapping.items() if g in self.tensors}
+        self.mapping = mapping
+        self.parsed = parsed
+
+    def keys(self) -> list[str]:
+        return list(self.by_hf)
+
+    def get(self, key: str) -> torch.Tensor:
+        from gguf.quants import dequantize
+
+        gname = self.by_hf[key]
+        t = self.tensors[gname]
+        result = self.processor.process(weights=dequantize(t.data, t.tensor_type), name=gname,
+                                        tensor_key_mapping=self.mapping, parsed_parameters=self.parsed)
+        return torch.from_numpy(np.copy(result.weights))
+
+
+def open_gguf(path: Path) -> LazyModel:
+    """The model a GGUF file holds, on meta, with the file as its weight source."""
+    from gguf import GGUFReader
+    from transformers import AutoConfig, AutoTokenizer
+    from transformers.modeling_gguf_pytorch_utils import (
+        TENSOR_PROCESSORS,
+        TensorProcessor,
+        get_gguf_hf_weights_map,
+        load_gguf_checkpoint,
+    )
+
+    check_gguf(path)
+    try:
+        parsed = load_gguf_checkpoint(str(path), return_tensors=False)
+        config = AutoConfig.from_pretrained(path.parent, gguf_file=path.name)
+    except (OSError, ValueError, KeyError, TypeError, IndexError) as e:
+        raise InputError(f"{path}: transformers cannot read this GGUF's metadata: {str(e).splitlines()[0]}") from None
+    model, kind = build_on_meta(config, CAUSAL_LM)  # what transformers' GGUF loader builds
+    reader = GGUFReader(path)
+    arch = _architecture(reader)
+    processor = TENSOR_PROCESSORS.get(arch, TensorProcessor)(config=parsed.get("config", {}))
+    mapping = get_gguf_hf_weights_map(model, processor)
+    parsed = dict(parsed, tensors={})
+    source = GGUFSource(path, reader, processor, mapping, parsed)
+    files, ties = bind(model, source.by_hf, str(path))
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise InputError(f"{path}: transformers cannot read this GGUF's tokenizer: {str(e).splitlines()[0]}") from None
+    dtypes = {n: torch.float32 for n in files}
+    return LazyModel(model, source, files, dtypes, kind, str(path), str(path), tokenizer, gguf_source=str(path), ties=ties)
+
+
+def _architecture(reader: Any) -> str:
+    field = reader.fields.get("general.architecture")
+    try:
+        return bytes(field.parts[field.data[0]]).decode("utf-8")
+    except (AttributeError, IndexError, UnicodeDecodeError):
+        raise InputError("the GGUF file has no readable general.architecture") from None

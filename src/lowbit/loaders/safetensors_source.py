@@ -1,0 +1,119 @@
+"""Tensors of a Hugging Face directory's safetensors files (one file, or shards listed in
+``model.safetensors.index.json``), read one at a time from the memory map in their stored dtype.
+
+Each file's header is read and checked when the source opens (length, JSON, dtype, every byte range
+inside the file): a truncated or malformed shard fails at once with one line, before any work."""
+
+from __future__ import annotations
+
+import json
+import struct
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from lowbit.errors import InputError
+
+INDEX = "model.safetensors.index.json"
+DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+          "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+          "BOOL": torch.bool, "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2}
+MAX_HEADER = 100 << 20  # the safetensors format's own limit
+
+
+def read_header(path: Path) -> dict[str, Any]:
+    """The checked JSON header of a safetensors file: {name: {"dtype", "shape", "data_offsets"}}."""
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            raw = f.read(8)
+            n = struct.unpack("<Q", raw)[0] if len(raw) == 8 else -1
+            if not 0 < n <= min(MAX_HEADER, size - 8):
+                raise InputError(f"{path}: not a safetensors file (header length {n} in a {size}-byte file)")
+            header = json.loads(f.read(n))
+    except OSError as e:
+        raise InputError(f"cannot read {path}: {e.strerror}") from None
+    except (ValueError, UnicodeDecodeError):
+        raise InputError(f"{path}: not a safetensors file (its header is not JSON)") from None
+    if not isinstance(header, dict):
+        raise InputError(f"{path}: not a safetensors file (its header is not a JSON object)")
+    header.pop("__metadata__", None)
+    _check_entries(path, header, size - 8 - n)
+    return header
+
+
+def _check_entries(path: Path, header: dict[str, Any], data_bytes: int) -> None:
+    for name, info in header.items():
+        ok = isinstance(info, dict) and info.get("dtype") in DTYPES and isinstance(info.get("shape"), list)
+        offsets = info.get("data_offsets") if ok else None
+        if not ok or not (isinstance(offsets, list) and len(offsets) == 2 and all(isinstance(o, int) for o in offsets)):
+            raise InputError(f"{path}: tensor {name!r} has a malformed entry in the header")
+        numel = 1
+        for d in info["shape"]:
+            if not isinstance(d, int) or d < 0:
+                raise InputError(f"{path}: tensor {name!r} has a malformed shape {info['shape']}")
+            numel *= d
+        begin, end = offsets
+        if not 0 <= begin <= end <= data_bytes:
+            raise InputError(f"{path}: tensor {name!r} lies past the end of the file (bytes {begin}-{end} of "
+                             f"{data_bytes}); the file is truncated")
+        if end - begin != numel * DTYPES[info["dtype"]].itemsize:
+            raise InputError(f"{path}: tensor {name!r} has {end - begin} bytes for shape {info['shape']} "
+                             f"{info['dtype']}")
+
+
+class SafetensorsSource:
+    """Tensor name -> its file, dtype and shape; ``get`` reads one tensor."""
+
+    def __init__(self, directory: Path) -> None:
+        self.files: dict[str, Path] = {}
+        self.dtypes: dict[str, torch.dtype] = {}
+        self.shapes: dict[str, tuple[int, ...]] = {}
+        for file in _files(directory):
+            for name, info in read_header(file).items():
+                self.files[name] = file
+                self.dtypes[name] = DTYPES[info["dtype"]]
+                self.shapes[name] = tuple(info["shape"])
+        self._open: dict[Path, Any] = {}
+
+    def keys(self) -> list[str]:
+        return list(self.files)
+
+    def get(self, key: str) -> torch.Tensor:
+        from safetensors import safe_open
+
+        file = self.files[key]
+        if file not in self._open:
+            try:
+                self._open[file] = safe_open(str(file), framework="pt")
+            except Exception as e:  # safetensors' own error types
+                raise InputError(f"{file}: cannot be read: {e}") from None
+        return self._open[file].get_tensor(key)
+
+    def nbytes(self, key: str) -> int:
+        n = self.dtypes[key].itemsize
+        for d in self.shapes[key]:
+            n *= d
+        return n
+
+
+def _files(directory: Path) -> list[Path]:
+    """The safetensors files of a directory: the index's shards, or model.safetensors, or every one."""
+    index = directory / INDEX
+    if index.is_file():
+        try:
+            weight_map = json.loads(index.read_text())["weight_map"]
+            shards = sorted(set(weight_map.values()))
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            raise InputError(f"{index}: not a safetensors index (a JSON object with a weight_map)") from None
+        missing = [s for s in shards if not (directory / s).is_file()]
+        if missing:
+            raise InputError(f"{index} lists {len(missing)} shard(s) that are not in {directory}: {', '.join(missing[:3])}")
+        return [directory / s for s in shards]
+    if (directory / "model.safetensors").is_file():
+        return [directory / "model.safetensors"]
+    found = sorted(directory.glob("*.safetensors"))
+    if not found:
+        raise InputError(f"{directory} has no .safetensors weights (pytorch_model.bin pickles are not read)")
+    return found
