@@ -97,6 +97,20 @@ def tiny_llama_dir(tmp_path, tiny_llama):
 
 
 @pytest.fixture
+def bpe_llama():
+    """A tiny Llama (hidden 256, so the k-quants apply) with a byte-pair tokenizer that has a merge."""
+    from tokenizers import Tokenizer, models
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {t: i for i, t in enumerate(TINY_SPECIALS + TINY_CHARS)}
+    vocab["he"] = len(vocab)
+    tk = Tokenizer(models.BPE(vocab=vocab, merges=[("h", "e")], unk_token="<unk>"))
+    tok = PreTrainedTokenizerFast(tokenizer_object=tk, eos_token="<eos>", pad_token="<pad>", unk_token="<unk>")
+    return make_tiny_llama(tokenizer=tok, hidden_size=256, intermediate_size=512, vocab_size=len(vocab),
+                           num_hidden_layers=8)
+
+
+@pytest.fixture
 def text_file(tmp_path):
     """A small English text file (several paragraphs, a few thousand characters)."""
     paras = [

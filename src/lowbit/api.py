@@ -86,18 +86,38 @@ def quantize_to(
     ignore: Sequence[str] | None = None,
     embeddings: bool = False,
     overwrite: bool = False,
+    resume: bool = False,
+    max_memory: int | str | None = None,
+    device: str = "cpu",
 ) -> QuantizeReport:
-    """Load ``model``, quantize it with ``config`` (see :func:`quantize` for the keywords) and save the
-    checkpoint to ``out``: ``lowbit quantize``. A model given by name or path is quantized in place.
+    """Quantize ``model`` with ``config`` (see :func:`quantize` for the keywords) and save the checkpoint
+    to ``out``: ``lowbit quantize``.
+
+    A model given by name or path streams block by block from its files (pipeline/stream.py) for every
+    method that calibrates block by block: memory is one block, whatever the model's size, capped by
+    ``max_memory`` ("24GiB"); ``resume`` continues a killed run; ``device`` computes each block on a GPU.
+    W8A8 and QAT's convert (and a model already in memory) load the model whole.
 
     >>> report = quantize_to("smollm2", make_config("gptq"), "smollm2-gptq", calib="pydoc:calib")  # doctest: +SKIP
     """
     from lowbit.calib import load_corpus
+    from lowbit.pipeline import memory
+    from lowbit.pipeline.stream import can_stream, quantize_stream
     from lowbit.writers.guard import check_output
 
-    check_output(out, overwrite)
+    device = memory.resolve_device(device)
+    if not resume:
+        check_output(out, overwrite)
     if calib is not None:
         load_corpus(calib if isinstance(calib, str) else calib.data)  # bad data fails before the model loads
+    if can_stream(model, config.method):
+        return quantize_stream(model, config, out, calib=calib, targets=list(targets) if targets else None,
+                               ignore=None if ignore is None else list(ignore), embeddings=embeddings,
+                               overwrite=overwrite, resume=resume, max_memory=max_memory, device=device)
+    if resume:
+        raise InputError(f"--resume continues a block-by-block run; {config.method} on {model!r} runs in memory")
+    if device != "cpu":
+        raise InputError(f"--device {device}: {config.method} on {model!r} runs in memory, on the CPU only")
     loaded = isinstance(model, (str, Path))
     quantized, report = quantize(load_model(model), config, calib=calib, targets=targets, ignore=ignore,
                                  embeddings=embeddings, inplace=loaded)

@@ -15,25 +15,9 @@ from typer.testing import CliRunner
 from lowbit.calib.imatrix import Imatrix, compute_imatrix, load_imatrix, save_imatrix
 from lowbit.cli import app
 from lowbit.errors import ExportError, InputError
+from lowbit.loaders import load_model
 from lowbit.writers.gguf import export_gguf
 from lowbit.writers.gguf_mix import MixPlanner, parse_overrides, use_more_bits
-from lowbit.loaders import load_model
-
-
-@pytest.fixture
-def bpe_llama():
-    """A tiny Llama (hidden 256, so the k-quants apply) with a byte-pair tokenizer that has a merge."""
-    from tests.conftest import TINY_CHARS, TINY_SPECIALS, make_tiny_llama
-    from tokenizers import Tokenizer, models
-    from transformers import PreTrainedTokenizerFast
-
-    vocab = {t: i for i, t in enumerate(TINY_SPECIALS + TINY_CHARS)}
-    vocab["he"] = len(vocab)
-    tk = Tokenizer(models.BPE(vocab=vocab, merges=[("h", "e")], unk_token="<unk>"))
-    tok = PreTrainedTokenizerFast(tokenizer_object=tk, eos_token="<eos>", pad_token="<pad>", unk_token="<unk>")
-    return make_tiny_llama(tokenizer=tok, hidden_size=256, intermediate_size=512, vocab_size=len(vocab),
-                           num_hidden_layers=8)
-
 
 IDS = torch.tensor([[5, 9, 13, 40, 7, 3, 22, 61]])
 
@@ -222,8 +206,8 @@ def test_metadata_arrays_pack_like_gguf_py_and_round_trip(tmp_path) -> None:
     read back and copied unchanged."""
     import gguf
 
-    from lowbit.writers.gguf import _copy_kv, _Writer
     from lowbit.loaders.gguf_check import read_metadata
+    from lowbit.writers.gguf import _copy_kv, _Writer
 
     V = gguf.GGUFValueType
     cases = [(["a", "héllo", "", "\u0120the"], V.STRING), ([1, -2, 3], V.INT32), ([0.5, -1.25], V.FLOAT32),

@@ -32,8 +32,16 @@ def quantize(
                                                      "(repeatable); replaces the default (lm_head); 'none' keeps nothing.")] = None,
     embeddings: Annotated[bool, typer.Option("--embeddings", help="Quantize nn.Embedding tables too (kept by default).")] = False,
     overwrite: Annotated[bool, typer.Option(help="Replace --out if it exists.")] = False,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue a killed run from its last finished block "
+                                                          "(OUT.partial); the result is the same file.")] = False,
+    max_memory: Annotated[str | None, typer.Option(help="Memory one block may use, e.g. 8GiB (default: what "
+                                                        "the machine has free).")] = None,
+    device: Annotated[str, typer.Option(help="Where each block is computed: cpu, cuda, cuda:N or auto.")] = "cpu",
 ) -> None:
     """Quantize MODEL and save a checkpoint that `lowbit eval`, `lowbit export` and the Python API reload.
+
+    A Hugging Face directory, a .gguf file or a built-in streams block by block: one block in memory at a
+    time, in the model's own dtype on disk, so a 13B model quantizes in a few GiB (w8a8 loads it whole).
 
     Methods: rtn, gptq, awq, hqq (integer grids: --bits, --group-size, --asym), nf4 / fp4 (bitsandbytes-style
     4-bit), int8 (LLM.int8), w8a8 (int8 weights and activations), gguf (a GGML type). Each method's own
@@ -49,7 +57,8 @@ def quantize(
         ignore = []
     _quiet_libraries()
     report = api.quantize_to(model, config, out_dir, calib=settings, targets=targets, ignore=ignore,
-                             embeddings=embeddings, overwrite=overwrite)
+                             embeddings=embeddings, overwrite=overwrite, resume=resume, max_memory=max_memory,
+                             device=device)
     out.print(_summary(report, out_dir), highlight=False)
 
 

@@ -74,6 +74,16 @@ class LazyModel:
     tokenizer: Any = None
     gguf_source: str | None = None
     ties: dict[str, list[str]] = field(default_factory=dict)  # every name of a shared parameter -> all its names
+    device: str = "cpu"  # where materialized parameters go (buffers are moved by :meth:`to_device`)
+
+    def to_device(self, device: str) -> LazyModel:
+        """Materialize onto ``device`` from now on; the (real, small) buffers move there now."""
+        self.device = device
+        for mod in self.model.modules():
+            for key, buf in mod._buffers.items():
+                if buf is not None and buf.device.type != "meta":
+                    mod._buffers[key] = buf.to(device)
+        return self
 
     def handle(self) -> ModelHandle:
         return ModelHandle(model=self.model, tokenizer=self.tokenizer, kind=self.kind, name=self.name, path=self.path,
@@ -87,13 +97,13 @@ class LazyModel:
         """Parameter ``name`` as stored in the source."""
         return self.source.get(self.files[name])
 
-    def materialize(self, prefix: str = "", dtype: torch.dtype = torch.float32, device: str = "cpu") -> None:
+    def materialize(self, prefix: str = "", dtype: torch.dtype = torch.float32, device: str | None = None) -> None:
         """Read every parameter under ``prefix`` (a module name; "" for all) still on meta, as ``dtype``."""
         for name in self.names_under(prefix):
             param = self.model.get_parameter(name)
             if param.device.type != "meta":
                 continue
-            value = nn.Parameter(self.read(name).to(device=device, dtype=dtype), requires_grad=False)
+            value = nn.Parameter(self.read(name).to(device=device or self.device, dtype=dtype), requires_grad=False)
             for alias in self.ties.get(name, [name]):  # tied weights stay one tensor
                 mod, _, leaf = alias.rpartition(".")
                 self.model.get_submodule(mod)._parameters[leaf] = value
@@ -194,7 +204,7 @@ def bind(model: nn.Module, available: dict[str, Any], where: str, resolve: Any =
             files[n] = files[alias]
     if missing:
         raise InputError(f"{where} lacks {len(missing)} of the model's weights (e.g. {', '.join(missing[:3])}); "
-                         f"the files do not match config.json")
+                         f"the weights on disk do not match the model config")
     return files, ties
 
 

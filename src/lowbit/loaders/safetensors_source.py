@@ -87,7 +87,7 @@ class SafetensorsSource:
         if file not in self._open:
             try:
                 self._open[file] = safe_open(str(file), framework="pt")
-            except Exception as e:  # safetensors' own error types
+            except Exception as e:  # noqa: BLE001 (safetensors raises its own error types)
                 raise InputError(f"{file}: cannot be read: {e}") from None
         return self._open[file].get_tensor(key)
 

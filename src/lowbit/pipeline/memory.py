@@ -65,3 +65,24 @@ def check_fits(name: str, block: int, activations: int, workspace: int, cap: int
 
 def _gib(n: int) -> str:
     return f"{n / 2**30:.2f} GiB"
+
+
+def resolve_device(text: str | None) -> str:
+    """``cpu``, ``cuda``, ``cuda:N`` or ``auto`` (a GPU where torch sees one) -> a torch device string;
+    a GPU that is not there is an error, not a silent fall-back to the CPU."""
+    import torch
+
+    text = (text or "cpu").strip().lower()
+    if text == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if text == "cpu":
+        return text
+    m = re.fullmatch(r"cuda(?::(\d+))?", text)
+    if m is None:
+        raise InputError(f"--device {text!r}: use cpu, cuda, cuda:N or auto")
+    if not torch.cuda.is_available():
+        raise InputError(f"--device {text}: torch sees no CUDA GPU on this machine (torch "
+                         f"{torch.__version__}); use --device cpu or auto")
+    if m.group(1) is not None and int(m.group(1)) >= torch.cuda.device_count():
+        raise InputError(f"--device {text}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    return text

@@ -53,14 +53,32 @@ def streamable(method: str) -> bool:
     return entry.calibration != "float" and entry.selects is None
 
 
+def can_stream(model: Any, method: str) -> bool:
+    """Whether ``model`` (a name or path) and ``method`` run block by block: a built-in, a .gguf file, or a
+    Hugging Face directory of float safetensors (not a checkpoint lowbit or another tool quantized)."""
+    from lowbit.loaders.builtin import BUILTINS
+    from lowbit.loaders.lazy import read_json
+
+    if not isinstance(model, (str, Path)) or not streamable(method):
+        return False
+    if str(model) in BUILTINS:
+        return True
+    path = Path(model).expanduser()
+    if path.is_file():
+        return path.suffix.lower() == ".gguf"
+    return (path.is_dir() and (path / "config.json").is_file() and any(path.glob("*.safetensors"))
+            and "quantization_config" not in read_json(path / "config.json"))
+
+
 def quantize_stream(source: str | Path, config: MethodConfig, out: str | Path, *,
                     calib: CalibSettings | str | None = None, targets: list[str] | None = None,
                     ignore: list[str] | None = None, embeddings: bool = False, overwrite: bool = False,
-                    resume: bool = False, max_memory: int | str | None = None) -> QuantizeReport:
+                    resume: bool = False, max_memory: int | str | None = None, device: str = "cpu") -> QuantizeReport:
     """Quantize the model at ``source`` (a Hugging Face directory or a GGUF file) into the checkpoint ``out``,
     one block in memory at a time. See :func:`lowbit.quantize` for ``calib``, ``targets``, ``ignore`` and
     ``embeddings``; ``max_memory`` (bytes or "4GiB") caps what one block may need, by default what the
-    machine has free; ``resume`` continues an interrupted run of the same settings."""
+    machine has free; ``resume`` continues an interrupted run of the same settings; ``device`` ("cpu",
+    "cuda:0") is where each block is computed (the output is the same file either way)."""
     if not resume:
         check_output(out, overwrite)
     entry = get_method(config.method)
@@ -69,7 +87,7 @@ def quantize_stream(source: str | Path, config: MethodConfig, out: str | Path, *
     settings = as_settings(calib)
     if entry.needs and settings is None:
         raise InputError(f"method {entry.name!r} needs calibration data (--calib), for its {', '.join(entry.needs)}")
-    lazy = open_lazy(source)
+    lazy = open_lazy(source).to_device(memory.resolve_device(device))
     order, skipped = select_layers(lazy.handle(), entry, config, targets, ignore, embeddings)
     run = _Run(lazy, order, parse_cap(max_memory))
     run.check(settings)
@@ -155,7 +173,8 @@ class _Run:
             return {"samples": 0, "tokens": 0}
         data = calibration_data(self.lazy.handle(), settings)
         linears = [n for n in self.order if isinstance(self.lazy.model.get_submodule(n), nn.Linear)]
-        cap = sequential(self.lazy.model, data.windows, linears, entry, config, self.record, _Stream(self))
+        windows = data.windows.to(self.lazy.device)
+        cap = sequential(self.lazy.model, windows, linears, entry, config, self.record, _Stream(self))
         return {"data": settings.data, "samples": cap.samples, "tokens": cap.tokens, "schedule": cap.schedule,
                 "unreached": cap.unreached}
 
@@ -178,7 +197,7 @@ class _Run:
             if stored is not None and v.dtype != stored and v.is_floating_point():
                 cast = v.to(stored)
                 v = cast if torch.equal(cast.to(v.dtype), v) else v
-            out[k] = v
+            out[k] = v.cpu()
         return out
 
     def block_done(self, i: int, activations: dict[str, torch.Tensor] | None = None) -> None:
@@ -186,7 +205,7 @@ class _Run:
         self.writer.write_shard(self.block_tensors(name))
         self.lazy.release(name)
         if activations is not None:
-            self.writer.save_activations(activations)
+            self.writer.save_activations({k: v.cpu() for k, v in activations.items()})
         self.writer.block_done(i + 1, layers=self.layers, sizes=self.sizes)
 
     def write_rest(self, entry: Any, config: MethodConfig) -> None:
@@ -199,15 +218,16 @@ class _Run:
             self.lazy.materialize(name)
         if rest:
             data_free(self.lazy.model, rest, method, cfg, self.record)
-        tensors, self.tied = {}, {}
+        tensors, self.tied, ptrs = {}, {}, {}
         for k, v in self.lazy.model.state_dict().items():
             if k.startswith(head):
                 continue
             first = next((a for a in self.lazy.ties.get(k, []) if a in tensors), None)
-            if first is not None and (v.device.type == "meta" or v.data_ptr() == tensors[first].data_ptr()):
+            if first is not None and (v.device.type == "meta" or v.data_ptr() == ptrs[first]):
                 self.tied[k] = first
                 continue
-            tensors[k] = self.lazy.read(k) if v.device.type == "meta" else v
+            ptrs[k] = v.data_ptr() if v.device.type != "meta" else None
+            tensors[k] = self.lazy.read(k) if v.device.type == "meta" else v.cpu()
         for k, v in list(tensors.items()):  # materialized but untouched: back to the stored dtype
             stored = self.lazy.dtypes.get(k)
             if stored is not None and v.dtype != stored and torch.equal(v.to(stored).to(v.dtype), v):
@@ -253,7 +273,7 @@ class _Stream(BlockStream):
         if self.start == 0:
             return chunks
         saved = self.run.writer.activations()
-        return [((saved[f"chunk.{j}"], *args[1:]), kw) for j, (args, kw) in enumerate(chunks)]
+        return [((saved[f"chunk.{j}"].to(self.run.lazy.device), *args[1:]), kw) for j, (args, kw) in enumerate(chunks)]
 
     def blocks(self, n: int, label: str) -> Iterator[int]:
         return self.run.steps(n, label)

@@ -4,8 +4,9 @@
         part-00000.safetensors ...     one shard per finished block (and one for the rest)
         progress.json                  the run's key, the finished blocks, their layer records
         activations.safetensors        the calibration activations entering the next block
-    OUT/                               on success: model-0000i-of-0000N.safetensors, the index,
-                                       config.json, the tokenizer; renamed into place in one step
+    OUT/                               on success: model-0000i-of-0000N.safetensors and the index
+                                       (one model.safetensors up to 1 GiB), config.json, the
+                                       tokenizer; renamed into place in one step
 
 ``--resume`` continues an interrupted run whose key (source, method config, data, selection) matches.
 Every file inside ``OUT.partial`` is itself written to a temporary name and renamed, so a kill leaves
@@ -24,6 +25,8 @@ import torch
 
 from lowbit.errors import ExportError, InputError
 from lowbit.loaders.safetensors_source import INDEX
+
+SINGLE_FILE_BYTES = 1 << 30  # outputs up to this size are merged into one model.safetensors at the end
 
 
 class ShardedWriter:
@@ -58,7 +61,7 @@ class ShardedWriter:
 
         name = f"part-{len(self.state['shards']):05d}.safetensors"
         tmp = self.partial / f".{name}.tmp"
-        save_file({k: v.detach().contiguous() for k, v in tensors.items()}, str(tmp))
+        save_file({k: v.detach().contiguous() for k, v in tensors.items()}, str(tmp), metadata={"format": "pt"})
         os.replace(tmp, self.partial / name)
         self.state["shards"].append({"file": name, "keys": sorted(tensors)})
 
@@ -84,14 +87,17 @@ class ShardedWriter:
         from lowbit.loaders.cache import publish_dir
 
         shards = self.state["shards"]
-        weight_map, total = {}, 0
-        for i, shard in enumerate(shards):
-            name = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
-            os.replace(self.partial / shard["file"], self.partial / name)
-            weight_map.update(dict.fromkeys(shard["keys"], name))
-            total += (self.partial / name).stat().st_size
-        index = {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}
-        (self.partial / INDEX).write_text(json.dumps(index, indent=2))
+        total = sum((self.partial / s["file"]).stat().st_size for s in shards)
+        if total <= SINGLE_FILE_BYTES:
+            self._merge(shards, {"format": "pt", "lowbit": json.dumps(config.get("quantization_config"))})
+        else:
+            weight_map = {}
+            for i, shard in enumerate(shards):
+                name = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
+                os.replace(self.partial / shard["file"], self.partial / name)
+                weight_map.update(dict.fromkeys(shard["keys"], name))
+            index = {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}
+            (self.partial / INDEX).write_text(json.dumps(index, indent=2))
         (self.partial / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True, default=str))
         if tokenizer is not None:
             tokenizer.save_pretrained(self.partial)
@@ -99,6 +105,19 @@ class ShardedWriter:
             (self.partial / leftover).unlink(missing_ok=True)
         publish_dir(self.partial, self.final, overwrite=True)
         return self.final
+
+    def _merge(self, shards: list[dict[str, Any]], metadata: dict[str, str]) -> None:
+        """A small model: its parts become the one ``model.safetensors`` (the layout writers/checkpoint.py
+        writes, its metadata repeating the record)."""
+        from safetensors.torch import load_file, save_file
+
+        tensors: dict[str, torch.Tensor] = {}
+        for shard in shards:
+            tensors.update(load_file(str(self.partial / shard["file"])))
+        save_file(tensors, str(self.partial / ".model.tmp"), metadata=metadata)
+        os.replace(self.partial / ".model.tmp", self.partial / "model.safetensors")
+        for shard in shards:
+            (self.partial / shard["file"]).unlink()
 
     def abort(self) -> None:
         shutil.rmtree(self.partial, ignore_errors=True)

@@ -1,0 +1,294 @@
+"""Block-by-block quantization from the files (pipeline/stream.py) against the in-memory pipeline.
+
+Tiny random models of four architectures are written as bf16 safetensors in several shards; streaming
+them must give the very checkpoint the in-memory path gives, keep what it does not quantize in bf16,
+and refuse bad files with one line and nothing left behind.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from lowbit import api
+from lowbit.errors import ExportError, InputError
+from lowbit.loaders import load_model
+from lowbit.pipeline.stream import can_stream, quantize_stream
+
+ARCHS = {
+    "llama": ("LlamaConfig", "LlamaForCausalLM", {"num_key_value_heads": 2, "tie_word_embeddings": True}),
+    "qwen2": ("Qwen2Config", "Qwen2ForCausalLM", {"num_key_value_heads": 2, "tie_word_embeddings": False}),
+    "gemma3": ("Gemma3TextConfig", "Gemma3ForCausalLM", {"num_key_value_heads": 2, "head_dim": 16,
+                                                         "sliding_window": 16}),
+    "bert": ("BertConfig", "BertModel", {}),
+}
+
+
+def write_model(path, arch: str, tokenizer, layers: int = 3, hidden: int = 64, seed: int = 0):
+    """A random ``arch`` model saved as bf16 safetensors in shards of ~40 kB, with its tokenizer."""
+    import transformers
+
+    conf_cls, model_cls, extra = ARCHS[arch]
+    kw = {"vocab_size": 128, "hidden_size": hidden, "intermediate_size": 2 * hidden, "num_hidden_layers": layers,
+          "num_attention_heads": 4, "max_position_embeddings": 512, **extra}
+    torch.manual_seed(seed)
+    model = getattr(transformers, model_cls)(getattr(transformers, conf_cls)(**kw)).eval()
+    model.to(torch.bfloat16).save_pretrained(path, max_shard_size="40KB")
+    tokenizer.save_pretrained(path)
+    return path
+
+
+def _inputs(handle):
+    ids = torch.arange(3, 40).reshape(1, -1)
+    return {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+
+
+def _out(handle):
+    with torch.no_grad():
+        out = handle.model(**_inputs(handle))
+    return out.logits if hasattr(out, "logits") else out.last_hidden_state
+
+
+def _in_memory(src, config, out, calib=None):
+    quantized, _ = api.quantize(load_model(str(src)), config, calib=calib)
+    api.save(quantized, out)
+    return load_model(str(out))
+
+
+@pytest.mark.parametrize("arch", list(ARCHS))
+def test_stream_equals_in_memory_rtn(tmp_path, tiny_tokenizer, arch, monkeypatch):
+    monkeypatch.setattr("lowbit.writers.shards.SINGLE_FILE_BYTES", 0)  # keep the output sharded, as a big model's
+    src = write_model(tmp_path / "src", arch, tiny_tokenizer)
+    assert len(list(src.glob("*.safetensors"))) > 1  # really sharded
+    config = api.make_config("rtn", api.QuantSpec(4, True, 32))
+    report = quantize_stream(src, config, tmp_path / "stream")
+    assert (tmp_path / "stream" / "model.safetensors.index.json").is_file()
+    streamed = load_model(str(tmp_path / "stream"))
+    memory = _in_memory(src, config, tmp_path / "memory")
+    assert len(report.layers) == 3 * (7 if arch != "bert" else 6) + (arch == "bert")  # + BERT's pooler
+    assert torch.equal(_out(streamed), _out(memory))
+    from safetensors import safe_open
+
+    dtypes = {}
+    for f in (tmp_path / "stream").glob("model-*.safetensors"):
+        with safe_open(f, "pt") as st:
+            dtypes.update({k: st.get_slice(k).get_dtype() for k in st.keys()})  # noqa: SIM118 (not a dict)
+    norms = [k for k in dtypes if "norm" in k.lower() and k.endswith("weight")]
+    assert norms and all(dtypes[k] == "BF16" for k in norms)  # untouched tensors keep the source dtype
+    size = lambda d: sum(f.stat().st_size for f in d.glob("*.safetensors"))
+    assert size(tmp_path / "stream") < size(src)
+
+
+@pytest.mark.parametrize("method", ["gptq", "awq"])
+def test_stream_equals_in_memory_calibrated(tmp_path, tiny_tokenizer, text_file, method):
+    src = write_model(tmp_path / "src", "llama", tiny_tokenizer)
+    config = api.make_config(method, api.QuantSpec(4, True, 32))
+    calib = api.CalibSettings(str(text_file), 4, 64)
+    report = quantize_stream(src, config, tmp_path / "stream", calib=calib)
+    memory = _in_memory(src, config, tmp_path / "memory", calib)
+    streamed = load_model(str(tmp_path / "stream"))
+    assert report.calibration.tokens == 4 * 64
+    assert torch.equal(_out(streamed), _out(memory))
+
+
+def test_cli_streams_and_in_memory_methods_do_not(tmp_path, tiny_tokenizer):
+    src = write_model(tmp_path / "src", "llama", tiny_tokenizer)
+    assert can_stream(str(src), "gptq") and can_stream(str(src), "gguf")
+    assert not can_stream(str(src), "w8a8")
+    out = tmp_path / "q"
+    quantize_stream(src, api.make_config("rtn"), out)
+    assert not can_stream(str(out), "rtn")  # an already quantized checkpoint loads whole
+    with pytest.raises(InputError, match="runs in memory"):
+        api.quantize_to(str(src), api.make_config("w8a8"), tmp_path / "w", calib="pydoc:calib", resume=True)
+
+
+def test_missing_shard_is_one_line_and_leaves_nothing(tmp_path, tiny_tokenizer):
+    src = write_model(tmp_path / "src", "llama", tiny_tokenizer)
+    index = json.loads((src / "model.safetensors.index.json").read_text())
+    victim = sorted(set(index["weight_map"].values()))[1]
+    (src / victim).unlink()
+    with pytest.raises(InputError, match=victim) as e:
+        quantize_stream(src, api.make_config("rtn"), tmp_path / "q")
+    assert "\n" not in str(e.value)
+    assert not any(tmp_path.glob("q*"))
+
+
+def test_truncated_shard_is_refused_before_anything_is_written(tmp_path, tiny_tokenizer):
+    src = write_model(tmp_path / "src", "llama", tiny_tokenizer)
+    shard = sorted(src.glob("model-*.safetensors"))[1]
+    shard.write_bytes(shard.read_bytes()[:-100])
+    with pytest.raises(InputError, match="truncated|shorter|bytes"):
+        quantize_stream(src, api.make_config("rtn"), tmp_path / "q")
+    assert not any(tmp_path.glob("q*"))
+
+
+def test_missing_tensor_names_it(tmp_path, tiny_tokenizer):
+    from safetensors.torch import load_file, save_file
+
+    src = write_model(tmp_path / "src", "llama", tiny_tokenizer)
+    index_path = src / "model.safetensors.index.json"
+    index = json.loads(index_path.read_text())
+    key = "model.layers.1.mlp.down_proj.weight"
+    shard = src / index["weight_map"].pop(key)
+    tensors = load_file(shard)
+    del tensors[key]
+    save_file(tensors, shard, metadata={"format": "pt"})
+    index_path.write_text(json.dumps(index))
+    with pytest.raises(InputError, match="down_proj"):
+        quantize_stream(src, api.make_config("rtn"), tmp_path / "q")
+
+
+def test_max_memory_below_one_block(tmp_path, tiny_tokenizer):
+    src = write_model(tmp_path / "src", "llama", tiny_tokenizer)
+    with pytest.raises(InputError, match=r"one block needs about .* --max-memory allows") as e:
+        quantize_stream(src, api.make_config("rtn"), tmp_path / "q", max_memory="10KiB")
+    assert "\n" not in str(e.value)
+    assert not any(tmp_path.glob("q*"))
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error on a machine without a GPU")
+def test_device_cuda_without_gpu(tmp_path, tiny_tokenizer):
+    src = write_model(tmp_path / "src", "llama", tiny_tokenizer)
+    with pytest.raises(InputError, match="no CUDA GPU"):
+        api.quantize_to(str(src), api.make_config("rtn"), tmp_path / "q", device="cuda")
+    with pytest.raises(InputError, match="cpu, cuda, cuda:N or auto"):
+        api.quantize_to(str(src), api.make_config("rtn"), tmp_path / "q", device="tpu")
+    assert not any(tmp_path.glob("q*"))
+
+
+def test_resume_needs_a_partial_run_of_the_same_settings(tmp_path, tiny_tokenizer):
+    src = write_model(tmp_path / "src", "llama", tiny_tokenizer)
+    with pytest.raises(InputError, match="no interrupted run"):
+        quantize_stream(src, api.make_config("rtn"), tmp_path / "q", resume=True)
+    (tmp_path / "q.partial").mkdir()
+    (tmp_path / "q.partial" / "progress.json").write_text(json.dumps({"key": "another run", "done": 1, "shards": []}))
+    with pytest.raises(ExportError, match="--resume"):
+        quantize_stream(src, api.make_config("rtn"), tmp_path / "q")
+    with pytest.raises(InputError, match="other settings"):
+        quantize_stream(src, api.make_config("rtn"), tmp_path / "q", resume=True)
+    assert (tmp_path / "q.partial" / "progress.json").is_file()  # a refused resume keeps the run it refused
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_matches_cpu(tmp_path, tiny_tokenizer, text_file):
+    src = write_model(tmp_path / "src", "llama", tiny_tokenizer)
+    config = api.make_config("gptq", api.QuantSpec(4, True, 32))
+    calib = api.CalibSettings(str(text_file), 4, 64)
+    quantize_stream(src, config, tmp_path / "cpu", calib=calib)
+    quantize_stream(src, config, tmp_path / "gpu", calib=calib, device="cuda")
+    a, b = _out(load_model(str(tmp_path / "cpu"))), _out(load_model(str(tmp_path / "gpu")))
+    assert torch.allclose(a, b, rtol=1e-2, atol=1e-2)
+
+
+def test_kill_then_resume_is_bit_identical(tmp_path, tiny_tokenizer, text_file):
+    """A real `lowbit quantize` process killed (SIGKILL) after a block, then --resume: same files."""
+    src = write_model(tmp_path / "src", "llama", tiny_tokenizer, layers=12, hidden=256)
+    args = [sys.executable, "-m", "lowbit.cli", "quantize", str(src), "--method", "gptq", "--group-size", "32",
+            "--calib", str(text_file), "--n-samples", "8", "--seq-len", "128"]
+    whole = subprocess.run([*args, "--out", str(tmp_path / "whole")], capture_output=True, text=True, check=False)
+    assert whole.returncode == 0, whole.stderr
+    progress = tmp_path / "cut.partial" / "progress.json"
+    proc = subprocess.Popen([*args, "--out", str(tmp_path / "cut")], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    done = 0
+    while proc.poll() is None:
+        try:
+            done = json.loads(progress.read_text())["done"]
+        except (OSError, ValueError, KeyError):
+            done = 0
+        if done >= 2:
+            proc.kill()
+            break
+        time.sleep(0.005)
+    proc.wait()
+    assert proc.returncode == -9 and 2 <= done < 12, "the run ended before it could be killed"
+    assert not (tmp_path / "cut").exists()
+    again = subprocess.run([*args, "--out", str(tmp_path / "cut"), "--resume"], capture_output=True, text=True, check=False)
+    assert again.returncode == 0, again.stderr
+    files = sorted(p.name for p in (tmp_path / "whole").iterdir())
+    assert files == sorted(p.name for p in (tmp_path / "cut").iterdir())
+    for name in files:
+        assert _content(tmp_path / "whole" / name) == _content(tmp_path / "cut" / name), name
+    assert not (tmp_path / "cut.partial").exists()
+
+
+def _content(path):
+    """A file's bytes, but for the record of each run's own time and memory (config.json, and the
+    checkpoint's metadata, which repeats it): tensors byte for byte."""
+    def strip(record: dict) -> dict:
+        return {k: v for k, v in record.items() if k not in ("quantize_seconds", "calibration")}
+
+    if path.name == "config.json":
+        config = json.loads(path.read_text())
+        return dict(config, quantization_config=strip(config["quantization_config"]))
+    if path.suffix == ".safetensors":
+        from safetensors import safe_open
+
+        with safe_open(str(path), "pt") as f:
+            meta = f.metadata()
+            tensors = {k: f.get_tensor(k).contiguous().view(-1).view(torch.uint8).numpy().tobytes()
+                       for k in f.keys()}  # noqa: SIM118 (safe_open is not a dict)
+        return strip(json.loads(meta["lowbit"])), tensors
+    return path.read_bytes()
+
+
+def test_gguf_read_tensor_by_tensor_equals_the_whole_load(tmp_path, bpe_llama):
+    """A GGUF source read lazily (one tensor at a time, gguf's dequantizers) is the model the whole-file
+    loader gives, and streams to the checkpoint the in-memory path writes."""
+    from lowbit.loaders.lazy import open_lazy
+    from lowbit.writers.gguf import export_gguf
+
+    path = tmp_path / "m.gguf"
+    export_gguf(bpe_llama, path, "Q8_0")
+    lazy = open_lazy(path)
+    assert all(p.device.type == "meta" for p in lazy.model.parameters())
+    lazy.materialize()
+    whole = load_model(str(path))
+    assert torch.equal(_out(lazy.handle()), _out(whole))
+    config = api.make_config("rtn", api.QuantSpec(4, True, 32))
+    quantize_stream(path, config, tmp_path / "stream")
+    assert torch.equal(_out(load_model(str(tmp_path / "stream"))), _out(_in_memory(path, config, tmp_path / "memory")))
+
+
+@pytest.mark.parametrize(("extra", "needle"), [
+    (["--max-memory", "10KiB"], "one block needs about"),
+    (["--max-memory", "lots"], "is not a size"),
+    (["--resume"], "no interrupted run"),
+    pytest.param(["--device", "cuda"], "no CUDA GPU",
+                 marks=pytest.mark.skipif(torch.cuda.is_available(), reason="the error of a machine without a GPU")),
+])
+def test_cli_streaming_errors_are_one_line_exit_2(tmp_path, tiny_tokenizer, extra, needle):
+    from tests.unit.test_cli import assert_user_error
+    from typer.testing import CliRunner
+
+    from lowbit.cli import app
+
+    src = write_model(tmp_path / "src", "llama", tiny_tokenizer)
+    runner = CliRunner(env={"LOWBIT_PROGRESS": "0", "COLUMNS": "200"})
+    assert_user_error(runner.invoke(app, ["quantize", str(src), "--out", str(tmp_path / "q"), *extra]), needle)
+    assert not any(tmp_path.glob("q*"))
+
+
+def test_gguf_of_an_architecture_transformers_cannot_build(tmp_path):
+    import gguf
+    import numpy as np
+
+    path = tmp_path / "rwkv.gguf"
+    w = gguf.GGUFWriter(str(path), arch="rwkv7")
+    w.add_block_count(1)
+    w.add_context_length(64)
+    w.add_embedding_length(32)
+    w.add_tensor("token_embd.weight", np.zeros((10, 32), dtype=np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    with pytest.raises(InputError, match="rwkv7") as e:
+        quantize_stream(path, api.make_config("rtn"), tmp_path / "q")
+    assert "\n" not in str(e.value)
+    assert not any(tmp_path.glob("q*"))
