@@ -170,10 +170,21 @@ def export_to(model: ModelHandle | nn.Module | str, out: str | Path, fmt: str = 
             options["imatrix"] = load_imatrix(gguf.imatrix).weights()
         if gguf.calib is not None:
             load_corpus(gguf.calib.data)
+    if fmt == "gguf" and gguf is not None and gguf.calib is None and _streams_gguf(model):
+        from lowbit.loaders.lazy import open_lazy
+
+        lazy = open_lazy(model)  # tensor by tensor from the files: a model larger than memory exports
+        return export(lazy.handle(), out, fmt=fmt, overwrite=overwrite, lazy=lazy, **options)
     handle = load_model(model)
     if gguf is not None and gguf.calib is not None:
         options["imatrix"] = _imatrix_of(handle, gguf.calib).weights()
     return export(handle, out, fmt=fmt, overwrite=overwrite, **options)
+
+
+def _streams_gguf(model: Any) -> bool:
+    from lowbit.pipeline.stream import can_stream
+
+    return can_stream(model, "gguf")
 
 
 def imatrix_to(model: ModelHandle | nn.Module | str, out: str | Path, calib: CalibSettings | str = "pydoc:calib", *,

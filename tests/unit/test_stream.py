@@ -292,3 +292,15 @@ def test_gguf_of_an_architecture_transformers_cannot_build(tmp_path):
         quantize_stream(path, api.make_config("rtn"), tmp_path / "q")
     assert "\n" not in str(e.value)
     assert not any(tmp_path.glob("q*"))
+
+
+@pytest.mark.parametrize("mix", ["Q8_0", "Q4_K_M"])
+def test_gguf_export_reads_tensor_by_tensor_to_the_same_bytes(tmp_path, tiny_tokenizer, mix):
+    """`lowbit export DIR --format gguf` reads one tensor at a time from the files, and writes the very
+    bytes the export of the whole model in memory writes."""
+    from lowbit.writers.gguf import export_gguf
+
+    src = write_model(tmp_path / "src", "llama", tiny_tokenizer, hidden=256)
+    api.export_to(str(src), tmp_path / "stream.gguf", "gguf", gguf=api.GGUFSettings(mix))
+    export_gguf(load_model(str(src)), tmp_path / "memory.gguf", mix)
+    assert (tmp_path / "stream.gguf").read_bytes() == (tmp_path / "memory.gguf").read_bytes()

@@ -5,6 +5,9 @@ the processor puts them back). Nothing is cached: the file is the source."""
 
 from __future__ import annotations
 
+import copy
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -43,35 +46,64 @@ class GGUFSource:
 
 def open_gguf(path: Path) -> LazyModel:
     """The model a GGUF file holds, on meta, with the file as its weight source."""
+    import transformers.modeling_gguf_pytorch_utils as hf_gguf
     from gguf import GGUFReader
     from transformers import AutoConfig, AutoTokenizer
     from transformers.modeling_gguf_pytorch_utils import (
         TENSOR_PROCESSORS,
         TensorProcessor,
         get_gguf_hf_weights_map,
-        load_gguf_checkpoint,
     )
 
     check_gguf(path)
-    try:
-        parsed = load_gguf_checkpoint(str(path), return_tensors=False)
-        config = AutoConfig.from_pretrained(path.parent, gguf_file=path.name)
-    except (OSError, ValueError, KeyError, TypeError, IndexError) as e:
-        raise InputError(f"{path}: transformers cannot read this GGUF's metadata: {str(e).splitlines()[0]}") from None
-    model, kind = build_on_meta(config, CAUSAL_LM)  # what transformers' GGUF loader builds
-    reader = GGUFReader(path)
-    arch = _architecture(reader)
-    processor = TENSOR_PROCESSORS.get(arch, TensorProcessor)(config=parsed.get("config", {}))
-    mapping = get_gguf_hf_weights_map(model, processor)
-    parsed = dict(parsed, tensors={})
-    source = GGUFSource(path, reader, processor, mapping, parsed)
-    files, ties = bind(model, source.by_hf, str(path))
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise InputError(f"{path}: transformers cannot read this GGUF's tokenizer: {str(e).splitlines()[0]}") from None
+    with _parse_once():
+        try:
+            parsed = hf_gguf.load_gguf_checkpoint(str(path), return_tensors=False)
+            config = AutoConfig.from_pretrained(path.parent, gguf_file=path.name)
+        except (OSError, ValueError, KeyError, TypeError, IndexError) as e:
+            raise InputError(f"{path}: transformers cannot read this GGUF's metadata: {str(e).splitlines()[0]}") from None
+        model, kind = build_on_meta(config, CAUSAL_LM)  # what transformers' GGUF loader builds
+        reader = GGUFReader(path)
+        arch = _architecture(reader)
+        processor = TENSOR_PROCESSORS.get(arch, TensorProcessor)(config=parsed.get("config", {}))
+        mapping = get_gguf_hf_weights_map(model, processor)
+        parsed = dict(parsed, tensors={})
+        source = GGUFSource(path, reader, processor, mapping, parsed)
+        files, ties = bind(model, source.by_hf, str(path))
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise InputError(f"{path}: transformers cannot read this GGUF's tokenizer: {str(e).splitlines()[0]}") from None
     dtypes = {n: torch.float32 for n in files}
     return LazyModel(model, source, files, dtypes, kind, str(path), str(path), tokenizer, gguf_source=str(path), ties=ties)
+
+
+@contextmanager
+def _parse_once() -> Iterator[None]:
+    """transformers parses a GGUF's metadata anew for the config, the tokenizer and the weights (3 s each
+    for smollm2's 49k-token vocabulary), and rebuilds gguf's tensor-name table for every module (400
+    times): within this context, each is done once."""
+    import functools
+
+    import gguf
+    import transformers.modeling_gguf_pytorch_utils as hf_gguf
+
+    parse, names = hf_gguf.load_gguf_checkpoint, gguf.get_tensor_name_map
+    memo: dict[str, Any] = {}
+
+    def parse_once(path: Any, return_tensors: bool = False, **kw: Any) -> Any:
+        if return_tensors or kw:
+            return parse(path, return_tensors=return_tensors, **kw)
+        key = str(path)
+        if key not in memo:
+            memo[key] = parse(path, return_tensors=False)
+        return copy.deepcopy(memo[key])  # callers pop from what they get
+
+    hf_gguf.load_gguf_checkpoint, gguf.get_tensor_name_map = parse_once, functools.lru_cache(maxsize=None)(names)
+    try:
+        yield
+    finally:
+        hf_gguf.load_gguf_checkpoint, gguf.get_tensor_name_map = parse, names
 
 
 def _architecture(reader: Any) -> str:

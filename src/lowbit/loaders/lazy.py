@@ -109,8 +109,16 @@ class LazyModel:
                 self.model.get_submodule(mod)._parameters[leaf] = value
 
     def release(self, prefix: str) -> None:
-        """Put the module ``prefix`` back on meta (a quantized block's buffers too): its memory is freed."""
+        """Put the module ``prefix`` back on meta (a quantized block's buffers too): its memory is freed,
+        under every name it has (a tied embedding is the head too)."""
         self.model.get_submodule(prefix).to("meta")
+        for name in self.names_under(prefix):
+            for alias in self.ties.get(name, []):
+                mod, _, leaf = alias.rpartition(".")
+                param = self.model.get_submodule(mod)._parameters.get(leaf)
+                if param is not None and param.device.type != "meta":
+                    self.model.get_submodule(mod)._parameters[leaf] = nn.Parameter(param.to("meta"),
+                                                                                  requires_grad=False)
 
     @contextmanager
     def on_demand(self, outside: str, dtype: torch.dtype = torch.float32) -> Iterator[list[str]]:

@@ -216,8 +216,11 @@ class _Planned(NamedTuple):
 
 def export_gguf(handle: ModelHandle, out: str | Path, mix: str = "Q8_0", *,
                 imatrix: dict[str, np.ndarray] | None = None, tensor_types: list[str] | None = None,
-                overwrite: bool = False, progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+                overwrite: bool = False, progress: Callable[[str], None] | None = None,
+                lazy: Any = None) -> dict[str, Any]:
     """Write ``handle`` to ``out`` as GGUF in ``mix`` (a llama.cpp type or mix name such as Q4_K_M).
+    With ``lazy`` (loaders/lazy.py's LazyModel, of which ``handle`` is the handle) each tensor is read
+    from the model's files just before it is converted and freed after: memory is a few tensors.
 
     Returns a summary: the type of every tensor, the fallbacks taken, tensors without imatrix data.
     """
@@ -247,7 +250,7 @@ def export_gguf(handle: ModelHandle, out: str | Path, mix: str = "Q8_0", *,
         w.write_header_to_file()
         w.write_kv_data_to_file()
         w.write_ti_data_to_file()
-        _write_tensors(w, model, mods, plan, pending, progress)
+        _write_tensors(w, model, mods, plan, pending, progress, lazy)
         w.close()
         os.replace(tmp, out)
     except BaseException:
@@ -318,7 +321,7 @@ def _add_tensor_info(w: gguf.GGUFWriter, name: str, shape: tuple[int, ...], t: s
 
 def _write_tensors(w: gguf.GGUFWriter, model: torch.nn.Module, mods: dict[str, torch.nn.Module],
                    plan: list[_Planned], pending: deque[Callable[[], np.ndarray]],
-                   progress: Callable[[str], None] | None) -> None:
+                   progress: Callable[[str], None] | None, lazy: Any = None) -> None:
     """Every tensor's bytes in plan order; up to IN_FLIGHT quantize on the pool while the next are converted.
     ``pending`` is the caller's, so that a failure can cancel what is still queued."""
     for p in plan:
@@ -326,7 +329,12 @@ def _write_tensors(w: gguf.GGUFWriter, model: torch.nn.Module, mods: dict[str, t
         if raw is not None:  # a layer already in this type (trained on its grid): its bytes as they are
             pending.append(lambda raw=raw: raw)
             continue
+        owner = p.hf.rpartition(".")[0]
+        if lazy is not None:
+            lazy.materialize(owner)
         a = _float_tensor(model, mods, p.hf, p.name)
+        if lazy is not None:
+            lazy.release(owner)  # the array keeps its own reference to the values
         if progress:
             progress(f"{p.name} -> {p.ggml_type}")
         if p.ggml_type == "F32":
