@@ -216,17 +216,21 @@ RUNTIMES = ("torch", "llama.cpp")
 
 
 def evaluate_against(model: ModelHandle | nn.Module | str, settings: EvalSettings | None = None, *,
-                     reference: ModelHandle | str | None = None, runtime: str = "torch") -> tuple[EvalResult, EvalResult | None]:
+                     reference: ModelHandle | str | None = None, runtime: str = "torch",
+                     max_memory: int | str | None = None) -> tuple[EvalResult, EvalResult | None]:
     """Load ``model`` (run by torch, or by llama.cpp for a .gguf file) and its full-precision
     ``reference`` (default: the model a lowbit checkpoint was quantized from), score both on
-    ``settings`` (an :class:`~lowbit.metrics.run.EvalSettings`): ``lowbit eval``.
+    ``settings`` (an :class:`~lowbit.metrics.run.EvalSettings`): ``lowbit eval``. A model whose float32
+    weights exceed ``max_memory`` (default: half of what the machine has free) runs block by block.
 
     Returns ``(result, reference_result)``; the second is None without a reference (PPL only)."""
     from lowbit.calib import load_corpus
     from lowbit.metrics.run import EvalSettings, Evaluator
+    from lowbit.pipeline.memory import parse_size
 
     settings = settings or EvalSettings()
     load_corpus(settings.data)  # bad data fails before any model loads
+    cap = _cap(parse_size(max_memory))
     if runtime not in RUNTIMES:
         raise InputError(f"--runtime {runtime!r}: use torch or llama.cpp")
     if runtime == "llama.cpp":
@@ -234,12 +238,24 @@ def evaluate_against(model: ModelHandle | nn.Module | str, settings: EvalSetting
 
         handle = load_llamacpp(model, n_ctx=max(settings.seq_len, 512))
     else:
-        handle = load_model(model)
+        handle = _load_for_eval(model, cap)
     reference = reference or handle.reference_name
-    ref = load_model(reference) if reference else None
+    ref = _load_for_eval(reference, cap) if reference else None
     evaluator = Evaluator(ref, settings, tokenizer=(ref or handle).tokenizer)
     ref_result = evaluator.run(ref, label=f"{ref.name} (reference)") if ref is not None else None
     return evaluator.run(handle), ref_result
+
+
+def _cap(cap: int | None) -> int:
+    from lowbit.pipeline.memory import machine_memory
+
+    return cap if cap is not None else machine_memory() // 2  # a model and its reference side by side
+
+
+def _load_for_eval(model: ModelHandle | nn.Module | str, cap: int) -> ModelHandle:
+    from lowbit.loaders.lazy import open_if_larger
+
+    return open_if_larger(model, cap) or load_model(model)
 
 
 @dataclass

@@ -304,3 +304,33 @@ def test_gguf_export_reads_tensor_by_tensor_to_the_same_bytes(tmp_path, tiny_tok
     api.export_to(str(src), tmp_path / "stream.gguf", "gguf", gguf=api.GGUFSettings(mix))
     export_gguf(load_model(str(src)), tmp_path / "memory.gguf", mix)
     assert (tmp_path / "stream.gguf").read_bytes() == (tmp_path / "memory.gguf").read_bytes()
+
+
+@pytest.mark.parametrize("arch", ["llama", "gemma3"])
+def test_eval_block_by_block_equals_in_memory(tmp_path, tiny_tokenizer, text_file, arch, monkeypatch):
+    """`lowbit eval` of a model (and its reference) too big for the cap runs block by block from the
+    files: the same PPL, KL and top-1 as in memory; the reference's log-probs come from the disk cache."""
+    from lowbit.metrics.run import EvalSettings
+
+    monkeypatch.setattr("lowbit.writers.shards.SINGLE_FILE_BYTES", 0)
+    src = write_model(tmp_path / "src", arch, tiny_tokenizer)
+    quantize_stream(src, api.make_config("rtn", api.QuantSpec(4, True, 32)), tmp_path / "q")
+    settings = EvalSettings(data=str(text_file), windows=3, seq_len=48, speed=False)
+    whole, whole_ref = api.evaluate_against(str(tmp_path / "q"), settings, reference=str(src))
+    calls = []
+    import lowbit.metrics.streamed as streamed
+
+    real = streamed.streamed_logprobs
+    def counting(*a, **k):
+        calls.append(a[0].path)
+        return real(*a, **k)
+
+    monkeypatch.setattr(streamed, "streamed_logprobs", counting)
+    monkeypatch.setattr("lowbit.metrics.run.streamed_logprobs", counting)
+    for _ in range(2):  # the second run reads the reference's log-probs from the cache
+        part, part_ref = api.evaluate_against(str(tmp_path / "q"), settings, reference=str(src), max_memory="1KiB")
+        for a, b in ((whole, part), (whole_ref, part_ref)):
+            assert a.ppl == pytest.approx(b.ppl, rel=1e-5)
+        assert part.kl_mean == pytest.approx(whole.kl_mean, rel=1e-4, abs=1e-7)
+        assert part.top1_agreement == whole.top1_agreement
+    assert calls == [str(src), str(tmp_path / "q"), str(tmp_path / "q")]

@@ -21,15 +21,21 @@ def eval_(
     seed: Annotated[int, typer.Option(help="Seed for sampling the windows.")] = 0,
     speed: Annotated[bool, typer.Option(help="Measure prefill/decode speed.")] = True,
     runtime: Annotated[str, typer.Option(help="torch, or llama.cpp for a .gguf file (needs llama-cpp-python).")] = "torch",
+    max_memory: Annotated[str | None, typer.Option(help="A model whose float32 weights exceed this (default: half "
+                                                        "the free memory) runs block by block from its files.")] = None,
 ) -> None:
-    """Evaluate MODEL on your data: PPL, KL and top-1 vs the reference, size, bits/weight, speed."""
+    """Evaluate MODEL on your data: PPL, KL and top-1 vs the reference, size, bits/weight, speed.
+
+    A model larger than memory (and its reference) runs block by block; the reference's log-probs are
+    kept on disk, so the next candidate against the same reference does not run it again."""
     from lowbit import api
     from lowbit.metrics.run import EvalSettings
     from lowbit.report import results_table, write_json
 
     settings = EvalSettings(data=data, windows=windows, seq_len=seq_len, seed=seed, speed=speed, texts=16 * windows)
     _quiet_libraries()
-    result, ref_result = api.evaluate_against(model, settings, reference=reference, runtime=runtime)
+    result, ref_result = api.evaluate_against(model, settings, reference=reference, runtime=runtime,
+                                                 max_memory=max_memory)
     results = [ref_result, result] if ref_result is not None else [result]
     out.print(results_table(results, title=f"{data}"))
     if json_out:

@@ -26,9 +26,6 @@ def load_checkpoint(path: str | Path) -> ModelHandle:
     """Rebuild a model saved by :func:`save_checkpoint`."""
     from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
 
-    from lowbit.modules.qembedding import QuantizedEmbedding
-    from lowbit.modules.qlinear import QuantizedLinear
-
     path = Path(path)
     raw = json.loads((path / "config.json").read_text())
     record, tensors = _read_tensors(path, raw.pop("quantization_config", None))
@@ -36,6 +33,25 @@ def load_checkpoint(path: str | Path) -> ModelHandle:
     config = AutoConfig.for_model(**{k: v for k, v in raw.items() if k != "model_type"}, model_type=raw["model_type"])
     cls = AutoModelForCausalLM if record.get("kind") == CAUSAL_LM else AutoModel
     model = cls.from_config(config, dtype=torch.float32)
+    swap_layers(model, record)
+    missing, unexpected = model.load_state_dict(tensors, strict=False)
+    missing = [k for k in missing if k not in record.get("tied", {})]
+    if missing or unexpected:
+        raise InputError(f"{path}: checkpoint does not match its config (missing {missing[:3]}, unexpected {unexpected[:3]})")
+    for dup, kept in record.get("tied", {}).items():
+        _tie(model, dup, kept)
+    tokenizer = None
+    if any(path.glob("tokenizer*")):
+        tokenizer = AutoTokenizer.from_pretrained(path)
+    return ModelHandle(model=model.eval(), tokenizer=tokenizer, kind=record.get("kind", CAUSAL_LM),
+                       name=str(path), path=str(path), quant=record)
+
+
+def swap_layers(model: nn.Module, record: dict[str, Any]) -> None:
+    """Put the recorded quantized module in place of each float layer (empty: the tensors come next)."""
+    from lowbit.modules.qembedding import QuantizedEmbedding
+    from lowbit.modules.qlinear import QuantizedLinear
+
     for name, info in record["layers"].items():
         mod = model.get_submodule(name)
         if info.get("module") in LAYER_MODULES:  # layers that are not integer grids (NF4, LLM.int8, W8A8)
@@ -51,17 +67,42 @@ def load_checkpoint(path: str | Path) -> ModelHandle:
         else:
             q = QuantizedLinear(mod.in_features, mod.out_features, spec, mod.bias is not None)
         _set_submodule(model, name, q)
-    missing, unexpected = model.load_state_dict(tensors, strict=False)
-    missing = [k for k in missing if k not in record.get("tied", {})]
-    if missing or unexpected:
-        raise InputError(f"{path}: checkpoint does not match its config (missing {missing[:3]}, unexpected {unexpected[:3]})")
-    for dup, kept in record.get("tied", {}).items():
-        _tie(model, dup, kept)
-    tokenizer = None
-    if any(path.glob("tokenizer*")):
-        tokenizer = AutoTokenizer.from_pretrained(path)
-    return ModelHandle(model=model.eval(), tokenizer=tokenizer, kind=record.get("kind", CAUSAL_LM),
-                       name=str(path), path=str(path), quant=record)
+
+
+def open_checkpoint(path: str | Path) -> Any:
+    """A lowbit checkpoint opened lazily (loaders/lazy.py): quantized layers on meta until read, so a
+    model larger than memory evaluates block by block."""
+    from transformers import AutoConfig, AutoTokenizer
+
+    from lowbit.loaders.lazy import LazyModel, build_on_meta
+    from lowbit.loaders.safetensors_source import SafetensorsSource
+
+    path = Path(path)
+    raw = json.loads((path / "config.json").read_text())
+    record = raw.pop("quantization_config", None)
+    if not (isinstance(record, dict) and record.get("quant_method") == "lowbit"):
+        raise InputError(f"{path}/config.json has no lowbit quantization record")
+    _check_versions(record, path)
+    config = AutoConfig.for_model(**{k: v for k, v in raw.items() if k != "model_type"}, model_type=raw["model_type"])
+    model, kind = build_on_meta(config, record.get("kind", CAUSAL_LM))
+    with torch.device("meta"):
+        swap_layers(model, record)
+    source = SafetensorsSource(path)
+    tied = record.get("tied", {})
+    files: dict[str, str] = {}
+    for name, value in model.state_dict(keep_vars=True).items():
+        key = tied.get(name, name)
+        if key in source.dtypes:
+            files[name] = key
+        elif value.device.type == "meta":
+            raise InputError(f"{path}: checkpoint does not match its config (no tensor {name})")
+    ties: dict[str, list[str]] = {}
+    for dup, kept in tied.items():
+        ties.setdefault(kept, [kept]).append(dup)
+        ties[dup] = ties[kept]
+    tokenizer = AutoTokenizer.from_pretrained(path) if any(path.glob("tokenizer*")) else None
+    return LazyModel(model, source, files, {n: source.dtypes[k] for n, k in files.items()}, kind, str(path),
+                     str(path), tokenizer, ties=ties, quant=record)
 
 
 def _read_tensors(path: Path, record: Any) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:

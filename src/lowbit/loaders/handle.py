@@ -33,6 +33,7 @@ class ModelHandle:
     artifact:   set when the model is a file run by another runtime (llama.cpp)
     qat:        the QAT record of a model prepared for quantization-aware training (lowbit.qat)
     teacher:    the full-precision model a QAT model distills from
+    lazy:       a model opened without loading it (loaders/lazy.py): weights on meta, read block by block
     """
 
     model: nn.Module
@@ -45,6 +46,7 @@ class ModelHandle:
     artifact: Artifact | None = None
     qat: dict[str, Any] | None = None
     teacher: ModelHandle | None = None
+    lazy: Any = None
 
     @property
     def reference_name(self) -> str | None:

@@ -75,6 +75,11 @@ class LazyModel:
     gguf_source: str | None = None
     ties: dict[str, list[str]] = field(default_factory=dict)  # every name of a shared parameter -> all its names
     device: str = "cpu"  # where materialized parameters go (buffers are moved by :meth:`to_device`)
+    quant: dict[str, Any] | None = None  # a lowbit checkpoint's quantization record
+
+    def __post_init__(self) -> None:
+        # buffers the modules compute themselves (rotary inv_freq, Gemma's embed_scale): never released
+        self.computed = {n for n, _ in self.model.named_buffers(remove_duplicate=False) if n not in self.files}
 
     def to_device(self, device: str) -> LazyModel:
         """Materialize onto ``device`` from now on; the (real, small) buffers move there now."""
@@ -87,7 +92,7 @@ class LazyModel:
 
     def handle(self) -> ModelHandle:
         return ModelHandle(model=self.model, tokenizer=self.tokenizer, kind=self.kind, name=self.name, path=self.path,
-                           gguf_source=self.gguf_source)
+                           gguf_source=self.gguf_source, quant=self.quant, lazy=self)
 
     def names_under(self, prefix: str) -> list[str]:
         head = f"{prefix}." if prefix else ""
@@ -98,27 +103,43 @@ class LazyModel:
         return self.source.get(self.files[name])
 
     def materialize(self, prefix: str = "", dtype: torch.dtype = torch.float32, device: str | None = None) -> None:
-        """Read every parameter under ``prefix`` (a module name; "" for all) still on meta, as ``dtype``."""
+        """Read every tensor under ``prefix`` (a module name; "" for all) still on meta: parameters as
+        ``dtype``, buffers (a quantized layer's codes and scales) in the dtype they are stored in."""
         for name in self.names_under(prefix):
-            param = self.model.get_parameter(name)
-            if param.device.type != "meta":
+            mod_name, _, leaf = name.rpartition(".")
+            mod = self.model.get_submodule(mod_name)
+            current = mod._parameters.get(leaf, mod._buffers.get(leaf))
+            if current is None or current.device.type != "meta":
                 continue
-            value = nn.Parameter(self.read(name).to(device=device or self.device, dtype=dtype), requires_grad=False)
+            value = self.read(name).to(device=device or self.device)
+            if leaf in mod._parameters:
+                value = nn.Parameter(value.to(dtype), requires_grad=False)
             for alias in self.ties.get(name, [name]):  # tied weights stay one tensor
-                mod, _, leaf = alias.rpartition(".")
-                self.model.get_submodule(mod)._parameters[leaf] = value
+                self._set(alias, value)
+
+    def _set(self, name: str, value: torch.Tensor) -> None:
+        mod_name, _, leaf = name.rpartition(".")
+        mod = self.model.get_submodule(mod_name)
+        slot = mod._parameters if leaf in mod._parameters else mod._buffers
+        slot[leaf] = value
 
     def release(self, prefix: str) -> None:
         """Put the module ``prefix`` back on meta (a quantized block's buffers too): its memory is freed,
         under every name it has (a tied embedding is the head too)."""
-        self.model.get_submodule(prefix).to("meta")
+        mod = self.model.get_submodule(prefix)
+        keep = {n: b for n, b in mod.named_buffers(prefix=prefix, remove_duplicate=False)
+                if n in self.computed and b.device.type != "meta"}
+        mod.to("meta")
+        for name, buf in keep.items():
+            self._set(name, buf)
         for name in self.names_under(prefix):
             for alias in self.ties.get(name, []):
-                mod, _, leaf = alias.rpartition(".")
-                param = self.model.get_submodule(mod)._parameters.get(leaf)
-                if param is not None and param.device.type != "meta":
-                    self.model.get_submodule(mod)._parameters[leaf] = nn.Parameter(param.to("meta"),
-                                                                                  requires_grad=False)
+                mod_name, _, leaf = alias.rpartition(".")
+                mod = self.model.get_submodule(mod_name)
+                value = mod._parameters.get(leaf, mod._buffers.get(leaf))
+                if value is not None and value.device.type != "meta":
+                    self._set(alias, nn.Parameter(value.to("meta"), requires_grad=False)
+                              if isinstance(value, nn.Parameter) else value.to("meta"))
 
     @contextmanager
     def on_demand(self, outside: str, dtype: torch.dtype = torch.float32) -> Iterator[list[str]]:
@@ -164,6 +185,36 @@ def open_lazy(path: str | Path) -> LazyModel:
     if name in BUILTINS:
         lazy.name = name
     return lazy
+
+
+def open_if_larger(model: Any, cap: int) -> ModelHandle | None:
+    """``model`` (a name or path) opened lazily when its float32 weights would not fit in ``cap`` bytes
+    (a lowbit checkpoint is built in float32 before its layers are swapped); None: load it whole."""
+    from lowbit.loaders.builtin import BUILTINS, builtin_path
+
+    if not isinstance(model, (str, Path)):
+        return None
+    path = builtin_path(str(model)) if str(model) in BUILTINS else Path(model).expanduser()
+    if path.is_file() and path.suffix.lower() == ".gguf":
+        return open_lazy(model).handle() if 8 * path.stat().st_size > cap else None
+    if not (path.is_dir() and (path / "config.json").is_file() and any(path.glob("*.safetensors"))):
+        return None
+    from transformers import AutoConfig
+
+    raw = read_json(path / "config.json")
+    record = raw.get("quantization_config") or {}
+    if record.get("quant_method") not in (None, "lowbit"):
+        return None
+    config = AutoConfig.for_model(**{k: v for k, v in raw.items() if k not in ("model_type", "quantization_config")},
+                                  model_type=raw.get("model_type"))
+    meta, _ = build_on_meta(config, record.get("kind"))
+    if 4 * sum(p.numel() for p in meta.parameters()) <= cap:
+        return None
+    if record:
+        from lowbit.loaders.checkpoint import open_checkpoint
+
+        return open_checkpoint(path).handle()
+    return open_lazy(path).handle()
 
 
 def build_on_meta(config: Any, kind: str | None = None) -> tuple[nn.Module, str]:

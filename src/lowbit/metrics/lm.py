@@ -8,6 +8,7 @@ candidates costs one reference pass in all.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -41,11 +42,19 @@ def window_logprobs(model: nn.Module, window: torch.Tensor) -> torch.Tensor:
     return F.log_softmax(logits, dim=-1)
 
 
-class ReferenceLM:
-    """A reference model's log-probs over fixed windows, computed lazily and cached."""
+def model_logprobs(model: nn.Module, windows: torch.Tensor, label: str) -> Iterator[tuple[int, torch.Tensor]]:
+    """(window index, log-probs) of a model in memory, one window at a time."""
+    for i in track(range(len(windows)), f"{label}: {len(windows)} x {windows.shape[1]} tokens"):
+        yield i, window_logprobs(model, windows[i])
 
-    def __init__(self, model: nn.Module, windows: torch.Tensor) -> None:
-        self.model, self.windows = model, windows
+
+class ReferenceLM:
+    """A reference model's log-probs over fixed windows, computed lazily and cached. ``stored(i)`` reads
+    them instead of running ``model`` (a reference streamed block by block keeps them on disk)."""
+
+    def __init__(self, model: nn.Module, windows: torch.Tensor,
+                 stored: Callable[[int], torch.Tensor] | None = None) -> None:
+        self.model, self.windows, self.stored = model, windows, stored
         self._cache: dict[int, torch.Tensor] = {}
         self.nll_sum = 0.0
         self._done: set[int] = set()
@@ -53,7 +62,7 @@ class ReferenceLM:
     def logprobs(self, i: int) -> torch.Tensor:
         if i in self._cache:
             return self._cache[i]
-        lp = window_logprobs(self.model, self.windows[i])
+        lp = self.stored(i) if self.stored is not None else window_logprobs(self.model, self.windows[i])
         if i not in self._done:
             self.nll_sum += float(-lp.gather(1, self.windows[i, 1:, None]).sum())
             self._done.add(i)
@@ -69,11 +78,13 @@ class ReferenceLM:
 
 
 @torch.inference_mode()
-def score_lm(model: nn.Module, windows: torch.Tensor, ref: ReferenceLM | None, label: str = "eval") -> LMScores:
+def score_lm(model: nn.Module, windows: torch.Tensor, ref: ReferenceLM | None, label: str = "eval",
+             logprobs: Iterator[tuple[int, torch.Tensor]] | None = None) -> LMScores:
+    """PPL, KL to ``ref`` and top-1 agreement over ``windows``; ``logprobs`` (window index, log-probs)
+    replaces running ``model`` window by window (metrics/streamed.py's block-by-block pass)."""
     nll, n, agree = 0.0, 0, 0
     kls: list[torch.Tensor] = []
-    for i in track(range(len(windows)), f"{label}: {len(windows)} x {windows.shape[1]} tokens"):
-        lp = window_logprobs(model, windows[i])
+    for i, lp in logprobs if logprobs is not None else model_logprobs(model, windows, label):
         targets = windows[i, 1:]
         nll += float(-lp.gather(1, targets[:, None]).sum())
         n += targets.numel()

@@ -19,6 +19,7 @@ from lowbit.metrics import speed
 from lowbit.metrics.lm import ReferenceLM, score_lm
 from lowbit.metrics.result import EvalResult, Protocol
 from lowbit.metrics.size import model_bytes, quantized_layer_bits
+from lowbit.metrics.streamed import cached_logprobs, streamed_logprobs
 
 log = logging.getLogger(__name__)
 
@@ -84,8 +85,15 @@ class Evaluator:
         if vocab is not None and int(win.max()) >= vocab:
             raise InputError(f"{handle.name}: the data's token ids exceed its vocabulary ({vocab}); wrong tokenizer?")
         if self.reference is not None and self._ref_lm is None:
-            self._ref_lm = ReferenceLM(self.reference.model, win)
-        sc = score_lm(handle.model, win, self._ref_lm, label=res.model)
+            lazy = self.reference.lazy  # too big for memory: its log-probs block by block, kept on disk
+            stored = cached_logprobs(lazy, win, self.reference.name) if lazy is not None else None
+            self._ref_lm = ReferenceLM(self.reference.model, win, stored)
+        streamed = None
+        if handle.lazy is not None and handle is self.reference and self._ref_lm.stored is not None:
+            streamed = ((i, self._ref_lm.logprobs(i)) for i in range(len(win)))  # the reference scored once
+        elif handle.lazy is not None:
+            streamed = streamed_logprobs(handle.lazy, win, res.model)
+        sc = score_lm(handle.model, win, self._ref_lm, label=res.model, logprobs=streamed)
         res.protocol = Protocol(s.data, len(win), win.shape[1], s.seed)
         res.n_tokens, res.ppl = sc.n_tokens, sc.ppl
         if sc.kl is not None:
@@ -93,7 +101,9 @@ class Evaluator:
             res.kl_p99 = float(torch.quantile(sc.kl.double(), 0.99))
             res.top1_agreement = sc.top1_agree / sc.n_tokens
             res.ref_ppl = self._ref_lm.ppl if self._ref_lm else None
-        if s.speed:
+        if s.speed and handle.lazy is not None:
+            log.warning("%s is evaluated block by block (larger than memory): no speed measured", handle.name)
+        elif s.speed:
             m = handle.model  # a foreign runtime measures itself; torch models go through metrics/speed.py
             prefill = getattr(m, "prefill_tok_s", None) or (lambda t: speed.prefill_tok_s(m, t))
             decode = getattr(m, "decode_tok_s", None) or (lambda t, n: speed.decode_tok_s(m, t, n))
