@@ -39,7 +39,10 @@ class GGUFSource:
 
         gname = self.by_hf[key]
         t = self.tensors[gname]
-        result = self.processor.process(weights=dequantize(t.data, t.tensor_type), name=gname,
+        # read, not through the reader's memory map: mapped pages once read stay in the process' RSS
+        raw = np.fromfile(self.path, dtype=np.uint8, count=int(t.n_bytes), offset=int(t.data_offset))
+        data = raw.view(t.data.dtype).reshape(t.data.shape)
+        result = self.processor.process(weights=dequantize(data, t.tensor_type), name=gname,
                                         tensor_key_mapping=self.mapping, parsed_parameters=self.parsed)
         return torch.from_numpy(np.copy(result.weights))
 

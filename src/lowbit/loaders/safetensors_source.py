@@ -1,5 +1,5 @@
 """Tensors of a Hugging Face directory's safetensors files (one file, or shards listed in
-``model.safetensors.index.json``), read one at a time from the memory map in their stored dtype.
+``model.safetensors.index.json``), read one at a time in their stored dtype.
 
 Each file's header is read and checked when the source opens (length, JSON, dtype, every byte range
 inside the file): a truncated or malformed shard fails at once with one line, before any work."""
@@ -70,26 +70,34 @@ class SafetensorsSource:
         self.files: dict[str, Path] = {}
         self.dtypes: dict[str, torch.dtype] = {}
         self.shapes: dict[str, tuple[int, ...]] = {}
+        self.offsets: dict[str, int] = {}  # where each tensor's bytes start in its file
         for file in _files(directory):
+            with open(file, "rb") as f:
+                start = 8 + struct.unpack("<Q", f.read(8))[0]
             for name, info in read_header(file).items():
                 self.files[name] = file
                 self.dtypes[name] = DTYPES[info["dtype"]]
                 self.shapes[name] = tuple(info["shape"])
-        self._open: dict[Path, Any] = {}
+                self.offsets[name] = start + info["data_offsets"][0]
 
     def keys(self) -> list[str]:
         return list(self.files)
 
     def get(self, key: str) -> torch.Tensor:
-        from safetensors import safe_open
-
-        file = self.files[key]
-        if file not in self._open:
-            try:
-                self._open[file] = safe_open(str(file), framework="pt")
-            except Exception as e:  # noqa: BLE001 (safetensors raises its own error types)
-                raise InputError(f"{file}: cannot be read: {e}") from None
-        return self._open[file].get_tensor(key)
+        """One tensor, read with a plain read (not a memory map: mapped pages that were read count in the
+        process' RSS until the map closes, so a streamed run would grow by every block it read)."""
+        buf = bytearray(self.nbytes(key))
+        try:
+            with open(self.files[key], "rb") as f:
+                f.seek(self.offsets[key])
+                got = f.readinto(buf)
+        except OSError as e:
+            raise InputError(f"cannot read {self.files[key]}: {e.strerror}") from None
+        if got != len(buf):
+            raise InputError(f"{self.files[key]}: tensor {key!r} is cut short ({got} of {len(buf)} bytes)")
+        if not buf:
+            return torch.empty(self.shapes[key], dtype=self.dtypes[key])
+        return torch.frombuffer(buf, dtype=self.dtypes[key]).reshape(self.shapes[key])
 
     def nbytes(self, key: str) -> int:
         n = self.dtypes[key].itemsize

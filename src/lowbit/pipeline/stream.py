@@ -33,6 +33,7 @@ from lowbit.errors import InputError
 from lowbit.loaders.checkpoint import FORMAT_VERSION
 from lowbit.loaders.lazy import LazyModel, open_lazy
 from lowbit.methods.base import MethodConfig, get_method, make_config
+from lowbit.modules.swap import trim_heap
 from lowbit.pipeline import memory
 from lowbit.pipeline.data import as_settings, calibration_data
 from lowbit.pipeline.layers import data_free, sequential
@@ -207,6 +208,7 @@ class _Run:
         if activations is not None:
             self.writer.save_activations({k: v.cpu() for k, v in activations.items()})
         self.writer.block_done(i + 1, layers=self.layers, sizes=self.sizes)
+        trim_heap()  # hand the block's freed pages back (glibc keeps them otherwise; ~20 ms)
 
     def write_rest(self, entry: Any, config: MethodConfig) -> None:
         """Everything outside the blocks: selected modules quantized (embeddings with RTN on the spec when
