@@ -77,23 +77,26 @@ class GPTQInfo:
     loss: float
 
 
-def _inverse_cholesky(h: torch.Tensor, cfg: GPTQConfig) -> tuple[torch.Tensor, float, int]:
+def _inverse_cholesky(flipped: torch.Tensor, mean_diag: float, cfg: GPTQConfig) -> tuple[torch.Tensor, float, int]:
     """Upper triangular U with U^T U = (H + damp)^-1, raising the damping until H is positive definite.
+    Takes J H J (``flipped``, which it uses as its workspace) and the mean of H's diagonal.
 
     One Cholesky and one triangular inverse: with J the order-reversing permutation and
     J H J = L L^T, (H)^-1 = (J L^-1 J)^T (J L^-1 J), and J L^-1 J is upper triangular. (The reference
     code takes cholesky -> cholesky_inverse -> cholesky, about twice the work.)
     """
-    mean_diag = float(torch.diag(h).mean())
     damp, retries = cfg.damp, 0
-    n = h.shape[0]
-    eye = torch.eye(n, dtype=h.dtype)
-    flipped = h.flip(0, 1)
     while True:
-        chol, info = torch.linalg.cholesky_ex(flipped + (damp * mean_diag) * eye)
+        added = damp * mean_diag
+        flipped.diagonal().add_(added)
+        chol, info = torch.linalg.cholesky_ex(flipped)
+        flipped.diagonal().sub_(added)
         if int(info) == 0:
+            eye = torch.eye(flipped.shape[0], dtype=flipped.dtype)
             linv = torch.linalg.solve_triangular(chol, eye, upper=False)
+            del chol, eye
             upper = linv.flip(0, 1)
+            del linv
             if bool(torch.isfinite(upper).all()):
                 return upper, damp, retries
         retries += 1
@@ -188,9 +191,15 @@ def gptq_quantize(
         zero_g = None if spec.symmetric else torch.empty(rows, cols // g, dtype=torch.uint8)
 
     perm = torch.argsort(torch.diag(h), descending=True) if cfg.act_order else torch.arange(cols)
-    w, h = w[:, perm], h[perm][:, perm]
+    w = w[:, perm]
+    h = h[perm]
+    h = h[:, perm]
     group_of = perm // g  # group (in original order) of each permuted column
-    hinv, damp, retries = _inverse_cholesky(h, cfg)
+    n_dead = int(dead.sum())
+    mean_diag = float(torch.diag(h).mean())
+    h = h.flip(0, 1)  # n x n copies are the memory of a wide layer (13824^2: 764 MB): one at a time
+    hinv, damp, retries = _inverse_cholesky(h, mean_diag, cfg)
+    del h
 
     # The column loop is ~10^5 tiny ops: it runs single-threaded (thread hand-offs inside an op cost
     # more than the work, badly so on a busy machine); the block updates are matmuls. (Splitting the
@@ -216,7 +225,7 @@ def gptq_quantize(
     block_codes = codes.reshape(-1, spec.block_len(tuple(weight.shape)))
     qt = QuantizedTensor.from_codes(block_codes, scale, zero, spec, tuple(weight.shape))
     qt.prerounding = wt.t()[:, inv].contiguous()
-    return qt, GPTQInfo(damp, retries, int(dead.sum()), loss)
+    return qt, GPTQInfo(damp, retries, n_dead, loss)
 
 
 @register_method("gptq", GPTQConfig, needs=("hessian",), summary="GPTQ: Hessian-based error feedback (Frantar et al. 2022)")
