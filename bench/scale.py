@@ -141,8 +141,8 @@ def ok(row: dict, key: str):
     return row.get(key) if row["ok"] else None
 
 
-def quantize_cmd(src: str, out: Path, method: str, extra: list[str]) -> list[str]:
-    cmd = [*LOWBIT, "quantize", src, "--method", method, "--bits", "4", "--group-size", "128"]
+def quantize_cmd(src: str, out: Path, method: str, extra: list[str], group: int = 128) -> list[str]:
+    cmd = [*LOWBIT, "quantize", src, "--method", method, "--bits", "4", "--group-size", str(group)]
     return cmd + ["--out", str(out)] + (CALIB if method == "gptq" else []) + extra
 
 
@@ -349,7 +349,7 @@ def run_parts(b: Bench, args: argparse.Namespace, out: dict) -> None:
     if "13b" in parts:
         run_13b(b, out)
     if "smollm2" in parts:
-        r = b.run(quantize_cmd("smollm2", b.work / "out", "gptq", b.extra), b.work / "out", part="smollm2",
+        r = b.run(quantize_cmd("smollm2", b.work / "out", "gptq", b.extra, group=64), b.work / "out", part="smollm2",
                   shape="smollm2", blocks=30, method="gptq")
         out["smollm2_gptq_peak_rss_bytes"] = ok(r, "peak_rss_bytes")
     if "llmc" in parts:

@@ -318,7 +318,7 @@ def test_eval_block_by_block_equals_in_memory(tmp_path, tiny_tokenizer, text_fil
     settings = EvalSettings(data=str(text_file), windows=3, seq_len=48, speed=False)
     whole, whole_ref = api.evaluate_against(str(tmp_path / "q"), settings, reference=str(src))
     calls = []
-    import lowbit.metrics.streamed as streamed
+    from lowbit.metrics import streamed
 
     real = streamed.streamed_logprobs
     def counting(*a, **k):

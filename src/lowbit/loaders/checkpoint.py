@@ -115,14 +115,14 @@ def _read_tensors(path: Path, record: Any) -> tuple[dict[str, Any], dict[str, to
     single = path / "model.safetensors"
     if (path / INDEX).is_file():
         source = SafetensorsSource(path)
-        return record, {k: source.get(k) for k in source.keys()}
+        return record, {k: source.get(k) for k in source.files}
     if not single.is_file():
         raise InputError(f"{path}: lowbit checkpoint without model.safetensors or {INDEX}")
     try:
         with safe_open(str(single), framework="pt") as f:
             record = json.loads(f.metadata()["lowbit"])
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
-    except Exception as e:  # safetensors raises its own error types for corrupt files
+            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open is not a dict)
+    except Exception as e:  # noqa: BLE001 (safetensors raises its own error types for corrupt files)
         raise InputError(f"{single} cannot be read: {e}") from None
     return record, tensors
 
