@@ -170,7 +170,9 @@ def export_to(model: ModelHandle | nn.Module | str, out: str | Path, fmt: str = 
             options["imatrix"] = load_imatrix(gguf.imatrix).weights()
         if gguf.calib is not None:
             load_corpus(gguf.calib.data)
-    if fmt == "gguf" and gguf is not None and gguf.calib is None and _streams_gguf(model):
+    from lowbit.pipeline.stream import can_stream
+
+    if fmt == "gguf" and gguf is not None and gguf.calib is None and can_stream(model, "gguf"):
         from lowbit.loaders.lazy import open_lazy
 
         lazy = open_lazy(model)  # tensor by tensor from the files: a model larger than memory exports
@@ -180,11 +182,6 @@ def export_to(model: ModelHandle | nn.Module | str, out: str | Path, fmt: str = 
         options["imatrix"] = _imatrix_of(handle, gguf.calib).weights()
     return export(handle, out, fmt=fmt, overwrite=overwrite, **options)
 
-
-def _streams_gguf(model: Any) -> bool:
-    from lowbit.pipeline.stream import can_stream
-
-    return can_stream(model, "gguf")
 
 
 def imatrix_to(model: ModelHandle | nn.Module | str, out: str | Path, calib: CalibSettings | str = "pydoc:calib", *,

@@ -23,7 +23,8 @@ calib/stats.py: ``hessian`` (X^T X, GPTQ), ``act_absmean`` (mean |x| per input c
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -177,6 +178,22 @@ class BlockStream:
     def replaying(self, chunks: list[tuple[tuple, dict]]) -> Any:
         """A context in which a full forward runs (targets outside the blocks, e.g. a pooler)."""
         return self.entering(0)
+
+
+@contextmanager
+def replaying_blocks(blocks: nn.ModuleList, outputs: Iterator[torch.Tensor], tuple_out: bool) -> Iterator[None]:
+    """A full forward in which block 0 gives back the next of ``outputs`` (what the last block computed,
+    block by block, before) and the other blocks pass it on: the modules after the blocks (a head, a
+    pooler) run on the right hidden states without the blocks in memory."""
+    wrap = (lambda h: (h,)) if tuple_out else (lambda h: h)
+    for j, block in enumerate(blocks):
+        block.forward = ((lambda *a, **k: wrap(next(outputs))) if j == 0 else
+                         (lambda *a, **k: wrap(a[0] if a else k["hidden_states"])))
+    try:
+        yield
+    finally:
+        for block in blocks:
+            del block.forward
 
 
 @dataclass

@@ -49,7 +49,7 @@ def _load_path(path: Path) -> ModelHandle:
         config = path / "config.json"
         if not config.is_file():
             raise InputError(f"{path} is a directory without config.json; expected {ACCEPTED}")
-        qc = _read_json(config).get("quantization_config") or {}
+        qc = read_json(config).get("quantization_config") or {}
         if qc.get("quant_method") == "lowbit":
             from lowbit.loaders.checkpoint import load_checkpoint
 
@@ -73,7 +73,7 @@ def _head(path: Path) -> bytes:
         raise InputError(f"cannot read {path}: {e.strerror}") from None
 
 
-def _read_json(path: Path) -> dict[str, Any]:
+def read_json(path: Path) -> dict[str, Any]:
     try:
         data = json.loads(path.read_text())
     except (OSError, ValueError) as e:

@@ -17,7 +17,6 @@ with random values.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -89,6 +88,11 @@ class LazyModel:
                 if buf is not None and buf.device.type != "meta":
                     mod._buffers[key] = buf.to(device)
         return self
+
+    def stamp(self) -> list[tuple[str, int, int]]:
+        """(file, size, mtime) of every file the weights come from: what identifies this model's bytes."""
+        files = sorted({str(p) for p in getattr(self.source, "files", {}).values()} | {self.path})
+        return [(f, Path(f).stat().st_size, Path(f).stat().st_mtime_ns) for f in files if Path(f).is_file()]
 
     def handle(self) -> ModelHandle:
         return ModelHandle(model=self.model, tokenizer=self.tokenizer, kind=self.kind, name=self.name, path=self.path,
@@ -201,6 +205,8 @@ def open_if_larger(model: Any, cap: int) -> ModelHandle | None:
         return None
     from transformers import AutoConfig
 
+    from lowbit.loaders.dispatch import read_json
+
     raw = read_json(path / "config.json")
     record = raw.get("quantization_config") or {}
     if record.get("quant_method") not in (None, "lowbit"):
@@ -293,13 +299,3 @@ def _open_hf_dir(path: Path) -> LazyModel:
         log.warning("%s: no tokenizer (%s); text evaluation will not be available", path, e)
     return LazyModel(model, source, files, {n: source.dtypes[k] for n, k in files.items()}, kind, str(path), str(path),
                      tokenizer, ties=ties)
-
-
-def read_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError) as e:
-        raise InputError(f"{path} is not valid JSON: {e}") from None
-    if not isinstance(data, dict):
-        raise InputError(f"{path} must hold a JSON object, not {type(data).__name__}")
-    return data

@@ -16,7 +16,6 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -47,7 +46,7 @@ def blocks_of(model: nn.Module) -> tuple[str, nn.ModuleList]:
 @torch.inference_mode()
 def streamed_logprobs(lazy: Any, windows: torch.Tensor, label: str = "eval") -> Iterator[tuple[int, torch.Tensor]]:
     """(window index, (L-1, vocab) float32 log-probs) for every window, reading one block at a time."""
-    from lowbit.calib.capture import _catch_block_inputs
+    from lowbit.calib.capture import _catch_block_inputs, replaying_blocks
     from lowbit.modules.kernel_mode import kernel_mode
 
     prefix, blocks = blocks_of(lazy.model)
@@ -68,32 +67,16 @@ def streamed_logprobs(lazy: Any, windows: torch.Tensor, label: str = "eval") -> 
                 del outs
                 lazy.release(name)
             for j, ids in enumerate(batch):
-                with _replaying(blocks, chunks[j][0][0], tuple_out), lazy.on_demand(prefix):
+                with replaying_blocks(blocks, iter([chunks[j][0][0]]), tuple_out), lazy.on_demand(prefix):
                     logits = lazy.model(input_ids=ids).logits[0, :-1].float()
                 yield start + j, F.log_softmax(logits, dim=-1).cpu()
-
-
-@contextmanager
-def _replaying(blocks: nn.ModuleList, hidden: torch.Tensor, tuple_out: bool) -> Iterator[None]:
-    """A forward in which block 0 returns the last block's output and the others pass it on."""
-    wrap = (lambda h: (h,)) if tuple_out else (lambda h: h)
-    for j, block in enumerate(blocks):
-        block.forward = ((lambda *a, **k: wrap(hidden)) if j == 0 else
-                         (lambda *a, **k: wrap(a[0] if a else k["hidden_states"])))
-    try:
-        yield
-    finally:
-        for block in blocks:
-            del block.forward
 
 
 def cache_dir(lazy: Any, windows: torch.Tensor) -> Path:
     """Where the log-probs of ``lazy`` on ``windows`` are kept: keyed by its files (size, mtime) and the ids."""
     from lowbit.loaders.cache import cache_root
 
-    files = sorted({str(p) for p in getattr(lazy.source, "files", {}).values()} | {lazy.path})
-    stamp = [(f, Path(f).stat().st_size, Path(f).stat().st_mtime_ns) for f in files if Path(f).is_file()]
-    digest = hashlib.sha256(json.dumps(stamp).encode() + windows.numpy().tobytes()).hexdigest()[:24]
+    digest = hashlib.sha256(json.dumps(lazy.stamp()).encode() + windows.numpy().tobytes()).hexdigest()[:24]
     return cache_root() / "logprobs" / digest
 
 

@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from lowbit.calib.capture import FUSED_BUDGET_BYTES, BlockStream, find_blocks
+from lowbit.calib.capture import FUSED_BUDGET_BYTES, BlockStream, find_blocks, replaying_blocks
 from lowbit.calib.cost import PeakRSS
 from lowbit.calib.settings import CalibSettings
 from lowbit.errors import InputError
@@ -58,7 +58,7 @@ def can_stream(model: Any, method: str) -> bool:
     """Whether ``model`` (a name or path) and ``method`` run block by block: a built-in, a .gguf file, or a
     Hugging Face directory of float safetensors (not a checkpoint lowbit or another tool quantized)."""
     from lowbit.loaders.builtin import BUILTINS
-    from lowbit.loaders.lazy import read_json
+    from lowbit.loaders.dispatch import read_json
 
     if not isinstance(model, (str, Path)) or not streamable(method):
         return False
@@ -120,9 +120,7 @@ def parse_cap(max_memory: int | str | None) -> tuple[int, str]:
 
 def _key(lazy: LazyModel, config: MethodConfig, settings: CalibSettings | None, order: list[str]) -> str:
     """What makes two runs the same run: the source files, the method, the data, the layers."""
-    files = sorted({str(p) for p in getattr(lazy.source, "files", {}).values()} | {lazy.path})
-    stamp = [(f, Path(f).stat().st_size, Path(f).stat().st_mtime_ns) for f in files if Path(f).is_file()]
-    blob = json.dumps([stamp, config.to_dict(), settings and dataclasses.asdict(settings), order], sort_keys=True, default=str)
+    blob = json.dumps([lazy.stamp(), config.to_dict(), settings and dataclasses.asdict(settings), order], sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:24]
 
 
@@ -293,13 +291,5 @@ class _Stream(BlockStream):
     def replaying(self, chunks: list[tuple[tuple, dict]]) -> Iterator[None]:
         """A full forward in which the (written, freed) blocks give back the outputs they gave."""
         outs = iter([args[0] for args, _kw in chunks])
-        wrap = (lambda h: (h,)) if self.tuple_out else (lambda h: h)
-        for j, block in enumerate(self.run.blocks):
-            block.forward = ((lambda *a, **k: wrap(next(outs))) if j == 0 else
-                             (lambda *a, **k: wrap(a[0] if a else k["hidden_states"])))
-        try:
-            with self.run.lazy.on_demand(self.run.prefix):
-                yield
-        finally:
-            for block in self.run.blocks:
-                del block.forward
+        with replaying_blocks(self.run.blocks, outs, self.tuple_out), self.run.lazy.on_demand(self.run.prefix):
+            yield
