@@ -41,6 +41,18 @@ def test_minilm_gptq_streams_to_the_in_memory_result(tmp_path):
     _same_checkpoint(load_model(str(tmp_path / "stream")), load_model(str(tmp_path / "memory")))
 
 
+@pytest.mark.parametrize("model,options", [("smollm2", {"smooth": True}), ("minilm", {"act": "static"})])
+def test_w8a8_streams_to_the_in_memory_result(tmp_path, model, options):
+    """SmoothQuant's float statistics and alpha search, block by block: the same alpha, the same tensors."""
+    calib = api.CalibSettings("pydoc:calib", 2, 256)
+    config = api.make_config("w8a8", **options)
+    report = quantize_stream(model, config, tmp_path / "stream", calib=calib)
+    quantized, mem_report = api.quantize(load_model(model), config, calib=calib)
+    api.save(quantized, tmp_path / "memory")
+    assert report.details == mem_report.details
+    _same_checkpoint(load_model(str(tmp_path / "stream")), load_model(str(tmp_path / "memory")))
+
+
 def test_smollm2_gguf_export_streams_to_the_same_bytes(tmp_path):
     from lowbit.writers.gguf import export_gguf
 

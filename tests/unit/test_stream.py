@@ -98,13 +98,13 @@ def test_stream_equals_in_memory_calibrated(tmp_path, tiny_tokenizer, text_file,
 
 def test_cli_streams_and_in_memory_methods_do_not(tmp_path, tiny_tokenizer):
     src = write_model(tmp_path / "src", "llama", tiny_tokenizer)
-    assert can_stream(str(src), "gptq") and can_stream(str(src), "gguf")
-    assert not can_stream(str(src), "w8a8")
+    assert can_stream(str(src), "gptq") and can_stream(str(src), "gguf") and can_stream(str(src), "w8a8")
+    assert not can_stream(str(src), "qat")  # QAT's convert: the model was trained in memory
     out = tmp_path / "q"
     quantize_stream(src, api.make_config("rtn"), out)
     assert not can_stream(str(out), "rtn")  # an already quantized checkpoint loads whole
     with pytest.raises(InputError, match="runs in memory"):
-        api.quantize_to(str(src), api.make_config("w8a8"), tmp_path / "w", calib="pydoc:calib", resume=True)
+        api.quantize_to(str(out), api.make_config("rtn"), tmp_path / "w", resume=True)
 
 
 def test_missing_shard_is_one_line_and_leaves_nothing(tmp_path, tiny_tokenizer):
@@ -334,3 +334,109 @@ def test_eval_block_by_block_equals_in_memory(tmp_path, tiny_tokenizer, text_fil
         assert part.kl_mean == pytest.approx(whole.kl_mean, rel=1e-4, abs=1e-7)
         assert part.top1_agreement == whole.top1_agreement
     assert calls == [str(src), str(tmp_path / "q"), str(tmp_path / "q")]
+
+
+def _spilling_cap(src, tokens: int) -> int:
+    """A --max-memory one block fits under, but not with all its calibration activations."""
+    from lowbit.calib.capture import find_blocks
+    from lowbit.loaders.lazy import open_lazy
+    from lowbit.pipeline import memory
+
+    _, blocks = find_blocks(open_lazy(src).model)
+    width = blocks[0].self_attn.q_proj.in_features
+    return 2 * memory.block_bytes(blocks[0]) + memory.hessian_bytes(blocks[0]) + memory.activation_bytes(tokens, width) - 1
+
+
+@pytest.mark.parametrize("method", ["gptq", "awq"])
+def test_activations_on_disk_give_the_same_checkpoint(tmp_path, tiny_tokenizer, text_file, method, monkeypatch):
+    """Calibration activations above the cap go to files, one micro-batch in memory: the same tensors as the
+    in-memory two-pass schedule, and no file left in the output."""
+    import lowbit.calib.spill as spill
+
+    monkeypatch.setattr("lowbit.calib.capture._fused_fits", lambda model, windows: False)
+    src = write_model(tmp_path / "src", "llama", tiny_tokenizer)
+    config = api.make_config(method, api.QuantSpec(4, True, 32))
+    calib = api.CalibSettings(str(text_file), 12, 64)
+    reads = []
+    real = spill.SpilledChunks.__getitem__
+    monkeypatch.setattr(spill.SpilledChunks, "__getitem__", lambda self, j: reads.append(j) or real(self, j))
+    quantize_stream(src, config, tmp_path / "disk", calib=calib, max_memory=_spilling_cap(src, 12 * 64))
+    assert reads  # the activations really came back from the files
+    memory = _in_memory(src, config, tmp_path / "memory", calib)
+    assert torch.equal(_out(load_model(str(tmp_path / "disk"))), _out(memory))
+    assert not list((tmp_path / "disk").rglob("*.bin")) and not (tmp_path / "disk.partial").exists()
+
+
+def test_activations_on_disk_resume_after_an_interrupt(tmp_path, tiny_tokenizer, text_file, monkeypatch):
+    """Interrupted after block 1 with its activations on disk, --resume continues from the files."""
+    from lowbit.pipeline import stream
+
+    src = write_model(tmp_path / "src", "llama", tiny_tokenizer, layers=4)
+    config = api.make_config("gptq", api.QuantSpec(4, True, 32))
+    calib = api.CalibSettings(str(text_file), 12, 64)
+    cap = _spilling_cap(src, 12 * 64)
+    quantize_stream(src, config, tmp_path / "whole", calib=calib, max_memory=cap)
+    real = stream._Run.block_done
+
+    def stop_after_two(self, i, activations=None):
+        real(self, i, activations)
+        if i == 1:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(stream._Run, "block_done", stop_after_two)
+    with pytest.raises(KeyboardInterrupt):
+        quantize_stream(src, config, tmp_path / "cut", calib=calib, max_memory=cap)
+    kept = tmp_path / "cut.partial" / "activations"
+    assert sorted(p.name for p in kept.iterdir()) == ["b2"] and len(list((kept / "b2").glob("*.bin"))) == 3
+    monkeypatch.setattr(stream._Run, "block_done", real)
+    quantize_stream(src, config, tmp_path / "cut", calib=calib, resume=True)  # the cap is the first run's
+    for name in ("model.safetensors", "config.json"):
+        assert _content(tmp_path / "whole" / name) == _content(tmp_path / "cut" / name)
+
+
+@pytest.mark.parametrize("arch,options", [
+    ("llama", {"smooth": True}),  # the alpha search, scored through the head
+    ("llama", {"smooth": True, "alpha": 0.5, "act": "static"}),
+    ("bert", {"act": "static"}),  # post-norm: no fold; the pooler from its own statistics
+])
+def test_w8a8_streams_to_the_in_memory_checkpoint(tmp_path, tiny_tokenizer, text_file, arch, options):
+    src = write_model(tmp_path / "src", arch, tiny_tokenizer)
+    config = api.make_config("w8a8", **options)
+    calib = api.CalibSettings(str(text_file), 4, 64)
+    report = quantize_stream(src, config, tmp_path / "stream", calib=calib)
+    _, mem_report = api.quantize(load_model(str(src)), config, calib=calib)
+    memory = _in_memory(src, config, tmp_path / "memory", calib)
+    assert report.details == mem_report.details
+    if options.get("smooth"):
+        assert report.details["alpha"] and report.details["smoothed_layers"]
+    assert torch.equal(_out(load_model(str(tmp_path / "stream"))), _out(memory))
+
+
+def test_w8a8_on_disk_interrupted_in_its_second_pass_resumes(tmp_path, tiny_tokenizer, text_file, monkeypatch):
+    """W8A8's float statistics and alpha are kept after the first pass: a resumed run writes the blocks left
+    from them (the statistics pass is not run again), to the same file; its activations went to disk."""
+    from lowbit.pipeline import stream, stream_float
+
+    src = write_model(tmp_path / "src", "llama", tiny_tokenizer, layers=4)
+    config = api.make_config("w8a8", smooth=True, act="static")
+    calib = api.CalibSettings(str(text_file), 12, 64)
+    cap = _spilling_cap(src, 12 * 64)
+    quantize_stream(src, config, tmp_path / "whole", calib=calib, max_memory=cap)
+    real = stream._Run.block_done
+
+    def stop_after_two(self, i, activations=None):
+        real(self, i, activations)
+        if i == 1:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(stream._Run, "block_done", stop_after_two)
+    with pytest.raises(KeyboardInterrupt):
+        quantize_stream(src, config, tmp_path / "cut", calib=calib, max_memory=cap)
+    progress = json.loads((tmp_path / "cut.partial" / "progress.json").read_text())
+    assert progress["done"] == 2 and progress["spill"] and "alpha" in progress["float"]["details"]
+    assert not list((tmp_path / "cut.partial").rglob("*.bin"))  # pass 1's files are gone
+    monkeypatch.setattr(stream._Run, "block_done", real)
+    monkeypatch.setattr(stream_float, "_first_pass", lambda *a: pytest.fail("the statistics pass ran again"))
+    quantize_stream(src, config, tmp_path / "cut", calib=calib, resume=True)
+    for name in ("model.safetensors", "config.json"):
+        assert _content(tmp_path / "whole" / name) == _content(tmp_path / "cut" / name)

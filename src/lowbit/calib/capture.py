@@ -39,6 +39,7 @@ from lowbit.progress import track
 log = logging.getLogger(__name__)
 
 FUSED_BUDGET_BYTES = 3 << 30
+MICRO_BATCH = 4  # windows per forward in the two-pass schedule
 
 
 class _StopForward(Exception):
@@ -63,8 +64,10 @@ def find_blocks(model: nn.Module) -> tuple[str, nn.ModuleList]:
     return best[1], best[2]
 
 
-def _catch_block_inputs(model: nn.Module, block: nn.Module, batches: Iterable[torch.Tensor]) -> list[tuple[tuple, dict]]:
-    caught: list[tuple[tuple, dict]] = []
+def _catch_block_inputs(model: nn.Module, block: nn.Module, batches: Iterable[torch.Tensor],
+                        caught: Any = None) -> Any:
+    """The arguments ``block`` is called with for each batch, appended to ``caught`` (a list by default)."""
+    caught = [] if caught is None else caught
 
     def hook(_mod: nn.Module, args: tuple, kwargs: dict) -> None:
         caught.append((args, kwargs))
@@ -72,10 +75,13 @@ def _catch_block_inputs(model: nn.Module, block: nn.Module, batches: Iterable[to
 
     handle = block.register_forward_pre_hook(hook, with_kwargs=True)
     try:
-        for ids in batches:
+        for ids in batches:  # token ids, or the keyword arguments of one forward
+            kw = dict(ids) if isinstance(ids, dict) else {"input_ids": ids}
+            if _takes(model, "use_cache"):
+                kw["use_cache"] = False
             try:
                 with torch.inference_mode():
-                    model(input_ids=ids, use_cache=False) if _takes(model, "use_cache") else model(input_ids=ids)
+                    model(**kw)
             except _StopForward:
                 pass
     finally:
@@ -166,6 +172,11 @@ class BlockStream:
         """The inputs of block ``start``, given those caught at block 0."""
         return chunks
 
+    def chunks(self, i: int) -> Any:
+        """An empty container (``append``, ``len``, iteration) for the inputs of block ``i``: a list, or
+        calib/spill.py's files where the activations do not fit in memory."""
+        return []
+
     def blocks(self, n: int, label: str) -> Iterable[int]:
         return track(range(self.start, n), label)
 
@@ -212,7 +223,7 @@ def run_sequential(
     targets: dict[str, nn.Linear],
     needs: tuple[str, ...],
     quantize_group: QuantizeGroup,
-    micro_batch: int = 4,
+    micro_batch: int = MICRO_BATCH,
     block_transform: Callable[..., list[LayerStats]] | None = None,
     stream: BlockStream | None = None,
 ) -> CaptureReport:
@@ -245,7 +256,8 @@ def run_sequential(
             transform = None
             if block_transform is not None:
                 transform = _bind_transform(block_transform, blocks[i], head, folds)
-            chunks = _block_two_pass(blocks[i], chunks, in_block, groups, needs, quantize_group, model, transform)
+            chunks = _block_two_pass(blocks[i], chunks, in_block, groups, needs, quantize_group, model, transform,
+                                     stream.chunks(i + 1))
         names = {m: n for m, n in names.items() if m not in in_block}
         for name in in_block.values():
             del targets[name]
@@ -274,7 +286,7 @@ def _enter(model: nn.Module, blocks: list[nn.Module], windows: torch.Tensor, bat
             from lowbit.modules.fold import find_fold_targets
 
             folds = find_fold_targets(blocks[0], *probe[0], shared)
-        chunks = stream.inputs(_catch_block_inputs(model, blocks[0], batches))
+        chunks = stream.inputs(_catch_block_inputs(model, blocks[0], batches, stream.chunks(stream.start)))
     if len(chunks) != len(batches):
         raise CalibrationError("the first block was never reached; cannot calibrate this model")
     return shared, folds, chunks
@@ -328,7 +340,7 @@ def _bind_transform(transform: Callable[..., Any], block: nn.Module, head: str, 
 
 def _block_two_pass(block: nn.Module, chunks: list[tuple[tuple, dict]], in_block: dict[nn.Module, str],
                     groups: list[list[nn.Module]], needs: tuple[str, ...], quantize_group: QuantizeGroup,
-                    model: nn.Module, transform: Callable[..., Any] | None = None) -> list[tuple[tuple, dict]]:
+                    model: nn.Module, transform: Callable[..., Any] | None = None, out: Any = None) -> Any:
     names = [[in_block[m] for m in g] for g in groups]
     leaders = {ns[0]: g[0] for g, ns in zip(groups, names)}  # one accumulator per shared input
     with collecting(leaders, needs) as accs, torch.inference_mode():
@@ -341,7 +353,7 @@ def _block_two_pass(block: nn.Module, chunks: list[tuple[tuple, dict]], in_block
     for g, ns, st in zip(groups, names, group_stats):
         for m, new in zip(g, quantize_group(ns, g, st)):
             replace_module(model, in_block[m], new, trim=False)
-    out = []
+    out = [] if out is None else out
     with torch.inference_mode():
         for args, kwargs in chunks:
             out.append(((_first_output(block(*args, **kwargs)), *args[1:]), kwargs))

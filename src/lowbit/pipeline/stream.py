@@ -3,12 +3,13 @@
     for block i:  read it (float32, from the memory map)  ->  calibrate it (if the method does)
                   ->  quantize it  ->  write its tensors as a shard  ->  free it
 
-Every method whose statistics come block by block runs this way (RTN, HQQ, NF4/FP4, LLM.int8, the GGUF
-types, GPTQ, AWQ): the same code as the in-memory pipeline, with a :class:`~lowbit.calib.capture.BlockStream`
-that reads and writes around each block. Tensors that are not quantized (norms, the embeddings and the
-head unless ``embeddings=True``) are written in the dtype they are stored in. Peak memory is one block,
-the calibration activations and one shard; it does not grow with the number of blocks. The output is a
-lowbit checkpoint in sharded safetensors (writers/shards.py): a kill leaves ``OUT.partial``, which
+Every method runs this way (RTN, HQQ, NF4/FP4, LLM.int8, the GGUF types, GPTQ, AWQ; W8A8 in two passes,
+pipeline/stream_float.py) but QAT's convert, whose model was trained in memory: the same code as the
+in-memory pipeline, with a :class:`~lowbit.calib.capture.BlockStream` that reads and writes around each
+block. Tensors that are not quantized (norms, the embeddings and the head unless ``embeddings=True``)
+are written in the dtype they are stored in. Peak memory is one block, the calibration activations (on
+disk, calib/spill.py, when they do not fit) and one shard; it does not grow with the number of blocks.
+The output is a lowbit checkpoint in sharded safetensors (writers/shards.py): a kill leaves ``OUT.partial``, which
 ``resume=True`` continues to a bit-identical result.
 """
 
@@ -18,6 +19,7 @@ import dataclasses
 import hashlib
 import json
 import logging
+import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -26,9 +28,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from lowbit.calib.capture import FUSED_BUDGET_BYTES, BlockStream, find_blocks, replaying_blocks
+from lowbit.calib.capture import FUSED_BUDGET_BYTES, MICRO_BATCH, BlockStream, find_blocks, replaying_blocks
 from lowbit.calib.cost import PeakRSS
 from lowbit.calib.settings import CalibSettings
+from lowbit.calib.spill import SpilledChunks
 from lowbit.errors import InputError
 from lowbit.loaders.checkpoint import FORMAT_VERSION
 from lowbit.loaders.lazy import LazyModel, open_lazy
@@ -48,10 +51,8 @@ log = logging.getLogger(__name__)
 
 
 def streamable(method: str) -> bool:
-    """Whether ``method`` runs block by block (not W8A8's float-model pass, not QAT's convert of a
-    model already in memory)."""
-    entry = get_method(method)
-    return entry.calibration != "float" and entry.selects is None
+    """Whether ``method`` runs block by block: all but QAT's convert, whose model was trained in memory."""
+    return get_method(method).selects is None
 
 
 def can_stream(model: Any, method: str) -> bool:
@@ -110,7 +111,7 @@ def quantize_stream(source: str | Path, config: MethodConfig, out: str | Path, *
             raise
     calibration = CalibrationCost(**cal, seconds=round(cost.seconds, 3), peak_rss_bytes=cost.peak)
     return QuantizeReport(entry.name, config, list(quant["layers"]), skipped, cost.seconds, run.sizes[0],
-                          run.sizes[1], calibration, {})
+                          run.sizes[1], calibration, run.details)
 
 
 def parse_cap(max_memory: int | str | None) -> tuple[int, str]:
@@ -132,24 +133,34 @@ class _Run:
         self.prefix, self.blocks = find_blocks(lazy.model)
         self.layers: dict[str, Any] = {}
         self.sizes = [0, 0]
+        self.stats: dict[str, Any] = {}  # the float model's statistics (W8A8), for the layers outside the blocks
+        self.details: dict[str, Any] = {}  # the method's findings (SmoothQuant's alpha)
         self.writer: ShardedWriter = None  # type: ignore[assignment]
 
     def block_name(self, i: int) -> str:
         return f"{self.prefix}.{i}" if self.prefix else str(i)
 
     def check(self, settings: CalibSettings | None) -> None:
-        """Refuse at once a cap one block cannot run under; decide how much is left for the fused schedule."""
+        """Refuse at once a cap one block cannot run under; decide whether the calibration activations stay
+        in memory or go to disk (calib/spill.py), and how much is left for the fused schedule."""
         width = int(getattr(self.lazy.model.config, "hidden_size", 0) or 0)
         tokens = settings.n_samples * settings.seq_len if settings else 0
         self.acts = memory.activation_bytes(tokens, width)
         work = memory.hessian_bytes(self.blocks[0]) if settings else 0
         weights = memory.block_bytes(self.blocks[0])
+        self.spill = settings is not None and 2 * weights + work + self.acts > self.cap[0]
+        if self.spill:  # one micro-batch in memory at a time, entering and leaving the block
+            self.acts = memory.activation_bytes(min(settings.n_samples, MICRO_BATCH) * settings.seq_len, width)
         memory.check_fits(self.lazy.name, weights, self.acts, work, *self.cap)
         self.spare = self.cap[0] - 2 * weights - work - self.acts
 
     def restore(self) -> None:
         self.layers = dict(self.writer.state.get("layers", {}))
         self.sizes = list(self.writer.state.get("sizes", [0, 0]))
+        self.spill = bool(self.writer.state.setdefault("spill", self.spill))  # a resumed run keeps its first layout
+        if self.spill:
+            log.info("calibration activations exceed %s: they are kept on disk, in %s", self.cap[1],
+                     self.writer.partial / "activations")
         if self.writer.done:
             log.info("resuming %s: %d of %d blocks are done", self.writer.partial, self.writer.done, len(self.blocks))
 
@@ -172,6 +183,11 @@ class _Run:
             return {"samples": 0, "tokens": 0}
         data = calibration_data(self.lazy.handle(), settings)
         linears = [n for n in self.order if isinstance(self.lazy.model.get_submodule(n), nn.Linear)]
+        if entry.calibration == "float":
+            from lowbit.pipeline.stream_float import calibrate_float
+
+            cal, self.details, self.stats = calibrate_float(self, entry, config, data, linears)
+            return cal
         windows = data.windows.to(self.lazy.device)
         cap = sequential(self.lazy.model, windows, linears, entry, config, self.record, _Stream(self))
         return {"data": settings.data, "samples": cap.samples, "tokens": cap.tokens, "schedule": cap.schedule,
@@ -206,17 +222,26 @@ class _Run:
         if activations is not None:
             self.writer.save_activations({k: v.cpu() for k, v in activations.items()})
         self.writer.block_done(i + 1, layers=self.layers, sizes=self.sizes)
+        if self.spill:  # the inputs of block i: its outputs, from which a resumed run starts, are written
+            shutil.rmtree(self.spilled(i), ignore_errors=True)
         trim_heap()  # hand the block's freed pages back (glibc keeps them otherwise; ~20 ms)
+
+    def spilled(self, i: int) -> Path:
+        """Where the calibration activations entering block ``i`` are kept, when they are kept on disk."""
+        return self.writer.partial / "activations" / f"b{i}"
 
     def write_rest(self, entry: Any, config: MethodConfig) -> None:
         """Everything outside the blocks: selected modules quantized (embeddings with RTN on the spec when
         the method calibrates), the rest copied in its stored dtype; tied weights once."""
         head = f"{self.prefix}."
         rest = [n for n in self.order if not n.startswith(head) and n not in self.layers]
-        method, cfg = (entry, config) if not entry.needs else (get_method("rtn"), make_config("rtn", config.spec))
         for name in rest:
             self.lazy.materialize(name)
-        if rest:
+        own = [n for n in rest if n in self.stats]  # W8A8: Linears outside the blocks, on their own statistics
+        if own:
+            data_free(self.lazy.model, own, entry, config, self.record, self.stats)
+        if rest := [n for n in rest if n not in own]:  # embeddings: RTN on the spec when the method calibrates
+            method, cfg = (entry, config) if not entry.needs else (get_method("rtn"), make_config("rtn", config.spec))
             data_free(self.lazy.model, rest, method, cfg, self.record)
         tensors, self.tied, ptrs = {}, {}, {}
         for k, v in self.lazy.model.state_dict().items():
@@ -239,9 +264,10 @@ class _Run:
 
         seconds = time.perf_counter() - cost.t0
         calibration = CalibrationCost(**cal, seconds=round(seconds, 3), peak_rss_bytes=cost.peak)
-        return {"method": config.to_dict(), "layers": {n: self.layers[n] for n in self.order if n in self.layers},
-                "skipped": skipped, "source": self.lazy.name, "quantize_seconds": round(seconds, 3),
-                "calibration": calibration.to_dict()}
+        record = {"method": config.to_dict(), "layers": {n: self.layers[n] for n in self.order if n in self.layers},
+                  "skipped": skipped, "source": self.lazy.name, "quantize_seconds": round(seconds, 3),
+                  "calibration": calibration.to_dict()}
+        return dict(record, details=self.details) if self.details else record
 
     def config_json(self, quant: dict[str, Any]) -> dict[str, Any]:
         record = dict(quant, quant_method="lowbit", format_version=FORMAT_VERSION, tied=self.tied, kind=self.lazy.kind)
@@ -258,7 +284,7 @@ class _Stream(BlockStream):
         self.tuple_out = False
 
     def fits(self, windows: torch.Tensor, fused: bool) -> bool:
-        return fused and self.run.spare >= FUSED_BUDGET_BYTES  # the fused pass's own activations
+        return fused and not self.run.spill and self.run.spare >= FUSED_BUDGET_BYTES  # the fused pass's own activations
 
     @contextmanager
     def entering(self, i: int) -> Iterator[None]:
@@ -269,8 +295,19 @@ class _Stream(BlockStream):
         if self.start > 0:
             lazy.release(self.run.block_name(0))
 
+    def chunks(self, i: int) -> Any:
+        if not self.run.spill:
+            return []
+        return SpilledChunks(self.run.spilled(i), write=not (self.start > 0 and i == self.start))
+
     def inputs(self, chunks: list[tuple[tuple, dict]]) -> list[tuple[tuple, dict]]:
         if self.start == 0:
+            return chunks
+        if self.run.spill:  # written by the run this one resumes
+            missing = [j for j in range(len(chunks)) if not (self.run.spilled(self.start) / f"{j}.bin").is_file()]
+            if missing:
+                raise InputError(f"{self.run.spilled(self.start)} lacks the activations of {len(missing)} "
+                                 f"micro-batches; run without --resume and with --overwrite to start over")
             return chunks
         saved = self.run.writer.activations()
         return [((saved[f"chunk.{j}"].to(self.run.lazy.device), *args[1:]), kw) for j, (args, kw) in enumerate(chunks)]
@@ -285,11 +322,12 @@ class _Stream(BlockStream):
 
     def done(self, i: int, chunks: list[tuple[tuple, dict]]) -> None:
         self._hook.remove()
-        self.run.block_done(i, {f"chunk.{j}": args[0] for j, (args, _kw) in enumerate(chunks)})
+        saved = None if self.run.spill else {f"chunk.{j}": args[0] for j, (args, _kw) in enumerate(chunks)}
+        self.run.block_done(i, saved)
 
     @contextmanager
     def replaying(self, chunks: list[tuple[tuple, dict]]) -> Iterator[None]:
         """A full forward in which the (written, freed) blocks give back the outputs they gave."""
-        outs = iter([args[0] for args, _kw in chunks])
+        outs = (args[0] for args, _kw in chunks)
         with replaying_blocks(self.run.blocks, outs, self.tuple_out), self.run.lazy.on_demand(self.run.prefix):
             yield

@@ -103,6 +103,7 @@ class ShardedWriter:
             tokenizer.save_pretrained(self.partial)
         for leftover in ("progress.json", "activations.safetensors"):
             (self.partial / leftover).unlink(missing_ok=True)
+        shutil.rmtree(self.partial / "activations", ignore_errors=True)  # calib/spill.py's files
         publish_dir(self.partial, self.final, overwrite=True)
         return self.final
 
