@@ -177,11 +177,26 @@ def export_to(model: ModelHandle | nn.Module | str, out: str | Path, fmt: str = 
 
         lazy = open_lazy(model)  # tensor by tensor from the files: a model larger than memory exports
         return export(lazy.handle(), out, fmt=fmt, overwrite=overwrite, lazy=lazy, **options)
+    if fmt != "gguf" and _is_checkpoint(model):
+        from lowbit.loaders.checkpoint import open_checkpoint
+        from lowbit.writers.stream_export import export_streamed
+
+        return export_streamed(open_checkpoint(model), out, fmt, overwrite=overwrite)  # block by block
     handle = load_model(model)
     if gguf is not None and gguf.calib is not None:
         options["imatrix"] = _imatrix_of(handle, gguf.calib).weights()
     return export(handle, out, fmt=fmt, overwrite=overwrite, **options)
 
+
+
+def _is_checkpoint(model: Any) -> bool:
+    """Whether ``model`` names a lowbit checkpoint directory (which exports block by block)."""
+    from lowbit.loaders.dispatch import read_json
+
+    if not isinstance(model, (str, Path)) or not (Path(model) / "config.json").is_file():
+        return False
+    record = read_json(Path(model) / "config.json").get("quantization_config")
+    return isinstance(record, dict) and record.get("quant_method") == "lowbit"
 
 
 def imatrix_to(model: ModelHandle | nn.Module | str, out: str | Path, calib: CalibSettings | str = "pydoc:calib", *,

@@ -351,7 +351,7 @@ def _spilling_cap(src, tokens: int) -> int:
 def test_activations_on_disk_give_the_same_checkpoint(tmp_path, tiny_tokenizer, text_file, method, monkeypatch):
     """Calibration activations above the cap go to files, one micro-batch in memory: the same tensors as the
     in-memory two-pass schedule, and no file left in the output."""
-    import lowbit.calib.spill as spill
+    from lowbit.calib import spill
 
     monkeypatch.setattr("lowbit.calib.capture._fused_fits", lambda model, windows: False)
     src = write_model(tmp_path / "src", "llama", tiny_tokenizer)
@@ -440,3 +440,57 @@ def test_w8a8_on_disk_interrupted_in_its_second_pass_resumes(tmp_path, tiny_toke
     quantize_stream(src, config, tmp_path / "cut", calib=calib, resume=True)
     for name in ("model.safetensors", "config.json"):
         assert _content(tmp_path / "whole" / name) == _content(tmp_path / "cut" / name)
+
+
+def _tensors(d):
+    from safetensors.torch import load_file
+
+    out = {}
+    for f in sorted(d.glob("*.safetensors")):
+        out.update(load_file(str(f)))
+    return out
+
+
+@pytest.mark.parametrize("fmt,method", [("compressed-tensors", "rtn"), ("bitsandbytes", "nf4")])
+def test_export_of_a_checkpoint_streams_to_the_in_memory_tensors(tmp_path, tiny_tokenizer, fmt, method, monkeypatch):
+    """`lowbit export CKPT` reads one block at a time: the tensors the in-memory writer gives, but the
+    float ones (norms, embeddings) in the bf16 they are stored in; sharded with an index when large."""
+    from lowbit.writers.bnb import export_bnb
+    from lowbit.writers.compressed_tensors import export_compressed_tensors
+
+    src = write_model(tmp_path / "src", "qwen2", tiny_tokenizer)
+    config = api.make_config(method, api.QuantSpec(4, True, 32)) if method == "rtn" else api.make_config(method)
+    quantize_stream(src, config, tmp_path / "ckpt")
+    monkeypatch.setattr("lowbit.writers.shards.SINGLE_FILE_BYTES", 0)
+    from lowbit.loaders.lazy import LazyModel
+
+    reads, real = [], LazyModel.materialize
+    monkeypatch.setattr(LazyModel, "materialize", lambda self, prefix="", **kw: reads.append(prefix) or real(self, prefix, **kw))
+    api.export_to(str(tmp_path / "ckpt"), tmp_path / "stream", fmt)
+    assert "model.layers.0" in reads and "" not in reads  # block by block, never the whole model
+    assert (tmp_path / "stream" / "model.safetensors.index.json").is_file()
+    writer = export_compressed_tensors if fmt == "compressed-tensors" else export_bnb
+    writer(load_model(str(tmp_path / "ckpt")), tmp_path / "memory")
+    a, b = _tensors(tmp_path / "stream"), _tensors(tmp_path / "memory")
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k].to(b[k].dtype), b[k]), k
+    assert a["model.norm.weight"].dtype == torch.bfloat16 and b["model.norm.weight"].dtype == torch.float32
+    assert json.loads((tmp_path / "stream" / "config.json").read_text()) == \
+        json.loads((tmp_path / "memory" / "config.json").read_text())
+    if fmt == "compressed-tensors":
+        from transformers import AutoModelForCausalLM
+
+        ids = torch.arange(3, 30).reshape(1, -1)
+        with torch.no_grad():
+            want = AutoModelForCausalLM.from_pretrained(tmp_path / "memory")(ids).logits
+            got = AutoModelForCausalLM.from_pretrained(tmp_path / "stream")(ids).logits
+        assert torch.equal(got, want)
+
+
+def test_export_of_a_checkpoint_fails_leaving_nothing(tmp_path, tiny_tokenizer):
+    src = write_model(tmp_path / "src", "llama", tiny_tokenizer)
+    quantize_stream(src, api.make_config("rtn"), tmp_path / "ckpt")
+    with pytest.raises(ExportError, match="nf4 or fp4"):
+        api.export_to(str(tmp_path / "ckpt"), tmp_path / "bnb", "bitsandbytes")
+    assert not list(tmp_path.glob("bnb*"))

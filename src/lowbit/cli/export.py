@@ -25,7 +25,8 @@ def export(
     tensor_type: Annotated[list[str] | None, typer.Option("--tensor-type", help="gguf: REGEX=TYPE override (repeatable).")] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace --out if it exists.")] = False,
 ) -> None:
-    """Export a model in a format another runtime loads."""
+    """Export a model in a format another runtime loads. A lowbit checkpoint (compressed-tensors,
+    bitsandbytes) and a Hugging Face directory or .gguf file (gguf) are read one block at a time."""
     from lowbit import api
     from lowbit.errors import InputError
 

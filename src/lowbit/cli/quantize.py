@@ -41,7 +41,8 @@ def quantize(
     """Quantize MODEL and save a checkpoint that `lowbit eval`, `lowbit export` and the Python API reload.
 
     A Hugging Face directory, a .gguf file or a built-in streams block by block: one block in memory at a
-    time, in the model's own dtype on disk, so a 13B model quantizes in a few GiB (w8a8 loads it whole).
+    time, in the model's own dtype on disk, so a 13B model quantizes in a few GiB; calibration activations
+    that do not fit go to disk beside the output.
 
     Methods: rtn, gptq, awq, hqq (integer grids: --bits, --group-size, --asym), nf4 / fp4 (bitsandbytes-style
     4-bit), int8 (LLM.int8), w8a8 (int8 weights and activations), gguf (a GGML type). Each method's own

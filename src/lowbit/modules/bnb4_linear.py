@@ -29,10 +29,16 @@ class Linear4bit(nn.Module):
 
     @classmethod
     def empty(cls, like: nn.Linear, info: dict) -> Linear4bit:
-        """A module of the right shapes for a checkpoint's tensors to be loaded into."""
-        zero = nn.Linear(like.in_features, like.out_features, bias=like.bias is not None)
-        nn.init.zeros_(zero.weight)
-        return cls.from_linear(zero, info["quant_type"], info["double_quant"], info["blocksize"])
+        """A module of the right shapes for a checkpoint's tensors to be loaded into (empty buffers, on the
+        current default device: meta for a model opened lazily)."""
+        n, block = like.in_features * like.out_features, info["blocksize"]
+        blocks = -(-n // block)
+        dq = info["double_quant"]
+        q = Bnb4(torch.empty((n + 1) // 2, dtype=torch.uint8), torch.empty(blocks, dtype=torch.uint8 if dq else torch.float32),
+                 (like.out_features, like.in_features), info["quant_type"], block,
+                 torch.empty((), dtype=torch.float32) if dq else None,
+                 torch.empty(-(-blocks // 256), dtype=torch.float32) if dq else None)
+        return cls(q, torch.zeros(like.out_features) if like.bias is not None else None)
 
     def record(self) -> dict:
         return {"module": "bnb4", "shape": [self.out_features, self.in_features], "quant_type": self.quant_type,

@@ -26,10 +26,12 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+
 from lowbit.calib.capture import _catch_block_inputs, _first_output, replaying_blocks
 from lowbit.calib.stats import LayerStats, collecting
 from lowbit.errors import CalibrationError
 from lowbit.methods.base import Method, MethodConfig
+from lowbit.methods.w8a8 import ALPHAS
 from lowbit.modules.kernel_mode import kernel_mode
 from lowbit.pipeline.data import CalibData, describe
 from lowbit.pipeline.layers import data_free
@@ -74,27 +76,13 @@ def calibrate_float(run: Any, entry: Method, config: MethodConfig, data: CalibDa
 @torch.inference_mode()
 def _first_pass(run: Any, entry: Method, config: MethodConfig, data: CalibData,
                 linears: list[str]) -> tuple[dict[str, LayerStats], dict[str, Any]]:
-    from lowbit.methods.w8a8 import ALPHAS, smooth, smoothable
-
-    lazy, prefix, blocks = run.lazy, run.prefix, run.blocks
-    model = lazy.model
-    device = lazy.device
-    batches = [{k: v.to(device) for k, v in b.items()} for b in data.batches]
-    probe = ({"input_ids": data.windows[:1, :PROBE_TOKENS].to(device)} if data.lm
-             else {k: v.to(device) for k, v in data.check.items()})
-    lazy.materialize(run.block_name(0))
-    with lazy.on_demand(prefix):
-        folds, width = folds_of(model, linears, data.windows.to(device))
-        chunks = _catch_block_inputs(model, blocks[0], batches, _container(run, 0))
-        probes = _catch_block_inputs(model, blocks[0], [probe])
-    search = bool(getattr(config, "smooth", False))
-    folds = [(p, c) for p, c in folds if smoothable(model.get_submodule(p), width)] if search else []
-    if search and not folds:
-        log.warning("no norm output feeds only Linears (e.g. post-norm residuals), so no smoothing scale can be "
-                    "folded exactly; W8A8 without smoothing")
+    lazy, prefix, blocks, model = run.lazy, run.prefix, run.blocks, run.lazy.model
+    batches = [{k: v.to(lazy.device) for k, v in b.items()} for b in data.batches]
+    probe = ({"input_ids": data.windows[:1, :PROBE_TOKENS]} if data.lm else dict(data.check))
+    probe = {k: v.to(lazy.device) for k, v in probe.items()}
+    folds, chunks, ref_probe = _enter(run, config, data, linears, batches, probe)
     alphas = ([config.alpha] if config.alpha is not None else list(ALPHAS)) if folds else []
-    states = {a: probes[0] for a in alphas}  # each alpha's probe, through the blocks quantized with it
-    ref_probe = probes[0]
+    states = {a: ref_probe for a in alphas}  # each alpha's probe, through the blocks quantized with it
     stats: dict[str, LayerStats] = {}
     tuple_out = False
     for i in run.steps(len(blocks), f"float statistics of {len(blocks)} blocks"):
@@ -113,31 +101,18 @@ def _first_pass(run: Any, entry: Method, config: MethodConfig, data: CalibData,
         if run.spill:
             chunks.remove()
         chunks = out
-        mine = [(p[len(head):], [c[len(head):] for c in cs]) for p, cs in folds if p.startswith(head)]
         if len(alphas) > 1:
-            expect = _first_output(block(*ref_probe[0], **ref_probe[1]))
             rel = {n[len(head):]: s for n, s in stats.items() if n.startswith(head)}
-            for a in alphas:
-                trial = copy.deepcopy(block)
-                smoothed = smooth(trial, rel, mine, a) if mine else rel
-                got = _first_output(trial(*ref_probe[0], **ref_probe[1]))
-                err = float((got - expect).norm() / expect.norm())
-                if err > 1e-3:  # folding is exact algebra; anything else means a wrong producer was found
-                    raise CalibrationError(f"smoothing changed block {i}'s float output (relative error {err:.2e})")
-                data_free(trial, list(rel), entry, config, lambda n, m, qt: m, smoothed)
-                args, kw = states[a]
-                with kernel_mode(trial, "dequant"):
-                    states[a] = ((_first_output(trial(*args, **kw)), *args[1:]), kw)
-                del trial
-            ref_probe = ((expect, *ref_probe[0][1:]), ref_probe[1])
+            mine = [(p[len(head):], [c[len(head):] for c in cs]) for p, cs in folds if p.startswith(head)]
+            ref_probe = _try_alphas(block, i, rel, mine, states, ref_probe, entry, config)
         lazy.release(name)
-    details: dict[str, Any] = {"smoothed_layers": []}
+    details: dict[str, Any] = {"smoothed_layers": [], "_folds": folds}
     if folds:
         alpha = alphas[0]
         if len(alphas) > 1:
             ref = _probe_output(lazy, prefix, ref_probe, probe, tuple_out, data.lm)
-            scores = {a: _score(_probe_output(lazy, prefix, states[a], probe, tuple_out, data.lm), ref, data.lm)
-                      for a in alphas}
+            scores = {a: _score(_probe_output(lazy, prefix, st, probe, tuple_out, data.lm), ref, data.lm)
+                      for a, st in states.items()}
             alpha = min(scores, key=scores.get)
             details["alpha_search"] = scores
         details.update(alpha=alpha, smoothed_layers=sorted(n for _, consumers in folds for n in consumers))
@@ -151,8 +126,51 @@ def _first_pass(run: Any, entry: Method, config: MethodConfig, data: CalibData,
         stats.update({n: accs[n].stats() for n in leftovers})
     if run.spill:
         chunks.remove()
-    details["_folds"] = folds
     return stats, details
+
+
+def _enter(run: Any, config: MethodConfig, data: CalibData, linears: list[str], batches: list[dict[str, Any]],
+           probe: dict[str, torch.Tensor]) -> tuple[list[tuple[str, list[str]]], Any, tuple[tuple, dict]]:
+    """The smoothing folds (empty unless ``config.smooth``), and the inputs of block 0 for the calibration
+    batches and for the probe."""
+    from lowbit.methods.w8a8 import smoothable
+
+    lazy, model = run.lazy, run.lazy.model
+    lazy.materialize(run.block_name(0))
+    with lazy.on_demand(run.prefix):
+        folds, width = folds_of(model, linears, data.windows.to(lazy.device))
+        chunks = _catch_block_inputs(model, run.blocks[0], batches, _container(run, 0))
+        probes = _catch_block_inputs(model, run.blocks[0], [probe])
+    search = bool(getattr(config, "smooth", False))
+    folds = [(p, c) for p, c in folds if smoothable(model.get_submodule(p), width)] if search else []
+    if search and not folds:
+        log.warning("no norm output feeds only Linears (e.g. post-norm residuals), so no smoothing scale can be "
+                    "folded exactly; W8A8 without smoothing")
+    return folds, chunks, probes[0]
+
+
+def _try_alphas(block: torch.nn.Module, i: int, stats: dict[str, LayerStats], folds: list[tuple[str, list[str]]],
+                states: dict[float, tuple[tuple, dict]], ref: tuple[tuple, dict], entry: Method,
+                config: MethodConfig) -> tuple[tuple, dict]:
+    """Each alpha's probe state through a copy of block ``i`` smoothed (names relative to the block) and
+    quantized with that alpha (``states`` updated); returns the float block's output on the float probe,
+    against which each smoothed float copy is checked first."""
+    from lowbit.methods.w8a8 import smooth
+
+    expect = _first_output(block(*ref[0], **ref[1]))
+    for a in list(states):
+        trial = copy.deepcopy(block)
+        smoothed = smooth(trial, stats, folds, a) if folds else stats
+        got = _first_output(trial(*ref[0], **ref[1]))
+        err = float((got - expect).norm() / expect.norm())
+        if err > 1e-3:  # folding is exact algebra; anything else means a wrong producer was found
+            raise CalibrationError(f"smoothing changed block {i}'s float output (relative error {err:.2e})")
+        data_free(trial, list(stats), entry, config, lambda n, m, qt: m, smoothed)
+        args, kw = states[a]
+        with kernel_mode(trial, "dequant"):
+            states[a] = ((_first_output(trial(*args, **kw)), *args[1:]), kw)
+        del trial
+    return (expect, *ref[0][1:]), ref[1]
 
 
 def _container(run: Any, i: int) -> Any:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -29,19 +30,38 @@ def _json_bytes(d: dict) -> torch.Tensor:
 
 def export_bnb(handle: ModelHandle, out: str | Path, overwrite: bool = False) -> Path:
     out = check_output(out, overwrite)
-    mods = {n: m for n, m in handle.model.named_modules() if isinstance(m, Linear4bit)}
+    mods, cfg = plan(handle.model)
+    tensors, _ = _dedupe(bnb_tensors(handle.model.state_dict(), mods))
+    return write_model_dir(out, tensors, cfg, handle.tokenizer, metadata={"format": "pt"})
+
+
+def plan(model: torch.nn.Module) -> tuple[dict[str, Linear4bit], dict[str, Any]]:
+    """The 4-bit layers and config.json (checked: one 4-bit type, a Hugging Face config)."""
+    mods = {n: m for n, m in model.named_modules() if isinstance(m, Linear4bit)}
     if not mods:
         raise ExportError("bitsandbytes export needs a model quantized with nf4 or fp4 (lowbit quantize --method nf4)")
     kinds = {(m.quant_type, m.double_quant, m.blocksize) for m in mods.values()}
     if len(kinds) != 1:
         raise ExportError(f"bitsandbytes checkpoints hold one 4-bit type; this model mixes {sorted(kinds)}")
-    qt, dq, block = kinds.pop()
-    config = getattr(handle.model, "config", None)
+    qt, dq, _block = kinds.pop()
+    config = getattr(model, "config", None)
     if config is None or not hasattr(config, "to_dict"):
         raise ExportError("only models with a Hugging Face config can be exported for transformers")
-    state = {k: v for k, v in handle.model.state_dict().items()
-             if not any(k.startswith(f"{n}.") and not k.endswith(".bias") for n in mods)}
-    for name, m in mods.items():
+    skipped = sorted(n for n, mod in model.named_modules() if isinstance(mod, torch.nn.Linear) and n not in mods)
+    qcfg = {"quant_method": "bitsandbytes", "load_in_4bit": True, "load_in_8bit": False, "bnb_4bit_quant_type": qt,
+            "bnb_4bit_use_double_quant": dq, "bnb_4bit_compute_dtype": "float32", "bnb_4bit_quant_storage": "uint8",
+            "llm_int8_skip_modules": skipped or None, "llm_int8_threshold": 6.0, "llm_int8_has_fp16_weight": False}
+    return mods, dict(config.to_dict(), quantization_config=qcfg, torch_dtype="float32")
+
+
+def bnb_tensors(state: dict[str, torch.Tensor], mods: dict[str, Linear4bit]) -> dict[str, torch.Tensor]:
+    """``state`` (a state dict, or part of one) as bitsandbytes stores it: each 4-bit layer of ``mods``
+    whose tensors are in ``state`` as Linear4bit's serialized weight and quant state."""
+    mine = {n: m for n, m in mods.items() if any(k.startswith(f"{n}.") for k in state)}
+    state = {k: v for k, v in state.items()
+             if not any(k.startswith(f"{n}.") and not k.endswith(".bias") for n in mine)}
+    for name, m in mine.items():
+        qt, dq, block = m.quant_type, m.double_quant, m.blocksize
         state[f"{name}.weight"] = m.packed.reshape(-1, 1)
         state[f"{name}.weight.absmax"] = m.absmax
         state[f"{name}.weight.quant_map"] = code4(qt).clone()
@@ -51,10 +71,4 @@ def export_bnb(handle: ModelHandle, out: str | Path, overwrite: bool = False) ->
             state[f"{name}.weight.nested_quant_map"] = dynamic_map().clone()
             meta.update(nested_blocksize=256, nested_dtype="float32", nested_offset=float(m.offset))
         state[f"{name}.weight.quant_state.bitsandbytes__{qt}"] = _json_bytes(meta)
-    tensors, _ = _dedupe(state)
-    skipped = sorted(n for n, mod in handle.model.named_modules() if isinstance(mod, torch.nn.Linear) and n not in mods)
-    qcfg = {"quant_method": "bitsandbytes", "load_in_4bit": True, "load_in_8bit": False, "bnb_4bit_quant_type": qt,
-            "bnb_4bit_use_double_quant": dq, "bnb_4bit_compute_dtype": "float32", "bnb_4bit_quant_storage": "uint8",
-            "llm_int8_skip_modules": skipped or None, "llm_int8_threshold": 6.0, "llm_int8_has_fp16_weight": False}
-    cfg = dict(config.to_dict(), quantization_config=qcfg, torch_dtype="float32")
-    return write_model_dir(out, tensors, cfg, handle.tokenizer, metadata={"format": "pt"})
+    return state

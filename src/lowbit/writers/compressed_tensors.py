@@ -122,7 +122,8 @@ def _model_dtype(model: nn.Module, quantized: set[str]) -> torch.dtype:
     return dtype
 
 
-def _dense_tensors(model: nn.Module, quantized: set[str]) -> tuple[dict[str, torch.Tensor], bool]:
+def _dense_tensors(model: nn.Module, quantized: set[str],
+                   state: dict[str, torch.Tensor] | None = None) -> tuple[dict[str, torch.Tensor], bool]:
     """Every state-dict tensor outside the packed buffers, and whether a declared tie is broken.
 
     safetensors refuses tensors that share storage. A tied copy that transformers re-ties from the
@@ -134,7 +135,7 @@ def _dense_tensors(model: nn.Module, quantized: set[str]) -> tuple[dict[str, tor
     ties = _declared_ties(model)
     out: dict[str, torch.Tensor] = {}
     seen: dict[tuple[Any, ...], str] = {}
-    for k, v in model.state_dict(keep_vars=True).items():
+    for k, v in (model.state_dict(keep_vars=True) if state is None else state).items():
         if k in packed:
             continue
         key = (v.untyped_storage().data_ptr(), v.storage_offset(), tuple(v.shape), v.stride()) if v.numel() else (k,)
@@ -223,14 +224,28 @@ def export_compressed_tensors(handle: ModelHandle, out: str | Path, overwrite: b
         raise ExportError("the model has no quantized Linear layer; nothing to export as pack-quantized")
     dtype = _model_dtype(model, set(layers))
     tensors, broken_tie = _dense_tensors(model, set(layers))
+    tensors.update(packed_tensors(layers, dtype))
+    return write_model_dir(out, tensors, model_config(model, layers, kept, dtype, broken_tie), handle.tokenizer,
+                           metadata={"format": "pt"})
+
+
+def packed_tensors(layers: dict[str, Any], dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    """The pack-quantized tensors (and biases) of ``layers`` (name -> QuantizedLinear)."""
+    tensors = {}
     for name, mod in layers.items():  # check every layer before writing anything
         tensors.update(layer_tensors(name, mod.quantized_tensor(), dtype))
         if mod.bias is not None:
             tensors[f"{name}.bias"] = mod.bias.detach().to(dtype).contiguous()
-    cfg = config.to_dict()
+    return tensors
+
+
+def model_config(model: nn.Module, layers: dict[str, Any], kept: list[str], dtype: torch.dtype,
+                 broken_tie: bool) -> dict[str, Any]:
+    """config.json: the model's, with its dtype and the quantization_config."""
+    cfg = model.config.to_dict()
     cfg["dtype"] = str(dtype).removeprefix("torch.")
     cfg.pop("torch_dtype", None)
     if broken_tie:  # e.g. a quantized lm_head: its embedding twin stays in full precision
         cfg["tie_word_embeddings"] = False
     cfg["quantization_config"] = quantization_config({n: m.spec for n, m in layers.items()}, kept)
-    return write_model_dir(out, tensors, cfg, handle.tokenizer, metadata={"format": "pt"})
+    return cfg

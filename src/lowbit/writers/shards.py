@@ -82,14 +82,17 @@ class ShardedWriter:
         self.state.update(extra, done=done)
         self._save_progress()
 
-    def finish(self, config: dict[str, Any], tokenizer: Any = None) -> Path:
-        """Name the shards as transformers expects, write the index, config and tokenizer; publish."""
+    def finish(self, config: dict[str, Any], tokenizer: Any = None, metadata: dict[str, str] | None = None) -> Path:
+        """Name the shards as transformers expects, write the index, config and tokenizer; publish. A small
+        output is one model.safetensors, whose ``metadata`` is by default the lowbit record."""
         from lowbit.loaders.cache import publish_dir
 
         shards = self.state["shards"]
         total = sum((self.partial / s["file"]).stat().st_size for s in shards)
         if total <= SINGLE_FILE_BYTES:
-            self._merge(shards, {"format": "pt", "lowbit": json.dumps(config.get("quantization_config"))})
+            if metadata is None:
+                metadata = {"format": "pt", "lowbit": json.dumps(config.get("quantization_config"))}
+            self._merge(shards, metadata)
         else:
             weight_map = {}
             for i, shard in enumerate(shards):
