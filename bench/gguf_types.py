@@ -43,10 +43,12 @@ from lowbit.report import write_json
 from lowbit.writers.gguf import export_gguf, load_into
 
 ROOT = Path(__file__).resolve().parents[1]
-MIXES = ["Q8_0", "Q6_K", "Q5_K_M", "Q5_K_S", "Q4_K_M", "Q4_K_S", "Q3_K_L", "Q3_K_M", "Q3_K_S", "Q2_K", "Q5_0", "Q4_0", "F16"]
+MIXES = ["Q8_0", "Q6_K", "Q5_K_M", "Q5_K_S", "Q4_K_M", "Q4_K_S", "IQ4_XS", "IQ4_NL", "Q3_K_L", "Q3_K_M", "Q3_K_S",
+         "Q2_K", "TQ2_0", "TQ1_0", "Q5_0", "Q4_0", "F16"]
 QUICK_MIXES = ["Q8_0", "Q4_K_M", "Q3_K_M", "Q2_K", "Q4_0"]
-IMATRIX_MIXES = ["Q4_K_M", "Q3_K_M", "Q2_K"]
-TYPES = ["F16", "BF16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K"]
+IMATRIX_MIXES = ["Q4_K_M", "IQ4_XS", "Q3_K_M", "Q2_K"]
+TYPES = ["F16", "BF16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K",
+         "IQ4_NL", "IQ4_XS", "TQ1_0", "TQ2_0"]
 
 
 def gguf_model(path: Path, like: ModelHandle) -> ModelHandle:
@@ -107,6 +109,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true", help="5 mixes, 2 eval windows, imatrix from 4 x 512 tokens")
     p.add_argument("--json", dest="json_out")
     p.add_argument("--markdown")
+    p.add_argument("--mixes", help="comma-separated mixes to run (default: all, or the quick five); "
+                                   "'MIX+imatrix' runs one with the importance matrix")
     args = p.parse_args(argv)
     console = Console(width=200)
     t_all = time.perf_counter()
@@ -134,6 +138,8 @@ def main(argv: list[str] | None = None) -> int:
         f32 = tmp / "f32.gguf"
         export_gguf(ref, f32, "F32")
         jobs = [(m, False) for m in (QUICK_MIXES if args.quick else MIXES)] + [(m, True) for m in IMATRIX_MIXES]
+        if args.mixes:
+            jobs = [(m.removesuffix("+imatrix"), m.endswith("+imatrix")) for m in args.mixes.split(",")]
         for mix, use_im in jobs:
             name = f"{mix}{'+imatrix' if use_im else ''}"
             mine = tmp / f"lowbit-{name}.gguf"

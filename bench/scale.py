@@ -270,8 +270,9 @@ def run_13b_full(b: Bench, figs: dict, src: Path, meta: dict) -> None:
         remove(jfile)
 
 
-def run_13b(b: Bench, figs: dict) -> None:
-    b.on_model("13b", "13b", 40, [], then=lambda src, meta: run_13b_full(b, figs, src, meta))
+def run_13b(b: Bench, figs: dict, whole: bool = True) -> None:
+    if whole:
+        b.on_model("13b", "13b", 40, [], then=lambda src, meta: run_13b_full(b, figs, src, meta))
     r = b.on_model("13b", "13b", 2, ["gptq"])["gptq"]
     if r["ok"]:  # includes the process's fixed costs (load, calibration tokens, save): an upper bound
         figs["gptq_13b_seconds_per_block"] = r["seconds"] / 2
@@ -332,7 +333,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--blocks", default="2,4,8", help="sweep: model sizes in decoder blocks")
     p.add_argument("--methods", default="rtn,gptq", help="sweep: rtn, gptq or both")
     p.add_argument("--shape", default="7b", choices=sorted(SHAPES), help="sweep: the width (tiny: a check)")
-    p.add_argument("--parts", help="sweep,13b,smollm2,llmc (default: sweep with --quick, else all)")
+    p.add_argument("--parts", help="sweep,13b,smollm2,llmc, or 13b-gptq (the 13B width's GPTQ only) "
+                                   "(default: sweep with --quick, else all)")
     p.add_argument("--llmc-blocks", type=int, default=22, help="blocks of the 1B model of the llmc part")
     p.add_argument("--workdir", help="where the temp models go (default /tmp)")
     p.add_argument("--lowbit-args", default="", help="appended to each `lowbit quantize` ('--max-memory 4G')")
@@ -346,8 +348,8 @@ def run_parts(b: Bench, args: argparse.Namespace, out: dict) -> None:
         for n in blocks:  # --quick: GPTQ on the smallest model only
             todo = [m for m in methods if m == "rtn" or not args.quick or n == blocks[0]]
             b.on_model("sweep", args.shape, n, todo)
-    if "13b" in parts:
-        run_13b(b, out)
+    if "13b" in parts or "13b-gptq" in parts:  # 13b-gptq: only GPTQ's time per block at the 13B width
+        run_13b(b, out, whole="13b" in parts)
     if "smollm2" in parts:
         r = b.run(quantize_cmd("smollm2", b.work / "out", "gptq", b.extra, group=64), b.work / "out", part="smollm2",
                   shape="smollm2", blocks=30, method="gptq")

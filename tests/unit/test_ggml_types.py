@@ -4,6 +4,7 @@ tests/fixtures/ggml/make_fixtures.py), block by block, edge cases included."""
 from __future__ import annotations
 
 import importlib.util
+import os
 from pathlib import Path
 
 import gguf
@@ -14,7 +15,8 @@ from lowbit.errors import InputError
 from lowbit.formats.ggml import GGML_TYPES
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "ggml"
-TYPES = ["F32", "F16", "BF16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K"]
+TYPES = ["F32", "F16", "BF16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K",
+         "IQ4_NL", "IQ4_XS", "TQ1_0", "TQ2_0"]
 
 
 def assert_same_blocks(got: np.ndarray, want: np.ndarray, qtype: str, what: str) -> None:
@@ -79,7 +81,7 @@ def test_bit_exact_with_an_importance_matrix(synthetic, qtype: str, case: str) -
 def test_the_importance_matrix_changes_the_weighted_error(synthetic) -> None:
     """Sanity beyond bit-exactness: the weighted error drops with the imatrix for every k-quant."""
     x, im = synthetic["heavy/input"], synthetic["heavy/imatrix"]
-    for q in ("Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "Q4_0"):
+    for q in ("Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "Q4_0", "IQ4_NL", "IQ4_XS"):
         t = GGML_TYPES.get(q)
         plain = (((t.dequantize(t.quantize(x), x.shape) - x) ** 2) * im).sum()
         weighted = (((t.dequantize(t.quantize(x, im), x.shape) - x) ** 2) * im).sum()
@@ -111,7 +113,8 @@ def test_width_must_fit_the_block() -> None:
         GGML_TYPES.get("Q4_K").quantize(np.zeros((2, 576), np.float32))
 
 
-@pytest.mark.skipif(importlib.util.find_spec("llama_cpp") is None, reason="llama-cpp-python not installed (make reference)")
+@pytest.mark.skipif(importlib.util.find_spec("llama_cpp") is None and not os.environ.get("LOWBIT_LIBGGML"),
+                    reason="neither llama-cpp-python (make reference) nor $LOWBIT_LIBGGML (a libggml-base.so)")
 @pytest.mark.parametrize("qtype", TYPES)
 def test_live_against_libggml(qtype: str) -> None:
     """Fresh random tensors against the installed llama.cpp, beyond the fixtures."""
@@ -156,3 +159,32 @@ def test_signed_absmax_takes_the_first_of_equal_magnitudes() -> None:
         amax, val = signed_absmax(data, axis)
         assert np.array_equal(val, want) and np.array_equal(amax, np.abs(want))
         assert not np.signbit(amax).any()
+
+
+def test_iq4_level_search_is_the_references_binary_search() -> None:
+    """IQ4's table lookup against ggml's best_index_int8 written out, on the hard values: the levels
+    themselves, their midpoints and one float step either side, beyond the ends, inf and NaN."""
+    from lowbit.formats.ggml.iq4 import VALUES, best_index
+
+    def reference(x: float) -> int:
+        val = [float(v) for v in VALUES]
+        if x <= val[0]:
+            return 0
+        if x >= val[-1]:
+            return 15
+        ml, mu = 0, 15
+        while mu - ml > 1:
+            mav = (ml + mu) // 2
+            if x < val[mav]:
+                mu = mav
+            else:
+                ml = mav
+        return mu - 1 if np.float32(x - val[mu - 1]) < np.float32(val[mu] - x) else mu
+
+    mids = (VALUES[:-1] + VALUES[1:]) / 2
+    hard = np.concatenate([VALUES, mids, -200, 200, np.inf, -np.inf, 0, -0.0], axis=None).astype(np.float32)
+    hard = np.concatenate([hard, np.nextafter(hard, np.float32(np.inf)), np.nextafter(hard, np.float32(-np.inf))])
+    v = np.concatenate([hard, np.random.default_rng(5).uniform(-140, 130, 20000).astype(np.float32)])
+    with np.errstate(invalid="ignore"):
+        assert [int(i) for i in best_index(v)] == [reference(float(x)) for x in v]
+        assert int(best_index(np.array([np.nan], np.float32))[0]) == 15  # all comparisons false in C

@@ -87,6 +87,42 @@ def test_first_layer_bumps_per_mix(mix, v0, down0, out) -> None:
     assert plan.type_for("output.weight", (32000, 4096)) == ("Q8_0" if mix == "Q8_0" else "Q6_K")
 
 
+@pytest.mark.parametrize("mix", ["IQ4_NL", "IQ4_XS"])
+@pytest.mark.parametrize("imatrix", [False, True])
+@pytest.mark.parametrize("kv_heads", [8, 32])
+def test_iq4_mix_rules(mix, imatrix, kv_heads) -> None:
+    """llama.cpp's IQ4 file types: attn_v to Q5_K with GQA >= 4, the first eighth of ffn_down to Q5_K
+    without an imatrix, the output Q6_K, the rest the base type."""
+    plan = MixPlanner(mix, n_layer=32, n_head=32, n_head_kv=kv_heads, tied_embeddings=False, has_imatrix=imatrix)
+    assert plan.type_for("token_embd.weight", (32000, 4096)) == mix
+    for i in range(32):
+        assert plan.type_for(f"blk.{i}.attn_v.weight", (1024, 4096)) == ("Q5_K" if kv_heads == 8 else mix)
+        assert plan.type_for(f"blk.{i}.ffn_down.weight", (4096, 11008 // 256 * 256)) == (
+            "Q5_K" if i < 4 and not imatrix else mix)
+        assert plan.type_for(f"blk.{i}.attn_q.weight", (4096, 4096)) == mix
+    assert plan.type_for("output.weight", (32000, 4096)) == "Q6_K"
+
+
+def test_iq4_xs_and_ternary_fall_back_on_narrow_rows() -> None:
+    """smollm2's 576-wide rows: IQ4_XS -> IQ4_NL (32-blocks), TQ1_0 / TQ2_0 -> Q4_0, as llama.cpp; a
+    ternary mix keeps a Q4_K token embedding."""
+    xs = MixPlanner("IQ4_XS", n_layer=30, n_head=9, n_head_kv=3, tied_embeddings=False, has_imatrix=True)
+    assert xs.type_for("blk.0.attn_q.weight", (576, 576)) == "IQ4_NL"
+    assert xs.type_for("blk.5.ffn_down.weight", (576, 1536)) == "IQ4_XS"
+    tq = MixPlanner("TQ1_0", n_layer=30, n_head=9, n_head_kv=3, tied_embeddings=False)
+    assert tq.type_for("blk.0.attn_q.weight", (576, 576)) == "Q4_0"
+    assert tq.type_for("blk.0.ffn_down.weight", (576, 1536)) == "TQ1_0"
+    assert tq.type_for("token_embd.weight", (49152, 1536)) == "Q4_K"
+
+
+@pytest.mark.parametrize("mix", ["IQ4_NL", "IQ4_XS", "TQ1_0", "TQ2_0"])
+def test_new_mixes_round_trip(bpe_llama, tmp_path, mix: str) -> None:
+    summary = export_gguf(bpe_llama, tmp_path / "m.gguf", mix)
+    assert mix in set(summary["types"].values())
+    err = (_logits(load_model(str(tmp_path / "m.gguf")).model) - _logits(bpe_llama.model)).abs().max().item()
+    assert 0 < err < (0.5 if mix.startswith("IQ4") else 10.0), (mix, err)
+
+
 def test_overrides_win_and_bad_ones_are_rejected(bpe_llama, tmp_path) -> None:
     types = export_gguf(bpe_llama, tmp_path / "m.gguf", "Q4_K_M", tensor_types=[r"attn_v=Q8_0", r"blk\.0\..*=F16"])["types"]
     assert types["blk.0.attn_q.weight"] == "F16"

@@ -70,7 +70,8 @@ def _gguf(mix: str) -> Build:
 
 
 def _register_gguf() -> None:
-    for mix, bits in [("Q8_0", 8), ("Q6_K", 6), ("Q5_K_M", 5), ("Q4_K_M", 4), ("Q3_K_M", 3), ("Q2_K", 2)]:
+    for mix, bits in [("Q8_0", 8), ("Q6_K", 6), ("Q5_K_M", 5), ("Q4_K_M", 4), ("IQ4_XS", 4), ("IQ4_NL", 4),
+                      ("Q3_K_M", 3), ("Q2_K", 2)]:
         register_candidate(Candidate(f"gguf-{mix.lower()}", "gguf", bits, f"GGUF {mix} (llama.cpp)", "gguf", _gguf(mix),
                                      config=f"gguf:{mix}", default=mix in ("Q8_0", "Q4_K_M", "Q3_K_M"),
                                      plan_method="gguf-q8_0" if mix == "Q8_0" else

@@ -1,8 +1,8 @@
 """llama.cpp's quantization mixes (Q4_K_M, Q3_K_S, ...): which GGML type each tensor gets.
 
 Written from the rules of llama.cpp's ``llama_tensor_get_type`` (src/llama-quant.cpp, 0c1e570) for
-dense Llama-family models and the mixes lowbit offers; the expert (MoE), Falcon and IQ-only
-branches are left out. In order, for each tensor:
+dense Llama-family models and the mixes lowbit offers (the k-quant and legacy mixes, IQ4_NL, IQ4_XS,
+TQ1_0, TQ2_0); the expert (MoE) and Falcon branches and the sub-4-bit i-quant mixes are left out. In order, for each tensor:
 
 1. only 2-D ``*.weight`` tensors that are not norms are quantized; the rest keep their type;
 2. a ``--tensor-type REGEX=TYPE`` override wins (first matching pattern);
@@ -11,7 +11,7 @@ branches are left out. In order, for each tensor:
    ``ffn_down`` get more bits in some layers (``use_more_bits``: the first and last eighth, and every
    third layer in between); ``attn_output`` is bumped in the Q2_K/Q3_K mixes;
 4. a type whose block does not divide the row falls back: Q4_K->Q5_0, Q5_K->Q5_1, Q6_K->Q8_0,
-   Q2_K/Q3_K->Q4_0, and to F16 if even 32 does not divide.
+   Q2_K/Q3_K/TQ1_0/TQ2_0->Q4_0, IQ4_XS->IQ4_NL, and to F16 if even 32 does not divide.
 """
 
 from __future__ import annotations
@@ -29,9 +29,11 @@ MIXES: dict[str, tuple[str, int]] = {
     "Q4_0": ("Q4_0", 2), "Q4_1": ("Q4_1", 3), "Q5_0": ("Q5_0", 8), "Q5_1": ("Q5_1", 9), "Q8_0": ("Q8_0", 7),
     "Q2_K": ("Q2_K", 10), "Q3_K_S": ("Q3_K", 11), "Q3_K_M": ("Q3_K", 12), "Q3_K_L": ("Q3_K", 13),
     "Q4_K_S": ("Q4_K", 14), "Q4_K_M": ("Q4_K", 15), "Q5_K_S": ("Q5_K", 16), "Q5_K_M": ("Q5_K", 17),
-    "Q6_K": ("Q6_K", 18),
+    "Q6_K": ("Q6_K", 18), "IQ4_NL": ("IQ4_NL", 25), "IQ4_XS": ("IQ4_XS", 30), "TQ1_0": ("TQ1_0", 36),
+    "TQ2_0": ("TQ2_0", 37),
 }
-FALLBACK = {"Q2_K": "Q4_0", "Q3_K": "Q4_0", "Q4_K": "Q5_0", "Q5_K": "Q5_1", "Q6_K": "Q8_0"}
+FALLBACK = {"Q2_K": "Q4_0", "Q3_K": "Q4_0", "Q4_K": "Q5_0", "Q5_K": "Q5_1", "Q6_K": "Q8_0", "IQ4_XS": "IQ4_NL",
+            "TQ1_0": "Q4_0", "TQ2_0": "Q4_0"}
 FLOAT_TYPES = ("F32", "F16", "BF16")
 
 
@@ -93,14 +95,16 @@ class MixPlanner:
         if cat == "output" or (self.tied_embeddings and cat == "token_embd"):
             block = gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType[new]][0]
             return "Q8_0" if shape[-1] % block else ("Q6_K" if new != "Q8_0" else new)
+        if cat == "token_embd":
+            return "Q4_K" if m in ("TQ1_0", "TQ2_0") else new  # a ternary embedding table loses too much
+        gqa = self.n_head // max(self.n_head_kv, 1)
         if cat == "attn_v":
             i, n = self.i_attn_v, self.n_attn_v
-            gqa = self.n_head // max(self.n_head_kv, 1)
             if m == "Q2_K":
                 new = "Q4_K" if gqa >= 4 else "Q3_K"
             elif m == "Q3_K_M":
                 new = "Q5_K" if i < 2 else "Q4_K"
-            elif m == "Q3_K_L":
+            elif m == "Q3_K_L" or m in ("IQ4_NL", "IQ4_XS") and gqa >= 4:
                 new = "Q5_K"
             elif m in ("Q4_K_M", "Q5_K_M") and use_more_bits(i, n):
                 new = "Q6_K"
@@ -117,7 +121,11 @@ class MixPlanner:
                 new = "Q5_K" if i < n // 16 else "Q4_K"
             elif m == "Q3_K_L":
                 new = "Q5_K"
-            elif m in ("Q4_K_M", "Q5_K_M") and use_more_bits(i, n):
+            elif m == "Q4_K_M" and use_more_bits(i, n):
+                new = "Q6_K"
+            elif m in ("IQ4_NL", "IQ4_XS") and i < n // 8 and not self.has_imatrix:
+                new = "Q5_K"
+            elif m == "Q5_K_M" and use_more_bits(i, n):
                 new = "Q6_K"
             elif m == "Q4_K_S" and i < n // 8:
                 new = "Q5_K"

@@ -1,0 +1,49 @@
+"""IQ4_NL, IQ4_XS, TQ1_0 and TQ2_0 files of smollm2: lowbit's export against llama.cpp's own
+llama_model_quantize on lowbit's F32 export, tensor for tensor (types and bytes), with and without an
+importance matrix. Needs llama-cpp-python (`make reference`); the golden fixtures cover the types
+without it (tests/unit/test_ggml_types.py)."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import gguf
+import numpy as np
+import pytest
+
+from lowbit.calib import load_corpus, token_windows
+from lowbit.calib.imatrix import compute_imatrix
+from lowbit.loaders import load_model
+from lowbit.writers.gguf import export_gguf
+
+pytestmark = pytest.mark.skipif(importlib.util.find_spec("llama_cpp") is None,
+                                reason="llama-cpp-python not installed (make reference)")
+
+
+@pytest.fixture(scope="module")
+def smollm2_f32(tmp_path_factory):
+    ref = load_model("smollm2")
+    path = tmp_path_factory.mktemp("f32") / "f32.gguf"
+    export_gguf(ref, path, "F32")
+    ids = token_windows(load_corpus("pydoc:calib"), ref.tokenizer, 2, 256, 0)
+    return ref, path, compute_imatrix(ref.model, ids, dataset="pydoc:calib").weights()
+
+
+def _tensors(path):
+    return {t.name: (t.tensor_type, np.asarray(t.data).tobytes()) for t in gguf.GGUFReader(str(path)).tensors}
+
+
+@pytest.mark.parametrize("mix", ["IQ4_NL", "IQ4_XS", "TQ1_0", "TQ2_0"])
+@pytest.mark.parametrize("with_imatrix", [False, True])
+def test_same_tensors_as_llama_quantize(smollm2_f32, tmp_path, mix: str, with_imatrix: bool) -> None:
+    from lowbit.metrics.llamacpp import quantize_with_llamacpp
+
+    ref, f32, im = smollm2_f32
+    im = im if with_imatrix else None
+    export_gguf(ref, tmp_path / "lowbit.gguf", mix, imatrix=im)
+    quantize_with_llamacpp(f32, tmp_path / "llamacpp.gguf", mix, imatrix=im)
+    mine, theirs = _tensors(tmp_path / "lowbit.gguf"), _tensors(tmp_path / "llamacpp.gguf")
+    assert mine.keys() == theirs.keys()
+    bad = [n for n in mine if mine[n] != theirs[n]]
+    assert not bad, f"{len(bad)} of {len(mine)} tensors differ, e.g. {bad[:3]}"
+    assert any(t == gguf.GGMLQuantizationType[mix] for t, _ in mine.values())
