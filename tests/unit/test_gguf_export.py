@@ -133,9 +133,10 @@ def test_overrides_win_and_bad_ones_are_rejected(bpe_llama, tmp_path) -> None:
             parse_overrides([bad])
 
 
-def test_non_llama_and_existing_out_are_refused(tiny_bert, bpe_llama, tmp_path) -> None:
-    with pytest.raises(InputError, match="Llama"):
+def test_unsupported_architecture_and_existing_out_are_refused(tiny_bert, bpe_llama, tmp_path) -> None:
+    with pytest.raises(InputError, match=r"supports the architectures gemma2, gemma3_text, .*qwen3; .* is 'bert'"):
         export_gguf(tiny_bert, tmp_path / "b.gguf", "Q8_0")
+    assert not list(tmp_path.iterdir())
     (tmp_path / "x.gguf").write_bytes(b"keep")
     with pytest.raises(ExportError, match="exists"):
         export_gguf(bpe_llama, tmp_path / "x.gguf", "Q8_0")

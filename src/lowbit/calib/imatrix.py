@@ -61,10 +61,11 @@ def compute_imatrix(model: nn.Module, windows: torch.Tensor, dataset: str = "", 
 
 def _imatrix_targets(model: nn.Module) -> dict[str, nn.Module]:
     """GGUF tensor name -> the module whose input it weights, as llama-imatrix records them."""
-    tied = getattr(getattr(model, "config", None), "tie_word_embeddings", False)
+    cfg = getattr(model, "config", None)
+    tied = getattr(cfg, "tie_word_embeddings", False)
     out: dict[str, nn.Module] = {}
     for name, mod in model.named_modules():
-        g = gguf_name(f"{name}.weight")
+        g = gguf_name(f"{name}.weight", cfg)
         if g is None or not (isinstance(mod, nn.Linear) or hasattr(mod, "dequantize")) or isinstance(mod, nn.Embedding):
             continue
         if g == "output.weight":  # as llama-imatrix: an untied output is skipped (no --process-output);

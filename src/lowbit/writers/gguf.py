@@ -1,10 +1,11 @@
-"""Write a Llama-architecture model as a GGUF file that llama.cpp loads, in any lowbit GGML type or mix.
+"""Write a model as a GGUF file that llama.cpp loads, in any lowbit GGML type or mix: the Llama family
+(llama, mistral), qwen2, qwen3, gemma2 and gemma3 (formats/ggml/names.py's table).
 
     handle (float or lowbit-quantized) -> float32 tensors in GGUF names and layout -> per-tensor type
     from the mix (writers/gguf_mix.py) -> bytes (formats/ggml, bit-exact with llama.cpp) -> GGUFWriter
     -> temp file -> atomic rename
 
-The metadata llama.cpp needs comes from the model config (``llama.*`` keys); the tokenizer is copied
+The metadata llama.cpp needs comes from the model config (``{arch}.*`` keys); the tokenizer is copied
 from the GGUF the model was loaded from, or converted from a Hugging Face byte-level BPE tokenizer.
 An importance matrix (GGUF tensor name -> per-column weights) feeds the weighted searches; a tensor it
 does not cover is quantized without one, with a warning, as llama.cpp does.
@@ -28,7 +29,7 @@ import torch
 
 from lowbit.errors import ExportError, InputError
 from lowbit.formats.ggml import GGML_TYPES
-from lowbit.formats.ggml.names import gguf_name, permute_qk
+from lowbit.formats.ggml.names import arch_kv, arch_of, gguf_name, permute_qk
 from lowbit.loaders.handle import ModelHandle
 from lowbit.writers.gguf_mix import MIXES, MixPlanner, parse_overrides
 from lowbit.writers.guard import check_output
@@ -67,16 +68,18 @@ def tensor_names(model: torch.nn.Module) -> list[tuple[str, str]]:
     names: list[tuple[str, str]] = []
     seen: set[int] = set()
     for hf, p in model.named_parameters(remove_duplicate=False):
-        g = gguf_name(hf)
+        g = gguf_name(hf, model.config)
+        if g is None and id(p) in seen:  # a tied head the architecture has no name for (gemma2): the embedding
+            continue
         if g is None:
-            raise ExportError(f"{hf}: not a Llama tensor lowbit knows how to name in GGUF")
+            raise ExportError(f"{hf}: llama.cpp's {arch_of(model.config).arch} architecture has no tensor of that name")
         if g == "output.weight" and id(p) in seen:
             continue
         seen.add(id(p))
         names.append((hf, g))
     have = {h for h, _ in names}
     for base, mod in model.named_modules():
-        g = gguf_name(f"{base}.weight")
+        g = gguf_name(f"{base}.weight", model.config)
         if hasattr(mod, "dequantize") and g and f"{base}.weight" not in have and not (base == "lm_head" and tie):
             names.append((f"{base}.weight", g))
     order = {"token_embd": -2, "output_norm": 10**9, "output": 10**9 + 1}
@@ -99,11 +102,16 @@ def _float_tensor(model: torch.nn.Module, mods: dict[str, torch.nn.Module], hf: 
     base, _, leaf = hf.rpartition(".")
     mod = mods.get(base)
     t = mod.dequantize(torch.float32) if leaf == "weight" and hasattr(mod, "dequantize") else model.get_parameter(hf)
-    return _llama_rows(t.detach().to(torch.float32).contiguous().numpy(), g, cfg)
+    a = _llama_rows(t.detach().to(torch.float32).contiguous().numpy(), g, cfg)
+    shift = arch_of(cfg).norm_shift
+    return a + np.float32(shift) if shift and g.endswith("norm.weight") else a
 
 
 def _llama_rows(a: np.ndarray, g: str, cfg: Any) -> np.ndarray:
-    """attn_q / attn_k rows (values, or a row's GGML blocks) in llama.cpp's rope order; others as they are."""
+    """attn_q / attn_k rows (values, or a row's GGML blocks) in llama.cpp's rope order, for the
+    architectures whose converter permutes them; others as they are."""
+    if not arch_of(cfg).permute_qk:
+        return a
     if g.endswith("attn_q.weight"):
         return permute_qk(a, cfg.num_attention_heads)
     if g.endswith("attn_k.weight"):
@@ -127,27 +135,14 @@ def float_tensors(handle: ModelHandle) -> Iterator[tuple[str, np.ndarray]]:
         yield g, _float_tensor(handle.model, mods, hf, g)
 
 
-def check_llama(handle: ModelHandle) -> Any:
+def check_arch(handle: ModelHandle) -> Any:
+    """The model's config, if llama.cpp runs its architecture (else one error listing those it does)."""
     cfg = getattr(handle.model, "config", None)
-    if cfg is None or getattr(cfg, "model_type", None) not in ("llama", "mistral"):
-        kind = getattr(cfg, "model_type", type(handle.model).__name__)
-        raise InputError(f"GGUF export supports Llama-architecture models; {handle.name} is {kind!r}")
+    if cfg is None:
+        raise InputError(f"GGUF export needs a Hugging Face model with a config; {handle.name} is "
+                         f"{type(handle.model).__name__}")
+    arch_of(cfg, handle.name)
     return cfg
-
-
-def _arch_kv(w: gguf.GGUFWriter, cfg: Any, name: str) -> None:
-    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
-    w.add_name(name)
-    w.add_context_length(cfg.max_position_embeddings)
-    w.add_embedding_length(cfg.hidden_size)
-    w.add_block_count(cfg.num_hidden_layers)
-    w.add_feed_forward_length(cfg.intermediate_size)
-    w.add_head_count(cfg.num_attention_heads)
-    w.add_head_count_kv(getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads)
-    w.add_rope_freq_base(float(getattr(cfg, "rope_theta", None) or (cfg.rope_parameters or {}).get("rope_theta", 10000.0)))
-    w.add_layer_norm_rms_eps(float(cfg.rms_norm_eps))
-    w.add_rope_dimension_count(head_dim)
-    w.add_vocab_size(cfg.vocab_size)
 
 
 def _copy_kv(w: gguf.GGUFWriter, src: str, skip: Callable[[str], bool]) -> None:
@@ -227,7 +222,7 @@ def export_gguf(handle: ModelHandle, out: str | Path, mix: str = "Q8_0", *,
     mix = mix.upper()
     if mix not in MIXES:
         raise InputError(f"unknown GGUF type {mix!r}; choose one of {', '.join(MIXES)}")
-    cfg = check_llama(handle)
+    cfg = check_arch(handle)
     out = _check_out(Path(out), overwrite)
     tied = not any(g == "output.weight" for _, g in tensor_names(handle.model))
     planner = MixPlanner(mix, cfg.num_hidden_layers, cfg.num_attention_heads,
@@ -238,7 +233,7 @@ def export_gguf(handle: ModelHandle, out: str | Path, mix: str = "Q8_0", *,
     os.close(fd)
     missing: list[str] = []
     pending: deque[Callable[[], np.ndarray]] = deque()
-    w = _Writer(tmp, "llama")
+    w = _Writer(tmp, arch_of(cfg).arch)
     try:
         _write_kv(w, handle, cfg, mix)
         # Every tensor's type and size first: the header and tensor table go out before any data,
@@ -279,7 +274,7 @@ def _write_kv(w: gguf.GGUFWriter, handle: ModelHandle, cfg: Any, mix: str) -> No
         _copy_kv(w, handle.gguf_source, lambda k: k in ("general.architecture", "general.file_type",
                                                          "general.quantization_version"))
     else:
-        _arch_kv(w, cfg, Path(handle.name).name)
+        arch_kv(w, cfg, Path(handle.name).name)
         if handle.tokenizer is None:
             raise ExportError("GGUF export needs the model's tokenizer (none was loaded)")
         _hf_tokenizer_kv(w, handle.tokenizer)
@@ -360,7 +355,9 @@ def load_into(path: str | Path, like: ModelHandle) -> ModelHandle:
     data = {t.name: t for t in r.tensors}
     model = copy.deepcopy(like.model)
     cfg = model.config
+    arch = arch_of(cfg)
     heads = {"attn_q": cfg.num_attention_heads, "attn_k": getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads}
+    heads = heads if arch.permute_qk else {}
     for hf, g in tensor_names(model):
         if g not in data:
             raise InputError(f"{path}: no tensor {g}; not a file lowbit exported from this model")
@@ -370,6 +367,8 @@ def load_into(path: str | Path, like: ModelHandle) -> ModelHandle:
         if kind in heads:  # invert permute_qk: rows (n, d/2, 2) back to (n, 2, d/2)
             n = heads[kind]
             a = a.reshape(n, a.shape[0] // n // 2, 2, -1).swapaxes(1, 2).reshape(a.shape)
+        if arch.norm_shift and g.endswith("norm.weight"):
+            a = a - np.float32(arch.norm_shift)
         p = model.get_parameter(hf)
         p.data.copy_(torch.from_numpy(np.array(a, copy=True).reshape(p.shape)))
     return ModelHandle(model=model, tokenizer=like.tokenizer, kind=like.kind, name=str(path))

@@ -1,0 +1,88 @@
+"""GGUF export beyond Llama: tiny random models of each architecture (widths multiples of 256, so the
+k-quants apply without fallbacks) written by lowbit and read back, and run by llama.cpp where it is
+installed (`make reference`): the same next-token logits as transformers."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import gguf
+import numpy as np
+import pytest
+import torch
+
+from lowbit.loaders.handle import ModelHandle
+from lowbit.writers.gguf import export_gguf, load_into
+
+COMMON = {"hidden_size": 256, "intermediate_size": 512, "num_hidden_layers": 2, "num_attention_heads": 4,
+          "num_key_value_heads": 2, "max_position_embeddings": 512, "rms_norm_eps": 1e-6}
+ARCHS = {
+    "llama": ("LlamaConfig", "LlamaForCausalLM", {"tie_word_embeddings": True}),
+    "mistral": ("MistralConfig", "MistralForCausalLM", {"tie_word_embeddings": False, "sliding_window": None}),
+    "qwen2": ("Qwen2Config", "Qwen2ForCausalLM", {"tie_word_embeddings": False}),  # q/k/v biases
+    "qwen3": ("Qwen3Config", "Qwen3ForCausalLM", {"tie_word_embeddings": True, "head_dim": 64}),  # q/k norms
+    "gemma2": ("Gemma2Config", "Gemma2ForCausalLM", {"head_dim": 64, "query_pre_attn_scalar": 64, "sliding_window": 16,
+                                                     "attn_logit_softcapping": 50.0, "final_logit_softcapping": 30.0}),
+    "gemma3": ("Gemma3TextConfig", "Gemma3ForCausalLM", {"head_dim": 64, "query_pre_attn_scalar": 64,
+                                                         "sliding_window": 16}),
+}
+IDS = torch.tensor([[(7 * i + 3) % 60 + 4 for i in range(48)]])
+
+
+def tiny(arch: str, tokenizer) -> ModelHandle:
+    """A random ``arch`` model: every parameter drawn (biases and norm weights too, so that a tensor
+    written in the wrong place or layout shows)."""
+    import transformers
+
+    conf, cls, extra = ARCHS[arch]
+    config = getattr(transformers, conf)(**COMMON, **extra, vocab_size=len(tokenizer))
+    torch.manual_seed(1)
+    model = getattr(transformers, cls)(config).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0, 0.05 if p.ndim > 1 else 0.2)
+    return ModelHandle(model=model, tokenizer=tokenizer, kind="causal-lm", name=f"tiny-{arch}")
+
+
+def logits(model) -> torch.Tensor:
+    with torch.no_grad():
+        return model(IDS).logits.float()
+
+
+@pytest.mark.parametrize("arch", list(ARCHS))
+def test_f32_export_reads_back_exactly(bpe_llama, tmp_path, arch: str) -> None:
+    """Every tensor named by gguf-py's map and laid out as llama.cpp's converter does: read back (layout
+    undone), the model gives the same logits; the metadata sits under the architecture's own keys."""
+    h = tiny(arch, bpe_llama.tokenizer)
+    path = tmp_path / "m.gguf"
+    export_gguf(h, path, "F32")
+    r = gguf.GGUFReader(str(path))
+    name = bytes(r.fields["general.architecture"].parts[-1]).decode()
+    assert name == {"mistral": "llama", "gemma3": "gemma3"}.get(arch, arch)
+    assert int(r.fields[f"{name}.block_count"].parts[-1][0]) == 2
+    assert torch.equal(logits(load_into(path, h).model), logits(h.model))
+
+
+@pytest.mark.parametrize("arch", ["qwen3", "gemma3"])
+def test_quantized_export_of_other_architectures(bpe_llama, tmp_path, arch: str) -> None:
+    h = tiny(arch, bpe_llama.tokenizer)
+    summary = export_gguf(h, tmp_path / "m.gguf", "Q4_K_M")
+    assert not summary["fallbacks"] and "Q4_K" in summary["types"].values()
+    err = (logits(load_into(tmp_path / "m.gguf", h).model) - logits(h.model)).abs().max().item()
+    assert 0 < err < 1.0
+
+
+@pytest.mark.skipif(importlib.util.find_spec("llama_cpp") is None, reason="llama-cpp-python not installed (make reference)")
+@pytest.mark.parametrize("arch", list(ARCHS))
+def test_llamacpp_runs_each_architecture_like_transformers(bpe_llama, tmp_path, arch: str) -> None:
+    """llama.cpp on lowbit's F32 file: the next token transformers predicts at every position, logits
+    within float32 noise."""
+    from lowbit.metrics.llamacpp import load_llamacpp
+
+    h = tiny(arch, bpe_llama.tokenizer)
+    path = tmp_path / "m.gguf"
+    export_gguf(h, path, "F32")
+    want = logits(h.model)[0]
+    got = load_llamacpp(path, n_ctx=64).model(input_ids=IDS).logits[0]
+    assert torch.equal(got.argmax(-1), want.argmax(-1))
+    assert (got - want).abs().max().item() < 1e-3 * max(1.0, want.abs().max().item()), arch
