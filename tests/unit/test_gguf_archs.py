@@ -4,6 +4,7 @@ installed (`make reference`): the same next-token logits as transformers."""
 
 from __future__ import annotations
 
+import copy
 import importlib.util
 
 import gguf
@@ -21,6 +22,7 @@ ARCHS = {
     "mistral": ("MistralConfig", "MistralForCausalLM", {"tie_word_embeddings": False, "sliding_window": None}),
     "qwen2": ("Qwen2Config", "Qwen2ForCausalLM", {"tie_word_embeddings": False}),  # q/k/v biases
     "qwen3": ("Qwen3Config", "Qwen3ForCausalLM", {"tie_word_embeddings": True, "head_dim": 64}),  # q/k norms
+    "phi3": ("Phi3Config", "Phi3ForCausalLM", {"tie_word_embeddings": False, "pad_token_id": 0}),  # fused qkv
     "gemma2": ("Gemma2Config", "Gemma2ForCausalLM", {"head_dim": 64, "query_pre_attn_scalar": 64, "sliding_window": 16,
                                                      "attn_logit_softcapping": 50.0, "final_logit_softcapping": 30.0}),
     "gemma3": ("Gemma3TextConfig", "Gemma3ForCausalLM", {"head_dim": 64, "query_pre_attn_scalar": 64,
@@ -35,6 +37,9 @@ def tiny(arch: str, tokenizer) -> ModelHandle:
     import transformers
 
     conf, cls, extra = ARCHS[arch]
+    if arch == "phi3":  # llama.cpp marks these Phi-3 tokens by name when it loads a "phi3" model: they must exist
+        tokenizer = copy.deepcopy(tokenizer)
+        tokenizer.add_special_tokens({"additional_special_tokens": ["<s>", "</s>", "<|endoftext|>"]})
     config = getattr(transformers, conf)(**COMMON, **extra, vocab_size=len(tokenizer))
     torch.manual_seed(1)
     model = getattr(transformers, cls)(config).eval()
@@ -86,3 +91,12 @@ def test_llamacpp_runs_each_architecture_like_transformers(bpe_llama, tmp_path, 
     got = load_llamacpp(path, n_ctx=64).model(input_ids=IDS).logits[0]
     assert torch.equal(got.argmax(-1), want.argmax(-1))
     assert (got - want).abs().max().item() < 1e-3 * max(1.0, want.abs().max().item()), arch
+
+
+def test_fused_qkv_counts_as_attn_v_in_the_mixes() -> None:
+    """llama.cpp's rules treat phi3's attn_qkv as attn_v (its own counter, use_more_bits): on 2 layers
+    Q4_K_M gives Q4_K then Q6_K, as llama_model_quantize did on the tiny phi3 (bench/gguf_archs.py)."""
+    from lowbit.writers.gguf_mix import MixPlanner
+
+    plan = MixPlanner("Q4_K_M", n_layer=2, n_head=4, n_head_kv=2, tied_embeddings=False)
+    assert [plan.type_for(f"blk.{i}.attn_qkv.weight", (512, 256)) for i in range(2)] == ["Q4_K", "Q6_K"]

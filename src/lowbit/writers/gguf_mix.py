@@ -98,7 +98,7 @@ class MixPlanner:
         if cat == "token_embd":
             return "Q4_K" if m in ("TQ1_0", "TQ2_0") else new  # a ternary embedding table loses too much
         gqa = self.n_head // max(self.n_head_kv, 1)
-        if cat == "attn_v":
+        if cat in ("attn_v", "attn_qkv"):  # llama.cpp counts a fused q/k/v (phi3) as attn_v
             i, n = self.i_attn_v, self.n_attn_v
             if m == "Q2_K":
                 new = "Q4_K" if gqa >= 4 else "Q3_K"

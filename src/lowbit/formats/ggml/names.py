@@ -28,11 +28,7 @@ def _head_dim(cfg: Any) -> int:
 
 def _rope_theta(cfg: Any, default: float = 10000.0) -> float:
     theta = getattr(cfg, "rope_theta", None)
-    if theta is None:
-        params = getattr(cfg, "rope_parameters", None) or {}
-        params = params.get("full_attention", params) if isinstance(params.get("full_attention"), dict) else params
-        theta = params.get("rope_theta", default)
-    return float(theta)
+    return float(theta if theta is not None else _rope_params(cfg).get("rope_theta", default))
 
 
 def _gemma_kv(w: gguf.GGUFWriter, cfg: Any) -> None:
@@ -42,6 +38,22 @@ def _gemma_kv(w: gguf.GGUFWriter, cfg: Any) -> None:
         w.add_attn_logit_softcapping(float(cfg.attn_logit_softcapping))
     if getattr(cfg, "final_logit_softcapping", None):
         w.add_final_logit_softcapping(float(cfg.final_logit_softcapping))
+
+
+def _rope_params(cfg: Any) -> dict[str, Any]:
+    """transformers' rope parameters (``rope_parameters``, or ``rope_scaling`` before 5.0); per layer type
+    for Gemma 3, of which the full-attention layers' are the model's."""
+    params = getattr(cfg, "rope_parameters", None) or getattr(cfg, "rope_scaling", None) or {}
+    full = params.get("full_attention")
+    return full if isinstance(full, dict) else params
+
+
+def _phi3_kv(w: gguf.GGUFWriter, cfg: Any) -> None:
+    if _rope_params(cfg).get("rope_type", "default") != "default":
+        raise InputError("GGUF export of Phi-3 with rope scaling (its long-context factors) is not supported yet")
+    w.add_rope_scaling_orig_ctx_len(int(getattr(cfg, "original_max_position_embeddings", None)
+                                        or cfg.max_position_embeddings))
+    w.add_sliding_window(int(getattr(cfg, "sliding_window", None) or 0))
 
 
 @dataclass(frozen=True)
@@ -65,6 +77,7 @@ ARCHS: dict[str, Arch] = {a.name: a for a in (
     Arch("mistral", gguf.MODEL_ARCH.LLAMA, permute_qk=True),  # llama.cpp runs Mistral as "llama"
     Arch("qwen2", gguf.MODEL_ARCH.QWEN2),
     Arch("qwen3", gguf.MODEL_ARCH.QWEN3),
+    Arch("phi3", gguf.MODEL_ARCH.PHI3, extra_kv=_phi3_kv),  # fused qkv_proj and gate_up_proj, as llama.cpp reads them
     Arch("gemma2", gguf.MODEL_ARCH.GEMMA2, norm_shift=1.0, extra_kv=_gemma_kv),
     Arch("gemma3_text", gguf.MODEL_ARCH.GEMMA3, norm_shift=1.0, extra_kv=_gemma_kv),
 )}
@@ -111,7 +124,7 @@ def arch_kv(w: gguf.GGUFWriter, cfg: Any, name: str) -> None:
     if head_dim != cfg.hidden_size // cfg.num_attention_heads or arch.gguf != gguf.MODEL_ARCH.LLAMA:
         w.add_key_length(head_dim)
         w.add_value_length(head_dim)
-    w.add_rope_dimension_count(head_dim)
+    w.add_rope_dimension_count(int(head_dim * float(_rope_params(cfg).get("partial_rotary_factor", 1.0))))
     w.add_vocab_size(int(cfg.vocab_size))
     if arch.extra_kv is not None:
         arch.extra_kv(w, cfg)
