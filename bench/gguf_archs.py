@@ -79,6 +79,42 @@ def smollm2_tokenization(tmp: Path) -> dict:
     return {"samples": n, "same_as_source_gguf": same_as_source, "same_as_transformers": same_as_transformers}
 
 
+def minilm_row(tmp: Path) -> dict:
+    """The real minilm: llama.cpp's mean-pooled embeddings of 32 pydoc:eval passages from lowbit's F32 file
+    against transformers' (cosine), their WordPiece tokens, and the Q4_K_M / Q8_0 files."""
+    import torch
+    from llama_cpp import Llama
+
+    from lowbit.loaders import load_model
+
+    sys.path.insert(0, str(ROOT / "tests" / "integration"))
+    from test_gguf_minilm import passages
+
+    h = load_model("minilm")
+    f32 = tmp / "minilm-f32.gguf"
+    export_gguf(h, f32, "F32")
+    texts = passages()
+    enc = h.tokenizer(texts, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        states = h.model(**enc).last_hidden_state
+    mask = enc["attention_mask"].unsqueeze(-1).float()
+    want = ((states * mask).sum(1) / mask.sum(1)).numpy()
+    llm = Llama(model_path=str(f32), embedding=True, n_ctx=512, verbose=False)
+    cos, same = [], 0
+    for text, ref, ids in zip(texts, want, enc["input_ids"]):
+        same += llm.tokenize(text.encode(), add_bos=True, special=False) == [int(i) for i in ids if i != 0]
+        got = np.asarray(llm.embed(text, normalize=False), dtype=np.float32)
+        cos.append(float(got @ ref / np.linalg.norm(got) / np.linalg.norm(ref)))
+    row = {"embedding_cosine_min": min(cos), "embedding_cosine_mean": float(np.mean(cos)), "passages": len(texts),
+           "tokenizer_identical": same == len(texts), "llamacpp_top1_identical": None, "max_abs_dlogit": None}
+    for mix in ("Q4_K_M", "Q8_0"):
+        mine, theirs = tmp / f"minilm-{mix}.gguf", tmp / f"minilm-{mix}-llamacpp.gguf"
+        export_gguf(h, mine, mix)
+        llamacpp.quantize_with_llamacpp(f32, theirs, mix)
+        row[f"{mix.lower()}_identical"] = same_tensors(mine, theirs)
+    return row
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--json", dest="json_out")
@@ -104,13 +140,18 @@ def main(argv: list[str] | None = None) -> int:
                 llamacpp.quantize_with_llamacpp(f32, theirs, mix)
                 row[f"{mix.lower()}_identical"] = same_tensors(mine, theirs)
             rows[arch] = row
+        rows["bert (minilm)"] = minilm_row(tmp)
         tokens = smollm2_tokenization(tmp)
-    for row in rows.values():  # the tiny models' vocabulary is characters; real text is smollm2's
-        row["tokenizer_identical"] = tokens["same_as_source_gguf"] == tokens["samples"]
+    for row in rows.values():  # the tiny models' vocabulary is characters; real text is smollm2's (minilm: its own)
+        row.setdefault("tokenizer_identical", tokens["same_as_source_gguf"] == tokens["samples"])
     t = Table(title="GGUF per architecture: lowbit's file in llama.cpp vs transformers (tiny random models)")
     for c in ("arch", "top-1 identical", "max |dlogit|", "max |logit|", "Q4_K_M same tensors", "Q8_0 same tensors"):
         t.add_column(c)
     for arch, r in rows.items():
+        if r["max_abs_dlogit"] is None:
+            t.add_row(arch, f"embedding cosine >= {r['embedding_cosine_min']:.6f} ({r['passages']} passages)", "-", "-",
+                      str(r["q4_k_m_identical"]), str(r["q8_0_identical"]))
+            continue
         t.add_row(arch, str(r["llamacpp_top1_identical"]), f"{r['max_abs_dlogit']:.2e}", f"{r['max_abs_logit']:.2f}",
                   str(r["q4_k_m_identical"]), str(r["q8_0_identical"]))
     Console(width=160).print(t)

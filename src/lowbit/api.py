@@ -49,7 +49,7 @@ def export(handle: ModelHandle, out: str | Path, fmt: str = "compressed-tensors"
 
     ``compressed-tensors``: the ``pack-quantized`` checkpoint llm-compressor writes from a lowbit
     quantized model; transformers (with the ``compressed-tensors`` package) and vLLM load it.
-    ``gguf``: a llama.cpp file (llama, mistral, qwen2, qwen3, gemma2, gemma3), in a GGML type or mix
+    ``gguf``: a llama.cpp file (llama, mistral, qwen2, qwen3, phi3, gemma2, gemma3, bert), in a GGML type or mix
     (``gguf_type="Q4_K_M"``), optionally with ``imatrix`` (GGUF name -> per-column weights) and
     ``tensor_types`` (``["REGEX=TYPE", ...]``); see writers/gguf.py.
     ``bitsandbytes``: an NF4/FP4 model as the checkpoint transformers + bitsandbytes load; see writers/bnb.py.

@@ -8,7 +8,6 @@ import copy
 import importlib.util
 
 import gguf
-import numpy as np
 import pytest
 import torch
 
@@ -100,3 +99,34 @@ def test_fused_qkv_counts_as_attn_v_in_the_mixes() -> None:
 
     plan = MixPlanner("Q4_K_M", n_layer=2, n_head=4, n_head_kv=2, tied_embeddings=False)
     assert [plan.type_for(f"blk.{i}.attn_qkv.weight", (512, 256)) for i in range(2)] == ["Q4_K", "Q6_K"]
+
+
+def test_bert_encoder_exports_without_its_pooler(tmp_path) -> None:
+    """A tiny random BERT (minilm's WordPiece vocabulary): llama.cpp's bert keys and phantom-space
+    vocabulary, the pooler left out as llama.cpp's converter does, position and token-type embeddings
+    never quantized, and the encoder read back exactly."""
+    import transformers
+
+    from lowbit.loaders import load_model
+
+    tok = load_model("minilm").tokenizer
+    config = transformers.BertConfig(vocab_size=len(tok), hidden_size=256, intermediate_size=512, num_hidden_layers=2,
+                                     num_attention_heads=4, max_position_embeddings=128)
+    torch.manual_seed(0)
+    h = ModelHandle(model=transformers.BertModel(config).eval(), tokenizer=tok, kind="encoder", name="tiny-bert")
+    summary = export_gguf(h, tmp_path / "b.gguf", "Q8_0")
+    assert summary["types"]["position_embd.weight"] == "F32" and summary["types"]["token_types.weight"] == "F32"
+    assert summary["types"]["blk.0.attn_q.weight"] == "Q8_0" and not any("pooler" in n for n in summary["types"])
+    r = gguf.GGUFReader(str(tmp_path / "b.gguf"))
+    field = lambda k: r.fields[k].parts[-1]
+    assert bytes(field("tokenizer.ggml.model")).decode() == "bert" and not bool(field("bert.attention.causal")[0])
+    tokens = r.fields["tokenizer.ggml.tokens"]
+    vocab = [bytes(tokens.parts[i]).decode() for i in tokens.data]
+    assert vocab[tok.cls_token_id] == "[CLS]" and vocab[tok.convert_tokens_to_ids("the")] == "\u2581the"
+    assert vocab[tok.convert_tokens_to_ids("##s")] == "s"
+    export_gguf(h, tmp_path / "f32.gguf", "F32")
+    ids = tok(["the quick brown fox", "jumps over"], padding=True, return_tensors="pt")
+    with torch.no_grad():
+        want = h.model(**ids).last_hidden_state
+        got = load_into(tmp_path / "f32.gguf", h).model(**ids).last_hidden_state
+    assert torch.equal(got, want)

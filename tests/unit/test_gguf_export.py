@@ -133,9 +133,15 @@ def test_overrides_win_and_bad_ones_are_rejected(bpe_llama, tmp_path) -> None:
             parse_overrides([bad])
 
 
-def test_unsupported_architecture_and_existing_out_are_refused(tiny_bert, bpe_llama, tmp_path) -> None:
-    with pytest.raises(InputError, match=r"supports the architectures gemma2, gemma3_text, .*qwen3; .* is 'bert'"):
-        export_gguf(tiny_bert, tmp_path / "b.gguf", "Q8_0")
+def test_unsupported_architecture_and_existing_out_are_refused(bpe_llama, tmp_path) -> None:
+    import transformers
+
+    from lowbit.loaders.handle import ModelHandle
+
+    gpt2 = transformers.GPT2LMHeadModel(transformers.GPT2Config(n_embd=32, n_layer=1, n_head=2, vocab_size=64))
+    handle = ModelHandle(model=gpt2, tokenizer=bpe_llama.tokenizer, kind="causal-lm", name="tiny-gpt2")
+    with pytest.raises(InputError, match=r"supports the architectures bert, gemma2, .*qwen3; tiny-gpt2 is 'gpt2'"):
+        export_gguf(handle, tmp_path / "b.gguf", "Q8_0")
     assert not list(tmp_path.iterdir())
     (tmp_path / "x.gguf").write_bytes(b"keep")
     with pytest.raises(ExportError, match="exists"):

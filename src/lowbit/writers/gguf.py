@@ -1,5 +1,5 @@
 """Write a model as a GGUF file that llama.cpp loads, in any lowbit GGML type or mix: the Llama family
-(llama, mistral), qwen2, qwen3, gemma2 and gemma3 (formats/ggml/names.py's table).
+(llama, mistral), qwen2, qwen3, phi3, gemma2, gemma3 and the BERT encoder (formats/ggml/names.py).
 
     handle (float or lowbit-quantized) -> float32 tensors in GGUF names and layout -> per-tensor type
     from the mix (writers/gguf_mix.py) -> bytes (formats/ggml, bit-exact with llama.cpp) -> GGUFWriter
@@ -32,6 +32,7 @@ from lowbit.formats.ggml import GGML_TYPES
 from lowbit.formats.ggml.names import arch_kv, arch_of, gguf_name, permute_qk
 from lowbit.loaders.handle import ModelHandle
 from lowbit.writers.gguf_mix import MIXES, MixPlanner, parse_overrides
+from lowbit.writers.gguf_vocab import hf_tokenizer_kv
 from lowbit.writers.guard import check_output
 
 log = logging.getLogger(__name__)
@@ -65,9 +66,12 @@ def tensor_names(model: torch.nn.Module) -> list[tuple[str, str]]:
     """(Hugging Face name, GGUF name) of every tensor to write, in file order. A tied output head is
     left out (llama.cpp reuses token_embd); quantized layers count by their (buffer) weights."""
     tie = getattr(model.config, "tie_word_embeddings", False)
+    drops = arch_of(model.config).drops
     names: list[tuple[str, str]] = []
     seen: set[int] = set()
     for hf, p in model.named_parameters(remove_duplicate=False):
+        if hf.startswith(drops):
+            continue
         g = gguf_name(hf, model.config)
         if g is None and id(p) in seen:  # a tied head the architecture has no name for (gemma2): the embedding
             continue
@@ -79,10 +83,13 @@ def tensor_names(model: torch.nn.Module) -> list[tuple[str, str]]:
         names.append((hf, g))
     have = {h for h, _ in names}
     for base, mod in model.named_modules():
+        if f"{base}.".startswith(drops):
+            continue
         g = gguf_name(f"{base}.weight", model.config)
         if hasattr(mod, "dequantize") and g and f"{base}.weight" not in have and not (base == "lm_head" and tie):
             names.append((f"{base}.weight", g))
-    order = {"token_embd": -2, "output_norm": 10**9, "output": 10**9 + 1}
+    order = {"token_embd": -4, "token_types": -3, "position_embd": -2, "token_embd_norm": -1.5, "output_norm": 10**9,
+             "output": 10**9 + 1}
     names.sort(key=lambda hg: (int(hg[1].split(".")[1]) if hg[1].startswith("blk.") else order.get(hg[1].split(".")[0], -1),
                                hg[1]))
     return names
@@ -156,43 +163,6 @@ def _copy_kv(w: gguf.GGUFWriter, src: str, skip: Callable[[str], bool]) -> None:
             w.add_key_value(key, items, gguf.GGUFValueType(vtype), sub_type=gguf.GGUFValueType(sub))
         else:
             w.add_key_value(key, value, gguf.GGUFValueType(vtype))
-
-
-def _hf_tokenizer_kv(w: gguf.GGUFWriter, tok: Any) -> None:
-    """A Hugging Face byte-level BPE tokenizer as llama.cpp's ``gpt2`` vocabulary."""
-    import json
-
-    backend = getattr(tok, "backend_tokenizer", None)
-    if backend is None:
-        raise ExportError("GGUF export needs a fast (tokenizer.json) tokenizer to convert")
-    spec = json.loads(backend.to_str())
-    model = spec.get("model", {})
-    if model.get("type") != "BPE":
-        raise ExportError(f"GGUF export converts BPE tokenizers; this one is {model.get('type')!r}")
-    vocab = tok.get_vocab()
-    n = max(vocab.values()) + 1
-    tokens = [f"[PAD{i}]" for i in range(n)]
-    types = [gguf.TokenType.UNUSED] * n
-    special = {t["content"] for t in spec.get("added_tokens", []) if t.get("special")}
-    added = {t["content"] for t in spec.get("added_tokens", [])}
-    for t, i in vocab.items():
-        tokens[i] = t
-        types[i] = (gguf.TokenType.CONTROL if t in special else
-                    gguf.TokenType.USER_DEFINED if t in added else gguf.TokenType.NORMAL)
-    merges = [m if isinstance(m, str) else " ".join(m) for m in model.get("merges", [])]
-    w.add_tokenizer_model("gpt2")
-    log.warning("GGUF export: the tokenizer's pre-tokenizer is recorded as 'default'; llama.cpp may split text "
-                "slightly differently from transformers for this model")
-    w.add_tokenizer_pre("default")
-    w.add_token_list(tokens)
-    w.add_token_types(types)
-    w.add_token_merges(merges)
-    for attr, add in (("bos_token_id", w.add_bos_token_id), ("eos_token_id", w.add_eos_token_id),
-                      ("unk_token_id", w.add_unk_token_id), ("pad_token_id", w.add_pad_token_id)):
-        if getattr(tok, attr, None) is not None:
-            add(int(getattr(tok, attr)))
-    if getattr(tok, "chat_template", None):
-        w.add_chat_template(tok.chat_template)
 
 
 IN_FLIGHT = 3  # tensors queued on the quantizing pool at once: both cores busy, memory bounded
@@ -277,7 +247,7 @@ def _write_kv(w: gguf.GGUFWriter, handle: ModelHandle, cfg: Any, mix: str) -> No
         arch_kv(w, cfg, Path(handle.name).name)
         if handle.tokenizer is None:
             raise ExportError("GGUF export needs the model's tokenizer (none was loaded)")
-        _hf_tokenizer_kv(w, handle.tokenizer)
+        hf_tokenizer_kv(w, handle.tokenizer)
     w.add_file_type(MIXES[mix][1])
     if mix not in _UNQUANTIZED:
         w.add_quantization_version(gguf.GGML_QUANT_VERSION)

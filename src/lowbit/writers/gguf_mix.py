@@ -48,7 +48,10 @@ def category(name: str) -> str:
 
 
 def quantizable(name: str, shape: tuple[int, ...]) -> bool:
-    return len(shape) >= 2 and name.endswith("weight") and "_norm.weight" not in name
+    """As llama.cpp's tensor_allows_quantization: 2-D weights, not norms, not BERT's position and
+    token-type embeddings."""
+    return (len(shape) >= 2 and name.endswith("weight") and "_norm.weight" not in name
+            and name not in ("position_embd.weight", "token_types.weight"))
 
 
 @dataclass

@@ -66,6 +66,8 @@ class Arch:
     permute_qk: bool = False
     norm_shift: float = 0.0
     extra_kv: Callable[[gguf.GGUFWriter, Any], None] | None = None
+    encoder: bool = False  # BERT: layer norms, absolute positions, no causal mask, pooled embeddings
+    drops: tuple[str, ...] = ()  # Hugging Face modules the converter leaves out (BERT's pooler)
 
     @property
     def arch(self) -> str:
@@ -80,6 +82,7 @@ ARCHS: dict[str, Arch] = {a.name: a for a in (
     Arch("phi3", gguf.MODEL_ARCH.PHI3, extra_kv=_phi3_kv),  # fused qkv_proj and gate_up_proj, as llama.cpp reads them
     Arch("gemma2", gguf.MODEL_ARCH.GEMMA2, norm_shift=1.0, extra_kv=_gemma_kv),
     Arch("gemma3_text", gguf.MODEL_ARCH.GEMMA3, norm_shift=1.0, extra_kv=_gemma_kv),
+    Arch("bert", gguf.MODEL_ARCH.BERT, encoder=True, drops=("pooler.", "cls.")),
 )}
 
 
@@ -111,13 +114,20 @@ def permute_qk(w: np.ndarray, n_head: int) -> np.ndarray:
 def arch_kv(w: gguf.GGUFWriter, cfg: Any, name: str) -> None:
     """The hyperparameters llama.cpp reads for ``cfg``'s architecture (keys under ``{arch}.``)."""
     arch = arch_of(cfg)
-    head_dim = _head_dim(cfg)
     w.add_name(name)
     w.add_context_length(int(cfg.max_position_embeddings))
     w.add_embedding_length(int(cfg.hidden_size))
     w.add_block_count(int(cfg.num_hidden_layers))
     w.add_feed_forward_length(int(cfg.intermediate_size))
     w.add_head_count(int(cfg.num_attention_heads))
+    if arch.encoder:  # pooled as lowbit evaluates encoders (and sentence-transformers' MiniLM): mean
+        w.add_layer_norm_eps(float(cfg.layer_norm_eps))
+        w.add_causal_attention(False)
+        w.add_pooling_type(gguf.PoolingType.MEAN)
+        w.add_token_type_count(int(getattr(cfg, "type_vocab_size", None) or 1))
+        w.add_vocab_size(int(cfg.vocab_size))
+        return
+    head_dim = _head_dim(cfg)
     w.add_head_count_kv(int(getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads))
     w.add_rope_freq_base(_rope_theta(cfg))
     w.add_layer_norm_rms_eps(float(cfg.rms_norm_eps))
