@@ -130,3 +130,42 @@ def test_bert_encoder_exports_without_its_pooler(tmp_path) -> None:
         want = h.model(**ids).last_hidden_state
         got = load_into(tmp_path / "f32.gguf", h).model(**ids).last_hidden_state
     assert torch.equal(got, want)
+
+
+@pytest.mark.parametrize("arch", ["qwen3", "phi3", "gemma2", "gemma3"])
+def test_gguf_sources_of_other_architectures_load(bpe_llama, tmp_path, arch: str, monkeypatch) -> None:
+    """A GGUF of each architecture opens as the model it was written from, whole (through transformers,
+    with the head size and Gemma's attention scale it leaves at defaults) and block by block."""
+    from lowbit.loaders import load_model
+    from lowbit.loaders.lazy import open_lazy
+
+    monkeypatch.setenv("LOWBIT_CACHE", str(tmp_path / "cache"))
+    h = tiny(arch, bpe_llama.tokenizer)
+    export_gguf(h, tmp_path / "m.gguf", "F32")
+    want = logits(h.model)
+    assert torch.allclose(logits(load_model(str(tmp_path / "m.gguf")).model), want, atol=1e-5)
+    lazy = open_lazy(str(tmp_path / "m.gguf"))
+    lazy.materialize("")
+    assert torch.allclose(logits(lazy.model), want, atol=1e-5)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("llama_cpp") is None, reason="llama-cpp-python not installed (make reference)")
+@pytest.mark.parametrize("arch", ["qwen3", "gemma3"])
+def test_gguf_in_quantize_gguf_out_runs_in_llamacpp(bpe_llama, tmp_path, arch: str, monkeypatch) -> None:
+    """GGUF in, Q4_K_M out (read tensor by tensor, the source's metadata copied), llama.cpp runs it to the
+    logits torch computes from the very same file."""
+    from lowbit import api
+    from lowbit.metrics.llamacpp import load_llamacpp
+
+    monkeypatch.setenv("LOWBIT_CACHE", str(tmp_path / "cache"))
+    h = tiny(arch, bpe_llama.tokenizer)
+    export_gguf(h, tmp_path / "src.gguf", "F32")
+    api.export_to(str(tmp_path / "src.gguf"), tmp_path / "q.gguf", "gguf", gguf=api.GGUFSettings("Q4_K_M"))
+    types = {t.tensor_type.name for t in gguf.GGUFReader(str(tmp_path / "q.gguf")).tensors}
+    assert "Q4_K" in types
+    want = logits(load_into(tmp_path / "q.gguf", h).model)[0]
+    got = load_llamacpp(tmp_path / "q.gguf", n_ctx=64).model(input_ids=IDS).logits[0]
+    # llama.cpp multiplies k-quant weights by activations rounded to 8 bits (Q8_K), torch by float ones:
+    # close, not equal, and a random model's near-ties may flip
+    assert (got.argmax(-1) == want.argmax(-1)).float().mean().item() >= 0.9
+    assert (got - want).abs().max().item() < 0.05 * max(1.0, want.abs().max().item())

@@ -110,6 +110,9 @@ def load_hf_dir(path: Path) -> ModelHandle:
     return ModelHandle(model=model.eval(), tokenizer=tokenizer, kind=kind, name=str(path), path=str(path))
 
 
+GGUF_CACHE_VERSION = 2  # bumped when the dequantized copy changes (2: head size and Gemma's attention scale)
+
+
 def load_gguf(path: Path) -> ModelHandle:
     """A GGUF file, dequantized to float32 via transformers, cached as a HF directory.
 
@@ -118,7 +121,7 @@ def load_gguf(path: Path) -> ModelHandle:
     from lowbit.loaders.cache import atomic_dir, cache_root, file_key, publish_dir
 
     check_gguf(path)
-    final = cache_root() / f"gguf-{path.stem}-{file_key(path)}"
+    final = cache_root() / f"gguf{GGUF_CACHE_VERSION}-{path.stem}-{file_key(path)}"
     if not (final / "config.json").is_file():
         log.info("dequantizing %s to float32 (first use; cached in %s)", path.name, final)
         tmp = atomic_dir(final)
@@ -137,11 +140,19 @@ def _dequantize_gguf_to(path: Path, out: Path) -> None:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from lowbit.loaders.gguf_source import gguf_config
+
     try:
         tok = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
-        model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
+        config = gguf_config(path)
+        model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32,
+                                                     config=config)
     except (OSError, ValueError, KeyError, RuntimeError) as e:
         raise InputError(f"{path}: transformers cannot load this GGUF: {str(e).splitlines()[0]}") from None
+    if any(getattr(model.config, k, None) != getattr(config, k, None) for k in ("head_dim", "query_pre_attn_scalar")):
+        fixed = AutoModelForCausalLM.from_config(config, dtype=torch.float32)  # the attention scale is set at init
+        fixed.load_state_dict(model.state_dict())
+        model = fixed
     # transformers marks GGUF-loaded models as quantized and then refuses to save them.
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):

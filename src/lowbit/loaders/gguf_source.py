@@ -47,11 +47,35 @@ class GGUFSource:
         return torch.from_numpy(np.copy(result.weights))
 
 
+# llama.cpp's Gemma 27B models scale attention by hidden / heads, the others by the head size (a GGUF
+# has no key for it; transformers' default, 256, is right only when the head size is 256)
+_GEMMA_27B_LAYERS = {"gemma2": 46, "gemma3": 62}
+
+
+def gguf_config(path: Path) -> Any:
+    """transformers' config for a GGUF file, with what its GGUF reader leaves at the defaults though the
+    file says it (or llama.cpp assumes it): the head size from ``{arch}.attention.key_length`` (Qwen3's
+    default is 128), Gemma's attention scale as llama.cpp computes it."""
+    from gguf import GGUFReader
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(path.parent, gguf_file=path.name)
+    reader = GGUFReader(path)
+    arch = _architecture(reader)
+    field = reader.fields.get(f"{arch}.attention.key_length")
+    if field is not None and hasattr(config, "head_dim"):
+        config.head_dim = int(field.parts[-1][0])
+    if arch in _GEMMA_27B_LAYERS and hasattr(config, "query_pre_attn_scalar"):
+        big = config.num_hidden_layers == _GEMMA_27B_LAYERS[arch]
+        config.query_pre_attn_scalar = config.hidden_size // config.num_attention_heads if big else config.head_dim
+    return config
+
+
 def open_gguf(path: Path) -> LazyModel:
     """The model a GGUF file holds, on meta, with the file as its weight source."""
     import transformers.modeling_gguf_pytorch_utils as hf_gguf
     from gguf import GGUFReader
-    from transformers import AutoConfig, AutoTokenizer
+    from transformers import AutoTokenizer
     from transformers.modeling_gguf_pytorch_utils import (
         TENSOR_PROCESSORS,
         TensorProcessor,
@@ -62,7 +86,7 @@ def open_gguf(path: Path) -> LazyModel:
     with _parse_once():
         try:
             parsed = hf_gguf.load_gguf_checkpoint(str(path), return_tensors=False)
-            config = AutoConfig.from_pretrained(path.parent, gguf_file=path.name)
+            config = gguf_config(path)
         except (OSError, ValueError, KeyError, TypeError, IndexError) as e:
             raise InputError(f"{path}: transformers cannot read this GGUF's metadata: {str(e).splitlines()[0]}") from None
         model, kind = build_on_meta(config, CAUSAL_LM)  # what transformers' GGUF loader builds
