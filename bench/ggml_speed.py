@@ -35,8 +35,8 @@ sys.path.insert(0, str(ROOT / "tests" / "fixtures" / "ggml"))
 from make_fixtures import find_lib, ggml_quantize, real_rows
 
 TYPES = ["Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K",
-         "IQ4_NL", "IQ4_XS", "TQ1_0", "TQ2_0"]
-BOUND = {"IQ4_NL": 1.5, "IQ4_XS": 1.5, "TQ1_0": 1.5, "TQ2_0": 1.5}  # issue 15's targets (lattice types: 3x)
+         "IQ4_NL", "IQ4_XS", "TQ1_0", "TQ2_0", "IQ2_XXS"]
+BOUND = {"IQ4_NL": 1.5, "IQ4_XS": 1.5, "TQ1_0": 1.5, "TQ2_0": 1.5, "IQ2_XXS": 3.0}  # issue 15's targets
 
 
 def best_of(fn, repeat: int) -> tuple[float, np.ndarray]:
@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     console = Console(width=160)
     rows = []
     for t in TYPES:
-        for imx in (None, im):
+        for imx in (im,) if GGML_TYPES.get(t).needs_imatrix else (None, im):
             mine_s, mine = best_of(lambda: GGML_TYPES.get(t).quantize(x, imx), repeat)  # noqa: B023
             ref_s, ref = best_of(lambda: ggml_quantize(lib, x, t, imx), repeat)  # noqa: B023
             rows.append({"type": t, "imatrix": imx is not None, "lowbit_s": mine_s, "llamacpp_s": ref_s,

@@ -15,8 +15,10 @@ from lowbit.errors import InputError
 from lowbit.formats.ggml import GGML_TYPES
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "ggml"
-TYPES = ["F32", "F16", "BF16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K",
+PLAIN = ["F32", "F16", "BF16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K",
          "IQ4_NL", "IQ4_XS", "TQ1_0", "TQ2_0"]
+NEEDS_IMATRIX = ["IQ2_XXS"]  # llama.cpp refuses these without one
+TYPES = PLAIN + NEEDS_IMATRIX
 
 
 def assert_same_blocks(got: np.ndarray, want: np.ndarray, qtype: str, what: str) -> None:
@@ -61,7 +63,7 @@ def synthetic() -> dict[str, np.ndarray]:
 CASES = ["normal", "heavy", "positive", "zeros", "constant", "neg_constant", "outlier", "subnormal", "tiny", "sparse"]
 
 
-@pytest.mark.parametrize("qtype", TYPES)
+@pytest.mark.parametrize("qtype", PLAIN)
 @pytest.mark.parametrize("case", CASES)
 def test_bit_exact_with_llamacpp(synthetic, qtype: str, case: str) -> None:
     x = synthetic[f"{case}/input"]
@@ -88,12 +90,19 @@ def test_the_importance_matrix_changes_the_weighted_error(synthetic) -> None:
         assert weighted < plain, q
 
 
+@pytest.mark.parametrize("qtype", NEEDS_IMATRIX)
+def test_very_low_bit_types_need_an_importance_matrix(qtype: str) -> None:
+    with pytest.raises(InputError, match=f"{qtype} needs an importance matrix"):
+        GGML_TYPES.get(qtype).quantize(np.ones((1, 256), np.float32))
+
+
 @pytest.mark.parametrize("qtype", TYPES)
 def test_decodes_close_to_the_input(qtype: str) -> None:
     """gguf-py (an independent decoder) reads our bytes back within the type's resolution."""
     t = GGML_TYPES.get(qtype)
     x = np.random.default_rng(0).standard_normal((4, 512)).astype(np.float32)
-    back = t.dequantize(t.quantize(x), x.shape)
+    im = np.ones(512, np.float32) if qtype in NEEDS_IMATRIX else None
+    back = t.dequantize(t.quantize(x, im), x.shape)
     rel = float(np.sqrt(((back - x) ** 2).mean() / (x**2).mean()))
     bound = {"F32": 0, "F16": 1e-3, "BF16": 1e-2}.get(qtype, 2.0 ** (2 - t.bits_per_weight()))
     assert rel <= bound, (qtype, rel)
@@ -126,7 +135,8 @@ def test_live_against_libggml(qtype: str) -> None:
     lib = find_lib(None)
     rng = np.random.default_rng(99)
     x = (rng.standard_normal((16, 1024)) * rng.uniform(0.001, 10, (16, 1))).astype(np.float32)
-    assert_same_blocks(GGML_TYPES.get(qtype).quantize(x), ggml_quantize(lib, x, qtype), qtype, "live")
+    im = (rng.standard_normal(1024) ** 2).astype(np.float32) if qtype in NEEDS_IMATRIX else None
+    assert_same_blocks(GGML_TYPES.get(qtype).quantize(x, im), ggml_quantize(lib, x, qtype, im), qtype, "live")
 
 
 @pytest.mark.parametrize("qtype", ["Q4_0", "Q5_0", "Q4_1", "Q5_1", "Q8_0"])

@@ -115,6 +115,21 @@ def test_iq4_xs_and_ternary_fall_back_on_narrow_rows() -> None:
     assert tq.type_for("token_embd.weight", (49152, 1536)) == "Q4_K"
 
 
+def test_iq2_xxs_rules_and_its_importance_matrix(bpe_llama, tmp_path) -> None:
+    """llama.cpp's very-low-bit branch: output Q5_K, token_embd Q2_K, attn_v Q4_K under GQA >= 4 (else
+    Q2_K), the first eighth of ffn_down Q2_K; and its refusal without an importance matrix, in its words."""
+    plan = MixPlanner("IQ2_XXS", n_layer=16, n_head=32, n_head_kv=8, tied_embeddings=False, has_imatrix=True)
+    assert plan.type_for("token_embd.weight", (32000, 4096)) == "Q2_K"
+    assert plan.type_for("output.weight", (32000, 4096)) == "Q5_K"
+    assert [plan.type_for(f"blk.{i}.ffn_down.weight", (4096, 11264)) for i in range(3)] == ["Q2_K", "Q2_K", "IQ2_XXS"]
+    assert plan.type_for("blk.0.attn_v.weight", (1024, 4096)) == "Q4_K"
+    assert plan.type_for("blk.0.attn_q.weight", (4096, 4096)) == "IQ2_XXS"
+    assert MixPlanner("IQ2_XXS", 16, 32, 32, False).type_for("blk.0.attn_v.weight", (4096, 4096)) == "Q2_K"
+    with pytest.raises(InputError, match=r"Missing importance matrix for tensor blk\.\d+\.\w+\.weight in a very low-bit"):
+        export_gguf(bpe_llama, tmp_path / "m.gguf", "IQ2_XXS")
+    assert not list(tmp_path.iterdir())
+
+
 @pytest.mark.parametrize("mix", ["IQ4_NL", "IQ4_XS", "TQ1_0", "TQ2_0"])
 def test_new_mixes_round_trip(bpe_llama, tmp_path, mix: str) -> None:
     summary = export_gguf(bpe_llama, tmp_path / "m.gguf", mix)

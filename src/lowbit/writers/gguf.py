@@ -31,7 +31,7 @@ from lowbit.errors import ExportError, InputError
 from lowbit.formats.ggml import GGML_TYPES
 from lowbit.formats.ggml.names import arch_kv, arch_of, gguf_name, permute_qk
 from lowbit.loaders.handle import ModelHandle
-from lowbit.writers.gguf_mix import MIXES, MixPlanner, parse_overrides
+from lowbit.writers.gguf_mix import MIXES, NEEDS_IMATRIX, MixPlanner, parse_overrides
 from lowbit.writers.gguf_vocab import hf_tokenizer_kv
 from lowbit.writers.guard import check_output
 
@@ -261,6 +261,10 @@ def _plan(model: torch.nn.Module, mods: dict[str, torch.nn.Module], planner: Mix
         shape = _shape(model, mods, hf)
         t = planner.type_for(name, shape)
         im = None
+        needs = t in NEEDS_IMATRIX and name not in ("token_embd.weight", "output.weight")
+        if needs and (imatrix is None or imatrix.get(name) is None):  # llama.cpp's words and refusal
+            raise InputError(f"Missing importance matrix for tensor {name} in a very low-bit quantization ({t}); "
+                             f"give --imatrix FILE or --calib DATA")
         if imatrix is not None and t not in (*_UNQUANTIZED, "Q8_0") and len(shape) == 2:
             im = imatrix.get(name)
             if im is None:

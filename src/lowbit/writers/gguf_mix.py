@@ -30,9 +30,14 @@ MIXES: dict[str, tuple[str, int]] = {
     "Q2_K": ("Q2_K", 10), "Q3_K_S": ("Q3_K", 11), "Q3_K_M": ("Q3_K", 12), "Q3_K_L": ("Q3_K", 13),
     "Q4_K_S": ("Q4_K", 14), "Q4_K_M": ("Q4_K", 15), "Q5_K_S": ("Q5_K", 16), "Q5_K_M": ("Q5_K", 17),
     "Q6_K": ("Q6_K", 18), "IQ4_NL": ("IQ4_NL", 25), "IQ4_XS": ("IQ4_XS", 30), "TQ1_0": ("TQ1_0", 36),
-    "TQ2_0": ("TQ2_0", 37),
+    "TQ2_0": ("TQ2_0", 37), "IQ2_XXS": ("IQ2_XXS", 19),
 }
+# the file types of llama.cpp's sub-2.5-bit rules (output Q5_K, embeddings Q2_K, attn_v / ffn_down guarded)
+VERY_LOW = ("IQ2_XXS",)
+# tensors of these types need importance-matrix data (llama.cpp's tensor_requires_imatrix)
+NEEDS_IMATRIX = ("IQ3_XXS", "IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ1_M", "IQ1_S")
 FALLBACK = {"Q2_K": "Q4_0", "Q3_K": "Q4_0", "Q4_K": "Q5_0", "Q5_K": "Q5_1", "Q6_K": "Q8_0", "IQ4_XS": "IQ4_NL",
+            "IQ2_XXS": "IQ4_NL",
             "TQ1_0": "Q4_0", "TQ2_0": "Q4_0"}
 FLOAT_TYPES = ("F32", "F16", "BF16")
 
@@ -97,10 +102,12 @@ class MixPlanner:
         m = self.mix
         if cat == "output" or (self.tied_embeddings and cat == "token_embd"):
             block = gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType[new]][0]
-            return "Q8_0" if shape[-1] % block else ("Q6_K" if new != "Q8_0" else new)
-        if cat == "token_embd":
-            return "Q4_K" if m in ("TQ1_0", "TQ2_0") else new  # a ternary embedding table loses too much
+            return "Q8_0" if shape[-1] % block else "Q5_K" if m in VERY_LOW else ("Q6_K" if new != "Q8_0" else new)
+        if cat == "token_embd":  # a ternary or very low-bit embedding table loses too much
+            return "Q4_K" if m in ("TQ1_0", "TQ2_0") else "Q2_K" if m in VERY_LOW else new
         gqa = self.n_head // max(self.n_head_kv, 1)
+        if m in VERY_LOW:
+            return self._very_low(cat, new, gqa)
         if cat in ("attn_v", "attn_qkv"):  # llama.cpp counts a fused q/k/v (phi3) as attn_v
             i, n = self.i_attn_v, self.n_attn_v
             if m == "Q2_K":
@@ -137,6 +144,17 @@ class MixPlanner:
             self.i_ffn_down += 1
         elif cat == "attn_output":
             new = {"Q2_K": "Q3_K", "Q3_K_M": "Q4_K", "Q3_K_L": "Q5_K"}.get(m, new)
+        return new
+
+    def _very_low(self, cat: str, new: str, gqa: int) -> str:
+        """llama.cpp's branch for the IQ2/IQ1 file types: attn_v to Q4_K under GQA >= 4 (else Q2_K), the
+        first eighth of ffn_down to Q2_K; nothing else moves."""
+        if cat in ("attn_v", "attn_qkv"):
+            self.i_attn_v += 1
+            return "Q4_K" if gqa >= 4 else "Q2_K"
+        if cat == "ffn_down":
+            i, self.i_ffn_down = self.i_ffn_down, self.i_ffn_down + 1
+            return "Q2_K" if i < self.n_ffn_down // 8 else new
         return new
 
     def _fallback(self, name: str, new: str, ncols: int) -> str:

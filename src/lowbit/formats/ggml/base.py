@@ -56,6 +56,7 @@ class GGMLType:
     qtype: ClassVar[gguf.GGMLQuantizationType]
     block_size: ClassVar[int]
     type_size: ClassVar[int]
+    needs_imatrix: ClassVar[bool] = False  # the very-low-bit types: llama.cpp refuses them without one
 
     def __init_subclass__(cls, name: str | None = None, **kw: Any) -> None:
         super().__init_subclass__(**kw)
@@ -93,6 +94,9 @@ class GGMLType:
         bytes. Rows are independent, so the work is cut into runs of whole rows of about
         CHUNK_VALUES values; an exporter can keep several tensors in flight and both cores busy."""
         x = cls.check(x)
+        if imatrix is None and cls.needs_imatrix:
+            raise InputError(f"{cls.name} needs an importance matrix (--imatrix or --calib): llama.cpp refuses a "
+                             f"very low-bit quantization without one, as its result would be garbage")
         if imatrix is not None:
             imatrix = np.ascontiguousarray(imatrix, dtype=np.float32)
             if imatrix.shape != (x.shape[-1],):

@@ -174,12 +174,15 @@ def make_qx_quants(x: np.ndarray, nmax: int, rmse_type: int, qw: np.ndarray | No
     return scale.astype(F32), _t(L.astype(np.int32))
 
 
-def _sweeps(x: np.ndarray, w: np.ndarray, L: np.ndarray, lo: int | None, hi: int, wrap: bool) -> tuple[np.ndarray, ...]:
+def _sweeps(x: np.ndarray, w: np.ndarray, L: np.ndarray, lo: int | None, hi: int, wrap: bool,
+            start: np.ndarray | None = None) -> tuple[np.ndarray, ...]:
     """Up to 5 sweeps moving one value at a time while the weighted fit improves (make_q3_quants and
     make_qp_quants). x, w, L: (n, B). As in the reference, a block stops after a sweep that changes
-    nothing (its state is then a fixed point): later sweeps run only on the blocks still moving."""
+    nothing (its state is then a fixed point): later sweeps run only on the blocks still moving.
+    ``start``: the levels the starting sums are taken from, where they differ from ``L`` (make_qp_quants
+    sums the int levels but stores them as bytes, so a negative one is 255 from then on)."""
     wx = w * x
-    lf = L.astype(F32)
+    lf = (L if start is None else start).astype(F32)
     sumlx, suml2 = seqdot(wx, lf), seqdot(w, lf, lf)
     L = L.copy()
     cols = np.arange(x.shape[1])
@@ -192,16 +195,14 @@ def _sweeps(x: np.ndarray, w: np.ndarray, L: np.ndarray, lo: int | None, hi: int
             sl2 = sl2_a - ws[i] * li * li
             new = nearest_int(xs[i] * sl2 / slx)
             new = np.clip(new, lo, hi, out=new) if lo is not None else np.minimum(new, hi, out=new)
-            if wrap:
-                new &= 0xFF
-            nf = new.astype(F32)
+            nf = new.astype(F32)  # the int level: what the sums take, and what is compared to the stored byte
             slx2 = slx + wxs[i] * nf
             sl22 = sl2 + ws[i] * nf * nf
             if wrap:  # make_qp_quants: the test on the old sl2; make_q3_quants: on the new one
                 ok = (slx > 0) & (sl2 > 0) & (new != Ls[i]) & (slx2 * slx2 * sl2_a > slx_a * slx_a * sl22)
             else:
                 ok = (slx > 0) & (new != Ls[i]) & (sl22 > 0) & (slx2 * slx2 * sl2_a > slx_a * slx_a * sl22)
-            np.copyto(Ls[i], new, where=ok)
+            np.copyto(Ls[i], new & 0xFF if wrap else new, where=ok)
             np.copyto(slx_a, slx2, where=ok)
             np.copyto(sl2_a, sl22, where=ok)
             moved |= ok
@@ -257,8 +258,8 @@ def make_qp_quants(x: np.ndarray, nmax: int, qw: np.ndarray) -> tuple[np.ndarray
             better = m < best
             best = np.where(better, m, best)
             iscale = np.where(better, cand, iscale)
-        L = np.minimum(nmax, nearest_int(iscale * x)) & 0xFF
-        L, sumlx, suml2 = _sweeps(x, w, L, None, nmax, wrap=True)
+        lv = np.minimum(nmax, nearest_int(iscale * x))
+        L, sumlx, suml2 = _sweeps(x, w, lv & 0xFF, None, nmax, wrap=True, start=lv)
         scale = np.where(suml2 > 0, sumlx / suml2, F32(0))
         L = np.where(zero, 0, L)
         scale = np.where(zero, F32(0), scale)

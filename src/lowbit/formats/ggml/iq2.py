@@ -1,0 +1,219 @@
+"""IQ2_XXS: 2.06 bits per weight. Each 8 values take one point of a 256-point lattice (magnitudes 1, 3,
+5 per coordinate) and 7 sign bits (the eighth sign makes their count even), under a 4-bit scale per 32
+and one float16 per 256. llama.cpp's ``quantize_row_iq2_xxs_impl``: an importance matrix is required,
+as there; the scale is searched over 13 candidates, and a group that falls off the lattice takes the
+nearest of its listed neighbours (``iq2xs_init_impl``'s table, rebuilt here from the lattice that
+gguf-py, llama.cpp's own package, decodes with).
+
+Every step runs on all blocks of 32 at once; sums go first to last, as the reference adds them.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import gguf
+import numpy as np
+
+from lowbit.errors import InputError
+from lowbit.formats.ggml.base import GGMLType
+from lowbit.formats.ggml.kcommon import (
+    F32,
+    GROUP_MAX_EPS,
+    as_bytes,
+    make_qp_quants,
+    nearest_int,
+    seqdot,
+    seqsum,
+)
+
+KMAXQ = 3
+BUCKETS = np.array([1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 1024, 2048])
+
+
+@functools.lru_cache(maxsize=4)
+def lattice(name: str, nwant: int) -> tuple[np.ndarray, np.ndarray, tuple]:
+    """(grid (N, 8) of 1/3/5, code -> grid index or -1 (4^8,), the neighbour tables: code -> length
+    bucket and row, and per bucket the padded candidate lists and their values by coordinate).
+    A code packs eight 2-bit levels l (value 2l + 1); an off-lattice code lists every point within its
+    ``nwant`` nearest squared distances, nearest first, then by index (the reference's qsort order)."""
+    cls = getattr(gguf.quants, name)
+    cls.init_grid()
+    g = np.asarray(cls.grid, dtype=np.float32).reshape(-1, 8)
+    levels = np.searchsorted(np.asarray(cls.grid_map, dtype=np.float32), g).astype(np.int64)  # 0, 1, 2
+    grid = 2 * levels + 1
+    codes = (levels << (2 * np.arange(8))).sum(1)
+    kmap = np.full(4**8, -1, dtype=np.int64)
+    kmap[codes] = np.arange(len(grid))
+    # only codes of levels 0..KMAXQ-1 can be asked for (the search clamps to them)
+    reach = np.array(np.meshgrid(*[np.arange(KMAXQ)] * 8, indexing="ij")).reshape(8, -1).T  # (3^8, 8)
+    rcodes = (reach << (2 * np.arange(8))).sum(1)
+    off = kmap[rcodes] < 0
+    pos = 2 * reach[off] + 1
+    d2 = ((grid[None, :, :] - pos[:, None, :]) ** 2).sum(-1)  # (M, N) ints
+    order = np.argsort(d2, axis=1, kind="stable")  # by distance, then index
+    sd = np.take_along_axis(d2, order, 1)
+    distinct = np.sort(d2, axis=1)
+    # the nwant-th distinct distance of each row
+    first = np.ones_like(distinct, dtype=bool)
+    first[:, 1:] = distinct[:, 1:] != distinct[:, :-1]
+    rank = np.cumsum(first, axis=1)
+    limit = np.where(rank == nwant, distinct, np.iinfo(np.int64).max).min(1)
+    keep = sd <= limit[:, None]
+    n = keep.sum(1)
+    # the lists by length bucket, each padded with its last entry (a repeat is never the first minimum):
+    # per bucket the candidates (R, K) and their values coordinate by coordinate (8, R, K)
+    bucket = np.full(4**8, -1, dtype=np.int64)
+    row = np.zeros(4**8, dtype=np.int64)
+    b_of = np.searchsorted(BUCKETS, n)
+    tabs = []
+    gridf = grid.astype(np.float32)
+    for kb in range(len(BUCKETS)):
+        sel = np.nonzero(b_of == kb)[0]
+        width = int(n[sel].max()) if len(sel) else 0
+        cand = order[sel][:, :width]
+        cand = np.take_along_axis(cand, np.minimum(np.arange(width), n[sel][:, None] - 1), 1) if len(sel) else cand
+        bucket[rcodes[off][sel]] = kb
+        row[rcodes[off][sel]] = np.arange(len(sel))
+        tabs.append((np.ascontiguousarray(cand), np.ascontiguousarray(gridf[cand].transpose(2, 0, 1))))
+    return gridf, kmap, (bucket, row, tabs)
+
+
+def to_lattice(xval: np.ndarray, waux: np.ndarray, scale: np.ndarray, inv: np.ndarray,
+               tables: tuple) -> tuple[np.ndarray, np.ndarray]:
+    """Groups of 8 (B, 4, 8) -> (levels (B, 4, 8), grid index (B, 4)): the nearest levels at ``inv``
+    (1 / scale, per block), or, off the lattice, the listed neighbour with the least weighted error at
+    ``scale``."""
+    grid, kmap, _ = tables
+    with np.errstate(invalid="ignore", over="ignore"):
+        L = np.clip(nearest_int(F32(0.5) * (inv[:, None, None] * xval - F32(1))), 0, KMAXQ - 1)
+    codes = (L.astype(np.int64) << (2 * np.arange(8))).sum(-1)
+    gi = kmap[codes]
+    miss = np.nonzero(gi < 0)
+    if len(miss[0]):
+        gi[miss] = best = _nearest_neighbour(codes[miss], xval[miss], waux[miss], scale[miss[0]], tables)
+        L[miss] = ((grid[best] - 1) / 2).astype(L.dtype)
+    return L, gi
+
+
+def _nearest_neighbour(codes: np.ndarray, xval: np.ndarray, waux: np.ndarray, scale: np.ndarray,
+                       tables: tuple) -> np.ndarray:
+    """For groups off the lattice (codes (M,), xval / waux (M, 8), scale (M,)): the listed neighbour of
+    least sum w (scale q - x)^2, added coordinate after coordinate; the first of equal ones (the
+    reference's strict <). Groups go by the length bucket of their list, whose padded tables they read
+    row by row."""
+    _, _, (bucket, row, tabs) = tables
+    bk = bucket[codes]
+    xt, wt = np.ascontiguousarray(xval.T), np.ascontiguousarray(waux.T)
+    best = np.empty(len(codes), dtype=np.int64)
+    for kb in np.unique(bk):
+        sel = np.nonzero(bk == kb)[0]
+        cands, qs = tabs[kb]
+        rows = row[codes[sel]]
+        s = scale[sel][:, None]
+        d2 = np.zeros((len(sel), cands.shape[1]), dtype=F32)
+        tmp = np.empty_like(d2)
+        for i in range(8):  # d2 += w * diff * diff, diff = scale * q - x
+            diff = qs[i][rows]
+            diff *= s
+            diff -= xt[i][sel][:, None]
+            np.multiply(wt[i][sel][:, None], diff, out=tmp)
+            tmp *= diff
+            d2 += tmp
+        best[sel] = cands[rows, d2.argmin(1)]
+    return best
+
+
+class IQ2XXS(GGMLType, name="IQ2_XXS"):
+    needs_imatrix = True
+
+    @classmethod
+    def quantize_blocks(cls, blocks: np.ndarray, qw: np.ndarray | None) -> np.ndarray:
+        if qw is None:
+            raise InputError("IQ2_XXS needs an importance matrix (llama.cpp: missing importance matrix in a very "
+                             "low-bit quantization)")
+        tables = lattice("IQ2_XXS", 2)
+        s = blocks.shape[0]
+        sigma2 = seqsum((blocks * blocks).T) / F32(256)
+        xb = blocks.reshape(s * 8, 32)
+        weight = qw.reshape(s * 8, 32) * np.sqrt(np.repeat(sigma2, 8)[:, None] + xb * xb)
+        waux = np.sqrt(weight)
+        xval, signs = _even_signs(xb, weight)
+        dead, scale, L = _search(xval, weight, waux, tables)
+        _, kmap, _ = tables
+        with np.errstate(divide="ignore", invalid="ignore"):
+            flip = scale < 0  # never, as in the reference; kept for the encoding's sake
+            signs = np.where(flip[:, None], (~signs) & 127, signs)
+            scale = np.where(dead, F32(0), np.abs(scale))
+        codes = (L.astype(np.int64) << (2 * np.arange(8))).sum(-1)
+        gi = np.where(dead[:, None], 0, kmap[codes])
+        if (gi < 0).any():
+            raise AssertionError("IQ2_XXS: a point off the lattice survived the search")
+        signs = np.where(dead[:, None], 0, signs)
+        scales = scale.reshape(s, 8)
+        max_scale = scales.max(1)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            d = max_scale / F32(31)
+            inv = np.where(d != 0, F32(1) / d, F32(0))
+            ls = np.clip(nearest_int(F32(0.5) * (inv[:, None] * scales - F32(1))), 0, 15).astype(np.uint32)
+        w0 = (gi.astype(np.uint32) << (8 * np.arange(4, dtype=np.uint32))).sum(-1, dtype=np.uint32).reshape(s, 8)
+        w1 = (signs.astype(np.uint32) << (7 * np.arange(4, dtype=np.uint32))).sum(-1, dtype=np.uint32).reshape(s, 8)
+        w1 = w1 | (ls << 28)
+        words = np.stack([w0, w1], axis=-1).reshape(s, 16)
+        zero = max_scale == 0
+        words[zero] = 0
+        d16 = np.where(zero, F32(0), d).astype(np.float16)
+        return as_bytes(d16[:, None], words.astype("<u4"))
+
+
+def _even_signs(xb: np.ndarray, weight: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """|x| per group of 8 with its sign bits; an odd count of negatives flips the value of least
+    weighted x^2 back (its magnitude turns negative), so the eighth sign is implied."""
+    neg = (xb < 0).reshape(-1, 4, 8)
+    xval = np.where(xb >= 0, xb, -xb).reshape(-1, 4, 8)
+    bits = (neg.astype(np.int64) << np.arange(8)).sum(-1)
+    odd = neg.sum(-1) % 2 == 1
+    imin = (weight * xb * xb).reshape(-1, 4, 8).argmin(-1)
+    b, k = np.nonzero(odd)
+    xval[b, k, imin[b, k]] = -xval[b, k, imin[b, k]]
+    bits[b, k] ^= 1 << imin[b, k]
+    return xval, (bits & 127).astype(np.int64)
+
+
+def _search(xval: np.ndarray, weight: np.ndarray, waux: np.ndarray,
+            tables: tuple) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The scale of each block of 32 and its levels: 13 trial scales around make_qp_quants' guess, the best
+    weighted fit kept, then one more pass at the scale found. Returns (blocks with nothing to encode,
+    scale, levels (B, 4, 8))."""
+    nb = xval.shape[0]
+    flat = xval.reshape(nb, 32)
+    mx = flat.max(1)
+    scale, _ = make_qp_quants(flat, KMAXQ + 1, weight)
+    eff_max = scale * F32(KMAXQ)
+    dead = (mx < GROUP_MAX_EPS) | ~(eff_max > 0)
+    eff = np.where(dead, F32(1), eff_max)
+    wt, xt = np.ascontiguousarray(weight.T), np.ascontiguousarray(flat.T)
+    waux3 = waux.reshape(nb, 4, 8)
+    best = np.zeros(nb, dtype=F32)
+    L = np.zeros((nb, 4, 8), dtype=np.int64)
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        for step in range(-6, 7):
+            inv = (F32(2 * KMAXQ - 1) + F32(step) * F32(0.1)) / eff
+            trial, _ = to_lattice(xval, waux3, F32(1) / inv, inv, tables)
+            q = np.ascontiguousarray((F32(2) * trial.reshape(nb, 32).astype(F32) + F32(1)).T)
+            sumqx, sumq2 = seqdot(wt, xt, q), seqdot(wt, q, q)
+            better = (sumq2 > 0) & (sumqx * sumqx > best * sumq2)
+            scale = np.where(better, sumqx / sumq2, scale)
+            best = np.where(better, scale * sumqx, best)
+            L = np.where(better[:, None, None], trial, L)
+        again = (scale > 0) & ~dead
+        if again.any():
+            idx = np.nonzero(again)[0]
+            s = scale[idx]
+            L2, _ = to_lattice(xval[idx], waux3[idx], s, F32(1) / s, tables)
+            L[idx] = L2
+            q = np.ascontiguousarray((F32(2) * L2.reshape(len(idx), 32).astype(F32) + F32(1)).T)
+            w2, x2 = np.ascontiguousarray(wt[:, idx]), np.ascontiguousarray(xt[:, idx])
+            sumqx, sumq2 = seqdot(w2, x2, q), seqdot(w2, q, q)
+            scale[idx] = np.where(sumq2 > 0, sumqx / sumq2, s)
+    return dead, scale.astype(F32), L
