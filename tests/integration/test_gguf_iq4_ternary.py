@@ -1,4 +1,4 @@
-"""IQ4_NL, IQ4_XS, TQ1_0, TQ2_0 and IQ2_XXS files of smollm2: lowbit's export against llama.cpp's own
+"""IQ4_NL, IQ4_XS, TQ1_0, TQ2_0, IQ2_XXS and IQ2_XS files of smollm2: lowbit's export against llama.cpp's own
 llama_model_quantize on lowbit's F32 export, tensor for tensor (types and bytes), with and without an
 importance matrix. Needs llama-cpp-python (`make reference`); the golden fixtures cover the types
 without it (tests/unit/test_ggml_types.py)."""
@@ -34,7 +34,7 @@ def _tensors(path):
 
 
 @pytest.mark.parametrize(("mix", "with_imatrix"), [(m, i) for m in ("IQ4_NL", "IQ4_XS", "TQ1_0", "TQ2_0") for i in (False, True)]
-                         + [("IQ2_XXS", True)])  # IQ2_XXS: llama.cpp refuses it without an imatrix
+                         + [("IQ2_XXS", True), ("IQ2_XS", True)])  # llama.cpp refuses these without an imatrix
 def test_same_tensors_as_llama_quantize(smollm2_f32, tmp_path, mix: str, with_imatrix: bool) -> None:
     from lowbit.metrics.llamacpp import quantize_with_llamacpp
 

@@ -30,14 +30,14 @@ MIXES: dict[str, tuple[str, int]] = {
     "Q2_K": ("Q2_K", 10), "Q3_K_S": ("Q3_K", 11), "Q3_K_M": ("Q3_K", 12), "Q3_K_L": ("Q3_K", 13),
     "Q4_K_S": ("Q4_K", 14), "Q4_K_M": ("Q4_K", 15), "Q5_K_S": ("Q5_K", 16), "Q5_K_M": ("Q5_K", 17),
     "Q6_K": ("Q6_K", 18), "IQ4_NL": ("IQ4_NL", 25), "IQ4_XS": ("IQ4_XS", 30), "TQ1_0": ("TQ1_0", 36),
-    "TQ2_0": ("TQ2_0", 37), "IQ2_XXS": ("IQ2_XXS", 19),
+    "TQ2_0": ("TQ2_0", 37), "IQ2_XXS": ("IQ2_XXS", 19), "IQ2_XS": ("IQ2_XS", 20),
 }
 # the file types of llama.cpp's sub-2.5-bit rules (output Q5_K, embeddings Q2_K, attn_v / ffn_down guarded)
-VERY_LOW = ("IQ2_XXS",)
+VERY_LOW = ("IQ2_XXS", "IQ2_XS")
 # tensors of these types need importance-matrix data (llama.cpp's tensor_requires_imatrix)
 NEEDS_IMATRIX = ("IQ3_XXS", "IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ1_M", "IQ1_S")
 FALLBACK = {"Q2_K": "Q4_0", "Q3_K": "Q4_0", "Q4_K": "Q5_0", "Q5_K": "Q5_1", "Q6_K": "Q8_0", "IQ4_XS": "IQ4_NL",
-            "IQ2_XXS": "IQ4_NL",
+            "IQ2_XXS": "IQ4_NL", "IQ2_XS": "IQ4_NL",
             "TQ1_0": "Q4_0", "TQ2_0": "Q4_0"}
 FLOAT_TYPES = ("F32", "F16", "BF16")
 

@@ -80,20 +80,21 @@ def lattice(name: str, nwant: int) -> tuple[np.ndarray, np.ndarray, tuple]:
 
 
 def to_lattice(xval: np.ndarray, waux: np.ndarray, scale: np.ndarray, inv: np.ndarray,
-               tables: tuple) -> tuple[np.ndarray, np.ndarray]:
-    """Groups of 8 (B, 4, 8) -> (levels (B, 4, 8), grid index (B, 4)): the nearest levels at ``inv``
-    (1 / scale, per block), or, off the lattice, the listed neighbour with the least weighted error at
-    ``scale``."""
+               tables: tuple) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Groups of 8 (B, G, 8) -> (levels (B, G, 8), grid index (B, G), whether the nearest levels were on
+    the lattice (B, G)): the nearest levels at ``inv`` (1 / scale, per block), or, off the lattice, the
+    listed neighbour with the least weighted error at ``scale``."""
     grid, kmap, _ = tables
     with np.errstate(invalid="ignore", over="ignore"):
         L = np.clip(nearest_int(F32(0.5) * (inv[:, None, None] * xval - F32(1))), 0, KMAXQ - 1)
     codes = (L.astype(np.int64) << (2 * np.arange(8))).sum(-1)
     gi = kmap[codes]
-    miss = np.nonzero(gi < 0)
+    on_grid = gi >= 0
+    miss = np.nonzero(~on_grid)
     if len(miss[0]):
         gi[miss] = best = _nearest_neighbour(codes[miss], xval[miss], waux[miss], scale[miss[0]], tables)
         L[miss] = ((grid[best] - 1) / 2).astype(L.dtype)
-    return L, gi
+    return L, gi, on_grid
 
 
 def _nearest_neighbour(codes: np.ndarray, xval: np.ndarray, waux: np.ndarray, scale: np.ndarray,
@@ -124,96 +125,165 @@ def _nearest_neighbour(codes: np.ndarray, xval: np.ndarray, waux: np.ndarray, sc
     return best
 
 
+def _prepare(blocks: np.ndarray, qw: np.ndarray | None, name: str, per: int) -> tuple[np.ndarray, ...]:
+    """Per block of ``per`` values (B, per): weights qw * sqrt(sigma2 + x^2) (sigma2 over the 256),
+    their square roots, and |x| with even signs (B, per // 8, 8) and the sign bytes (B, per // 8)."""
+    if qw is None:
+        raise InputError(f"{name} needs an importance matrix (llama.cpp: missing importance matrix in a very "
+                         f"low-bit quantization)")
+    s = blocks.shape[0]
+    k = 256 // per
+    sigma2 = seqsum((blocks * blocks).T) / F32(256)
+    xb = blocks.reshape(s * k, per)
+    weight = qw.reshape(s * k, per) * np.sqrt(np.repeat(sigma2, k)[:, None] + xb * xb)
+    xval, signs = _even_signs(xb, weight)
+    return weight, np.sqrt(weight), xval, signs
+
+
+def _codes(L: np.ndarray) -> np.ndarray:
+    return (L.astype(np.int64) << (2 * np.arange(8))).sum(-1)
+
+
+def _scale_nibbles(scales: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(S, n) scales -> (d float16 (S,), 4-bit codes (S, n), blocks with no scale at all (S,)):
+    d = max / 31, code = round((s / d - 1) / 2)."""
+    max_scale = scales.max(1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        d = max_scale / F32(31)
+        inv = np.where(d != 0, F32(1) / d, F32(0))
+        ls = np.clip(nearest_int(F32(0.5) * (inv[:, None] * scales - F32(1))), 0, 15).astype(np.uint32)
+    return np.where(max_scale == 0, F32(0), d).astype(np.float16), ls, max_scale == 0
+
+
+def _final(scale: np.ndarray, signs: np.ndarray, dead: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """A negative scale (never, as in the reference) flips the signs; nothing-to-encode blocks are 0."""
+    flip = scale < 0
+    signs = np.where(flip[:, None], (~signs) & 127, signs)
+    return np.where(dead, F32(0), np.abs(scale)).astype(F32), np.where(dead[:, None], 0, signs)
+
+
 class IQ2XXS(GGMLType, name="IQ2_XXS"):
     needs_imatrix = True
 
     @classmethod
     def quantize_blocks(cls, blocks: np.ndarray, qw: np.ndarray | None) -> np.ndarray:
-        if qw is None:
-            raise InputError("IQ2_XXS needs an importance matrix (llama.cpp: missing importance matrix in a very "
-                             "low-bit quantization)")
         tables = lattice("IQ2_XXS", 2)
-        s = blocks.shape[0]
-        sigma2 = seqsum((blocks * blocks).T) / F32(256)
-        xb = blocks.reshape(s * 8, 32)
-        weight = qw.reshape(s * 8, 32) * np.sqrt(np.repeat(sigma2, 8)[:, None] + xb * xb)
-        waux = np.sqrt(weight)
-        xval, signs = _even_signs(xb, weight)
-        dead, scale, L = _search(xval, weight, waux, tables)
-        _, kmap, _ = tables
-        with np.errstate(divide="ignore", invalid="ignore"):
-            flip = scale < 0  # never, as in the reference; kept for the encoding's sake
-            signs = np.where(flip[:, None], (~signs) & 127, signs)
-            scale = np.where(dead, F32(0), np.abs(scale))
-        codes = (L.astype(np.int64) << (2 * np.arange(8))).sum(-1)
-        gi = np.where(dead[:, None], 0, kmap[codes])
+        weight, waux, xval, signs = _prepare(blocks, qw, cls.name, 32)
+        dead, scale, L = _search_xxs(xval, weight, waux, tables)
+        scale, signs = _final(scale, signs, dead)
+        gi = np.where(dead[:, None], 0, tables[1][_codes(L)])
         if (gi < 0).any():
             raise AssertionError("IQ2_XXS: a point off the lattice survived the search")
-        signs = np.where(dead[:, None], 0, signs)
-        scales = scale.reshape(s, 8)
-        max_scale = scales.max(1)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            d = max_scale / F32(31)
-            inv = np.where(d != 0, F32(1) / d, F32(0))
-            ls = np.clip(nearest_int(F32(0.5) * (inv[:, None] * scales - F32(1))), 0, 15).astype(np.uint32)
+        s = blocks.shape[0]
+        d16, ls, zero = _scale_nibbles(scale.reshape(s, 8))
         w0 = (gi.astype(np.uint32) << (8 * np.arange(4, dtype=np.uint32))).sum(-1, dtype=np.uint32).reshape(s, 8)
         w1 = (signs.astype(np.uint32) << (7 * np.arange(4, dtype=np.uint32))).sum(-1, dtype=np.uint32).reshape(s, 8)
-        w1 = w1 | (ls << 28)
-        words = np.stack([w0, w1], axis=-1).reshape(s, 16)
-        zero = max_scale == 0
+        words = np.stack([w0, w1 | (ls << 28)], axis=-1).reshape(s, 16)
         words[zero] = 0
-        d16 = np.where(zero, F32(0), d).astype(np.float16)
         return as_bytes(d16[:, None], words.astype("<u4"))
+
+
+class IQ2XS(GGMLType, name="IQ2_XS"):
+    needs_imatrix = True
+
+    @classmethod
+    def quantize_blocks(cls, blocks: np.ndarray, qw: np.ndarray | None) -> np.ndarray:
+        tables = lattice("IQ2_XS", 2)
+        weight, waux, xval, signs = _prepare(blocks, qw, cls.name, 16)
+        dead, scale, L = _search_xs(xval, weight, waux, tables)
+        scale, signs = _final(scale, signs, dead)
+        gi = np.where(dead[:, None], 0, tables[1][_codes(L)])
+        if (gi < 0).any():
+            raise AssertionError("IQ2_XS: a point off the lattice survived the search")
+        s = blocks.shape[0]
+        d16, ls, zero = _scale_nibbles(scale.reshape(s, 16))
+        qs = (gi | (signs << 9)).astype("<u2").reshape(s, 32)
+        sc = (ls[:, 0::2] | (ls[:, 1::2] << 4)).astype(np.uint8)
+        qs[zero], sc[zero] = 0, 0
+        return as_bytes(d16[:, None], qs, sc)
 
 
 def _even_signs(xb: np.ndarray, weight: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """|x| per group of 8 with its sign bits; an odd count of negatives flips the value of least
     weighted x^2 back (its magnitude turns negative), so the eighth sign is implied."""
-    neg = (xb < 0).reshape(-1, 4, 8)
-    xval = np.where(xb >= 0, xb, -xb).reshape(-1, 4, 8)
+    g = xb.shape[1] // 8
+    neg = (xb < 0).reshape(-1, g, 8)
+    xval = np.where(xb >= 0, xb, -xb).reshape(-1, g, 8)
     bits = (neg.astype(np.int64) << np.arange(8)).sum(-1)
     odd = neg.sum(-1) % 2 == 1
-    imin = (weight * xb * xb).reshape(-1, 4, 8).argmin(-1)
+    imin = (weight * xb * xb).reshape(-1, g, 8).argmin(-1)
     b, k = np.nonzero(odd)
     xval[b, k, imin[b, k]] = -xval[b, k, imin[b, k]]
     bits[b, k] ^= 1 << imin[b, k]
     return xval, (bits & 127).astype(np.int64)
 
 
-def _search(xval: np.ndarray, weight: np.ndarray, waux: np.ndarray,
-            tables: tuple) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The scale of each block of 32 and its levels: 13 trial scales around make_qp_quants' guess, the best
-    weighted fit kept, then one more pass at the scale found. Returns (blocks with nothing to encode,
-    scale, levels (B, 4, 8))."""
+def _fit(wt: np.ndarray, xt: np.ndarray, L: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """sum w x q and sum w q^2 (q = 2 L + 1) per block, first to last; wt, xt: (n, B), L: (B, G, 8)."""
+    q = np.ascontiguousarray((F32(2) * L.reshape(len(L), -1).astype(F32) + F32(1)).T)
+    return seqdot(wt, xt, q), seqdot(wt, q, q)
+
+
+def _trials(xval: np.ndarray, weight: np.ndarray, waux: np.ndarray, tables: tuple, scale: np.ndarray,
+            base: np.ndarray, steps: range) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Trial scales 1 / ((5 + step / 10) / base): each block keeps the levels of the best weighted fit
+    (and which groups were on the lattice then). Returns (scale, levels, on-grid)."""
+    nb, g = xval.shape[:2]
+    wt, xt = np.ascontiguousarray(weight.T), np.ascontiguousarray(xval.reshape(nb, -1).T)
+    best = np.zeros(nb, dtype=F32)
+    L = np.zeros(xval.shape, dtype=np.int64)
+    on = np.ones((nb, g), dtype=bool)
+    for step in steps:
+        inv = (F32(2 * KMAXQ - 1) + F32(step) * F32(0.1)) / base
+        trial, _, trial_on = to_lattice(xval, waux, F32(1) / inv, inv, tables)
+        sumqx, sumq2 = _fit(wt, xt, trial)
+        better = (sumq2 > 0) & (sumqx * sumqx > best * sumq2)
+        scale = np.where(better, sumqx / sumq2, scale)
+        best = np.where(better, scale * sumqx, best)
+        L = np.where(better[:, None, None], trial, L)
+        on = np.where(better[:, None], trial_on, on)
+    return scale, L, on
+
+
+def _search_xxs(xval: np.ndarray, weight: np.ndarray, waux: np.ndarray,
+                tables: tuple) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """IQ2_XXS, per block of 32: 13 trial scales around make_qp_quants' guess, then every group again at
+    the scale found. Returns (blocks with nothing to encode, scale, levels (B, 4, 8))."""
     nb = xval.shape[0]
     flat = xval.reshape(nb, 32)
-    mx = flat.max(1)
     scale, _ = make_qp_quants(flat, KMAXQ + 1, weight)
     eff_max = scale * F32(KMAXQ)
-    dead = (mx < GROUP_MAX_EPS) | ~(eff_max > 0)
-    eff = np.where(dead, F32(1), eff_max)
-    wt, xt = np.ascontiguousarray(weight.T), np.ascontiguousarray(flat.T)
-    waux3 = waux.reshape(nb, 4, 8)
-    best = np.zeros(nb, dtype=F32)
-    L = np.zeros((nb, 4, 8), dtype=np.int64)
+    dead = (flat.max(1) < GROUP_MAX_EPS) | ~(eff_max > 0)
+    waux = waux.reshape(xval.shape)
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-        for step in range(-6, 7):
-            inv = (F32(2 * KMAXQ - 1) + F32(step) * F32(0.1)) / eff
-            trial, _ = to_lattice(xval, waux3, F32(1) / inv, inv, tables)
-            q = np.ascontiguousarray((F32(2) * trial.reshape(nb, 32).astype(F32) + F32(1)).T)
-            sumqx, sumq2 = seqdot(wt, xt, q), seqdot(wt, q, q)
-            better = (sumq2 > 0) & (sumqx * sumqx > best * sumq2)
-            scale = np.where(better, sumqx / sumq2, scale)
-            best = np.where(better, scale * sumqx, best)
-            L = np.where(better[:, None, None], trial, L)
-        again = (scale > 0) & ~dead
-        if again.any():
-            idx = np.nonzero(again)[0]
+        scale, L, _ = _trials(xval, weight, waux, tables, scale, np.where(dead, F32(1), eff_max), range(-6, 7))
+        idx = np.nonzero((scale > 0) & ~dead)[0]
+        if len(idx):
             s = scale[idx]
-            L2, _ = to_lattice(xval[idx], waux3[idx], s, F32(1) / s, tables)
-            L[idx] = L2
-            q = np.ascontiguousarray((F32(2) * L2.reshape(len(idx), 32).astype(F32) + F32(1)).T)
-            w2, x2 = np.ascontiguousarray(wt[:, idx]), np.ascontiguousarray(xt[:, idx])
-            sumqx, sumq2 = seqdot(w2, x2, q), seqdot(w2, q, q)
+            L[idx], _, _ = to_lattice(xval[idx], waux[idx], s, F32(1) / s, tables)
+            sumqx, sumq2 = _fit(np.ascontiguousarray(weight[idx].T), np.ascontiguousarray(flat[idx].T), L[idx])
             scale[idx] = np.where(sumq2 > 0, sumqx / sumq2, s)
+    return dead, scale.astype(F32), L
+
+
+def _search_xs(xval: np.ndarray, weight: np.ndarray, waux: np.ndarray,
+               tables: tuple) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """IQ2_XS, per block of 16: 19 trial scales around max / 5, then the groups that were off the lattice
+    at the best one again at the scale found. Returns (blocks with nothing to encode, scale, levels)."""
+    nb = xval.shape[0]
+    flat = xval.reshape(nb, 16)
+    mx = flat.max(1)
+    dead = mx < GROUP_MAX_EPS
+    base = np.where(dead, F32(1), mx)
+    waux = waux.reshape(xval.shape)
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        scale, L, on = _trials(xval, weight, waux, tables, base / F32(2 * KMAXQ - 1), base, range(-9, 10))
+        redo = ~on & ((scale > 0) & ~dead)[:, None]
+        b, k = np.nonzero(redo)
+        if len(b):
+            s = scale[b]
+            L[b, k] = to_lattice(xval[b, k][:, None], waux[b, k][:, None], s, F32(1) / s, tables)[0][:, 0]
+            idx = np.unique(b)
+            sumqx, sumq2 = _fit(np.ascontiguousarray(weight[idx].T), np.ascontiguousarray(flat[idx].T), L[idx])
+            scale[idx] = np.where(sumq2 > 0, sumqx / sumq2, scale[idx])
     return dead, scale.astype(F32), L
