@@ -130,6 +130,16 @@ def test_iq2_xxs_rules_and_its_importance_matrix(bpe_llama, tmp_path) -> None:
     assert not list(tmp_path.iterdir())
 
 
+def test_any_ggml_type_as_a_tensor_override(bpe_llama, tmp_path) -> None:
+    """--tensor-type takes every type lowbit writes (IQ2_S has no file type here); llama.cpp's imatrix
+    rule still applies to it."""
+    with pytest.raises(InputError, match=r"Missing importance matrix for tensor blk\.0\.ffn_up\.weight"):
+        export_gguf(bpe_llama, tmp_path / "m.gguf", "Q4_K_M", tensor_types=["ffn_up=IQ2_S"])
+    imatrix = {f"blk.{i}.ffn_up.weight": np.ones(256, np.float32) for i in range(8)}
+    types = export_gguf(bpe_llama, tmp_path / "m.gguf", "Q4_K_M", tensor_types=["ffn_up=IQ2_S"], imatrix=imatrix)["types"]
+    assert types["blk.3.ffn_up.weight"] == "IQ2_S"
+
+
 @pytest.mark.parametrize("mix", ["IQ4_NL", "IQ4_XS", "TQ1_0", "TQ2_0"])
 def test_new_mixes_round_trip(bpe_llama, tmp_path, mix: str) -> None:
     summary = export_gguf(bpe_llama, tmp_path / "m.gguf", mix)

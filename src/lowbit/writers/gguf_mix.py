@@ -176,7 +176,9 @@ def parse_overrides(specs: list[str] | None) -> list[tuple[re.Pattern[str], str]
         t = t.upper()
         if not sep or not pat:
             raise InputError(f"--tensor-type {s!r}: expected REGEX=TYPE")
-        if t not in gguf.GGMLQuantizationType.__members__ or t not in {*FLOAT_TYPES, *{v[0] for v in MIXES.values()}}:
+        from lowbit.formats.ggml import GGML_TYPES
+
+        if t not in FLOAT_TYPES and t not in GGML_TYPES:
             raise InputError(f"--tensor-type {s!r}: {t} is not a GGML type lowbit writes")
         try:
             out.append((re.compile(pat), t))

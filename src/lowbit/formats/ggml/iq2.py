@@ -203,6 +203,39 @@ class IQ2XS(GGMLType, name="IQ2_XS"):
         return as_bytes(d16[:, None], qs, sc)
 
 
+class IQ2S(GGMLType, name="IQ2_S"):
+    """2.56 bits: a 1024-point lattice, all eight signs stored, a 4-bit scale per 16; quantizes without an
+    importance matrix too (llama.cpp's file type still asks for one)."""
+
+    @classmethod
+    def quantize_blocks(cls, blocks: np.ndarray, qw: np.ndarray | None) -> np.ndarray:
+        tables = lattice("IQ2_S", 1)
+        s = blocks.shape[0]
+        sigma2 = F32(2) * seqsum((blocks * blocks).T) / F32(256)
+        xb = blocks.reshape(s * 16, 16)
+        sig = np.repeat(sigma2, 16)[:, None]
+        weight = (qw.reshape(s * 16, 16) * np.sqrt(sig + xb * xb)) if qw is not None else F32(0.25) * sig + xb * xb
+        neg = (xb < 0).reshape(-1, 2, 8)
+        xval = np.where(xb >= 0, xb, -xb).reshape(-1, 2, 8)
+        signs = (neg.astype(np.int64) << np.arange(8)).sum(-1)
+        dead, scale, L = _search_xs(xval, weight, np.sqrt(weight), tables, F32(1e-8))
+        signs = np.where((scale < 0)[:, None], (~signs) & 255, signs)
+        scale = np.where(dead, F32(0), np.abs(scale)).astype(F32)
+        signs = np.where(dead[:, None], 0, signs)
+        gi = np.where(dead[:, None], 0, tables[1][_codes(L)])
+        if (gi < 0).any():
+            raise AssertionError("IQ2_S: a point off the lattice survived the search")
+        _, ls, zero = _scale_nibbles(scale.reshape(s, 16))
+        d16 = ((scale.reshape(s, 16).max(1) / F32(31)) * F32(0.9875)).astype(np.float16)  # stored d * 0.9875
+        gi = gi.reshape(s, 32)
+        qs = np.concatenate([(gi & 255), signs.reshape(s, 32)], axis=1).astype(np.uint8)
+        qh = ((gi >> 8) << (2 * (np.arange(32) % 4))).reshape(s, 8, 4).sum(-1).astype(np.uint8)
+        sc = (ls[:, 0::2] | (ls[:, 1::2] << 4)).astype(np.uint8)
+        qs[zero], qh[zero], sc[zero] = 0, 0, 0
+        d16[zero] = 0
+        return as_bytes(d16[:, None], qs, qh, sc)
+
+
 def _even_signs(xb: np.ndarray, weight: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """|x| per group of 8 with its sign bits; an odd count of negatives flips the value of least
     weighted x^2 back (its magnitude turns negative), so the eighth sign is implied."""
@@ -266,14 +299,14 @@ def _search_xxs(xval: np.ndarray, weight: np.ndarray, waux: np.ndarray,
     return dead, scale.astype(F32), L
 
 
-def _search_xs(xval: np.ndarray, weight: np.ndarray, waux: np.ndarray,
-               tables: tuple) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _search_xs(xval: np.ndarray, weight: np.ndarray, waux: np.ndarray, tables: tuple,
+               eps: np.float32 = GROUP_MAX_EPS) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """IQ2_XS, per block of 16: 19 trial scales around max / 5, then the groups that were off the lattice
     at the best one again at the scale found. Returns (blocks with nothing to encode, scale, levels)."""
     nb = xval.shape[0]
     flat = xval.reshape(nb, 16)
     mx = flat.max(1)
-    dead = mx < GROUP_MAX_EPS
+    dead = mx < eps
     base = np.where(dead, F32(1), mx)
     waux = waux.reshape(xval.shape)
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
