@@ -47,3 +47,24 @@ def test_same_tensors_as_llama_quantize(smollm2_f32, tmp_path, mix: str, with_im
     bad = [n for n in mine if mine[n] != theirs[n]]
     assert not bad, f"{len(bad)} of {len(mine)} tensors differ, e.g. {bad[:3]}"
     assert any(t == gguf.GGMLQuantizationType[mix] for t, _ in mine.values())
+
+
+@pytest.mark.parametrize("mix", ["IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ2_M", "IQ3_XXS", "IQ3_XS", "IQ3_S", "IQ3_M",
+                                 "IQ4_XS", "IQ4_NL", "TQ1_0"])
+def test_i_quant_file_types_on_a_256_wide_model(bpe_llama, tmp_path, mix: str) -> None:
+    """Every tensor of a tiny 256-wide Llama takes its i-quant without fallback, so each per-tensor rule
+    of the file type shows: lowbit's file against llama_model_quantize's of lowbit's F32 export."""
+    from lowbit.metrics.llamacpp import quantize_with_llamacpp
+
+    from lowbit.writers.gguf import tensor_names
+
+    rng = np.random.default_rng(0)
+    shapes = {g: bpe_llama.model.get_parameter(hf).shape for hf, g in tensor_names(bpe_llama.model)}
+    im = {g: (rng.random(sh[-1]) + 0.1).astype(np.float32) for g, sh in shapes.items() if g.startswith("blk.") and len(sh) == 2}
+    export_gguf(bpe_llama, tmp_path / "f32.gguf", "F32")
+    export_gguf(bpe_llama, tmp_path / "lowbit.gguf", mix, imatrix=im)
+    quantize_with_llamacpp(tmp_path / "f32.gguf", tmp_path / "llamacpp.gguf", mix, imatrix=im)
+    mine, theirs = _tensors(tmp_path / "lowbit.gguf"), _tensors(tmp_path / "llamacpp.gguf")
+    bad = [n for n in mine if mine[n] != theirs.get(n)]
+    assert not bad, f"{len(bad)} of {len(mine)} tensors differ, e.g. {bad[:3]}: " + ", ".join(
+        f"{n} {mine[n][0].name} vs {theirs[n][0].name}" for n in bad[:3])

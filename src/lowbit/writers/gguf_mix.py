@@ -31,13 +31,16 @@ MIXES: dict[str, tuple[str, int]] = {
     "Q4_K_S": ("Q4_K", 14), "Q4_K_M": ("Q4_K", 15), "Q5_K_S": ("Q5_K", 16), "Q5_K_M": ("Q5_K", 17),
     "Q6_K": ("Q6_K", 18), "IQ4_NL": ("IQ4_NL", 25), "IQ4_XS": ("IQ4_XS", 30), "TQ1_0": ("TQ1_0", 36),
     "TQ2_0": ("TQ2_0", 37), "IQ2_XXS": ("IQ2_XXS", 19), "IQ2_XS": ("IQ2_XS", 20),
+    "IQ2_S": ("IQ2_XS", 28), "IQ2_M": ("IQ2_S", 29), "IQ3_XXS": ("IQ3_XXS", 23), "IQ3_XS": ("IQ3_S", 22),
+    "IQ3_S": ("IQ3_S", 26), "IQ3_M": ("IQ3_S", 27),
 }
 # the file types of llama.cpp's sub-2.5-bit rules (output Q5_K, embeddings Q2_K, attn_v / ffn_down guarded)
-VERY_LOW = ("IQ2_XXS", "IQ2_XS")
+VERY_LOW = ("IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ2_M")
+Q5K_OUTPUT = (*VERY_LOW, "IQ3_XXS")  # their output (and tied embedding) goes to Q5_K, not Q6_K
 # tensors of these types need importance-matrix data (llama.cpp's tensor_requires_imatrix)
 NEEDS_IMATRIX = ("IQ3_XXS", "IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ1_M", "IQ1_S")
 FALLBACK = {"Q2_K": "Q4_0", "Q3_K": "Q4_0", "Q4_K": "Q5_0", "Q5_K": "Q5_1", "Q6_K": "Q8_0", "IQ4_XS": "IQ4_NL",
-            "IQ2_XXS": "IQ4_NL", "IQ2_XS": "IQ4_NL",
+            "IQ2_XXS": "IQ4_NL", "IQ2_XS": "IQ4_NL", "IQ2_S": "IQ4_NL", "IQ3_XXS": "IQ4_NL", "IQ3_S": "IQ4_NL",
             "TQ1_0": "Q4_0", "TQ2_0": "Q4_0"}
 FLOAT_TYPES = ("F32", "F16", "BF16")
 
@@ -72,6 +75,8 @@ class MixPlanner:
     overrides: list[tuple[re.Pattern[str], str]] = field(default_factory=list)
     i_attn_v: int = 0
     i_ffn_down: int = 0
+    i_ffn_gate: int = 0
+    i_ffn_up: int = 0
     n_attn_v: int = 0
     n_ffn_down: int = 0
     fallbacks: list[str] = field(default_factory=list)
@@ -102,9 +107,10 @@ class MixPlanner:
         m = self.mix
         if cat == "output" or (self.tied_embeddings and cat == "token_embd"):
             block = gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType[new]][0]
-            return "Q8_0" if shape[-1] % block else "Q5_K" if m in VERY_LOW else ("Q6_K" if new != "Q8_0" else new)
+            return "Q8_0" if shape[-1] % block else "Q5_K" if m in Q5K_OUTPUT else ("Q6_K" if new != "Q8_0" else new)
         if cat == "token_embd":  # a ternary or very low-bit embedding table loses too much
-            return "Q4_K" if m in ("TQ1_0", "TQ2_0") else "Q2_K" if m in VERY_LOW else new
+            return {"TQ1_0": "Q4_K", "TQ2_0": "Q4_K", "IQ2_XXS": "Q2_K", "IQ2_XS": "Q2_K", "IQ2_S": "IQ3_S",
+                    "IQ2_M": "IQ3_S", "IQ3_XXS": "IQ3_S"}.get(m, new)
         gqa = self.n_head // max(self.n_head_kv, 1)
         if m in VERY_LOW:
             return self._very_low(cat, new, gqa)
@@ -114,6 +120,10 @@ class MixPlanner:
                 new = "Q4_K" if gqa >= 4 else "Q3_K"
             elif m == "Q3_K_M":
                 new = "Q5_K" if i < 2 else "Q4_K"
+            elif m == "IQ3_XXS":
+                new = "Q4_K" if gqa >= 4 else "IQ3_XXS" if self.has_imatrix else "IQ3_S"
+            elif (m in ("IQ3_XS", "IQ3_S") and gqa >= 4) or m == "IQ3_M":
+                new = "Q4_K"
             elif m == "Q3_K_L" or m in ("IQ4_NL", "IQ4_XS") and gqa >= 4:
                 new = "Q5_K"
             elif m in ("Q4_K_M", "Q5_K_M") and use_more_bits(i, n):
@@ -127,8 +137,12 @@ class MixPlanner:
             i, n = self.i_ffn_down, self.n_ffn_down
             if m == "Q2_K":
                 new = "Q3_K"
+            elif m == "IQ3_XXS" and not self.has_imatrix:
+                new = "Q4_K" if i < n // 8 else "Q3_K"
             elif m == "Q3_K_M":
                 new = "Q5_K" if i < n // 16 else "Q4_K"
+            elif m == "IQ3_M" and i < n // 8:
+                new = "Q4_K"
             elif m == "Q3_K_L":
                 new = "Q5_K"
             elif m == "Q4_K_M" and use_more_bits(i, n):
@@ -143,18 +157,29 @@ class MixPlanner:
                 new = "Q4_1" if m == "Q4_0" else "Q5_1"  # llama.cpp guards the first ffn_down layers
             self.i_ffn_down += 1
         elif cat == "attn_output":
-            new = {"Q2_K": "Q3_K", "Q3_K_M": "Q4_K", "Q3_K_L": "Q5_K"}.get(m, new)
+            new = {"Q2_K": "Q3_K", "IQ3_XXS": "IQ3_S", "Q3_K_M": "Q4_K", "Q3_K_L": "Q5_K", "IQ3_M": "Q4_K"}.get(m, new)
+        elif cat in ("attn_k", "attn_q"):
+            new = {"IQ3_XS": "IQ3_XXS", "IQ3_XXS": "IQ2_S"}.get(m, new)
+        elif cat in ("ffn_gate", "ffn_up"):
+            counter = "i_ffn_gate" if cat == "ffn_gate" else "i_ffn_up"
+            i, n = getattr(self, counter), self.n_layer
+            if m == "IQ3_XS" and n // 8 <= i < 7 * n // 8:
+                new = "IQ3_XXS"
+            setattr(self, counter, i + 1)
         return new
 
     def _very_low(self, cat: str, new: str, gqa: int) -> str:
-        """llama.cpp's branch for the IQ2/IQ1 file types: attn_v to Q4_K under GQA >= 4 (else Q2_K), the
-        first eighth of ffn_down to Q2_K; nothing else moves."""
+        """llama.cpp's branch for the IQ2/IQ1 file types: attn_v to Q4_K under GQA >= 4 (else Q2_K, IQ3_S
+        for IQ2_S/M), the first eighth of ffn_down to Q2_K (IQ3_S), IQ2_S/M's attn_output to IQ3_S."""
+        low = "IQ3_S" if self.mix in ("IQ2_S", "IQ2_M") else "Q2_K"
         if cat in ("attn_v", "attn_qkv"):
             self.i_attn_v += 1
-            return "Q4_K" if gqa >= 4 else "Q2_K"
+            return "Q4_K" if gqa >= 4 else low
         if cat == "ffn_down":
             i, self.i_ffn_down = self.i_ffn_down, self.i_ffn_down + 1
-            return "Q2_K" if i < self.n_ffn_down // 8 else new
+            return low if i < self.n_ffn_down // 8 else new
+        if cat == "attn_output" and self.mix in ("IQ2_S", "IQ2_M"):
+            return "IQ3_S"
         return new
 
     def _fallback(self, name: str, new: str, ncols: int) -> str:

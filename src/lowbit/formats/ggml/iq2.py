@@ -32,22 +32,24 @@ BUCKETS = np.array([1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256,
 
 
 @functools.lru_cache(maxsize=4)
-def lattice(name: str, nwant: int) -> tuple[np.ndarray, np.ndarray, tuple]:
+def lattice(name: str, nwant: int) -> tuple[np.ndarray, np.ndarray, tuple, int, int]:
     """(grid (N, 8) of 1/3/5, code -> grid index or -1 (4^8,), the neighbour tables: code -> length
     bucket and row, and per bucket the padded candidate lists and their values by coordinate).
     A code packs eight 2-bit levels l (value 2l + 1); an off-lattice code lists every point within its
     ``nwant`` nearest squared distances, nearest first, then by index (the reference's qsort order)."""
     cls = getattr(gguf.quants, name)
     cls.init_grid()
-    g = np.asarray(cls.grid, dtype=np.float32).reshape(-1, 8)
+    g = np.asarray(cls.grid, dtype=np.float32).reshape(-1, cls.grid_shape[-1])
     levels = np.searchsorted(np.asarray(cls.grid_map, dtype=np.float32), g).astype(np.int64)  # 0, 1, 2
     grid = 2 * levels + 1
-    codes = (levels << (2 * np.arange(8))).sum(1)
-    kmap = np.full(4**8, -1, dtype=np.int64)
+    dims, kmax = g.shape[1], len(cls.grid_map)  # IQ2: 8 values of 3 levels; IQ3: 4 values of 8 levels
+    bits = 2 if kmax <= 4 else 3
+    codes = (levels << (bits * np.arange(dims))).sum(1)
+    kmap = np.full(1 << (bits * dims), -1, dtype=np.int64)
     kmap[codes] = np.arange(len(grid))
-    # only codes of levels 0..KMAXQ-1 can be asked for (the search clamps to them)
-    reach = np.array(np.meshgrid(*[np.arange(KMAXQ)] * 8, indexing="ij")).reshape(8, -1).T  # (3^8, 8)
-    rcodes = (reach << (2 * np.arange(8))).sum(1)
+    # only codes of levels 0..kmax-1 can be asked for (the search clamps to them)
+    reach = np.array(np.meshgrid(*[np.arange(kmax)] * dims, indexing="ij")).reshape(dims, -1).T
+    rcodes = (reach << (bits * np.arange(dims))).sum(1)
     off = kmap[rcodes] < 0
     pos = 2 * reach[off] + 1
     d2 = ((grid[None, :, :] - pos[:, None, :]) ** 2).sum(-1)  # (M, N) ints
@@ -63,8 +65,8 @@ def lattice(name: str, nwant: int) -> tuple[np.ndarray, np.ndarray, tuple]:
     n = keep.sum(1)
     # the lists by length bucket, each padded with its last entry (a repeat is never the first minimum):
     # per bucket the candidates (R, K) and their values coordinate by coordinate (8, R, K)
-    bucket = np.full(4**8, -1, dtype=np.int64)
-    row = np.zeros(4**8, dtype=np.int64)
+    bucket = np.full(len(kmap), -1, dtype=np.int64)
+    row = np.zeros(len(kmap), dtype=np.int64)
     b_of = np.searchsorted(BUCKETS, n)
     tabs = []
     gridf = grid.astype(np.float32)
@@ -76,7 +78,7 @@ def lattice(name: str, nwant: int) -> tuple[np.ndarray, np.ndarray, tuple]:
         bucket[rcodes[off][sel]] = kb
         row[rcodes[off][sel]] = np.arange(len(sel))
         tabs.append((np.ascontiguousarray(cand), np.ascontiguousarray(gridf[cand].transpose(2, 0, 1))))
-    return gridf, kmap, (bucket, row, tabs)
+    return gridf, kmap, (bucket, row, tabs), kmax, bits
 
 
 def to_lattice(xval: np.ndarray, waux: np.ndarray, scale: np.ndarray, inv: np.ndarray,
@@ -84,10 +86,10 @@ def to_lattice(xval: np.ndarray, waux: np.ndarray, scale: np.ndarray, inv: np.nd
     """Groups of 8 (B, G, 8) -> (levels (B, G, 8), grid index (B, G), whether the nearest levels were on
     the lattice (B, G)): the nearest levels at ``inv`` (1 / scale, per block), or, off the lattice, the
     listed neighbour with the least weighted error at ``scale``."""
-    grid, kmap, _ = tables
+    grid, kmap, _, kmax, _ = tables
     with np.errstate(invalid="ignore", over="ignore"):
-        L = np.clip(nearest_int(F32(0.5) * (inv[:, None, None] * xval - F32(1))), 0, KMAXQ - 1)
-    codes = (L.astype(np.int64) << (2 * np.arange(8))).sum(-1)
+        L = np.clip(nearest_int(F32(0.5) * (inv[:, None, None] * xval - F32(1))), 0, kmax - 1)
+    codes = _codes(L, tables)
     gi = kmap[codes]
     on_grid = gi >= 0
     miss = np.nonzero(~on_grid)
@@ -103,7 +105,7 @@ def _nearest_neighbour(codes: np.ndarray, xval: np.ndarray, waux: np.ndarray, sc
     least sum w (scale q - x)^2, added coordinate after coordinate; the first of equal ones (the
     reference's strict <). Groups go by the length bucket of their list, whose padded tables they read
     row by row."""
-    _, _, (bucket, row, tabs) = tables
+    _, _, (bucket, row, tabs), _, _ = tables
     bk = bucket[codes]
     xt, wt = np.ascontiguousarray(xval.T), np.ascontiguousarray(waux.T)
     best = np.empty(len(codes), dtype=np.int64)
@@ -114,7 +116,7 @@ def _nearest_neighbour(codes: np.ndarray, xval: np.ndarray, waux: np.ndarray, sc
         s = scale[sel][:, None]
         d2 = np.zeros((len(sel), cands.shape[1]), dtype=F32)
         tmp = np.empty_like(d2)
-        for i in range(8):  # d2 += w * diff * diff, diff = scale * q - x
+        for i in range(len(qs)):  # d2 += w * diff * diff, diff = scale * q - x
             diff = qs[i][rows]
             diff *= s
             diff -= xt[i][sel][:, None]
@@ -140,15 +142,17 @@ def _prepare(blocks: np.ndarray, qw: np.ndarray | None, name: str, per: int) -> 
     return weight, np.sqrt(weight), xval, signs
 
 
-def _codes(L: np.ndarray) -> np.ndarray:
-    return (L.astype(np.int64) << (2 * np.arange(8))).sum(-1)
+def _codes(L: np.ndarray, tables: tuple) -> np.ndarray:
+    """Levels (..., dims) -> the lattice's code of each group."""
+    bits = tables[4]
+    return (L.astype(np.int64) << (bits * np.arange(L.shape[-1]))).sum(-1)
 
 
 def _scale_nibbles(scales: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(S, n) scales -> (d float16 (S,), 4-bit codes (S, n), blocks with no scale at all (S,)):
     d = max / 31, code = round((s / d - 1) / 2)."""
     max_scale = scales.max(1)
-    with np.errstate(divide="ignore", invalid="ignore"):
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         d = max_scale / F32(31)
         inv = np.where(d != 0, F32(1) / d, F32(0))
         ls = np.clip(nearest_int(F32(0.5) * (inv[:, None] * scales - F32(1))), 0, 15).astype(np.uint32)
@@ -171,7 +175,7 @@ class IQ2XXS(GGMLType, name="IQ2_XXS"):
         weight, waux, xval, signs = _prepare(blocks, qw, cls.name, 32)
         dead, scale, L = _search_xxs(xval, weight, waux, tables)
         scale, signs = _final(scale, signs, dead)
-        gi = np.where(dead[:, None], 0, tables[1][_codes(L)])
+        gi = np.where(dead[:, None], 0, tables[1][_codes(L, tables)])
         if (gi < 0).any():
             raise AssertionError("IQ2_XXS: a point off the lattice survived the search")
         s = blocks.shape[0]
@@ -192,7 +196,7 @@ class IQ2XS(GGMLType, name="IQ2_XS"):
         weight, waux, xval, signs = _prepare(blocks, qw, cls.name, 16)
         dead, scale, L = _search_xs(xval, weight, waux, tables)
         scale, signs = _final(scale, signs, dead)
-        gi = np.where(dead[:, None], 0, tables[1][_codes(L)])
+        gi = np.where(dead[:, None], 0, tables[1][_codes(L, tables)])
         if (gi < 0).any():
             raise AssertionError("IQ2_XS: a point off the lattice survived the search")
         s = blocks.shape[0]
@@ -222,7 +226,7 @@ class IQ2S(GGMLType, name="IQ2_S"):
         signs = np.where((scale < 0)[:, None], (~signs) & 255, signs)
         scale = np.where(dead, F32(0), np.abs(scale)).astype(F32)
         signs = np.where(dead[:, None], 0, signs)
-        gi = np.where(dead[:, None], 0, tables[1][_codes(L)])
+        gi = np.where(dead[:, None], 0, tables[1][_codes(L, tables)])
         if (gi < 0).any():
             raise AssertionError("IQ2_S: a point off the lattice survived the search")
         _, ls, zero = _scale_nibbles(scale.reshape(s, 16))
@@ -231,8 +235,7 @@ class IQ2S(GGMLType, name="IQ2_S"):
         qs = np.concatenate([(gi & 255), signs.reshape(s, 32)], axis=1).astype(np.uint8)
         qh = ((gi >> 8) << (2 * (np.arange(32) % 4))).reshape(s, 8, 4).sum(-1).astype(np.uint8)
         sc = (ls[:, 0::2] | (ls[:, 1::2] << 4)).astype(np.uint8)
-        qs[zero], qh[zero], sc[zero] = 0, 0, 0
-        d16[zero] = 0
+        sc[zero], d16[zero] = 0, 0  # as the reference: no scale at all leaves the codes written
         return as_bytes(d16[:, None], qs, qh, sc)
 
 
@@ -258,16 +261,18 @@ def _fit(wt: np.ndarray, xt: np.ndarray, L: np.ndarray) -> tuple[np.ndarray, np.
 
 
 def _trials(xval: np.ndarray, weight: np.ndarray, waux: np.ndarray, tables: tuple, scale: np.ndarray,
-            base: np.ndarray, steps: range) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Trial scales 1 / ((5 + step / 10) / base): each block keeps the levels of the best weighted fit
-    (and which groups were on the lattice then). Returns (scale, levels, on-grid)."""
+            base: np.ndarray, steps: range, delta: float = 0.1,
+            on_init: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Trial scales 1 / ((2 kmax - 1 + step * delta) / base): each block keeps the levels of the best
+    weighted fit (and which groups were on the lattice then). Returns (scale, levels, on-grid)."""
+    kmax = tables[3]
     nb, g = xval.shape[:2]
     wt, xt = np.ascontiguousarray(weight.T), np.ascontiguousarray(xval.reshape(nb, -1).T)
     best = np.zeros(nb, dtype=F32)
     L = np.zeros(xval.shape, dtype=np.int64)
-    on = np.ones((nb, g), dtype=bool)
+    on = np.full((nb, g), on_init)
     for step in steps:
-        inv = (F32(2 * KMAXQ - 1) + F32(step) * F32(0.1)) / base
+        inv = (F32(2 * kmax - 1) + F32(step) * F32(delta)) / base
         trial, _, trial_on = to_lattice(xval, waux, F32(1) / inv, inv, tables)
         sumqx, sumq2 = _fit(wt, xt, trial)
         better = (sumq2 > 0) & (sumqx * sumqx > best * sumq2)
@@ -300,18 +305,24 @@ def _search_xxs(xval: np.ndarray, weight: np.ndarray, waux: np.ndarray,
 
 
 def _search_xs(xval: np.ndarray, weight: np.ndarray, waux: np.ndarray, tables: tuple,
-               eps: np.float32 = GROUP_MAX_EPS) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """IQ2_XS, per block of 16: 19 trial scales around max / 5, then the groups that were off the lattice
-    at the best one again at the scale found. Returns (blocks with nothing to encode, scale, levels)."""
+               eps: np.float32 = GROUP_MAX_EPS, steps: range = range(-9, 10), delta: float = 0.1,
+               redo_all: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """IQ2_XS (and IQ2_S, IQ3_XXS, IQ3_S with their own numbers): trial scales around max / (2 kmax - 1),
+    then the groups that were off the lattice at the best one (``redo_all``: all groups of such a block)
+    again at the scale found. Returns (blocks with nothing to encode, scale, levels)."""
     nb = xval.shape[0]
-    flat = xval.reshape(nb, 16)
+    flat = xval.reshape(nb, -1)
     mx = flat.max(1)
     dead = mx < eps
     base = np.where(dead, F32(1), mx)
     waux = waux.reshape(xval.shape)
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-        scale, L, on = _trials(xval, weight, waux, tables, base / F32(2 * KMAXQ - 1), base, range(-9, 10))
+        kmax = tables[3]
+        scale, L, on = _trials(xval, weight, waux, tables, base / F32(2 * kmax - 1), base, steps, delta,
+                               on_init=not redo_all)
         redo = ~on & ((scale > 0) & ~dead)[:, None]
+        if redo_all:  # IQ3_S: every group of a block again, once one of them was off the lattice
+            redo = np.repeat(redo.any(1, keepdims=True), redo.shape[1], axis=1)
         b, k = np.nonzero(redo)
         if len(b):
             s = scale[b]
