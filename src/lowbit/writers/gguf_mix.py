@@ -115,47 +115,9 @@ class MixPlanner:
         if m in VERY_LOW:
             return self._very_low(cat, new, gqa)
         if cat in ("attn_v", "attn_qkv"):  # llama.cpp counts a fused q/k/v (phi3) as attn_v
-            i, n = self.i_attn_v, self.n_attn_v
-            if m == "Q2_K":
-                new = "Q4_K" if gqa >= 4 else "Q3_K"
-            elif m == "Q3_K_M":
-                new = "Q5_K" if i < 2 else "Q4_K"
-            elif m == "IQ3_XXS":
-                new = "Q4_K" if gqa >= 4 else "IQ3_XXS" if self.has_imatrix else "IQ3_S"
-            elif (m in ("IQ3_XS", "IQ3_S") and gqa >= 4) or m == "IQ3_M":
-                new = "Q4_K"
-            elif m == "Q3_K_L" or m in ("IQ4_NL", "IQ4_XS") and gqa >= 4:
-                new = "Q5_K"
-            elif m in ("Q4_K_M", "Q5_K_M") and use_more_bits(i, n):
-                new = "Q6_K"
-            elif m == "Q4_K_S" and i < 4:
-                new = "Q5_K"
-            if self.n_layer == 80 and self.n_head != self.n_head_kv and new in ("Q3_K", "Q4_K"):
-                new = "Q5_K"  # llama.cpp's 70B rule: attn_v is 8x smaller there, more bits are cheap
-            self.i_attn_v += 1
+            new = self._attn_v(new, gqa)
         elif cat == "ffn_down":
-            i, n = self.i_ffn_down, self.n_ffn_down
-            if m == "Q2_K":
-                new = "Q3_K"
-            elif m == "IQ3_XXS" and not self.has_imatrix:
-                new = "Q4_K" if i < n // 8 else "Q3_K"
-            elif m == "Q3_K_M":
-                new = "Q5_K" if i < n // 16 else "Q4_K"
-            elif m == "IQ3_M" and i < n // 8:
-                new = "Q4_K"
-            elif m == "Q3_K_L":
-                new = "Q5_K"
-            elif m == "Q4_K_M" and use_more_bits(i, n):
-                new = "Q6_K"
-            elif m in ("IQ4_NL", "IQ4_XS") and i < n // 8 and not self.has_imatrix:
-                new = "Q5_K"
-            elif m == "Q5_K_M" and use_more_bits(i, n):
-                new = "Q6_K"
-            elif m == "Q4_K_S" and i < n // 8:
-                new = "Q5_K"
-            elif m in ("Q4_0", "Q5_0") and self.has_imatrix and i < n // 8:
-                new = "Q4_1" if m == "Q4_0" else "Q5_1"  # llama.cpp guards the first ffn_down layers
-            self.i_ffn_down += 1
+            new = self._ffn_down(new)
         elif cat == "attn_output":
             new = {"Q2_K": "Q3_K", "IQ3_XXS": "IQ3_S", "Q3_K_M": "Q4_K", "Q3_K_L": "Q5_K", "IQ3_M": "Q4_K"}.get(m, new)
         elif cat in ("attn_k", "attn_q"):
@@ -166,6 +128,54 @@ class MixPlanner:
             if m == "IQ3_XS" and n // 8 <= i < 7 * n // 8:
                 new = "IQ3_XXS"
             setattr(self, counter, i + 1)
+        return new
+
+    def _attn_v(self, new: str, gqa: int) -> str:
+        m = self.mix
+        i, n = self.i_attn_v, self.n_attn_v
+        if m == "Q2_K":
+            new = "Q4_K" if gqa >= 4 else "Q3_K"
+        elif m == "Q3_K_M":
+            new = "Q5_K" if i < 2 else "Q4_K"
+        elif m == "IQ3_XXS":
+            new = "Q4_K" if gqa >= 4 else "IQ3_XXS" if self.has_imatrix else "IQ3_S"
+        elif (m in ("IQ3_XS", "IQ3_S") and gqa >= 4) or m == "IQ3_M":
+            new = "Q4_K"
+        elif m == "Q3_K_L" or m in ("IQ4_NL", "IQ4_XS") and gqa >= 4:
+            new = "Q5_K"
+        elif m in ("Q4_K_M", "Q5_K_M") and use_more_bits(i, n):
+            new = "Q6_K"
+        elif m == "Q4_K_S" and i < 4:
+            new = "Q5_K"
+        if self.n_layer == 80 and self.n_head != self.n_head_kv and new in ("Q3_K", "Q4_K"):
+            new = "Q5_K"  # llama.cpp's 70B rule: attn_v is 8x smaller there, more bits are cheap
+        self.i_attn_v += 1
+        return new
+
+    def _ffn_down(self, new: str) -> str:
+        m = self.mix
+        i, n = self.i_ffn_down, self.n_ffn_down
+        if m == "Q2_K":
+            new = "Q3_K"
+        elif m == "IQ3_XXS" and not self.has_imatrix:
+            new = "Q4_K" if i < n // 8 else "Q3_K"
+        elif m == "Q3_K_M":
+            new = "Q5_K" if i < n // 16 else "Q4_K"
+        elif m == "IQ3_M" and i < n // 8:
+            new = "Q4_K"
+        elif m == "Q3_K_L":
+            new = "Q5_K"
+        elif m == "Q4_K_M" and use_more_bits(i, n):
+            new = "Q6_K"
+        elif m in ("IQ4_NL", "IQ4_XS") and i < n // 8 and not self.has_imatrix:
+            new = "Q5_K"
+        elif m == "Q5_K_M" and use_more_bits(i, n):
+            new = "Q6_K"
+        elif m == "Q4_K_S" and i < n // 8:
+            new = "Q5_K"
+        elif m in ("Q4_0", "Q5_0") and self.has_imatrix and i < n // 8:
+            new = "Q4_1" if m == "Q4_0" else "Q5_1"  # llama.cpp guards the first ffn_down layers
+        self.i_ffn_down += 1
         return new
 
     def _very_low(self, cat: str, new: str, gqa: int) -> str:
