@@ -32,11 +32,13 @@ BUCKETS = np.array([1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256,
 
 
 @functools.lru_cache(maxsize=4)
-def lattice(name: str, nwant: int) -> tuple[np.ndarray, np.ndarray, tuple, int, int]:
+def lattice(name: str, nwant: int, values: tuple[float, ...] | None = None) -> tuple[np.ndarray, np.ndarray, tuple, int, int]:
     """(grid (N, 8) of 1/3/5, code -> grid index or -1 (4^8,), the neighbour tables: code -> length
     bucket and row, and per bucket the padded candidate lists and their values by coordinate).
     A code packs eight 2-bit levels l (value 2l + 1); an off-lattice code lists every point within its
-    ``nwant`` nearest squared distances, nearest first, then by index (the reference's qsort order)."""
+    ``nwant`` nearest squared distances, nearest first, then by index (the reference's qsort order).
+    ``values``: what each level stands for in the neighbour search (default 2l + 1; IQ1's shifted
+    -1, 0, 1)."""
     cls = getattr(gguf.quants, name)
     cls.init_grid()
     g = np.asarray(cls.grid, dtype=np.float32).reshape(-1, cls.grid_shape[-1])
@@ -70,6 +72,7 @@ def lattice(name: str, nwant: int) -> tuple[np.ndarray, np.ndarray, tuple, int, 
     b_of = np.searchsorted(BUCKETS, n)
     tabs = []
     gridf = grid.astype(np.float32)
+    qvals = gridf if values is None else np.asarray(values, dtype=np.float32)[levels]
     for kb in range(len(BUCKETS)):
         sel = np.nonzero(b_of == kb)[0]
         width = int(n[sel].max()) if len(sel) else 0
@@ -77,7 +80,7 @@ def lattice(name: str, nwant: int) -> tuple[np.ndarray, np.ndarray, tuple, int, 
         cand = np.take_along_axis(cand, np.minimum(np.arange(width), n[sel][:, None] - 1), 1) if len(sel) else cand
         bucket[rcodes[off][sel]] = kb
         row[rcodes[off][sel]] = np.arange(len(sel))
-        tabs.append((np.ascontiguousarray(cand), np.ascontiguousarray(gridf[cand].transpose(2, 0, 1))))
+        tabs.append((np.ascontiguousarray(cand), np.ascontiguousarray(qvals[cand].transpose(2, 0, 1))))
     return gridf, kmap, (bucket, row, tabs), kmax, bits
 
 

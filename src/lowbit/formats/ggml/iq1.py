@@ -1,0 +1,111 @@
+"""IQ1_S: 1.56 bits per weight. Each 8 values take one point of a 2048-point lattice of {-1, 0, 1},
+shifted by +-1/8 per block of 32 (the shift's sign stored), under a 3-bit scale per 32 and one float16
+per 256 (stored times 1.125). llama.cpp's ``quantize_row_iq1_s_impl``: for each block the exact best
+split of its sorted values into the three levels (every pair of boundaries, both shifts, in the
+reference's order), then each group of 8 onto the lattice (or its nearest listed neighbour); an
+importance matrix is required, as there.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from lowbit.formats.ggml.base import GGMLType
+from lowbit.formats.ggml.iq2 import _codes, _nearest_neighbour, lattice
+from lowbit.formats.ggml.kcommon import F32, as_bytes, nearest_int, seqdot, seqsum
+
+DELTA = F32(0.125)
+X_P = (F32(-1) + DELTA, DELTA, F32(1) + DELTA)
+X_M = (F32(-1) - DELTA, -DELTA, F32(1) - DELTA)
+
+
+def _split(x: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, ...]:
+    """The best (i1, i2) boundaries over each block's values sorted ascending (stable, as glibc's merge
+    sort), and the shift (+1, -1; 0: none found). x, w: (B, 32). Returns (scale, order, i1, i2, shift)."""
+    nb, n = x.shape
+    order = np.argsort(x, axis=1, kind="stable")
+    xs, ws = np.take_along_axis(x, order, 1), np.take_along_axis(w, order, 1)
+    zero = np.zeros((nb, 1), dtype=F32)
+    sumx = np.concatenate([zero, np.cumsum(ws * xs, axis=1, dtype=F32)], axis=1).T.copy()  # (33, B)
+    sumw = np.concatenate([zero, np.cumsum(ws, axis=1, dtype=F32)], axis=1).T.copy()
+    best = np.full(nb, -np.finfo(np.float32).max, dtype=F32)
+    scale = np.abs(x).max(1)
+    b1 = np.full(nb, -1)
+    b2 = np.full(nb, -1)
+    shift = np.zeros(nb, dtype=np.int64)
+    with np.errstate(over="ignore", invalid="ignore"):
+        for i1 in range(n + 1):
+            a = sumx[i1] - sumx[0]
+            aw = sumw[i1] - sumw[0]
+            for i2 in range(i1, n + 1):
+                b, c = sumx[i2] - sumx[i1], sumx[n] - sumx[i2]
+                bw, cw = sumw[i2] - sumw[i1], sumw[n] - sumw[i2]
+                for sgn, xx in ((1, X_P), (-1, X_M)):
+                    sumqx = a * xx[0] + b * xx[1] + c * xx[2]
+                    sumq2 = aw * xx[0] * xx[0] + bw * xx[1] * xx[1] + cw * xx[2] * xx[2]
+                    better = (sumq2 > 0) & (sumqx * sumqx > best * sumq2)
+                    if better.any():
+                        scale = np.where(better, sumqx / sumq2, scale)
+                        best = np.where(better, scale * sumqx, best)
+                        b1, b2 = np.where(better, i1, b1), np.where(better, i2, b2)
+                        shift = np.where(better, sgn, shift)
+    return scale.astype(F32), order, b1, b2, shift
+
+
+class IQ1S(GGMLType, name="IQ1_S"):
+    needs_imatrix = True
+
+    @classmethod
+    def quantize_blocks(cls, blocks: np.ndarray, qw: np.ndarray | None) -> np.ndarray:
+        assert qw is not None  # checked by quantize_async
+        tp, tm = lattice("IQ1_S", 3, X_P), lattice("IQ1_S", 3, X_M)
+        s = blocks.shape[0]
+        sigma2 = F32(2) * seqsum((blocks * blocks).T) / F32(256)
+        xb = blocks.reshape(s * 8, 32)
+        weight = qw.reshape(s * 8, 32) * np.sqrt(np.repeat(sigma2, 8)[:, None] + xb * xb)
+        nb = len(xb)
+        mx = np.abs(xb).max(1)
+        scale, order, b1, b2, shift = _split(xb, weight)
+        dead = (mx < F32(1e-12)) | (b1 < 0) | (b2 < 0) | (shift == 0)
+        pos = np.arange(32)[None, :]
+        L_sorted = np.where(pos < b1[:, None], 0, np.where(pos < b2[:, None], 1, 2))
+        L = np.empty_like(L_sorted)
+        np.put_along_axis(L, order, L_sorted, 1)
+        neg = scale < 0
+        L = np.where(neg[:, None], 2 - L, L)
+        scale = np.where(neg, -scale, scale).astype(F32)
+        shift = np.where(neg, -shift, shift)
+        L = L.reshape(nb, 4, 8)
+        codes = _codes(L, tp)
+        gi = tp[1][codes]
+        off = (gi < 0) & ~dead[:, None]
+        for tables, sgn in ((tp, 1), (tm, -1)):
+            b, k = np.nonzero(off & (shift == sgn)[:, None])
+            if len(b):
+                gi[b, k] = _nearest_neighbour(codes[b, k], xb.reshape(nb, 4, 8)[b, k],
+                                              weight.reshape(nb, 4, 8)[b, k], scale[b], tables)
+        redo = off.any(1)
+        if redo.any():
+            idx = np.nonzero(redo)[0]
+            glev = np.searchsorted(np.array([1, 3, 5]), tp[0][gi[idx]]).reshape(len(idx), 32)  # levels of the points
+            xx = np.where((shift[idx] == 1)[:, None], np.array(X_P, F32)[glev], np.array(X_M, F32)[glev])
+            w, x = np.ascontiguousarray(weight[idx].T), np.ascontiguousarray(xb[idx].T)
+            q = np.ascontiguousarray(xx.T)
+            sumqx, sumq2 = seqdot(w, q, x), seqdot(w, q, q)
+            scale[idx] = np.where((sumqx > 0) & (sumq2 > 0), sumqx / sumq2, scale[idx])
+        scale = np.where(dead, F32(0), scale).astype(F32)
+        shift = np.where(dead, 1, shift)
+        gi = np.where(dead[:, None], 0, gi).reshape(s, 8, 4)
+        scales = scale.reshape(s, 8)
+        max_scale = scales.max(1)
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+            d = max_scale / F32(15)
+            inv = np.where(d != 0, F32(1) / d, F32(0))
+            ls = np.clip(nearest_int(F32(0.5) * (inv[:, None] * scales - F32(1))), 0, 7)
+        ls = ls | np.where(shift.reshape(s, 8) == -1, 8, 0)
+        qs = (gi & 255).astype(np.uint8).reshape(s, 32)
+        qh = ((gi >> 8) << (3 * np.arange(4))).sum(-1)
+        zero = max_scale == 0
+        qh = np.where(zero[:, None], qh, qh | (ls << 12)).astype("<u2")
+        d16 = np.where(zero, F32(0), d * F32(1.125)).astype(np.float16)
+        return as_bytes(d16[:, None], qs, qh)
