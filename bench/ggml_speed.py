@@ -35,8 +35,8 @@ sys.path.insert(0, str(ROOT / "tests" / "fixtures" / "ggml"))
 from make_fixtures import find_lib, ggml_quantize, real_rows
 
 TYPES = ["Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K",
-         "IQ4_NL", "IQ4_XS", "TQ1_0", "TQ2_0", "IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ3_XXS", "IQ3_S", "IQ1_S"]
-BOUND = {"IQ1_S": 3.0, "IQ2_S": 3.0, "IQ3_XXS": 3.0, "IQ3_S": 3.0, "IQ4_NL": 1.5, "IQ4_XS": 1.5, "TQ1_0": 1.5, "TQ2_0": 1.5, "IQ2_XXS": 3.0, "IQ2_XS": 3.0}  # issue 15's targets
+         "IQ4_NL", "IQ4_XS", "TQ1_0", "TQ2_0", "IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ3_XXS", "IQ3_S", "IQ1_S", "IQ1_M"]
+BOUND = {"IQ1_S": 3.0, "IQ1_M": 3.0, "IQ2_S": 3.0, "IQ3_XXS": 3.0, "IQ3_S": 3.0, "IQ4_NL": 1.5, "IQ4_XS": 1.5, "TQ1_0": 1.5, "TQ2_0": 1.5, "IQ2_XXS": 3.0, "IQ2_XS": 3.0}  # issue 15's targets
 
 
 def best_of(fn, repeat: int) -> tuple[float, np.ndarray]:

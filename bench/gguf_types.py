@@ -48,7 +48,7 @@ MIXES = ["Q8_0", "Q6_K", "Q5_K_M", "Q5_K_S", "Q4_K_M", "Q4_K_S", "IQ4_XS", "IQ4_
 QUICK_MIXES = ["Q8_0", "Q4_K_M", "Q3_K_M", "Q2_K", "Q4_0"]
 IMATRIX_MIXES = ["Q4_K_M", "IQ4_XS", "Q3_K_M", "Q2_K", "IQ2_XS", "IQ2_XXS"]  # IQ2_XXS: only with one, as in llama.cpp
 TYPES = ["F16", "BF16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K",
-         "IQ4_NL", "IQ4_XS", "TQ1_0", "TQ2_0", "IQ2_S", "IQ3_XXS", "IQ3_S", "IQ2_XXS", "IQ2_XS", "IQ1_S"]
+         "IQ4_NL", "IQ4_XS", "TQ1_0", "TQ2_0", "IQ2_S", "IQ3_XXS", "IQ3_S", "IQ2_XXS", "IQ2_XS", "IQ1_S", "IQ1_M"]
 
 
 def gguf_model(path: Path, like: ModelHandle) -> ModelHandle:

@@ -34,7 +34,7 @@ def _tensors(path):
 
 
 @pytest.mark.parametrize(("mix", "with_imatrix"), [(m, i) for m in ("IQ4_NL", "IQ4_XS", "TQ1_0", "TQ2_0") for i in (False, True)]
-                         + [("IQ2_XXS", True), ("IQ2_XS", True), ("IQ1_S", True)])  # llama.cpp refuses these without an imatrix
+                         + [("IQ2_XXS", True), ("IQ2_XS", True), ("IQ1_S", True), ("IQ1_M", True)])  # llama.cpp refuses these without an imatrix
 def test_same_tensors_as_llama_quantize(smollm2_f32, tmp_path, mix: str, with_imatrix: bool) -> None:
     from lowbit.metrics.llamacpp import quantize_with_llamacpp
 
@@ -49,7 +49,7 @@ def test_same_tensors_as_llama_quantize(smollm2_f32, tmp_path, mix: str, with_im
     assert any(t == gguf.GGMLQuantizationType[mix] for t, _ in mine.values())
 
 
-@pytest.mark.parametrize("mix", ["IQ1_S", "IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ2_M", "IQ3_XXS", "IQ3_XS", "IQ3_S", "IQ3_M",
+@pytest.mark.parametrize("mix", ["IQ1_S", "IQ1_M", "IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ2_M", "IQ3_XXS", "IQ3_XS", "IQ3_S", "IQ3_M",
                                  "IQ4_XS", "IQ4_NL", "TQ1_0"])
 def test_i_quant_file_types_on_a_256_wide_model(bpe_llama, tmp_path, mix: str) -> None:
     """Every tensor of a tiny 256-wide Llama takes its i-quant without fallback, so each per-tensor rule

@@ -16,7 +16,7 @@ from lowbit.formats.ggml import GGML_TYPES
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "ggml"
 PLAIN = ["F32", "F16", "BF16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K",
-         "IQ4_NL", "IQ4_XS", "TQ1_0", "TQ2_0", "IQ2_S", "IQ3_XXS", "IQ3_S"]
+         "IQ4_NL", "IQ4_XS", "TQ1_0", "TQ2_0", "IQ2_S", "IQ3_XXS", "IQ3_S", "IQ1_M"]
 NEEDS_IMATRIX = ["IQ2_XXS", "IQ2_XS", "IQ1_S"]  # llama.cpp refuses these without one
 TYPES = PLAIN + NEEDS_IMATRIX
 

@@ -32,16 +32,16 @@ MIXES: dict[str, tuple[str, int]] = {
     "Q6_K": ("Q6_K", 18), "IQ4_NL": ("IQ4_NL", 25), "IQ4_XS": ("IQ4_XS", 30), "TQ1_0": ("TQ1_0", 36),
     "TQ2_0": ("TQ2_0", 37), "IQ2_XXS": ("IQ2_XXS", 19), "IQ2_XS": ("IQ2_XS", 20),
     "IQ2_S": ("IQ2_XS", 28), "IQ2_M": ("IQ2_S", 29), "IQ3_XXS": ("IQ3_XXS", 23), "IQ3_XS": ("IQ3_S", 22),
-    "IQ3_S": ("IQ3_S", 26), "IQ3_M": ("IQ3_S", 27), "IQ1_S": ("IQ1_S", 24),
+    "IQ3_S": ("IQ3_S", 26), "IQ3_M": ("IQ3_S", 27), "IQ1_S": ("IQ1_S", 24), "IQ1_M": ("IQ1_M", 31),
 }
 # the file types of llama.cpp's sub-2.5-bit rules (output Q5_K, embeddings Q2_K, attn_v / ffn_down guarded)
-VERY_LOW = ("IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ2_M", "IQ1_S")
+VERY_LOW = ("IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ2_M", "IQ1_S", "IQ1_M")
 Q5K_OUTPUT = (*VERY_LOW, "IQ3_XXS")  # their output (and tied embedding) goes to Q5_K, not Q6_K
 # tensors of these types need importance-matrix data (llama.cpp's tensor_requires_imatrix)
 NEEDS_IMATRIX = ("IQ3_XXS", "IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ1_M", "IQ1_S")
 FALLBACK = {"Q2_K": "Q4_0", "Q3_K": "Q4_0", "Q4_K": "Q5_0", "Q5_K": "Q5_1", "Q6_K": "Q8_0", "IQ4_XS": "IQ4_NL",
             "IQ2_XXS": "IQ4_NL", "IQ2_XS": "IQ4_NL", "IQ2_S": "IQ4_NL", "IQ3_XXS": "IQ4_NL", "IQ3_S": "IQ4_NL",
-            "IQ1_S": "IQ4_NL",
+            "IQ1_S": "IQ4_NL", "IQ1_M": "IQ4_NL",
             "TQ1_0": "Q4_0", "TQ2_0": "Q4_0"}
 FLOAT_TYPES = ("F32", "F16", "BF16")
 
@@ -110,7 +110,7 @@ class MixPlanner:
             block = gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType[new]][0]
             return "Q8_0" if shape[-1] % block else "Q5_K" if m in Q5K_OUTPUT else ("Q6_K" if new != "Q8_0" else new)
         if cat == "token_embd":  # a ternary or very low-bit embedding table loses too much
-            return {"TQ1_0": "Q4_K", "TQ2_0": "Q4_K", "IQ2_XXS": "Q2_K", "IQ2_XS": "Q2_K", "IQ1_S": "Q2_K", "IQ2_S": "IQ3_S",
+            return {"TQ1_0": "Q4_K", "TQ2_0": "Q4_K", "IQ2_XXS": "Q2_K", "IQ2_XS": "Q2_K", "IQ1_S": "Q2_K", "IQ1_M": "Q2_K", "IQ2_S": "IQ3_S",
                     "IQ2_M": "IQ3_S", "IQ3_XXS": "IQ3_S"}.get(m, new)
         gqa = self.n_head // max(self.n_head_kv, 1)
         if m in VERY_LOW:
@@ -189,8 +189,8 @@ class MixPlanner:
         if cat == "ffn_down":
             i, self.i_ffn_down = self.i_ffn_down, self.i_ffn_down + 1
             return low if i < self.n_ffn_down // 8 else new
-        if cat == "attn_output" and self.mix in ("IQ2_S", "IQ2_M", "IQ1_S"):
-            return "IQ2_XXS" if self.mix == "IQ1_S" else "IQ3_S"
+        if cat == "attn_output" and self.mix in ("IQ2_S", "IQ2_M", "IQ1_S", "IQ1_M"):
+            return "IQ2_XXS" if self.mix in ("IQ1_S", "IQ1_M") else "IQ3_S"
         return new
 
     def _fallback(self, name: str, new: str, ncols: int) -> str:

@@ -109,3 +109,136 @@ class IQ1S(GGMLType, name="IQ1_S"):
         qh = np.where(zero[:, None], qh, qh | (ls << 12)).astype("<u2")
         d16 = np.where(zero, F32(0), d * F32(1.125)).astype(np.float16)
         return as_bytes(d16[:, None], qs, qh)
+
+
+MASKS = np.array([0x00, 0x80, 0x08, 0x88])
+
+
+def _split_halves(x: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, ...]:
+    """IQ1_M's split of each block of 16: boundaries over the sorted values, and one shift per half of
+    8 (k: 0 both +, 1 +-, 2 -+, 3 both -), from prefix sums kept per half, in the reference's order.
+    Returns (scale, order, i1, i2, k)."""
+    nb, n = x.shape
+    order = np.argsort(x, axis=1, kind="stable")
+    xs, ws = np.take_along_axis(x, order, 1), np.take_along_axis(w, order, 1)
+    half = order >= n // 2
+    zero = np.zeros((nb, 1), dtype=F32)
+    px, pw = [], []
+    for h in (False, True):
+        m = half == h
+        px.append(np.concatenate([zero, np.cumsum(np.where(m, ws * xs, F32(0)), axis=1, dtype=F32)], 1).T.copy())
+        pw.append(np.concatenate([zero, np.cumsum(np.where(m, ws, F32(0)), axis=1, dtype=F32)], 1).T.copy())
+    txs, tws = [px[h][n] for h in (0, 1)], [pw[h][n] for h in (0, 1)]
+    p2, m2 = X_P[2], X_M[2]
+    cp1, cp2 = X_P[0] * X_P[0] - X_P[1] * X_P[1], X_P[1] * X_P[1] - X_P[2] * X_P[2]
+    cm1, cm2 = X_M[0] * X_M[0] - X_M[1] * X_M[1], X_M[1] * X_M[1] - X_M[2] * X_M[2]
+    best = np.full(nb, -np.finfo(np.float32).max, dtype=F32)
+    scale = np.abs(x).max(1)
+    b1, b2, bk = np.full(nb, -1), np.full(nb, -1), np.full(nb, -1)
+    with np.errstate(over="ignore", invalid="ignore"):
+        for i1 in range(n + 1):
+            for i2 in range(i1, n + 1):
+                qxp, qxm, q2p, q2m = [], [], [], []
+                for h in (0, 1):
+                    sx = px[h][i1] + px[h][i2]
+                    qxp.append(txs[h] * p2 - sx)
+                    qxm.append(txs[h] * m2 - sx)
+                    q2p.append(tws[h] * p2 * p2 + pw[h][i1] * cp1 + pw[h][i2] * cp2)
+                    q2m.append(tws[h] * m2 * m2 + pw[h][i1] * cm1 + pw[h][i2] * cm2)
+                combos = ((qxp[0] + qxp[1], q2p[0] + q2p[1]), (qxp[0] + qxm[1], q2p[0] + q2m[1]),
+                          (qxm[0] + qxp[1], q2m[0] + q2p[1]), (qxm[0] + qxm[1], q2m[0] + q2m[1]))
+                for k, (sumqx, sumq2) in enumerate(combos):
+                    better = (sumq2 > 0) & (sumqx * sumqx > best * sumq2)
+                    if better.any():
+                        scale = np.where(better, sumqx / sumq2, scale)
+                        best = np.where(better, scale * sumqx, best)
+                        b1, b2, bk = np.where(better, i1, b1), np.where(better, i2, b2), np.where(better, k, bk)
+    return scale.astype(F32), order, b1, b2, bk
+
+
+def _group_values(k: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Whether each of a block's two groups of 8 uses the + shift, from IQ1_M's shift code."""
+    return k < 2, k % 2 == 0
+
+
+class IQ1M(GGMLType, name="IQ1_M"):
+    """1.75 bits: IQ1_S's lattice per 8 values with a shift per 8, a 3-bit scale per 16, and the
+    super-block scale refitted over all 256 and spread over the scale bytes' top nibbles (times 1.1125)."""
+
+    @classmethod
+    def quantize_blocks(cls, blocks: np.ndarray, qw: np.ndarray | None) -> np.ndarray:
+        tp, tm = lattice("IQ1_S", 3, X_P), lattice("IQ1_S", 3, X_M)
+        s = blocks.shape[0]
+        sigma2 = F32(2) * seqsum((blocks * blocks).T) / F32(256)
+        xb = blocks.reshape(s * 16, 16)
+        if qw is not None:
+            weight = qw.reshape(s * 16, 16) * np.sqrt(np.repeat(sigma2, 16)[:, None] + xb * xb)
+        else:
+            weight = xb * xb
+        nb = len(xb)
+        mx = np.abs(xb).max(1)
+        scale, order, b1, b2, bk = _split_halves(xb, weight)
+        dead = (mx < F32(1e-7)) | (b1 < 0) | (b2 < 0) | (bk < 0)
+        pos = np.arange(16)[None, :]
+        L_sorted = np.where(pos < b1[:, None], 0, np.where(pos < b2[:, None], 1, 2))
+        L = np.empty_like(L_sorted)
+        np.put_along_axis(L, order, L_sorted, 1)
+        neg = scale < 0
+        L = np.where(neg[:, None], 2 - L, L)
+        scale = np.where(neg, -scale, scale).astype(F32)
+        bk = np.where(neg, 3 - bk, bk)
+        L = L.reshape(nb, 2, 8)
+        codes = _codes(L, tp)
+        gi = tp[1][codes]
+        plus = np.stack(_group_values(bk), axis=1)  # (nb, 2)
+        off = (gi < 0) & ~dead[:, None]
+        xg, wg = xb.reshape(nb, 2, 8), weight.reshape(nb, 2, 8)
+        for tables, sgn in ((tp, True), (tm, False)):
+            b, k = np.nonzero(off & (plus == sgn))
+            if len(b):
+                gi[b, k] = _nearest_neighbour(codes[b, k], xg[b, k], wg[b, k], scale[b], tables)
+        redo = np.nonzero(off.any(1))[0]
+        if len(redo):
+            q = self_q(tp, gi[redo], plus[redo]).reshape(len(redo), 16)
+            w, x, qt = (np.ascontiguousarray(a.T) for a in (weight[redo], xb[redo], q))
+            sumqx, sumq2 = seqdot(w, qt, x), seqdot(w, qt, qt)
+            scale[redo] = np.where((sumqx > 0) & (sumq2 > 0), sumqx / sumq2, scale[redo])
+        scale = np.where(dead, F32(0), scale).astype(F32)
+        bk = np.where(dead, 0, bk)
+        gi = np.where(dead[:, None], 0, gi)
+        plus = np.stack(_group_values(bk), axis=1)
+        return _encode_m(blocks, weight, scale, gi, bk, plus, tp)
+
+
+def _encode_m(blocks: np.ndarray, weight: np.ndarray, scale: np.ndarray, gi: np.ndarray, bk: np.ndarray,
+              plus: np.ndarray, tp: tuple) -> np.ndarray:
+    """IQ1_M's bytes: grid indices, their high bits with the shift bits, 3-bit scales, and the
+    super-block scale refitted over all 256 values, its float16 spread over the scales' top nibbles."""
+    s = blocks.shape[0]
+    scales = scale.reshape(s, 16)
+    max_scale = scales.max(1)
+    zero = max_scale == 0
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        d = max_scale / F32(15)
+        inv = np.where(d != 0, F32(1) / d, F32(0))
+        ls = np.clip(nearest_int(F32(0.5) * (inv[:, None] * scales - F32(1))), 0, 7)  # (s, 16)
+        # the super-block scale refitted over all 256 values at the 3-bit block scales
+        q = self_q(tp, gi, plus).reshape(s, 256) * np.repeat((2 * ls + 1).astype(F32), 16, axis=1)
+        w, x, qt = (np.ascontiguousarray(a.T) for a in (weight.reshape(s, 256), blocks, q))
+        sumqx, sumq2 = seqdot(w, qt, x), seqdot(w, qt, qt)
+        d = np.where(sumq2 > 0, sumqx / sumq2, d)
+    gi = gi.reshape(s, 16, 2)
+    qs = (gi & 255).astype(np.uint8).reshape(s, 32)
+    qh = ((gi[..., 0] >> 8) | ((gi[..., 1] >> 8) << 4) | MASKS[bk.reshape(s, 16)]).astype(np.uint8)
+    sc = (ls.reshape(s, 4, 4) << (3 * np.arange(4))).sum(-1).astype(np.uint16)  # (s, 4)
+    d16 = (d * F32(1.1125)).astype(np.float16).view(np.uint16).astype(np.uint16)
+    top = np.stack([(d16 & 0x000F) << 12, (d16 & 0x00F0) << 8, (d16 & 0x0F00) << 4, d16 & 0xF000], axis=1)
+    sc = np.where(zero[:, None], 0, sc | top).astype("<u2")
+    qh = np.where(zero[:, None], qh & 0x77, qh)  # no scale at all: the shift bits are never set
+    return as_bytes(qs, qh, sc)
+
+
+def self_q(tables: tuple, gi: np.ndarray, plus: np.ndarray) -> np.ndarray:
+    """The shifted level values (-1, 0, 1 +- 1/8) of grid points ``gi`` (..., G) under each group's shift."""
+    levels = ((tables[0][gi] - 1) / 2).astype(np.int64)  # (..., G, 8)
+    return np.where(plus[..., None], np.array(X_P, F32)[levels], np.array(X_M, F32)[levels])
