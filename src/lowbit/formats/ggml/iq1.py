@@ -199,7 +199,7 @@ class IQ1M(GGMLType, name="IQ1_M"):
                 gi[b, k] = _nearest_neighbour(codes[b, k], xg[b, k], wg[b, k], scale[b], tables)
         redo = np.nonzero(off.any(1))[0]
         if len(redo):
-            q = self_q(tp, gi[redo], plus[redo]).reshape(len(redo), 16)
+            q = _shifted_values(tp, gi[redo], plus[redo]).reshape(len(redo), 16)
             w, x, qt = (np.ascontiguousarray(a.T) for a in (weight[redo], xb[redo], q))
             sumqx, sumq2 = seqdot(w, qt, x), seqdot(w, qt, qt)
             scale[redo] = np.where((sumqx > 0) & (sumq2 > 0), sumqx / sumq2, scale[redo])
@@ -223,7 +223,7 @@ def _encode_m(blocks: np.ndarray, weight: np.ndarray, scale: np.ndarray, gi: np.
         inv = np.where(d != 0, F32(1) / d, F32(0))
         ls = np.clip(nearest_int(F32(0.5) * (inv[:, None] * scales - F32(1))), 0, 7)  # (s, 16)
         # the super-block scale refitted over all 256 values at the 3-bit block scales
-        q = self_q(tp, gi, plus).reshape(s, 256) * np.repeat((2 * ls + 1).astype(F32), 16, axis=1)
+        q = _shifted_values(tp, gi, plus).reshape(s, 256) * np.repeat((2 * ls + 1).astype(F32), 16, axis=1)
         w, x, qt = (np.ascontiguousarray(a.T) for a in (weight.reshape(s, 256), blocks, q))
         sumqx, sumq2 = seqdot(w, qt, x), seqdot(w, qt, qt)
         d = np.where(sumq2 > 0, sumqx / sumq2, d)
@@ -238,7 +238,7 @@ def _encode_m(blocks: np.ndarray, weight: np.ndarray, scale: np.ndarray, gi: np.
     return as_bytes(qs, qh, sc)
 
 
-def self_q(tables: tuple, gi: np.ndarray, plus: np.ndarray) -> np.ndarray:
+def _shifted_values(tables: tuple, gi: np.ndarray, plus: np.ndarray) -> np.ndarray:
     """The shifted level values (-1, 0, 1 +- 1/8) of grid points ``gi`` (..., G) under each group's shift."""
     levels = ((tables[0][gi] - 1) / 2).astype(np.int64)  # (..., G, 8)
     return np.where(plus[..., None], np.array(X_P, F32)[levels], np.array(X_M, F32)[levels])
