@@ -367,6 +367,21 @@ def test_activations_on_disk_give_the_same_checkpoint(tmp_path, tiny_tokenizer, 
     assert not list((tmp_path / "disk").rglob("*.bin")) and not (tmp_path / "disk.partial").exists()
 
 
+def _interrupt_after_block_1(monkeypatch):
+    """A streamed run that stops (as at Ctrl-C) once its second block is written; returns the real writer."""
+    from lowbit.pipeline import stream
+
+    real = stream._Run.block_done
+
+    def stop_after_two(self, i, activations=None):
+        real(self, i, activations)
+        if i == 1:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(stream._Run, "block_done", stop_after_two)
+    return real
+
+
 def test_activations_on_disk_resume_after_an_interrupt(tmp_path, tiny_tokenizer, text_file, monkeypatch):
     """Interrupted after block 1 with its activations on disk, --resume continues from the files."""
     from lowbit.pipeline import stream
@@ -376,14 +391,7 @@ def test_activations_on_disk_resume_after_an_interrupt(tmp_path, tiny_tokenizer,
     calib = api.CalibSettings(str(text_file), 12, 64)
     cap = _spilling_cap(src, 12 * 64)
     quantize_stream(src, config, tmp_path / "whole", calib=calib, max_memory=cap)
-    real = stream._Run.block_done
-
-    def stop_after_two(self, i, activations=None):
-        real(self, i, activations)
-        if i == 1:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(stream._Run, "block_done", stop_after_two)
+    real = _interrupt_after_block_1(monkeypatch)
     with pytest.raises(KeyboardInterrupt):
         quantize_stream(src, config, tmp_path / "cut", calib=calib, max_memory=cap)
     kept = tmp_path / "cut.partial" / "activations"
@@ -422,14 +430,7 @@ def test_w8a8_on_disk_interrupted_in_its_second_pass_resumes(tmp_path, tiny_toke
     calib = api.CalibSettings(str(text_file), 12, 64)
     cap = _spilling_cap(src, 12 * 64)
     quantize_stream(src, config, tmp_path / "whole", calib=calib, max_memory=cap)
-    real = stream._Run.block_done
-
-    def stop_after_two(self, i, activations=None):
-        real(self, i, activations)
-        if i == 1:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(stream._Run, "block_done", stop_after_two)
+    real = _interrupt_after_block_1(monkeypatch)
     with pytest.raises(KeyboardInterrupt):
         quantize_stream(src, config, tmp_path / "cut", calib=calib, max_memory=cap)
     progress = json.loads((tmp_path / "cut.partial" / "progress.json").read_text())

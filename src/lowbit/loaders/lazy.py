@@ -102,6 +102,15 @@ class LazyModel:
         head = f"{prefix}." if prefix else ""
         return [n for n in self.files if n.startswith(head)]
 
+    def as_stored(self, name: str, value: torch.Tensor) -> torch.Tensor:
+        """``value`` (tensor ``name``) in the dtype the source stores it in, where that is exact: a float
+        parameter read as float32 and left untouched goes back to bf16; anything else stays as it is."""
+        stored = self.dtypes.get(name)
+        if stored is None or value.dtype == stored or not (value.is_floating_point() and stored.is_floating_point):
+            return value
+        cast = value.to(stored)
+        return cast if torch.equal(cast.to(value.dtype), value) else value
+
     def read(self, name: str) -> torch.Tensor:
         """Parameter ``name`` as stored in the source."""
         return self.source.get(self.files[name])

@@ -208,11 +208,7 @@ class _Run:
         hold their stored values (exactly) in their stored dtype, so a bf16 norm stays bf16."""
         out = {}
         for k, v in self.lazy.model.get_submodule(prefix).state_dict(prefix=f"{prefix}.").items():
-            stored = self.lazy.dtypes.get(k)
-            if stored is not None and v.dtype != stored and v.is_floating_point():
-                cast = v.to(stored)
-                v = cast if torch.equal(cast.to(v.dtype), v) else v
-            out[k] = v.cpu()
+            out[k] = self.lazy.as_stored(k, v).cpu()
         return out
 
     def block_done(self, i: int, activations: dict[str, torch.Tensor] | None = None) -> None:
@@ -253,11 +249,8 @@ class _Run:
                 continue
             ptrs[k] = v.data_ptr() if v.device.type != "meta" else None
             tensors[k] = self.lazy.read(k) if v.device.type == "meta" else v.cpu()
-        for k, v in list(tensors.items()):  # materialized but untouched: back to the stored dtype
-            stored = self.lazy.dtypes.get(k)
-            if stored is not None and v.dtype != stored and torch.equal(v.to(stored).to(v.dtype), v):
-                tensors[k] = v.to(stored)
-        self.writer.write_shard(tensors)
+        # materialized but untouched: back to the stored dtype
+        self.writer.write_shard({k: self.lazy.as_stored(k, v) for k, v in tensors.items()})
 
     def record_of(self, config: MethodConfig, skipped: list[str], cal: dict[str, Any], cost: PeakRSS) -> dict[str, Any]:
         import time

@@ -85,12 +85,4 @@ def _plan(model: torch.nn.Module, fmt: str) -> tuple[Callable[[Tensors, bool], T
 
 def _stored(lazy: Any, tensors: Tensors) -> Tensors:
     """Float tensors the checkpoint stores in a narrower dtype go back to it, where that is exact."""
-    out = {}
-    for k, v in tensors.items():
-        stored = lazy.dtypes.get(k)
-        v = v.detach()
-        if stored is not None and v.is_floating_point() and stored.is_floating_point and v.dtype != stored:
-            cast = v.to(stored)
-            v = cast if torch.equal(cast.to(v.dtype), v) else v
-        out[k] = v.contiguous()
-    return out
+    return {k: lazy.as_stored(k, v.detach()).contiguous() for k, v in tensors.items()}

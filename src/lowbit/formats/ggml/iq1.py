@@ -11,8 +11,8 @@ from __future__ import annotations
 import numpy as np
 
 from lowbit.formats.ggml.base import GGMLType
-from lowbit.formats.ggml.iq2 import _codes, _nearest_neighbour, lattice
-from lowbit.formats.ggml.kcommon import F32, as_bytes, nearest_int, seqdot, seqsum
+from lowbit.formats.ggml.iq2 import _codes, _nearest_neighbour, block_weights, lattice
+from lowbit.formats.ggml.kcommon import F32, as_bytes, nearest_int, seqdot
 
 DELTA = F32(0.125)
 X_P = (F32(-1) + DELTA, DELTA, F32(1) + DELTA)
@@ -58,41 +58,14 @@ class IQ1S(GGMLType, name="IQ1_S"):
     @classmethod
     def quantize_blocks(cls, blocks: np.ndarray, qw: np.ndarray | None) -> np.ndarray:
         assert qw is not None  # checked by quantize_async
-        tp, tm = lattice("IQ1_S", 3, X_P), lattice("IQ1_S", 3, X_M)
         s = blocks.shape[0]
-        sigma2 = F32(2) * seqsum((blocks * blocks).T) / F32(256)
-        xb = blocks.reshape(s * 8, 32)
-        weight = qw.reshape(s * 8, 32) * np.sqrt(np.repeat(sigma2, 8)[:, None] + xb * xb)
-        nb = len(xb)
-        mx = np.abs(xb).max(1)
+        xb, weight = block_weights(blocks, qw, 32)
         scale, order, b1, b2, shift = _split(xb, weight)
-        dead = (mx < F32(1e-12)) | (b1 < 0) | (b2 < 0) | (shift == 0)
-        pos = np.arange(32)[None, :]
-        L_sorted = np.where(pos < b1[:, None], 0, np.where(pos < b2[:, None], 1, 2))
-        L = np.empty_like(L_sorted)
-        np.put_along_axis(L, order, L_sorted, 1)
-        neg = scale < 0
-        L = np.where(neg[:, None], 2 - L, L)
-        scale = np.where(neg, -scale, scale).astype(F32)
+        dead = (np.abs(xb).max(1) < F32(1e-12)) | (b1 < 0) | (b2 < 0) | (shift == 0)
+        L, scale, neg = _levels(order, b1, b2, scale)
         shift = np.where(neg, -shift, shift)
-        L = L.reshape(nb, 4, 8)
-        codes = _codes(L, tp)
-        gi = tp[1][codes]
-        off = (gi < 0) & ~dead[:, None]
-        for tables, sgn in ((tp, 1), (tm, -1)):
-            b, k = np.nonzero(off & (shift == sgn)[:, None])
-            if len(b):
-                gi[b, k] = _nearest_neighbour(codes[b, k], xb.reshape(nb, 4, 8)[b, k],
-                                              weight.reshape(nb, 4, 8)[b, k], scale[b], tables)
-        redo = off.any(1)
-        if redo.any():
-            idx = np.nonzero(redo)[0]
-            glev = np.searchsorted(np.array([1, 3, 5]), tp[0][gi[idx]]).reshape(len(idx), 32)  # levels of the points
-            xx = np.where((shift[idx] == 1)[:, None], np.array(X_P, F32)[glev], np.array(X_M, F32)[glev])
-            w, x = np.ascontiguousarray(weight[idx].T), np.ascontiguousarray(xb[idx].T)
-            q = np.ascontiguousarray(xx.T)
-            sumqx, sumq2 = seqdot(w, q, x), seqdot(w, q, q)
-            scale[idx] = np.where((sumqx > 0) & (sumq2 > 0), sumqx / sumq2, scale[idx])
+        gi, scale = _on_lattice(L.reshape(len(xb), 4, 8), xb, weight, scale, dead,
+                                np.repeat((shift == 1)[:, None], 4, axis=1))
         scale = np.where(dead, F32(0), scale).astype(F32)
         shift = np.where(dead, 1, shift)
         gi = np.where(dead[:, None], 0, gi).reshape(s, 8, 4)
@@ -167,54 +140,63 @@ class IQ1M(GGMLType, name="IQ1_M"):
 
     @classmethod
     def quantize_blocks(cls, blocks: np.ndarray, qw: np.ndarray | None) -> np.ndarray:
-        tp, tm = lattice("IQ1_S", 3, X_P), lattice("IQ1_S", 3, X_M)
-        s = blocks.shape[0]
-        sigma2 = F32(2) * seqsum((blocks * blocks).T) / F32(256)
-        xb = blocks.reshape(s * 16, 16)
-        if qw is not None:
-            weight = qw.reshape(s * 16, 16) * np.sqrt(np.repeat(sigma2, 16)[:, None] + xb * xb)
-        else:
-            weight = xb * xb
-        nb = len(xb)
-        mx = np.abs(xb).max(1)
+        xb, weight = block_weights(blocks, qw, 16)
         scale, order, b1, b2, bk = _split_halves(xb, weight)
-        dead = (mx < F32(1e-7)) | (b1 < 0) | (b2 < 0) | (bk < 0)
-        pos = np.arange(16)[None, :]
-        L_sorted = np.where(pos < b1[:, None], 0, np.where(pos < b2[:, None], 1, 2))
-        L = np.empty_like(L_sorted)
-        np.put_along_axis(L, order, L_sorted, 1)
-        neg = scale < 0
-        L = np.where(neg[:, None], 2 - L, L)
-        scale = np.where(neg, -scale, scale).astype(F32)
+        dead = (np.abs(xb).max(1) < F32(1e-7)) | (b1 < 0) | (b2 < 0) | (bk < 0)
+        L, scale, neg = _levels(order, b1, b2, scale)
         bk = np.where(neg, 3 - bk, bk)
-        L = L.reshape(nb, 2, 8)
-        codes = _codes(L, tp)
-        gi = tp[1][codes]
-        plus = np.stack(_group_values(bk), axis=1)  # (nb, 2)
-        off = (gi < 0) & ~dead[:, None]
-        xg, wg = xb.reshape(nb, 2, 8), weight.reshape(nb, 2, 8)
-        for tables, sgn in ((tp, True), (tm, False)):
-            b, k = np.nonzero(off & (plus == sgn))
-            if len(b):
-                gi[b, k] = _nearest_neighbour(codes[b, k], xg[b, k], wg[b, k], scale[b], tables)
-        redo = np.nonzero(off.any(1))[0]
-        if len(redo):
-            q = _shifted_values(tp, gi[redo], plus[redo]).reshape(len(redo), 16)
-            w, x, qt = (np.ascontiguousarray(a.T) for a in (weight[redo], xb[redo], q))
-            sumqx, sumq2 = seqdot(w, qt, x), seqdot(w, qt, qt)
-            scale[redo] = np.where((sumqx > 0) & (sumq2 > 0), sumqx / sumq2, scale[redo])
+        gi, scale = _on_lattice(L.reshape(len(xb), 2, 8), xb, weight, scale, dead,
+                                np.stack(_group_values(bk), axis=1))
         scale = np.where(dead, F32(0), scale).astype(F32)
         bk = np.where(dead, 0, bk)
         gi = np.where(dead[:, None], 0, gi)
         plus = np.stack(_group_values(bk), axis=1)
-        return _encode_m(blocks, weight, scale, gi, bk, plus, tp)
+        return _encode_m(blocks, weight, scale, gi, bk, plus)
+
+
+def _levels(order: np.ndarray, b1: np.ndarray, b2: np.ndarray,
+            scale: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Levels 0 / 1 / 2 from the split of each block's sorted values at (b1, b2), turned around (and the
+    scale made positive) where the scale came out negative. Returns (levels (B, n), scale, turned)."""
+    pos = np.arange(order.shape[1])[None, :]
+    L_sorted = np.where(pos < b1[:, None], 0, np.where(pos < b2[:, None], 1, 2))
+    L = np.empty_like(L_sorted)
+    np.put_along_axis(L, order, L_sorted, 1)
+    neg = scale < 0
+    return np.where(neg[:, None], 2 - L, L), np.where(neg, -scale, scale).astype(F32), neg
+
+
+def _on_lattice(L: np.ndarray, xb: np.ndarray, weight: np.ndarray, scale: np.ndarray, dead: np.ndarray,
+                plus: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each group of 8 (L (B, G, 8)) onto the lattice: its own point, or the listed neighbour nearest
+    under its shift (``plus`` (B, G)); a block that had a group off the lattice refits its scale to the
+    points taken. Returns (grid indices (B, G), scale)."""
+    tp, tm = lattice("IQ1_S", 3, X_P), lattice("IQ1_S", 3, X_M)
+    nb, g = L.shape[:2]
+    codes = _codes(L, tp)
+    gi = tp[1][codes]
+    off = (gi < 0) & ~dead[:, None]
+    xg, wg = xb.reshape(nb, g, 8), weight.reshape(nb, g, 8)
+    for tables, sgn in ((tp, True), (tm, False)):
+        b, k = np.nonzero(off & (plus == sgn))
+        if len(b):
+            gi[b, k] = _nearest_neighbour(codes[b, k], xg[b, k], wg[b, k], scale[b], tables)
+    redo = np.nonzero(off.any(1))[0]
+    if len(redo):
+        q = _shifted_values(tp, gi[redo], plus[redo]).reshape(len(redo), -1)
+        w, x, qt = (np.ascontiguousarray(a.T) for a in (weight[redo], xb[redo], q))
+        sumqx, sumq2 = seqdot(w, qt, x), seqdot(w, qt, qt)
+        scale = scale.copy()
+        scale[redo] = np.where((sumqx > 0) & (sumq2 > 0), sumqx / sumq2, scale[redo])
+    return gi, scale
 
 
 def _encode_m(blocks: np.ndarray, weight: np.ndarray, scale: np.ndarray, gi: np.ndarray, bk: np.ndarray,
-              plus: np.ndarray, tp: tuple) -> np.ndarray:
+              plus: np.ndarray) -> np.ndarray:
     """IQ1_M's bytes: grid indices, their high bits with the shift bits, 3-bit scales, and the
     super-block scale refitted over all 256 values, its float16 spread over the scales' top nibbles."""
     s = blocks.shape[0]
+    tp = lattice("IQ1_S", 3, X_P)
     scales = scale.reshape(s, 16)
     max_scale = scales.max(1)
     zero = max_scale == 0

@@ -11,11 +11,11 @@ Every step runs on all blocks of 32 at once; sums go first to last, as the refer
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 
 import gguf
 import numpy as np
 
-from lowbit.errors import InputError
 from lowbit.formats.ggml.base import GGMLType
 from lowbit.formats.ggml.kcommon import (
     F32,
@@ -130,19 +130,33 @@ def _nearest_neighbour(codes: np.ndarray, xval: np.ndarray, waux: np.ndarray, sc
     return best
 
 
-def _prepare(blocks: np.ndarray, qw: np.ndarray | None, name: str, per: int) -> tuple[np.ndarray, ...]:
-    """Per block of ``per`` values (B, per): weights qw * sqrt(sigma2 + x^2) (sigma2 over the 256),
-    their square roots, and |x| with even signs (B, per // 8, 8) and the sign bytes (B, per // 8)."""
-    if qw is None:
-        raise InputError(f"{name} needs an importance matrix (llama.cpp: missing importance matrix in a very "
-                         f"low-bit quantization)")
+def block_weights(blocks: np.ndarray, qw: np.ndarray | None, per: int, twice: bool = True,
+                  plain: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The super-blocks (S, 256) as blocks of ``per`` values (B, per) and the lattice searches' weights:
+    qw * sqrt(sigma2 + x^2), sigma2 the mean x^2 of the 256 (doubled where the reference doubles it);
+    without an importance matrix, ``plain(sigma2 (B, 1), x)``, by default x^2."""
     s = blocks.shape[0]
     k = 256 // per
-    sigma2 = seqsum((blocks * blocks).T) / F32(256)
+    sigma2 = (F32(2) if twice else F32(1)) * seqsum((blocks * blocks).T) / F32(256)
     xb = blocks.reshape(s * k, per)
-    weight = qw.reshape(s * k, per) * np.sqrt(np.repeat(sigma2, k)[:, None] + xb * xb)
-    xval, signs = _even_signs(xb, weight)
-    return weight, np.sqrt(weight), xval, signs
+    sig = np.repeat(sigma2, k)[:, None]
+    if qw is not None:
+        return xb, qw.reshape(s * k, per) * np.sqrt(sig + xb * xb)
+    return xb, (plain(sig, xb) if plain is not None else xb * xb)
+
+
+def plain_signs(xb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """|x| and the sign bits of each 8 values, all eight stored (IQ2_S, IQ3_S)."""
+    neg = (xb < 0).reshape(-1, xb.shape[1] // 8, 8)
+    return np.where(xb >= 0, xb, -xb), (neg.astype(np.int64) << np.arange(8)).sum(-1)
+
+
+def grid_indices(L: np.ndarray, dead: np.ndarray, tables: tuple, name: str) -> np.ndarray:
+    """Each group's lattice index (0 for blocks with nothing to encode); every group is on the lattice."""
+    gi = np.where(dead[:, None], 0, tables[1][_codes(L, tables)])
+    if (gi < 0).any():
+        raise AssertionError(f"{name}: a point off the lattice survived the search")
+    return gi
 
 
 def _codes(L: np.ndarray, tables: tuple) -> np.ndarray:
@@ -162,10 +176,11 @@ def _scale_nibbles(scales: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarr
     return np.where(max_scale == 0, F32(0), d).astype(np.float16), ls, max_scale == 0
 
 
-def _final(scale: np.ndarray, signs: np.ndarray, dead: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """A negative scale (never, as in the reference) flips the signs; nothing-to-encode blocks are 0."""
+def _final(scale: np.ndarray, signs: np.ndarray, dead: np.ndarray, bits: int = 127) -> tuple[np.ndarray, np.ndarray]:
+    """A negative scale (never, as in the reference) flips the signs (the ``bits`` stored); nothing-to-
+    encode blocks are 0."""
     flip = scale < 0
-    signs = np.where(flip[:, None], (~signs) & 127, signs)
+    signs = np.where(flip[:, None], (~signs) & bits, signs)
     return np.where(dead, F32(0), np.abs(scale)).astype(F32), np.where(dead[:, None], 0, signs)
 
 
@@ -175,12 +190,11 @@ class IQ2XXS(GGMLType, name="IQ2_XXS"):
     @classmethod
     def quantize_blocks(cls, blocks: np.ndarray, qw: np.ndarray | None) -> np.ndarray:
         tables = lattice("IQ2_XXS", 2)
-        weight, waux, xval, signs = _prepare(blocks, qw, cls.name, 32)
-        dead, scale, L = _search_xxs(xval, weight, waux, tables)
+        xb, weight = block_weights(blocks, qw, 32, twice=False)
+        xval, signs = _even_signs(xb, weight)
+        dead, scale, L = _search_xxs(xval, weight, np.sqrt(weight), tables)
         scale, signs = _final(scale, signs, dead)
-        gi = np.where(dead[:, None], 0, tables[1][_codes(L, tables)])
-        if (gi < 0).any():
-            raise AssertionError("IQ2_XXS: a point off the lattice survived the search")
+        gi = grid_indices(L, dead, tables, cls.name)
         s = blocks.shape[0]
         d16, ls, zero = _scale_nibbles(scale.reshape(s, 8))
         w0 = (gi.astype(np.uint32) << (8 * np.arange(4, dtype=np.uint32))).sum(-1, dtype=np.uint32).reshape(s, 8)
@@ -196,12 +210,11 @@ class IQ2XS(GGMLType, name="IQ2_XS"):
     @classmethod
     def quantize_blocks(cls, blocks: np.ndarray, qw: np.ndarray | None) -> np.ndarray:
         tables = lattice("IQ2_XS", 2)
-        weight, waux, xval, signs = _prepare(blocks, qw, cls.name, 16)
-        dead, scale, L = _search_xs(xval, weight, waux, tables)
+        xb, weight = block_weights(blocks, qw, 16, twice=False)
+        xval, signs = _even_signs(xb, weight)
+        dead, scale, L = _search_xs(xval, weight, np.sqrt(weight), tables)
         scale, signs = _final(scale, signs, dead)
-        gi = np.where(dead[:, None], 0, tables[1][_codes(L, tables)])
-        if (gi < 0).any():
-            raise AssertionError("IQ2_XS: a point off the lattice survived the search")
+        gi = grid_indices(L, dead, tables, cls.name)
         s = blocks.shape[0]
         d16, ls, zero = _scale_nibbles(scale.reshape(s, 16))
         qs = (gi | (signs << 9)).astype("<u2").reshape(s, 32)
@@ -218,20 +231,11 @@ class IQ2S(GGMLType, name="IQ2_S"):
     def quantize_blocks(cls, blocks: np.ndarray, qw: np.ndarray | None) -> np.ndarray:
         tables = lattice("IQ2_S", 1)
         s = blocks.shape[0]
-        sigma2 = F32(2) * seqsum((blocks * blocks).T) / F32(256)
-        xb = blocks.reshape(s * 16, 16)
-        sig = np.repeat(sigma2, 16)[:, None]
-        weight = (qw.reshape(s * 16, 16) * np.sqrt(sig + xb * xb)) if qw is not None else F32(0.25) * sig + xb * xb
-        neg = (xb < 0).reshape(-1, 2, 8)
-        xval = np.where(xb >= 0, xb, -xb).reshape(-1, 2, 8)
-        signs = (neg.astype(np.int64) << np.arange(8)).sum(-1)
-        dead, scale, L = _search_xs(xval, weight, np.sqrt(weight), tables, F32(1e-8))
-        signs = np.where((scale < 0)[:, None], (~signs) & 255, signs)
-        scale = np.where(dead, F32(0), np.abs(scale)).astype(F32)
-        signs = np.where(dead[:, None], 0, signs)
-        gi = np.where(dead[:, None], 0, tables[1][_codes(L, tables)])
-        if (gi < 0).any():
-            raise AssertionError("IQ2_S: a point off the lattice survived the search")
+        xb, weight = block_weights(blocks, qw, 16, plain=lambda sig, x: F32(0.25) * sig + x * x)
+        xval, signs = plain_signs(xb)
+        dead, scale, L = _search_xs(xval.reshape(-1, 2, 8), weight, np.sqrt(weight), tables, F32(1e-8))
+        scale, signs = _final(scale, signs, dead, 255)
+        gi = grid_indices(L, dead, tables, cls.name)
         _, ls, zero = _scale_nibbles(scale.reshape(s, 16))
         d16 = ((scale.reshape(s, 16).max(1) / F32(31)) * F32(0.9875)).astype(np.float16)  # stored d * 0.9875
         gi = gi.reshape(s, 32)

@@ -10,8 +10,17 @@ from __future__ import annotations
 import numpy as np
 
 from lowbit.formats.ggml.base import GGMLType
-from lowbit.formats.ggml.iq2 import _codes, _even_signs, _final, _scale_nibbles, _search_xs, lattice
-from lowbit.formats.ggml.kcommon import F32, as_bytes, seqsum
+from lowbit.formats.ggml.iq2 import (
+    _even_signs,
+    _final,
+    _scale_nibbles,
+    _search_xs,
+    block_weights,
+    grid_indices,
+    lattice,
+    plain_signs,
+)
+from lowbit.formats.ggml.kcommon import F32, as_bytes
 
 
 class IQ3XXS(GGMLType, name="IQ3_XXS"):
@@ -19,19 +28,12 @@ class IQ3XXS(GGMLType, name="IQ3_XXS"):
     def quantize_blocks(cls, blocks: np.ndarray, qw: np.ndarray | None) -> np.ndarray:
         tables = lattice("IQ3_XXS", 2)
         s = blocks.shape[0]
-        sigma2 = F32(2) * seqsum((blocks * blocks).T) / F32(256)
-        xb = blocks.reshape(s * 8, 32)
-        if qw is not None:
-            weight = qw.reshape(s * 8, 32) * np.sqrt(np.repeat(sigma2, 8)[:, None] + xb * xb)
-        else:
-            weight = xb * xb
+        xb, weight = block_weights(blocks, qw, 32)
         xval, signs = _even_signs(xb, weight)  # signs per 8 values, lattice points per 4
         dead, scale, L = _search_xs(xval.reshape(-1, 8, 4), weight, np.sqrt(weight), tables, F32(1e-8),
                                     range(-15, 16), 0.2)
         scale, signs = _final(scale, signs, dead)
-        gi = np.where(dead[:, None], 0, tables[1][_codes(L, tables)])
-        if (gi < 0).any():
-            raise AssertionError("IQ3_XXS: a point off the lattice survived the search")
+        gi = grid_indices(L, dead, tables, cls.name)
         _, ls, zero = _scale_nibbles(scale.reshape(s, 8))
         d16 = ((scale.reshape(s, 8).max(1) / F32(31)) * F32(1.0125)).astype(np.float16)
         q3 = gi.astype(np.uint8).reshape(s, 64)
@@ -50,22 +52,12 @@ class IQ3S(GGMLType, name="IQ3_S"):
     def quantize_blocks(cls, blocks: np.ndarray, qw: np.ndarray | None) -> np.ndarray:
         tables = lattice("IQ3_S", 3)
         s = blocks.shape[0]
-        sigma2 = F32(2) * seqsum((blocks * blocks).T) / F32(256)
-        xb = blocks.reshape(s * 8, 32)
-        if qw is not None:
-            weight = qw.reshape(s * 8, 32) * np.sqrt(np.repeat(sigma2, 8)[:, None] + xb * xb)
-        else:
-            weight = xb * xb
-        neg = (xb < 0).reshape(-1, 4, 8)
-        xval = np.where(xb >= 0, xb, -xb)
-        signs = (neg.astype(np.int64) << np.arange(8)).sum(-1)
+        xb, weight = block_weights(blocks, qw, 32)
+        xval, signs = plain_signs(xb)
         dead, scale, L = _search_xs(xval.reshape(-1, 8, 4), weight, np.sqrt(weight), tables,
                                     np.nextafter(F32(0), F32(1)), range(-9, 10), 0.2, redo_all=True)
-        signs = np.where((scale < 0)[:, None], (~signs) & 255, signs)
-        scale = np.where(dead, F32(0), np.abs(scale)).astype(F32)
-        gi = np.where(dead[:, None], 0, tables[1][_codes(L, tables)])
-        if (gi < 0).any():
-            raise AssertionError("IQ3_S: a point off the lattice survived the search")
+        scale, signs = _final(scale, signs, dead, 255)  # a dead block's signs are never written
+        gi = grid_indices(L, dead, tables, cls.name)
         _, ls, zero = _scale_nibbles(scale.reshape(s, 8))
         d16 = ((scale.reshape(s, 8).max(1) / F32(31)) * F32(1.033)).astype(np.float16)
         gi, signs, live = gi.reshape(s, 8, 8), signs.reshape(s, 8, 4), ~dead.reshape(s, 8)
