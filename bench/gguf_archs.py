@@ -115,13 +115,8 @@ def minilm_row(tmp: Path) -> dict:
     return row
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--json", dest="json_out")
-    args = p.parse_args(argv)
-    if not llamacpp.available():
-        print("llama-cpp-python is not installed: `make reference`", file=sys.stderr)
-        return 2
+def measure() -> tuple[dict, dict]:
+    """Per architecture the figures above, and smollm2's tokenization in llama.cpp (needs llama-cpp-python)."""
     tok = bpe_tokenizer()
     rows = {}
     with tempfile.TemporaryDirectory() as d:
@@ -144,6 +139,17 @@ def main(argv: list[str] | None = None) -> int:
         tokens = smollm2_tokenization(tmp)
     for row in rows.values():  # the tiny models' vocabulary is characters; real text is smollm2's (minilm: its own)
         row.setdefault("tokenizer_identical", tokens["same_as_source_gguf"] == tokens["samples"])
+    return rows, tokens
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--json", dest="json_out")
+    args = p.parse_args(argv)
+    if not llamacpp.available():
+        print("llama-cpp-python is not installed: `make reference`", file=sys.stderr)
+        return 2
+    rows, tokens = measure()
     t = Table(title="GGUF per architecture: lowbit's file in llama.cpp vs transformers (tiny random models)")
     for c in ("arch", "top-1 identical", "max |dlogit|", "max |logit|", "Q4_K_M same tensors", "Q8_0 same tensors"):
         t.add_column(c)

@@ -69,9 +69,12 @@ def tensor_diff(a: Path, b: Path) -> tuple[int, int, list[str]]:
 
 
 def bit_exact_types(ref: ModelHandle, console: Console) -> tuple[list[str], str]:
-    """Types whose bytes equal libggml's on real smollm2 rows (live), or per the golden fixtures."""
+    """Types whose bytes equal libggml's on real smollm2 rows where the width allows and on random
+    512-wide rows (every type applies), with and without an importance matrix (live), or per the golden
+    fixtures."""
     rows = {n: ref.model.get_parameter(n).detach().float().numpy()[:32] for n in
             ("model.layers.0.mlp.down_proj.weight", "model.layers.5.self_attn.q_proj.weight")}
+    rows["random"] = np.random.default_rng(0).standard_normal((32, 512)).astype(np.float32)
     if llamacpp.available():
         sys.path.insert(0, str(ROOT / "tests" / "fixtures" / "ggml"))
         from make_fixtures import find_lib, ggml_quantize
@@ -127,6 +130,10 @@ def main(argv: list[str] | None = None) -> int:
     exact, how = bit_exact_types(ref, console)
     out["bit_exact_types"], out["bit_exact_source"] = exact, how
     console.print(f"bit-exact types ({how}): {', '.join(exact)}")
+    if have_llamacpp:  # per architecture: llama.cpp against transformers, tokenizer, Q4_K_M / Q8_0 files
+        from gguf_archs import measure
+
+        out["architectures"], out["smollm2_tokenization"] = measure()
 
     n_cal = 4 if args.quick else 16
     ids = token_windows(load_corpus("pydoc:calib"), ref.tokenizer, n_cal, 512, 0)

@@ -49,7 +49,10 @@ def _load_path(path: Path) -> ModelHandle:
         config = path / "config.json"
         if not config.is_file():
             raise InputError(f"{path} is a directory without config.json; expected {ACCEPTED}")
-        qc = read_json(config).get("quantization_config") or {}
+        raw = read_json(config)
+        qc = raw.get("quantization_config") or {}
+        if not isinstance(qc, dict):
+            raise InputError(f"{config}: quantization_config must be a JSON object, got {type(qc).__name__} {qc!r}")
         if qc.get("quant_method") == "lowbit":
             from lowbit.loaders.checkpoint import load_checkpoint
 
@@ -91,23 +94,33 @@ def model_kind(config: Any) -> str:
 
 
 def load_hf_dir(path: Path) -> ModelHandle:
-    """A Hugging Face directory: causal LMs through AutoModelForCausalLM, encoders through AutoModel."""
+    """A Hugging Face directory: causal LMs through AutoModelForCausalLM, encoders through AutoModel,
+    after loaders/lazy.py's checks (config, headers, every weight present with its shape); a NaN or inf
+    weight is an error unless $LOWBIT_ALLOW_NONFINITE is set (``lowbit --allow-nonfinite``)."""
     import torch
-    from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer
 
+    from lowbit.loaders.lazy import checked_hf_dir
+    from lowbit.loaders.validate import check_finite
+
+    config, _, _, kind, _, _ = checked_hf_dir(path)
+    cls = AutoModelForCausalLM if kind == CAUSAL_LM else AutoModel
     try:
-        config = AutoConfig.from_pretrained(path)
-        kind = model_kind(config)
-        cls = AutoModelForCausalLM if kind == CAUSAL_LM else AutoModel
-        model = cls.from_pretrained(path, dtype=torch.float32)
-    except (OSError, ValueError, KeyError) as e:
+        model = cls.from_pretrained(path, config=config, dtype=torch.float32)
+    except (OSError, ValueError, KeyError, RuntimeError) as e:
         raise InputError(f"{path}: transformers cannot load it: {str(e).splitlines()[0]}") from None
+    check_finite(model.named_parameters(), str(path), allow=allow_nonfinite())
     tokenizer = None
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
     except (OSError, ValueError, TypeError) as e:
         log.warning("%s: no tokenizer (%s); text evaluation will not be available", path, e)
     return ModelHandle(model=model.eval(), tokenizer=tokenizer, kind=kind, name=str(path), path=str(path))
+
+
+def allow_nonfinite() -> bool:
+    """Whether NaN / inf weights and importances are accepted ($LOWBIT_ALLOW_NONFINITE)."""
+    return os.environ.get("LOWBIT_ALLOW_NONFINITE", "") not in ("", "0")
 
 
 GGUF_CACHE_VERSION = 2  # bumped when the dequantized copy changes (2: head size and Gemma's attention scale)
@@ -123,6 +136,9 @@ def load_gguf(path: Path) -> ModelHandle:
     check_gguf(path)
     final = cache_root() / f"gguf{GGUF_CACHE_VERSION}-{path.stem}-{file_key(path)}"
     if not (final / "config.json").is_file():
+        from lowbit.loaders.gguf_source import open_gguf
+
+        open_gguf(path)  # every tensor the architecture needs, with its shape, and nothing else
         log.info("dequantizing %s to float32 (first use; cached in %s)", path.name, final)
         tmp = atomic_dir(final)
         try:
@@ -153,6 +169,9 @@ def _dequantize_gguf_to(path: Path, out: Path) -> None:
         fixed = AutoModelForCausalLM.from_config(config, dtype=torch.float32)  # the attention scale is set at init
         fixed.load_state_dict(model.state_dict())
         model = fixed
+    from lowbit.loaders.validate import check_finite
+
+    check_finite(model.named_parameters(), str(path), allow=allow_nonfinite())
     # transformers marks GGUF-loaded models as quantized and then refuses to save them.
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):

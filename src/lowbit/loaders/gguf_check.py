@@ -90,14 +90,15 @@ class _Walker:
         self.pos = pos
         return out
 
-    def value(self, vtype: int, key: str, depth: int = 0) -> int | None:
+    def value(self, vtype: int, key: str, depth: int = 0) -> object:
+        """Skip one metadata value, checked; returns a scalar's value, a string (valid UTF-8), or an
+        array's (element type, count)."""
         if vtype in _SCALAR:
             start = self.pos
             self.skip(_SCALAR[vtype], f"value of {key}")
-            return struct.unpack_from({4: "<I", 10: "<Q"}[vtype], self.buf, start)[0] if vtype in (4, 10) else None
+            return struct.unpack_from(_FMT[vtype], self.buf, start)[0]
         if vtype == _STRING:
-            self.string(f"string value of {key}")
-            return None
+            return self.utf8(self.string(f"string value of {key}", limit=None, errors="surrogateescape"), f"value of {key}")
         if vtype == _ARRAY:
             if depth > 2:
                 raise self.fail(f"{key}: arrays nested too deep")
@@ -105,7 +106,7 @@ class _Walker:
             if etype in _SCALAR:
                 self.skip(n * _SCALAR[etype], f"array {key} ({n} values)")
             elif etype == _STRING:
-                self.strings(n, key, decode=False)
+                self.strings(n, key, decode=False)  # any bytes: vocabularies hold partial UTF-8 tokens
             elif etype == _ARRAY:
                 if n > (self.size - self.pos) // 8:
                     raise self.fail(f"array {key} claims {n} entries, more than the file can hold")
@@ -113,8 +114,16 @@ class _Walker:
                     self.value(etype, key, depth + 1)
             else:
                 raise self.fail(f"{key}: unknown array element type {etype}")
-            return None
+            return (etype, n)
         raise self.fail(f"{key}: unknown value type {vtype}")
+
+    def utf8(self, text: str, what: str) -> str:
+        """``text`` (decoded with surrogateescape) must have been valid UTF-8."""
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            raise self.fail(f"{what} is not valid UTF-8") from None
+        return text
 
 
 def check_gguf(path: Path) -> None:
@@ -134,17 +143,25 @@ def _walk(w: _Walker) -> list[tuple[str, int]]:
     if n_kv > w.size // 12 or n_tensors > w.size // 24:
         raise w.fail(f"header claims {n_kv} metadata entries and {n_tensors} tensors, more than the file can hold")
     alignment = 32
+    meta: dict[str, tuple[int, object]] = {}
     for _ in range(n_kv):
-        key = w.string("metadata key")
+        key = w.utf8(w.string("metadata key", limit=None, errors="surrogateescape"), "a metadata key")
+        if key in meta:
+            raise w.fail(f"metadata key {key} appears twice")
         vtype = w.take("I")
-        v = w.value(vtype, key)
+        meta[key] = (vtype, w.value(vtype, key))
         if key == "general.alignment":
+            v = meta[key][1]
             if vtype != 4 or not v or v & (v - 1):
                 raise w.fail(f"general.alignment must be a power of two (got {v})")
             alignment = v
     infos = []
+    names: set[str] = set()
     for _ in range(n_tensors):
-        name = w.string("tensor name")
+        name = w.utf8(w.string("tensor name", limit=None, errors="surrogateescape"), "a tensor name")
+        if name in names:
+            raise w.fail(f"tensor {name} appears twice")
+        names.add(name)
         ndims = w.take("I")
         if not 1 <= ndims <= MAX_DIMS:
             raise w.fail(f"tensor {name} has {ndims} dimensions")
@@ -166,7 +183,62 @@ def _walk(w: _Walker) -> list[tuple[str, int]]:
         if offset % alignment or end > w.size:
             raise InputError(f"{w.path} is truncated or corrupt: tensor {name} spans bytes "
                              f"{data_start + offset}..{end}, the file has {w.size}")
+    spans = sorted((offset, offset + nbytes, name) for name, offset, nbytes, _ in infos)
+    for (_, end, a), (begin, _, b) in zip(spans, spans[1:]):
+        if begin < end:
+            raise InputError(f"{w.path} is corrupt: the data of tensors {a} and {b} overlap")
+    check_metadata(w.path, meta, names)
     return [(name, numel) for name, _, _, numel in infos]
+
+
+_INTS, _FLOATS = {0, 1, 2, 3, 4, 5, 10, 11}, {6, 12}
+# per-architecture keys llama.cpp reads as numbers: (suffix, integer?, largest sane value)
+_ARCH_KEYS = [("block_count", True, 4096), ("context_length", True, 1 << 24), ("embedding_length", True, 1 << 20),
+              ("feed_forward_length", True, 1 << 22), ("attention.head_count", True, 1 << 14),
+              ("attention.head_count_kv", True, 1 << 14), ("attention.key_length", True, 1 << 16),
+              ("attention.value_length", True, 1 << 16), ("vocab_size", True, 1 << 24),
+              ("attention.layer_norm_rms_epsilon", False, 1.0), ("attention.layer_norm_epsilon", False, 1.0),
+              ("rope.freq_base", False, 1e12)]
+_TOKEN_IDS = ("bos_token_id", "eos_token_id", "unknown_token_id", "padding_token_id", "seperator_token_id",
+              "eot_token_id")
+
+
+def check_metadata(path: Path, meta: dict[str, tuple[int, object]], names: set[str]) -> None:
+    """The metadata llama.cpp and transformers read as numbers, ids and lists: types, ranges, and what
+    they must agree with (the block count with the blocks the tensors hold, token ids with the vocabulary)."""
+    def bad(what: str) -> InputError:
+        return InputError(f"{path} is not a valid GGUF file: {what}")
+
+    arch_t, arch = meta.get("general.architecture", (_STRING, None))
+    if arch_t != _STRING:
+        raise bad("general.architecture must be a string")
+    for suffix, integer, limit in _ARCH_KEYS if arch else []:
+        key = f"{arch}.{suffix}"
+        if key not in meta:
+            continue
+        vtype, v = meta[key]
+        if vtype == _ARRAY and integer and v[0] in _INTS:  # per-layer values (head counts, widths)
+            continue
+        if vtype not in (_INTS if integer else _INTS | _FLOATS) or not (0 <= v <= limit) or v != v:
+            raise bad(f"{key} must be {'an integer' if integer else 'a number'} from 0 to {limit:g}, got "
+                      f"{v!r} (type {vtype})")
+    blocks = meta.get(f"{arch}.block_count")
+    if blocks is not None:
+        held = {n.split(".")[1] for n in names if n.startswith("blk.") and n.count(".") >= 2}
+        if blocks[1] != len(held):
+            raise bad(f"{arch}.block_count is {blocks[1]}, but the file holds {len(held)} block(s) of tensors")
+    tokens = meta.get("tokenizer.ggml.tokens")
+    if tokens is None:
+        return
+    if tokens[0] != _ARRAY or tokens[1][0] != _STRING or tokens[1][1] == 0:
+        raise bad("tokenizer.ggml.tokens must be a non-empty list of strings")
+    n_vocab = tokens[1][1]
+    for key in ("tokenizer.ggml.scores", "tokenizer.ggml.token_type"):
+        if key in meta and (meta[key][0] != _ARRAY or meta[key][1][1] != n_vocab):
+            raise bad(f"{key} must list one value for each of the {n_vocab} tokens")
+    for key in (f"tokenizer.ggml.{k}" for k in _TOKEN_IDS):
+        if key in meta and (meta[key][0] not in _INTS or not 0 <= meta[key][1] < n_vocab):
+            raise bad(f"{key} is {meta[key][1]!r}, not a token id below the vocabulary size {n_vocab}")
 
 
 def tensor_table(path: Path) -> list[tuple[str, int]]:

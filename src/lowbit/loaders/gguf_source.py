@@ -83,6 +83,11 @@ def open_gguf(path: Path) -> LazyModel:
     )
 
     check_gguf(path)
+    fields = GGUFReader(path).fields
+    arch = _architecture_of(fields)
+    need = [f"{arch}.{k}" for k in ("block_count", "embedding_length")]
+    if not all(k in fields for k in need):
+        raise InputError(f"{path} is not a model llama.cpp could run: its metadata lacks {' or '.join(need)}")
     with _parse_once():
         try:
             parsed = hf_gguf.load_gguf_checkpoint(str(path), return_tensors=False)
@@ -97,12 +102,32 @@ def open_gguf(path: Path) -> LazyModel:
         parsed = dict(parsed, tensors={})
         source = GGUFSource(path, reader, processor, mapping, parsed)
         files, ties = bind(model, source.by_hf, str(path))
+        _check_tensors(path, model, source)
         try:
             tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
         except (OSError, ValueError, KeyError, TypeError) as e:
             raise InputError(f"{path}: transformers cannot read this GGUF's tokenizer: {str(e).splitlines()[0]}") from None
     dtypes = {n: torch.float32 for n in files}
     return LazyModel(model, source, files, dtypes, kind, str(path), str(path), tokenizer, gguf_source=str(path), ties=ties)
+
+
+# GGUF tensors llama.cpp computes with that no Hugging Face parameter holds
+_NOT_PARAMETERS = ("rope_freqs.weight", "rope_factors_long.weight", "rope_factors_short.weight")
+
+
+def _check_tensors(path: Path, model: Any, source: GGUFSource) -> None:
+    """Every mapped tensor with its parameter's shape, and no tensor of the file left unmapped (renamed
+    or foreign): the weights transformers would otherwise fill in at random, or ignore."""
+    params = dict(model.named_parameters(remove_duplicate=False))
+    for hf, g in source.by_hf.items():
+        want = params.get(hf)
+        got = tuple(int(d) for d in reversed(source.tensors[g].shape.tolist()))
+        if want is not None and got != tuple(want.shape):
+            raise InputError(f"{path}: tensor {g} has shape {list(got)}, the model's metadata needs {list(want.shape)}")
+    extra = sorted(set(source.tensors) - set(source.by_hf.values()) - set(_NOT_PARAMETERS))
+    if extra:
+        raise InputError(f"{path} holds {len(extra)} tensor(s) its architecture does not use (e.g. "
+                         f"{', '.join(extra[:3])}): renamed or foreign tensors")
 
 
 @contextmanager
@@ -134,7 +159,11 @@ def _parse_once() -> Iterator[None]:
 
 
 def _architecture(reader: Any) -> str:
-    field = reader.fields.get("general.architecture")
+    return _architecture_of(reader.fields)
+
+
+def _architecture_of(fields: Any) -> str:
+    field = fields.get("general.architecture")
     try:
         return bytes(field.parts[field.data[0]]).decode("utf-8")
     except (AttributeError, IndexError, UnicodeDecodeError):

@@ -112,8 +112,13 @@ class LazyModel:
         return cast if torch.equal(cast.to(value.dtype), value) else value
 
     def read(self, name: str) -> torch.Tensor:
-        """Parameter ``name`` as stored in the source."""
-        return self.source.get(self.files[name])
+        """Parameter ``name`` as stored in the source; a NaN or inf is an error naming it (unless allowed)."""
+        from lowbit.loaders.dispatch import allow_nonfinite
+        from lowbit.loaders.validate import check_finite
+
+        value = self.source.get(self.files[name])
+        check_finite([(self.files[name], value)], self.path, allow=allow_nonfinite())
+        return value
 
     def materialize(self, prefix: str = "", dtype: torch.dtype = torch.float32, device: str | None = None) -> None:
         """Read every tensor under ``prefix`` (a module name; "" for all) still on meta: parameters as
@@ -282,25 +287,44 @@ def bind(model: nn.Module, available: dict[str, Any], where: str, resolve: Any =
     return files, ties
 
 
-def _open_hf_dir(path: Path) -> LazyModel:
-    from transformers import AutoConfig, AutoTokenizer
+def checked_hf_dir(path: Path) -> tuple[Any, Any, nn.Module, str, dict[str, str], dict[str, list[str]]]:
+    """A Hugging Face directory checked before anything reads its weights (loaders/validate.py): its
+    config's fields and layer count, every safetensors header, and every weight the model declares in the
+    files with its shape, nothing unknown beside them. Returns (config, source, model on meta, kind,
+    parameter -> key, ties)."""
+    from transformers import AutoConfig
 
+    from lowbit.loaders.dispatch import read_json
     from lowbit.loaders.safetensors_source import SafetensorsSource
+    from lowbit.loaders.validate import check_config, check_layer_count, check_weights
 
     if not (path / "config.json").is_file():
         raise InputError(f"{path} is a directory without config.json; expected a Hugging Face model directory")
+    raw = read_json(path / "config.json")
+    check_config(raw, f"{path}/config.json")
     try:
         config = AutoConfig.from_pretrained(path)
     except (OSError, ValueError, KeyError, TypeError) as e:
-        raise InputError(f"{path}/config.json: transformers cannot read it: {str(e).splitlines()[0]}") from None
+        raise InputError(f"{path}: transformers cannot load it: {str(e).splitlines()[0]}") from None
     source = SafetensorsSource(path)
+    check_layer_count(raw, source.shapes, str(path))
     model, kind = build_on_meta(config)
     prefix = getattr(model, "base_model_prefix", "")
 
     def resolve(n: str) -> list[str]:  # checkpoints saved from the base model lack (or add) its prefix
         return [n, n.removeprefix(f"{prefix}."), f"{prefix}.{n}"] if prefix else [n]
 
-    files, ties = bind(model, source.dtypes, str(path), resolve)
+    # a base model (an encoder) read from a checkpoint with a task head: the head is not the model's
+    head = kind != CAUSAL_LM and prefix and any(k.startswith(f"{prefix}.") for k in source.shapes)
+    shapes = {k: v for k, v in source.shapes.items() if not head or k.startswith(f"{prefix}.")}
+    files = check_weights(model, shapes, str(path), resolve)
+    return config, source, model, kind, files, tie_groups(model)
+
+
+def _open_hf_dir(path: Path) -> LazyModel:
+    from transformers import AutoTokenizer
+
+    _, source, model, kind, files, ties = checked_hf_dir(path)
     tokenizer = None
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)

@@ -31,16 +31,33 @@ def read_header(path: Path) -> dict[str, Any]:
             n = struct.unpack("<Q", raw)[0] if len(raw) == 8 else -1
             if not 0 < n <= min(MAX_HEADER, size - 8):
                 raise InputError(f"{path}: not a safetensors file (header length {n} in a {size}-byte file)")
-            header = json.loads(f.read(n))
+            header = json.loads(f.read(n), object_pairs_hook=_no_duplicates)
     except OSError as e:
         raise InputError(f"cannot read {path}: {e.strerror}") from None
+    except _Duplicate as e:
+        raise InputError(f"{path}: its header names {e.args[0]!r} twice") from None
     except (ValueError, UnicodeDecodeError):
         raise InputError(f"{path}: not a safetensors file (its header is not JSON)") from None
     if not isinstance(header, dict):
         raise InputError(f"{path}: not a safetensors file (its header is not a JSON object)")
-    header.pop("__metadata__", None)
+    meta = header.pop("__metadata__", None)
+    if meta is not None and not (isinstance(meta, dict) and all(isinstance(v, str) for v in meta.values())):
+        raise InputError(f"{path}: its __metadata__ must map names to strings")
     _check_entries(path, header, size - 8 - n)
     return header
+
+
+class _Duplicate(ValueError):
+    pass
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in pairs:
+        if k in out:
+            raise _Duplicate(k)
+        out[k] = v
+    return out
 
 
 def _check_entries(path: Path, header: dict[str, Any], data_bytes: int) -> None:
@@ -61,6 +78,17 @@ def _check_entries(path: Path, header: dict[str, Any], data_bytes: int) -> None:
         if end - begin != numel * DTYPES[info["dtype"]].itemsize:
             raise InputError(f"{path}: tensor {name!r} has {end - begin} bytes for shape {info['shape']} "
                              f"{info['dtype']}")
+    # as the safetensors library requires: the tensors tile the data, no overlap, no gap, nothing after
+    spans = sorted((info["data_offsets"][0], info["data_offsets"][1], name) for name, info in header.items())
+    at, prev = 0, None
+    for begin, end, name in spans:
+        if begin < at:
+            raise InputError(f"{path}: tensors {prev!r} and {name!r} overlap in the file (bytes {begin}..{at})")
+        if begin > at:
+            raise InputError(f"{path}: tensor {name!r} starts at data byte {begin}, expected {at} (a gap)")
+        at, prev = end, name
+    if at != data_bytes:
+        raise InputError(f"{path}: {data_bytes - at} byte(s) after the last tensor; the header does not match the file")
 
 
 class SafetensorsSource:
