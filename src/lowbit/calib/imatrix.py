@@ -134,25 +134,42 @@ def load_imatrix(path: str | Path) -> Imatrix:
         raise InputError(f"{path}: imatrix file not found")
     with open(path, "rb") as f:
         magic = f.read(4)
-    try:
-        return _load_gguf(path) if magic == b"GGUF" else _load_legacy(path)
-    except InputError:
-        raise
-    except Exception as e:  # struct.error, ValueError, ... on a damaged file
-        raise InputError(f"{path} is not a readable imatrix file ({type(e).__name__}: {e})") from None
+    im = _load_gguf(path) if magic == b"GGUF" else _load_legacy(path)
+    _check_values(im, path)
+    return im
+
+
+def _check_values(im: Imatrix, path: Path) -> None:
+    """Importances are finite and >= 0, counts >= 0: a poisoned entry would turn a quantized tensor into
+    NaNs. $LOWBIT_ALLOW_NONFINITE (``lowbit --allow-nonfinite``) lets NaN / inf through, not negatives."""
+    from lowbit.loaders.dispatch import allow_nonfinite
+
+    for name, v in im.sums.items():
+        if not allow_nonfinite() and not np.isfinite(v).all():
+            raise InputError(f"{path}: importance values of {name} hold {int((~np.isfinite(v)).sum())} NaN/inf; "
+                             f"pass --allow-nonfinite to use it anyway")
+        if (v < 0).any():
+            raise InputError(f"{path}: importance values of {name} hold {int((v < 0).sum())} negative value(s); "
+                             f"a mean of squares cannot be negative")
+        if im.counts.get(name, 0) < 0:
+            raise InputError(f"{path}: {name} has a negative count ({im.counts[name]})")
 
 
 def _load_gguf(path: Path) -> Imatrix:
     import gguf
 
-    r = gguf.GGUFReader(str(path))
-    kind = r.fields.get("general.type")
-    if kind is None or kind.contents() != "imatrix":
+    from lowbit.loaders.gguf_check import read_metadata
+
+    meta = {k: (vtype, v) for k, vtype, v in read_metadata(path)}  # every length checked against the file first
+    if meta.get("general.type", (None, None))[1] != "imatrix":
         raise InputError(f"{path} is a GGUF file but not an imatrix (general.type is not 'imatrix')")
+    r = gguf.GGUFReader(str(path))
+    bad = [x.name for x in r.tensors if x.tensor_type != gguf.GGMLQuantizationType.F32]
+    if bad:
+        raise InputError(f"{path}: imatrix tensor {bad[0]} is not F32")
     t = {x.name: np.asarray(x.data, dtype=np.float32) for x in r.tensors}
-    im = Imatrix(datasets=list(r.fields["imatrix.datasets"].contents()) if "imatrix.datasets" in r.fields else [],
-                 chunk_count=int(r.fields["imatrix.chunk_count"].contents()) if "imatrix.chunk_count" in r.fields else 0,
-                 chunk_size=int(r.fields["imatrix.chunk_size"].contents()) if "imatrix.chunk_size" in r.fields else 0)
+    im = Imatrix(datasets=_strings(meta.get("imatrix.datasets")), chunk_count=_int(meta.get("imatrix.chunk_count"), "imatrix.chunk_count", path),
+                 chunk_size=_int(meta.get("imatrix.chunk_size"), "imatrix.chunk_size", path))
     for key, v in t.items():
         if not key.endswith(".in_sum2"):
             continue
@@ -162,9 +179,25 @@ def _load_gguf(path: Path) -> Imatrix:
             raise InputError(f"{path}: {name} has in_sum2 but no counts")
         if counts.size != 1:
             raise InputError(f"{path}: {name} has {counts.size} expert slices; lowbit handles dense models only")
+        if not np.isfinite(counts).all():
+            raise InputError(f"{path}: {name} has a count that is not a number ({counts.reshape(-1)[0]})")
         im.sums[name] = v.reshape(-1)
         im.counts[name] = int(counts.reshape(-1)[0])
     return im
+
+
+def _strings(entry: tuple[int, object] | None) -> list[str]:
+    """A GGUF string array's values (read_metadata's (type, (element type, list)))."""
+    if entry is None or not isinstance(entry[1], tuple) or entry[1][0] != 8:
+        return []
+    return [str(x) for x in entry[1][1]]
+
+
+def _int(entry: tuple[int, object] | None, key: str, path: Path) -> int:
+    v = 0 if entry is None else entry[1]
+    if not isinstance(v, int) or isinstance(v, bool) or v < 0:
+        raise InputError(f"{path}: {key} must be a count (an integer >= 0), got {v!r}")
+    return v
 
 
 def _load_legacy(path: Path) -> Imatrix:
@@ -188,7 +221,12 @@ def _load_legacy(path: Path) -> Imatrix:
         (ln,) = take("<i")
         if not 0 < ln <= 4096:
             raise InputError(f"{path}: bad tensor name length {ln}")
-        name = take(f"<{ln}s")[0].decode()
+        try:
+            name = take(f"<{ln}s")[0].decode()
+        except UnicodeDecodeError:
+            raise InputError(f"{path}: a tensor name is not valid UTF-8") from None
+        if name in im.sums:
+            raise InputError(f"{path}: tensor {name} appears twice")
         ncall, nval = take("<ii")
         if not 0 < nval <= 1 << 24:
             raise InputError(f"{path}: bad value count {nval} for {name}")

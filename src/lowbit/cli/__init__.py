@@ -87,8 +87,14 @@ def _quiet_libraries() -> None:
 
 
 @app.callback()
-def _root(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log what lowbit is doing.")] = False) -> None:
+def _root(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log what lowbit is doing.")] = False,
+          allow_nonfinite: Annotated[bool, typer.Option(
+              "--allow-nonfinite", help="Accept NaN / inf weights and importance values (refused by default).")] = False,
+          ) -> None:
     from rich.logging import RichHandler
+
+    if allow_nonfinite:
+        os.environ["LOWBIT_ALLOW_NONFINITE"] = "1"
 
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(message)s",
                         handlers=[RichHandler(console=err, show_path=False, show_time=False)])

@@ -24,16 +24,28 @@ FORMAT_VERSION = 1
 
 def load_checkpoint(path: str | Path) -> ModelHandle:
     """Rebuild a model saved by :func:`save_checkpoint`."""
-    from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer
 
     path = Path(path)
-    raw = json.loads((path / "config.json").read_text())
+    raw = _raw_config(path)
     record, tensors = _read_tensors(path, raw.pop("quantization_config", None))
     _check_versions(record, path)
-    config = AutoConfig.for_model(**{k: v for k, v in raw.items() if k != "model_type"}, model_type=raw["model_type"])
+    check_record(record, path)
+    config = _config(raw, path)
+    from lowbit.loaders.validate import check_layer_count
+
+    check_layer_count(raw, tensors, str(path))
     cls = AutoModelForCausalLM if record.get("kind") == CAUSAL_LM else AutoModel
-    model = cls.from_config(config, dtype=torch.float32)
-    swap_layers(model, record)
+    try:
+        model = cls.from_config(config, dtype=torch.float32)
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
+        raise InputError(f"{path}/config.json: transformers cannot build the model: {str(e).splitlines()[0]}") from None
+    swap_layers(model, record, path)
+    _check_shapes(model, tensors, record, path)
+    from lowbit.loaders.dispatch import allow_nonfinite
+    from lowbit.loaders.validate import check_finite
+
+    check_finite(tensors.items(), str(path), allow=allow_nonfinite())
     missing, unexpected = model.load_state_dict(tensors, strict=False)
     missing = [k for k in missing if k not in record.get("tied", {})]
     if missing or unexpected:
@@ -47,47 +59,62 @@ def load_checkpoint(path: str | Path) -> ModelHandle:
                        name=str(path), path=str(path), quant=record)
 
 
-def swap_layers(model: nn.Module, record: dict[str, Any]) -> None:
+def swap_layers(model: nn.Module, record: dict[str, Any], path: Path | str = "checkpoint") -> None:
     """Put the recorded quantized module in place of each float layer (empty: the tensors come next)."""
+    for name, info in record["layers"].items():
+        try:
+            _swap_one(model, name, info)
+        except (AttributeError, KeyError, TypeError, ValueError) as e:
+            raise InputError(f"{path}: layer {name} of the quantization record cannot be rebuilt "
+                             f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
+
+
+def _swap_one(model: nn.Module, name: str, info: dict[str, Any]) -> None:
     from lowbit.modules.qembedding import QuantizedEmbedding
     from lowbit.modules.qlinear import QuantizedLinear
 
-    for name, info in record["layers"].items():
-        mod = model.get_submodule(name)
-        if info.get("module") in LAYER_MODULES:  # layers that are not integer grids (NF4, LLM.int8, W8A8)
-            _set_submodule(model, name, _layer_module(info["module"]).empty(mod, info))
-            continue
-        spec = QuantSpec.from_dict(info["spec"])
-        if info.get("module") == "embedding":
-            q: nn.Module = QuantizedEmbedding(mod.num_embeddings, mod.embedding_dim, spec, mod.padding_idx)
-        elif info.get("module") == "conv2d":
-            from lowbit.modules.qconv import QuantizedConv2d
+    mod = model.get_submodule(name)
+    if info.get("module") not in (*LAYER_MODULES, *GRID_MODULES):
+        raise ValueError(f"unknown module kind {info.get('module')!r}")
+    if info.get("module") in LAYER_MODULES:  # layers that are not integer grids (NF4, LLM.int8, W8A8)
+        _set_submodule(model, name, _layer_module(info["module"]).empty(mod, info))
+        return
+    spec = QuantSpec.from_dict(info["spec"])
+    if info.get("module") == "embedding":
+        q: nn.Module = QuantizedEmbedding(mod.num_embeddings, mod.embedding_dim, spec, mod.padding_idx)
+    elif info.get("module") == "conv2d":
+        from lowbit.modules.qconv import QuantizedConv2d
 
-            q = QuantizedConv2d(mod, spec)
-        else:
-            q = QuantizedLinear(mod.in_features, mod.out_features, spec, mod.bias is not None)
-        _set_submodule(model, name, q)
+        q = QuantizedConv2d(mod, spec)
+    else:
+        q = QuantizedLinear(mod.in_features, mod.out_features, spec, mod.bias is not None)
+    _set_submodule(model, name, q)
 
 
 def open_checkpoint(path: str | Path) -> Any:
     """A lowbit checkpoint opened lazily (loaders/lazy.py): quantized layers on meta until read, so a
     model larger than memory evaluates block by block."""
-    from transformers import AutoConfig, AutoTokenizer
+    from transformers import AutoTokenizer
 
     from lowbit.loaders.lazy import LazyModel, build_on_meta
     from lowbit.loaders.safetensors_source import SafetensorsSource
 
     path = Path(path)
-    raw = json.loads((path / "config.json").read_text())
+    raw = _raw_config(path)
     record = raw.pop("quantization_config", None)
     if not (isinstance(record, dict) and record.get("quant_method") == "lowbit"):
         raise InputError(f"{path}/config.json has no lowbit quantization record")
     _check_versions(record, path)
-    config = AutoConfig.for_model(**{k: v for k, v in raw.items() if k != "model_type"}, model_type=raw["model_type"])
+    check_record(record, path)
+    config = _config(raw, path)
+    source = SafetensorsSource(path)
+    from lowbit.loaders.validate import check_layer_count
+
+    check_layer_count(raw, source.shapes, str(path))
     model, kind = build_on_meta(config, record.get("kind", CAUSAL_LM))
     with torch.device("meta"):
-        swap_layers(model, record)
-    source = SafetensorsSource(path)
+        swap_layers(model, record, path)
+    _check_shapes(model, source.shapes, record, path)
     tied = record.get("tied", {})
     files: dict[str, str] = {}
     for name, value in model.state_dict(keep_vars=True).items():
@@ -127,6 +154,54 @@ def _read_tensors(path: Path, record: Any) -> tuple[dict[str, Any], dict[str, to
     return record, tensors
 
 
+def _raw_config(path: Path) -> dict[str, Any]:
+    from lowbit.loaders.dispatch import read_json
+    from lowbit.loaders.validate import check_config
+
+    raw = read_json(path / "config.json")
+    check_config(raw, f"{path}/config.json")
+    if not isinstance(raw.get("model_type"), str):
+        raise InputError(f"{path}/config.json has no model_type")
+    return raw
+
+
+def _config(raw: dict[str, Any], path: Path) -> Any:
+    from transformers import AutoConfig
+
+    try:
+        return AutoConfig.for_model(**{k: v for k, v in raw.items() if k != "model_type"}, model_type=raw["model_type"])
+    except (ValueError, KeyError, TypeError) as e:
+        raise InputError(f"{path}/config.json: transformers cannot read it: {str(e).splitlines()[0]}") from None
+
+
+def check_record(record: Any, path: Path) -> None:
+    """The quantization record's shape: a ``layers`` object of layer name -> an object with a spec."""
+    layers = record.get("layers") if isinstance(record, dict) else None
+    if not isinstance(layers, dict):
+        raise InputError(f"{path}: the quantization record has no 'layers' object")
+    for name, info in layers.items():
+        if not isinstance(info, dict) or not isinstance(info.get("spec", {}), dict):
+            raise InputError(f"{path}: the quantization record's entry for layer {name} is not an object with a spec")
+    tied = record.get("tied", {})
+    if not (isinstance(tied, dict) and all(isinstance(k, str) and isinstance(v, str) for k, v in tied.items())):
+        raise InputError(f"{path}: the quantization record's 'tied' must map tensor names to tensor names")
+
+
+def _check_shapes(model: nn.Module, stored: dict[str, Any], record: dict[str, Any], path: Path) -> None:
+    """Each stored tensor against what the record's layer (its bits, group size, format) makes of it."""
+    layers = record["layers"]
+    for name, value in model.state_dict(keep_vars=True).items():
+        got = stored.get(record.get("tied", {}).get(name, name))
+        if got is None:
+            continue
+        got = tuple(got.shape) if hasattr(got, "shape") else tuple(got)
+        if got != tuple(value.shape):
+            owner = next((n for n in layers if name.startswith(f"{n}.")), None)
+            spec = f" (layer {owner}: {layers[owner].get('spec') or layers[owner].get('module')})" if owner else ""
+            raise InputError(f"{path}: tensor {name} has shape {list(got)}, expected {list(value.shape)}{spec}; "
+                             f"the record does not match the stored tensors")
+
+
 def _check_versions(record: Any, path: Path) -> None:
     """Refuse a checkpoint this lowbit cannot read: a newer layout (the record's ``format_version``) or
     a newer method config (the record's ``method.version`` above its config class's ``version``)."""
@@ -152,6 +227,9 @@ def _readable(version: Any, supported: int) -> bool:
 
 LAYER_MODULES = {"bnb4": "lowbit.modules.bnb4_linear:Linear4bit", "llm_int8": "lowbit.modules.int8_linear:LinearInt8",
                  "w8a8": "lowbit.modules.w8a8_linear:W8A8Linear", "ggml": "lowbit.modules.ggml_linear:GGMLLinear"}
+
+
+GRID_MODULES = (None, "linear", "embedding", "conv2d")  # integer grids: QuantizedLinear / Embedding / Conv2d
 
 
 def _layer_module(key: str) -> Any:

@@ -106,7 +106,7 @@ def load_hf_dir(path: Path) -> ModelHandle:
     config, _, _, kind, _, _ = checked_hf_dir(path)
     cls = AutoModelForCausalLM if kind == CAUSAL_LM else AutoModel
     try:
-        model = cls.from_pretrained(path, config=config, dtype=torch.float32)
+        model = cls.from_pretrained(path, config=config, dtype=torch.float32, use_safetensors=True)
     except (OSError, ValueError, KeyError, RuntimeError) as e:
         raise InputError(f"{path}: transformers cannot load it: {str(e).splitlines()[0]}") from None
     check_finite(model.named_parameters(), str(path), allow=allow_nonfinite())

@@ -6,6 +6,7 @@ element array tries to map it).
 
 from __future__ import annotations
 
+import itertools
 import mmap
 import struct
 from pathlib import Path
@@ -174,7 +175,7 @@ def _walk(w: _Walker) -> list[tuple[str, int]]:
         numel = 1
         for d in dims:
             numel *= d
-        if numel > w.size * 64 or dims[0] % block:
+        if numel > w.size * 64 or max(dims) > w.size * 64 or dims[0] % block:
             raise w.fail(f"tensor {name} has impossible dimensions {dims} for its type")
         infos.append((name, offset, numel // block * type_size, numel))
     data_start = -(-w.pos // alignment) * alignment
@@ -184,7 +185,7 @@ def _walk(w: _Walker) -> list[tuple[str, int]]:
             raise InputError(f"{w.path} is truncated or corrupt: tensor {name} spans bytes "
                              f"{data_start + offset}..{end}, the file has {w.size}")
     spans = sorted((offset, offset + nbytes, name) for name, offset, nbytes, _ in infos)
-    for (_, end, a), (begin, _, b) in zip(spans, spans[1:]):
+    for (_, end, a), (begin, _, b) in itertools.pairwise(spans):
         if begin < end:
             raise InputError(f"{w.path} is corrupt: the data of tensors {a} and {b} overlap")
     check_metadata(w.path, meta, names)
@@ -219,8 +220,8 @@ def check_metadata(path: Path, meta: dict[str, tuple[int, object]], names: set[s
         vtype, v = meta[key]
         if vtype == _ARRAY and integer and v[0] in _INTS:  # per-layer values (head counts, widths)
             continue
-        if vtype not in (_INTS if integer else _INTS | _FLOATS) or not (0 <= v <= limit) or v != v:
-            raise bad(f"{key} must be {'an integer' if integer else 'a number'} from 0 to {limit:g}, got "
+        if vtype not in (_INTS if integer else _INTS | _FLOATS) or not int(integer) <= v <= limit:
+            raise bad(f"{key} must be {'an integer' if integer else 'a number'} from {int(integer)} to {limit:g}, got "
                       f"{v!r} (type {vtype})")
     blocks = meta.get(f"{arch}.block_count")
     if blocks is not None:

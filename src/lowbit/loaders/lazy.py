@@ -221,7 +221,10 @@ def open_if_larger(model: Any, cap: int) -> ModelHandle | None:
 
     from lowbit.loaders.dispatch import read_json
 
+    from lowbit.loaders.validate import check_config
+
     raw = read_json(path / "config.json")
+    check_config(raw, f"{path}/config.json")
     record = raw.get("quantization_config") or {}
     if record.get("quant_method") not in (None, "lowbit"):
         return None

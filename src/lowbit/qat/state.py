@@ -39,8 +39,11 @@ def read_state(path: Path) -> dict[str, Any]:
         raise InputError(f"--resume: no checkpoint at {path}")
     try:
         state = torch.load(path, weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError) as e:
-        raise InputError(f"--resume: {path} is not a lowbit QAT training checkpoint ({e})") from None
+    except pickle.UnpicklingError:
+        raise InputError(f"--resume: {path} is not a lowbit QAT training checkpoint (it holds something other than "
+                         f"tensors and plain values; such a file is never unpickled)") from None
+    except (RuntimeError, EOFError, ValueError, OSError) as e:
+        raise InputError(f"--resume: {path} is not a lowbit QAT training checkpoint ({str(e).splitlines()[0]})") from None
     if not isinstance(state, dict) or any(k not in state for k in KEYS):
         raise InputError(f"--resume: {path} is not a lowbit QAT training checkpoint (it lacks "
                          f"{', '.join(k for k in KEYS if not isinstance(state, dict) or k not in state)})")
@@ -54,7 +57,10 @@ def resume(path: Path, net: nn.Module, opt: torch.optim.Optimizer, spec: str, st
     if state["spec"] != spec or state["total_steps"] != steps:
         raise InputError(f"{path} was written for --spec {state['spec']} --steps {state['total_steps']}, "
                          f"not {spec} / {steps}")
-    net.load_state_dict(state["model"])
-    opt.load_state_dict(state["optimizer"])
+    try:
+        net.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+    except (RuntimeError, ValueError, KeyError, TypeError) as e:
+        raise InputError(f"--resume: {path} does not fit this model ({str(e).splitlines()[0]})") from None
     torch.set_rng_state(state["rng"])
     return state["step"], state["losses"], state["seconds"]

@@ -71,6 +71,9 @@ def inspect_gguf(path: Path) -> FileInfo:
 def inspect_safetensors(path: Path) -> FileInfo:
     from safetensors import safe_open
 
+    from lowbit.loaders.safetensors_source import read_header
+
+    read_header(path)  # lengths, offsets, dtypes and shapes checked before the library reads it
     try:
         f = safe_open(str(path), framework="pt")
     except Exception as e:  # safetensors' own error type for bad headers
@@ -80,7 +83,7 @@ def inspect_safetensors(path: Path) -> FileInfo:
         raw = {k: f.get_slice(k) for k in f.keys()}
         shapes = {k: tuple(s.get_shape()) for k, s in raw.items()}
         dtypes = {k: str(s.get_dtype()) for k, s in raw.items()}
-    record = json.loads(meta["lowbit"]) if "lowbit" in meta else None
+    record = _record(path, meta["lowbit"]) if "lowbit" in meta else None
     sizes = {"F32": 4, "F16": 2, "BF16": 2, "U8": 1, "I8": 1, "I32": 4, "I64": 8, "F64": 8, "I16": 2, "BOOL": 1}
     nbytes = {k: math.prod(shapes[k]) * sizes.get(dtypes[k].upper(), 4) for k in shapes}
     rows: list[TensorInfo] = []
@@ -91,7 +94,10 @@ def inspect_safetensors(path: Path) -> FileInfo:
         for layer, info in record["layers"].items():
             if "spec" in info:
                 parts = [f"{layer}.{p}" for p in ("qweight", "scale", "zero") if f"{layer}.{p}" in shapes]
-                label = str(QuantSpec.from_dict(info["spec"]))
+                try:
+                    label = str(QuantSpec.from_dict(info["spec"]))
+                except (TypeError, ValueError) as e:
+                    raise InputError(f"{path}: layer {layer} has an invalid spec {info['spec']} ({e})") from None
             else:  # NF4 / LLM.int8 / W8A8 layers: every tensor of the layer but its bias
                 parts = [k for k in shapes if k.startswith(f"{layer}.") and k != f"{layer}.bias"]
                 label = info.get("format", info.get("module", "?"))
@@ -101,3 +107,19 @@ def inspect_safetensors(path: Path) -> FileInfo:
         if k not in used:
             rows.append(TensorInfo(k, dtypes[k], shapes[k], nbytes[k]))
     return FileInfo(str(path), "lowbit" if record else "safetensors", rows)
+
+
+def _record(path: Path, text: str) -> dict:
+    """A lowbit checkpoint's quantization record (the file's metadata), its shape checked."""
+    from lowbit.loaders.checkpoint import check_record
+
+    try:
+        record = json.loads(text)
+    except ValueError:
+        raise InputError(f"{path}: its lowbit record is not JSON") from None
+    check_record(record, path)
+    for layer, info in record["layers"].items():
+        shape = info.get("shape")
+        if not (isinstance(shape, list) and all(isinstance(d, int) and d >= 0 for d in shape)):
+            raise InputError(f"{path}: layer {layer} of the lowbit record has no valid shape ({shape!r})")
+    return record

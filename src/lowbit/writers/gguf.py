@@ -273,6 +273,9 @@ def _plan(model: torch.nn.Module, mods: dict[str, torch.nn.Module], planner: Mix
             elif im.shape != (shape[-1],):
                 raise InputError(f"importance matrix for {name} has {im.shape[0]} values, the tensor {shape[-1]} columns")
         plan.append(_Planned(hf, name, shape, t, im))
+    if imatrix and not any(p.imatrix is not None for p in plan) and missing:
+        raise InputError(f"the importance matrix names none of this model's tensors (it has {', '.join(list(imatrix)[:3])}; "
+                         f"the model {', '.join(missing[:3])}): it was made for another model")
     return plan
 
 

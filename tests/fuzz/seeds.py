@@ -1,0 +1,56 @@
+"""Valid tiny inputs the fuzz cases start from, built from transformers configs with random weights (no
+file is committed): a Llama directory, a BERT directory, a Llama GGUF, a lowbit checkpoint, and
+importance matrices in both of llama.cpp's formats."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+TESTS = Path(__file__).resolve().parents[1]
+SEEDS = ("llama_dir", "bert_dir", "llama_gguf", "checkpoint", "imatrix_gguf", "imatrix_dat")
+
+
+def tokenizer():
+    """A byte-pair tokenizer with one merge (transformers and llama.cpp both read it from a GGUF)."""
+    from tokenizers import Tokenizer, models
+    from transformers import PreTrainedTokenizerFast
+
+    sys.path.insert(0, str(TESTS))
+    from conftest import TINY_CHARS, TINY_SPECIALS
+
+    vocab = {t: i for i, t in enumerate(TINY_SPECIALS + TINY_CHARS)}
+    vocab["he"] = len(vocab)
+    tk = Tokenizer(models.BPE(vocab=vocab, merges=[("h", "e")], unk_token="<unk>"))
+    return PreTrainedTokenizerFast(tokenizer_object=tk, eos_token="<eos>", pad_token="<pad>", unk_token="<unk>")
+
+
+def build(root: Path) -> dict[str, Path]:
+    """Write every seed under ``root``; returns seed name -> its path."""
+    import torch
+
+    import lowbit
+    from lowbit.calib.imatrix import compute_imatrix, save_imatrix
+    from lowbit.writers.gguf import export_gguf
+
+    sys.path.insert(0, str(TESTS))
+    from conftest import make_tiny_bert, make_tiny_llama
+
+    tok = tokenizer()
+    llama = make_tiny_llama(tokenizer=tok, vocab_size=len(tok))
+    seeds = {name: root / name for name in SEEDS}
+    llama.model.save_pretrained(seeds["llama_dir"])
+    tok.save_pretrained(seeds["llama_dir"])
+    bert = make_tiny_bert(tokenizer=tok, vocab_size=len(tok))
+    bert.model.save_pretrained(seeds["bert_dir"])
+    tok.save_pretrained(seeds["bert_dir"])
+    seeds["llama_gguf"] = root / "llama.gguf"
+    export_gguf(llama, seeds["llama_gguf"], "F32")
+    q, _ = lowbit.quantize(make_tiny_llama(tokenizer=tok, vocab_size=len(tok)))
+    lowbit.save(q, seeds["checkpoint"])
+    torch.manual_seed(0)
+    im = compute_imatrix(llama.model, torch.randint(0, len(tok), (2, 32)), dataset="fuzz")
+    seeds["imatrix_gguf"], seeds["imatrix_dat"] = root / "imatrix.gguf", root / "imatrix.dat"
+    save_imatrix(im, seeds["imatrix_gguf"])
+    save_imatrix(im, seeds["imatrix_dat"])
+    return seeds
