@@ -220,7 +220,6 @@ def open_if_larger(model: Any, cap: int) -> ModelHandle | None:
     from transformers import AutoConfig
 
     from lowbit.loaders.dispatch import read_json
-
     from lowbit.loaders.validate import check_config
 
     raw = read_json(path / "config.json")
