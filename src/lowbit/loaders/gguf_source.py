@@ -83,10 +83,10 @@ def open_gguf(path: Path) -> LazyModel:
     )
 
     check_gguf(path)
-    fields = GGUFReader(path).fields
-    arch = _architecture_of(fields)
+    reader = GGUFReader(path)
+    arch = _architecture(reader)
     need = [f"{arch}.{k}" for k in ("block_count", "embedding_length")]
-    if not all(k in fields for k in need):
+    if not all(k in reader.fields for k in need):
         raise InputError(f"{path} is not a model llama.cpp could run: its metadata lacks {' or '.join(need)}")
     with _parse_once():
         try:
@@ -95,8 +95,6 @@ def open_gguf(path: Path) -> LazyModel:
         except (OSError, ValueError, KeyError, TypeError, IndexError) as e:
             raise InputError(f"{path}: transformers cannot read this GGUF's metadata: {str(e).splitlines()[0]}") from None
         model, kind = build_on_meta(config, CAUSAL_LM)  # what transformers' GGUF loader builds
-        reader = GGUFReader(path)
-        arch = _architecture(reader)
         processor = TENSOR_PROCESSORS.get(arch, TensorProcessor)(config=parsed.get("config", {}))
         mapping = get_gguf_hf_weights_map(model, processor)
         parsed = dict(parsed, tensors={})
@@ -159,11 +157,7 @@ def _parse_once() -> Iterator[None]:
 
 
 def _architecture(reader: Any) -> str:
-    return _architecture_of(reader.fields)
-
-
-def _architecture_of(fields: Any) -> str:
-    field = fields.get("general.architecture")
+    field = reader.fields.get("general.architecture")
     try:
         return bytes(field.parts[field.data[0]]).decode("utf-8")
     except (AttributeError, IndexError, UnicodeDecodeError):
