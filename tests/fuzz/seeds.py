@@ -48,9 +48,31 @@ def build(root: Path) -> dict[str, Path]:
     export_gguf(llama, seeds["llama_gguf"], "F32")
     q, _ = lowbit.quantize(make_tiny_llama(tokenizer=tok, vocab_size=len(tok)))
     lowbit.save(q, seeds["checkpoint"])
+    _fixed_record(seeds["checkpoint"])
     torch.manual_seed(0)
     im = compute_imatrix(llama.model, torch.randint(0, len(tok), (2, 32)), dataset="fuzz")
     seeds["imatrix_gguf"], seeds["imatrix_dat"] = root / "imatrix.gguf", root / "imatrix.dat"
     save_imatrix(im, seeds["imatrix_gguf"])
     save_imatrix(im, seeds["imatrix_dat"])
     return seeds
+
+
+def _fixed_record(path: Path) -> None:
+    """The checkpoint's record with its measured seconds and memory set to 0, so the seed's bytes (and the
+    random byte cases made from it) are the same on every build."""
+    import json
+
+    from fuzz.cases import st_read, st_write
+
+    def fix(text: str) -> str:
+        rec = json.loads(text)
+        rec["quantize_seconds"] = 0.0
+        rec.get("calibration", {}).update(seconds=0.0, peak_rss_bytes=0)
+        return json.dumps(rec)
+
+    header, data = st_read(path / "model.safetensors")
+    header["__metadata__"]["lowbit"] = fix(header["__metadata__"]["lowbit"])
+    st_write(path / "model.safetensors", header, data)
+    config = json.loads((path / "config.json").read_text())
+    config["quantization_config"] = json.loads(fix(json.dumps(config["quantization_config"])))
+    (path / "config.json").write_text(json.dumps(config, indent=2))

@@ -190,7 +190,11 @@ def check_record(record: Any, path: Path) -> None:
 def _check_shapes(model: nn.Module, stored: dict[str, Any], record: dict[str, Any], path: Path) -> None:
     """Each stored tensor against what the record's layer (its bits, group size, format) makes of it."""
     layers = record["layers"]
-    for name, value in model.state_dict(keep_vars=True).items():
+    names = model.state_dict(keep_vars=True)
+    for dup, kept in record.get("tied", {}).items():
+        if dup not in names or kept not in names:
+            raise InputError(f"{path}: the quantization record ties {dup} to {kept}, which this model does not have")
+    for name, value in names.items():
         got = stored.get(record.get("tied", {}).get(name, name))
         if got is None:
             continue
