@@ -9,6 +9,7 @@ import json
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import pytest
 from typer.testing import CliRunner
 
@@ -74,9 +75,9 @@ def test_pareto_front() -> None:
 def test_the_recommendation_follows_the_bar() -> None:
     strict = recommend(ROWS, REF, Bar.parse("kl=0.01"))
     assert strict.id == "w8" and strict.met_bar
-    assert any("4-bit: nothing meets the bar" in r for r in strict.reasons)
+    assert "The next smaller, w4-a (0.0 MB), misses it (kl_mean 0.04); stop here." in strict.reasons
     loose = recommend(ROWS, REF, Bar.parse("kl=0.5"))
-    assert loose.id == "w3" and any("2-bit: nothing meets" in r for r in loose.reasons)
+    assert loose.id == "w3" and "The next smaller, w2 (0.0 MB), misses it (kl_mean 1.5); stop here." in loose.reasons
     mid = recommend(ROWS, REF, Bar.parse("kl=0.1"))
     assert mid.id == "w4-b", "the smallest passing candidate at the lowest passing rung"
     budget = recommend(ROWS, REF, Bar.parse("kl=0.05"), budget_bpw=4.4)
@@ -300,3 +301,43 @@ def test_qat_joins_when_training_data_and_steps_are_given(tiny_llama, text_file,
     assert rows["qat-w3g64"]["family"] == "qat" and rows["qat-w3g64"]["calib_seconds"] > 0
     assert rows["qat-w3g64"]["bits_per_weight"] == pytest.approx(rows["rtn-w3g64"]["bits_per_weight"])
     assert rows["qat-w3g64"]["kl_mean"] != rows["rtn-w3g64"]["kl_mean"]  # trained: not the RTN start any more
+
+
+def test_the_ladder_reads_real_size_not_nominal_bits() -> None:
+    """A nominal "4-bit" file that fell back to wider types (6.16 bpw, like Q4_K_M on smollm2) is larger than a
+    "5-bit" one at 5.1 bpw: when both hold the bar, the smaller real size wins, and its reasons say so."""
+    rows = [_row("gguf-q4_k_m", 4, 6.16, 105_500_000, 0.03), _row("rtn-w5g64", 5, 5.1, 90_000_000, 0.04),
+            _row("rtn-w8", 8, 8.5, 145_000_000, 0.002)]
+    rec = recommend(rows, REF, Bar.parse("kl=0.05"))
+    assert rec.id == "rtn-w5g64" and rec.met_bar
+    assert rec.reasons[-1] == "Recommended: rtn-w5g64, the smallest that holds the bar (5.10 bits per weight)."
+
+
+def _blocks(kl_per_block: list[float], n: float = 64.0) -> dict:
+    return {"n": [n] * len(kl_per_block), "nll": [2.0 * n] * len(kl_per_block), "kl": [k * n for k in kl_per_block],
+            "agree": [0.9 * n] * len(kl_per_block)}
+
+
+def test_paired_differences_name_what_noise_cannot_separate() -> None:
+    """Same tokens: a candidate whose per-block KL tracks the pick's within noise is indistinguishable; one
+    that is clearly worse on every block is not, and the intervals are honest about it."""
+    from lowbit.compare.decide import settle
+    from lowbit.metrics import stats
+
+    rng = np.random.default_rng(0)
+    base = list(0.04 + 0.01 * rng.standard_normal(32))
+    twin = [k + 0.0005 * s for k, s in zip(base, rng.standard_normal(32))]
+    worse = [k + 0.02 for k in base]
+    rows = [_row("pick", 4, 4.3, 430, float(np.mean(base))), _row("twin", 4, 4.5, 450, float(np.mean(twin))),
+            _row("worse", 4, 4.6, 460, float(np.mean(worse)))]
+    for r, b in zip(rows, (base, twin, worse)):
+        r.blocks, r.ci95 = _blocks(b), stats.ci95(_blocks(b))
+    rec = recommend(rows, REF, Bar.parse("kl=0.05"))
+    assert rec.id == "pick"
+    settle(rows, rec, Bar.parse("kl=0.05"))
+    assert rec.indistinguishable_from == ["twin"]
+    worse_diff = rows[2].paired_vs_recommended
+    assert worse_diff["distinguishable"] and worse_diff["ci95"][0] > 0.019 and worse_diff["diff"] == pytest.approx(0.02)
+    lo, hi = rows[0].ci95["kl_mean"]
+    assert lo < np.mean(base) < hi and hi - lo < 0.01
+    assert any(r.startswith("Indistinguishable at this sample size from pick on kl_mean") for r in rec.reasons)

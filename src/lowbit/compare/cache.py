@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     from lowbit.compare.settings import CompareSettings
     from lowbit.loaders.handle import ModelHandle
 
-VERSION = 1  # bump when a change alters cached rows
+VERSION = 2  # bump when a change alters cached rows (2: per-block sums and intervals)
 
 
 def data_key(data: str) -> str:

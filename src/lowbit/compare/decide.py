@@ -1,5 +1,6 @@
 """The user's quality bar, the Pareto front of size vs quality, and the guide's recommendation:
-start conservative and push the bit width down only while the bar holds. Pure functions over result
+start conservative and push the size down only while the bar holds, by real size;
+ties within the noise of the sample are named. Pure functions over result
 rows (:class:`Row`: ``id``, ``bits``, ``bits_per_weight``, ``size_bytes`` and the metrics), so they are
 tested without running a model.
 """
@@ -7,11 +8,12 @@ tested without running a model.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from lowbit.compare.row import Row
 from lowbit.errors import InputError
+from lowbit.metrics import stats
 
 _BAR = re.compile(r"^\s*(kl|ppl|acc|cos|top1)\s*=\s*([+-]?\d+(?:\.\d+)?)\s*(%?)\s*$", re.IGNORECASE)
 
@@ -98,41 +100,41 @@ class Recommendation:
     id: str | None
     reasons: list[str]
     met_bar: bool
+    indistinguishable_from: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"method": self.id, "reasons": list(self.reasons), "met_bar": self.met_bar}
+        return {"method": self.id, "reasons": list(self.reasons), "met_bar": self.met_bar,
+                "indistinguishable_from": list(self.indistinguishable_from)}
+
+
+def real_size(row: Row) -> float | None:
+    """The bytes of the whole model as the candidate stores it (bits per weight when no size is known)."""
+    return row.size_bytes if row.size_bytes is not None else row.bits_per_weight
 
 
 def recommend(rows: list[Row], ref: Row, bar: Bar, budget_bpw: float | None = None) -> Recommendation:
-    """The guide's walk: from the widest bit width down, at each rung keep the smallest candidate that
-    meets the bar (and the bpw budget); stop at the first rung where none does."""
+    """The guide's walk by real size: from the largest candidate down, the smallest one that still meets
+    the bar (and the bpw budget). Sizes are the whole model's bytes, never the nominal bit width: a
+    "4-bit" file that falls back to wider types where widths do not divide is as large as it is."""
     reasons = [f"Bar: {bar}" + (f"; budget: at most {budget_bpw:g} bits per weight" if budget_bpw else "") + "."]
     ok = {r.id: bar.holds(r, ref) for r in rows}
-    rungs = sorted({r.bits for r in rows}, reverse=True)
-    chosen: Row | None = None
-    for bits in rungs:
-        level = [r for r in rows if r.bits == bits]
-        passing = [r for r in level if ok[r.id]]
-        fits = [r for r in passing if budget_bpw is None or (r.bits_per_weight or 99) <= budget_bpw]
-        if not passing:
-            best = min(level, key=lambda r: quality(r) if quality(r) is not None else float("inf"))
-            reasons.append(f"{bits}-bit: nothing meets the bar (closest: {best.id}, {_metric(best, bar)}); stop "
-                           "pushing the bit width down here.")
-            break
-        if not fits:
-            reasons.append(f"{bits}-bit: {', '.join(r.id for r in passing)} meet(s) the bar but exceed(s) the "
-                           f"{budget_bpw:g} bpw budget; trying fewer bits.")
-            continue
-        pick = min(fits, key=lambda r: (r.size_bytes or 0, quality(r) or 0))
-        others = [r.id for r in fits if r is not pick]
-        reasons.append(f"{bits}-bit: {pick.id} meets the bar ({_metric(pick, bar)})"
-                       + (f", smallest of {', '.join([pick.id, *others])}" if others else "")
-                       + ("; push down one more step." if bits != rungs[-1] else "."))
-        chosen = pick
-    if chosen is not None:
-        reasons.append(f"Recommended: {chosen.id}, the fewest bits at which the bar still held"
-                       f" ({chosen.bits_per_weight or 0:.2f} bits per weight).")
-        return Recommendation(chosen.id, reasons, True)
+    sized = sorted((r for r in rows if real_size(r) is not None), key=real_size, reverse=True)
+    passing = [r for r in sized if ok[r.id]]
+    fits = [r for r in passing if budget_bpw is None or (r.bits_per_weight or 99) <= budget_bpw]
+    if fits:
+        pick = min(fits, key=lambda r: (real_size(r), quality(r) or 0))
+        reasons.append(f"{len(passing)} of {len(sized)} candidates meet the bar; from the largest down by real size "
+                       f"(bytes of the whole model), the smallest of them is {pick.id}: {_size(pick)}, {_metric(pick, bar)}.")
+        over = [r.id for r in passing if r not in fits]
+        if over:
+            reasons.append(f"{', '.join(over)} meet(s) the bar but exceed(s) the {budget_bpw:g} bpw budget.")
+        smaller = [r for r in sized if real_size(r) < real_size(pick) and not ok[r.id]]
+        if smaller:
+            nxt = max(smaller, key=real_size)
+            reasons.append(f"The next smaller, {nxt.id} ({_size(nxt)}), misses it ({_metric(nxt, bar)}); stop here.")
+        reasons.append(f"Recommended: {pick.id}, the smallest that holds the bar ({pick.bits_per_weight or 0:.2f} "
+                       f"bits per weight).")
+        return Recommendation(pick.id, reasons, True)
     scored = [r for r in rows if quality(r) is not None]
     if not scored:
         return Recommendation(None, [*reasons, "No candidate could be scored."], False)
@@ -143,6 +145,37 @@ def recommend(rows: list[Row], ref: Row, bar: Bar, budget_bpw: float | None = No
             "or loosen the bar.")
     reasons.append(f"No candidate meets the bar (within budget). The most faithful is {best.id} ({_metric(best, bar)}). {step}")
     return Recommendation(best.id, reasons, False)
+
+
+def paired_stat(bar: Bar) -> str:
+    """The statistic whose paired difference decides ties: the bar's, where it is a per-token one."""
+    return bar.key() if bar.key() in stats.STATS else "kl_mean"
+
+
+def settle(rows: list[Row], rec: Recommendation, bar: Bar) -> None:
+    """Each row's paired difference to the recommended one on the same tokens (``paired_vs_recommended``),
+    the candidates that cannot be told apart from it at this sample size, and a caution when the
+    recommended one's interval reaches past the bar."""
+    pick = next((r for r in rows if r.id == rec.id), None)
+    if pick is None or not pick.blocks:
+        return
+    name = paired_stat(bar)
+    for r in rows:
+        r.paired_vs_recommended = None if r is pick else stats.paired(r.blocks, pick.blocks, name)
+    rec.indistinguishable_from = [r.id for r in rows if r.paired_vs_recommended is not None
+                                  and not r.paired_vs_recommended["distinguishable"]]
+    if rec.indistinguishable_from:
+        rec.reasons.append(f"Indistinguishable at this sample size from {pick.id} on {name} (95% interval of the paired "
+                           f"difference includes 0): {', '.join(rec.indistinguishable_from)}; add windows (--windows) to "
+                           f"separate them.")
+    ci = (pick.ci95 or {}).get(bar.key())
+    if rec.met_bar and ci is not None and bar.metric == "kl" and ci[1] > bar.value:
+        rec.reasons.append(f"{pick.id}'s {bar.key()} is under the bar, but its 95% interval [{ci[0]:.4g}, {ci[1]:.4g}] "
+                           f"reaches past {bar.value:g}: more windows would make sure.")
+
+
+def _size(row: Row) -> str:
+    return f"{row.size_bytes / 1e6:.1f} MB" if row.size_bytes is not None else f"{row.bits_per_weight:.2f} bpw"
 
 
 def _metric(row: Row, bar: Bar) -> str:

@@ -20,7 +20,8 @@ from lowbit.compare.row import Row
 
 COLUMNS = [  # (header, Row attribute, format)
     ("candidate", "id", "{}"), ("family", "family", "{}"), ("bits", "bits", "{}"), ("bpw", "bits_per_weight", "{:.2f}"),
-    ("MB", "size_bytes", "mb"), ("PPL", "ppl", "{:.3f}"), ("KL", "kl_mean", "{:.4f}"), ("top-1", "top1_agreement", "{:.3f}"),
+    ("MB", "size_bytes", "mb"), ("PPL", "ppl", "{:.3f}"), ("KL", "kl_mean", "{:.4f}"),
+    ("KL 95% CI", "ci95", "ci:kl_mean"), ("top-1", "top1_agreement", "{:.3f}"),
     ("cosine", "cosine_mean", "{:.4f}"), ("acc", "accuracy", "{:.3f}"), ("flips", "flips", "{}"),
     ("quantize s", "calib_seconds", "{:.1f}"), ("prefill x fp32", "speed_ratio_vs_fp32", "{:.2f}"),
     ("decode x fp32", "decode_ratio_vs_fp32", "{:.2f}"), ("Pareto", "pareto", "yn"), ("meets bar", "meets_bar", "yn"),
@@ -35,6 +36,9 @@ def _cell(row: Row, key: str, fmt: str) -> str:
         return f"{v / 1e6:.1f}"
     if fmt == "yn":
         return "yes" if v else "no"
+    if fmt.startswith("ci:"):
+        lo_hi = v.get(fmt[3:])
+        return "–" if lo_hi is None else f"{lo_hi[0]:.4f}–{lo_hi[1]:.4f}"
     return fmt.format(v)
 
 
@@ -59,6 +63,10 @@ def size_quality_png(res: Results) -> bytes:
         style = {"marker": "*" if r.id == rec else "o", "s": 180 if r.id == rec else 50,
                  "c": "tab:red" if r.pareto else "tab:gray", "edgecolors": "black", "linewidths": 0.5, "zorder": 3}
         ax.scatter(r.size_bytes / 1e6, max(q, 1e-6), **style)
+        ci = (r.ci95 or {}).get("kl_mean") if lm else None
+        if ci is not None:  # the 95% interval of the mean KL (block bootstrap over the scored tokens)
+            ax.errorbar(r.size_bytes / 1e6, max(q, 1e-6), yerr=[[max(q - ci[0], 0)], [max(ci[1] - q, 0)]],
+                        fmt="none", ecolor="black", elinewidth=0.8, capsize=2, zorder=2)
         ax.annotate(r.id, (r.size_bytes / 1e6, max(q, 1e-6)), textcoords="offset points", xytext=(5, 4), fontsize=8)
     front = sorted((r for r in rows if r.pareto), key=lambda r: r.size_bytes)
     if len(front) > 1:
@@ -68,7 +76,7 @@ def size_quality_png(res: Results) -> bytes:
         ax.axhline(res.bar.value, color="tab:blue", ls="--", lw=1, label=str(res.bar))
         ax.legend(loc="upper right", fontsize=8)
     ax.set_yscale("log")
-    ax.set_xlabel("size (MB)")
+    ax.set_xlabel("size of the whole model (MB, every tensor as stored)")
     ax.set_ylabel("KL to the reference (log)" if lm else "1 - cosine to the reference (log)")
     ax.set_title(f"{Path(res.model).name}: size vs quality (red: Pareto front, star: recommended)", fontsize=10)
     ax.grid(True, which="both", alpha=0.3)

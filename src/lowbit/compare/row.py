@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 
 REFERENCE = "reference"  # the reference row's id
 QUALITY = ("ppl", "kl_mean", "kl_p99", "top1_agreement", "cosine_mean", "cosine_min", "bits_per_weight", "size_bytes",
-           "n_tokens")  # from the evaluator's EvalResult, same names
+           "n_tokens", "ci95", "blocks")  # from the evaluator's EvalResult, same names
 _REFERENCE_SPEED = ("prefill_tok_s", "decode_tok_s")
 _CANDIDATE = ("label", "format", "calib_seconds", "calibrated", "speed_ratio_vs_fp32", "decode_ratio_vs_fp32",
               "speed_note", "layer_errors", "slower_than_fp32")
@@ -51,6 +51,8 @@ class Row:
     bits_per_weight: float | None = None
     size_bytes: int | None = None
     n_tokens: int | None = None
+    ci95: dict[str, list[float]] | None = None  # 95% intervals of kl_mean, ppl, top1_agreement (metrics/stats.py)
+    blocks: dict[str, list[float]] | None = None  # per-block sums on the shared windows: paired differences
     # the reference's speed in torch on this machine (tokens/s): the candidates' ratios divide by it
     prefill_tok_s: float | None = None
     decode_tok_s: float | None = None
@@ -73,6 +75,7 @@ class Row:
     # the decision, set once every row is in (None until then)
     pareto: bool | None = None
     meets_bar: bool | None = None  # None also when the row lacks the bar's metric
+    paired_vs_recommended: dict[str, Any] | None = None  # this row minus the recommended one, same tokens
 
     @classmethod
     def scored(cls, res: EvalResult, **fields_: Any) -> Row:
@@ -96,8 +99,11 @@ class Row:
             names += ["accuracy", "flips"] if self.is_reference else ["accuracy", "flips", "flips_to_wrong",
                                                                       "flips_to_right"]
         if self.decided:
-            names += ["pareto", "meets_bar"]
+            names += ["pareto", "meets_bar", "paired_vs_recommended"]
         d = {n: getattr(self, n) for n in names}
+        for k in ("ci95", "blocks", "paired_vs_recommended"):  # measured only where there were tokens to score
+            if d.get(k, 0) is None:
+                del d[k]
         for k in ("layer_errors", "axes"):
             if k in d:
                 d[k] = dict(d[k])

@@ -25,7 +25,7 @@ from lowbit.compare import cache, speed
 from lowbit.compare.calib_check import calib_check
 from lowbit.compare.candidates import Built, Candidate, candidates_for
 from lowbit.compare.context import Context
-from lowbit.compare.decide import Bar, default_bar, pareto, recommend
+from lowbit.compare.decide import Bar, default_bar, pareto, recommend, settle
 from lowbit.compare.results import Machine, Results, TaskInfo
 from lowbit.compare.row import REFERENCE, Row
 from lowbit.compare.settings import CompareSettings
@@ -187,6 +187,7 @@ class Comparison:
         for r in rows:
             r.pareto = r.id in front
         rec = recommend(rows, ref_row, self.bar, self.s.budget_bpw)
+        settle(rows, rec, self.bar)
         slow = [r.id for r in rows if r.slower_than_fp32]
         if slow:
             warnings.append(f"slower than full precision on this machine: {', '.join(slow)} (the guide's portability "

@@ -26,6 +26,8 @@ class LMScores:
     n_tokens: int
     kl: torch.Tensor | None  # (n_tokens,) per-token KL, or None without a reference
     top1_agree: int
+    nll_tok: torch.Tensor | None = None  # (n_tokens,) per-token NLL
+    agree_tok: torch.Tensor | None = None  # (n_tokens,) top-1 agreement with the reference, 0 / 1
 
     @property
     def ppl(self) -> float:
@@ -84,12 +86,18 @@ def score_lm(model: nn.Module, windows: torch.Tensor, ref: ReferenceLM | None, l
     replaces running ``model`` window by window (metrics/streamed.py's block-by-block pass)."""
     nll, n, agree = 0.0, 0, 0
     kls: list[torch.Tensor] = []
+    nlls: list[torch.Tensor] = []
+    agrees: list[torch.Tensor] = []
     for i, lp in logprobs if logprobs is not None else model_logprobs(model, windows, label):
         targets = windows[i, 1:]
-        nll += float(-lp.gather(1, targets[:, None]).sum())
+        tok = -lp.gather(1, targets[:, None])[:, 0]
+        nll += float(tok.sum())
+        nlls.append(tok)
         n += targets.numel()
         if ref is not None:
             rlp = ref.logprobs(i)
             kls.append((rlp.exp() * (rlp - lp)).sum(dim=-1).clamp_min(0))
-            agree += int((rlp.argmax(-1) == lp.argmax(-1)).sum())
-    return LMScores(nll, n, torch.cat(kls) if kls else None, agree)
+            agrees.append(rlp.argmax(-1) == lp.argmax(-1))
+            agree += int(agrees[-1].sum())
+    return LMScores(nll, n, torch.cat(kls) if kls else None, agree, torch.cat(nlls) if nlls else None,
+                    torch.cat(agrees) if agrees else None)

@@ -49,6 +49,8 @@ class EvalResult:
     prefill_tok_s: float | None = None
     decode_tok_s: float | None = None
     reference: str | None = None
+    ci95: dict[str, list[float]] | None = None  # {"kl_mean" | "ppl" | "top1_agreement": [lo, hi]} (metrics/stats.py)
+    blocks: dict[str, list[float]] | None = None  # per-block sums the intervals and paired differences come from
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:

@@ -15,7 +15,7 @@ from lowbit.calib import load_corpus, sample_texts, token_windows
 from lowbit.errors import InputError
 from lowbit.loaders.handle import CAUSAL_LM, ENCODER, ModelHandle
 from lowbit.metrics import encoder as enc_metrics
-from lowbit.metrics import speed
+from lowbit.metrics import speed, stats
 from lowbit.metrics.lm import ReferenceLM, score_lm
 from lowbit.metrics.result import EvalResult, Protocol
 from lowbit.metrics.size import model_bytes, quantized_layer_bits
@@ -96,6 +96,9 @@ class Evaluator:
         sc = score_lm(handle.model, win, self._ref_lm, label=res.model, logprobs=streamed)
         res.protocol = Protocol(s.data, len(win), win.shape[1], s.seed)
         res.n_tokens, res.ppl = sc.n_tokens, sc.ppl
+        if sc.nll_tok is not None:
+            res.blocks = stats.block_sums(sc.nll_tok, sc.kl, sc.agree_tok, win.shape[1] - 1)
+            res.ci95 = stats.ci95(res.blocks)
         if sc.kl is not None:
             res.kl_mean = float(sc.kl.mean())
             res.kl_p99 = float(torch.quantile(sc.kl.double(), 0.99))

@@ -17,6 +17,7 @@ COLUMNS: list[tuple[str, str, str]] = [
     # (header, attribute, format)
     ("PPL", "ppl", "{:.3f}"),
     ("KL mean", "kl_mean", "{:.4f}"),
+    ("KL 95% CI", "ci95", "ci:kl_mean"),
     ("KL p99", "kl_p99", "{:.3f}"),
     ("top-1", "top1_agreement", "{:.3f}"),
     ("cosine", "cosine_mean", "{:.5f}"),
@@ -30,6 +31,9 @@ COLUMNS: list[tuple[str, str, str]] = [
 def _fmt(attr: str, fmt: str, v: Any) -> str:
     if v is None:
         return "–"
+    if fmt.startswith("ci:"):
+        lo_hi = v.get(fmt[3:])
+        return "–" if lo_hi is None else f"{lo_hi[0]:.4f}–{lo_hi[1]:.4f}"
     if attr == "size_bytes":
         v = v / 1e6
     return fmt.format(v)
