@@ -341,3 +341,21 @@ def test_paired_differences_name_what_noise_cannot_separate() -> None:
     lo, hi = rows[0].ci95["kl_mean"]
     assert lo < np.mean(base) < hi and hi - lo < 0.01
     assert any(r.startswith("Indistinguishable at this sample size from pick on kl_mean") for r in rec.reasons)
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--bar", "kl=abc"], "error: --bar 'kl=abc': expected kl=0.05, ppl=+3%, acc=-1, cos=0.99 or top1=0.9"),
+    (["--budget-bpw", "-3"], "error: --budget-bpw -3: expected bits per weight above 0 and at most 32"),
+    (["--methods", "rtn-w8,nosuch"], "error: unknown compare candidate 'nosuch'"),
+    (["--eval", "TINY"], "error: data 'TINY' has 6 tokens, fewer than one window of 32; give more text or a shorter --seq-len"),
+])
+def test_bad_compare_input_is_one_line_and_leaves_no_report(tiny_llama_dir, tmp_path, args, message) -> None:
+    tiny = tmp_path / "tiny.txt"
+    tiny.write_text("hello")
+    args = [str(tiny) if a == "TINY" else a for a in args]
+    message = message.replace("TINY", str(tiny))
+    r = CliRunner().invoke(app, ["compare", str(tiny_llama_dir), "--seq-len", "32", "--no-speed", *args,
+                                 "--report", str(tmp_path / "rep")])
+    lines = [ln for ln in r.output.splitlines() if ln.strip()]
+    assert r.exit_code == 2 and len(lines) == 1 and lines[0].startswith(message), r.output
+    assert not (tmp_path / "rep").exists()

@@ -49,7 +49,10 @@ class Comparison:
         from lowbit.plan.rule import Target
 
         self.s, self.report_dir, self.console = settings, Path(report_dir), console
+        settings.check()
         Target.parse(settings.target)  # a bad --target fails before any work
+        if settings.bar:
+            Bar.parse(settings.bar)
         self.ref = load_model(model)
         self.model_key = cache.model_key(model, self.ref)
         self.kind = self.ref.kind
@@ -71,6 +74,8 @@ class Comparison:
         self.calib = CalibSettings(data=settings.calib, n_samples=settings.calib_samples, seq_len=settings.seq_len) \
             if settings.calib else None
         self.ctx = Context(self.ref, self.calib, settings.train_data, settings.qat_steps)
+        if self.kind == CAUSAL_LM:
+            self.evaluator.windows(self.ref.tokenizer)  # an eval set too small for one window fails here, before the report
         self.cache_dir = self.report_dir / ".cache"
         self.meter = speed.SpeedMeter(self.ref, self.evaluator, self.cache_dir, settings.speed)
         self._ref_task: Any = None

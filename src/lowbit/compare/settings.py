@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+
+from lowbit.errors import InputError
 
 
 @dataclass
@@ -22,3 +25,13 @@ class CompareSettings:
     target: str = "cpu"  # where it will run, for the hardware-support axis
     train_data: str | None = None  # QAT candidates: training text ...
     qat_steps: int = 0  # ... and a budget of optimizer steps
+
+    def check(self) -> None:
+        """One clear error for a setting no run could use, before any model is loaded."""
+        b = self.budget_bpw
+        if b is not None and not (math.isfinite(b) and 0 < b <= 32):
+            raise InputError(f"--budget-bpw {b:g}: expected bits per weight above 0 and at most 32")
+        for name, v, low in (("--windows", self.windows, 1), ("--seq-len", self.seq_len, 8),
+                             ("--calib-samples", self.calib_samples, 1), ("--qat-steps", self.qat_steps, 0)):
+            if v < low:
+                raise InputError(f"{name} {v}: expected at least {low}")
