@@ -359,3 +359,15 @@ def test_bad_compare_input_is_one_line_and_leaves_no_report(tiny_llama_dir, tmp_
     lines = [ln for ln in r.output.splitlines() if ln.strip()]
     assert r.exit_code == 2 and len(lines) == 1 and lines[0].startswith(message), r.output
     assert not (tmp_path / "rep").exists()
+
+
+def test_speed_ratios_are_medians_of_interleaved_pairs_and_say_when_under_load() -> None:
+    from lowbit.compare.speed import Ratios
+
+    calm = Ratios.of([(2.0, 1.5), (2.1, 1.4), (1.9, 1.5)], "torch")
+    assert calm.prefill == 2.0 and calm.decode == 1.5 and calm.note == "torch"
+    assert calm.spread == {"prefill": [1.9, 2.1], "decode": [1.4, 1.5]}
+    loaded = Ratios.of([(2.0, 1.5), (0.9, 1.4), (2.1, 1.5)], "torch")
+    assert loaded.prefill == 2.0
+    assert loaded.note == "torch; measured under load (prefill pair ratios spread over 25%)"
+    assert Ratios.of([(None, None)], "torch") == Ratios()

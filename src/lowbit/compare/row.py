@@ -64,6 +64,7 @@ class Row:
     speed_ratio_vs_fp32: float | None = None  # prefill
     decode_ratio_vs_fp32: float | None = None
     speed_note: str = ""  # how the speed was measured, or why it was not
+    speed_ratio_spread: dict[str, list[float]] | None = None  # {"prefill" | "decode": [min, max]} over the pairs
     layer_errors: dict[str, float] = field(default_factory=dict)  # ||W - Wq|| / ||W|| by layer
     slower_than_fp32: bool = False
     axes: dict[str, str] | None = None  # the guide's five axes, where the candidate has a plan entry
@@ -101,6 +102,8 @@ class Row:
         if self.decided:
             names += ["pareto", "meets_bar", "paired_vs_recommended"]
         d = {n: getattr(self, n) for n in names}
+        if self.speed_ratio_spread is not None:
+            d["speed_ratio_spread"] = dict(self.speed_ratio_spread)
         for k in ("ci95", "blocks", "paired_vs_recommended"):  # measured only where there were tokens to score
             if d.get(k, 0) is None:
                 del d[k]

@@ -150,13 +150,13 @@ class Comparison:
         res = self.evaluator.run(built.handle, label=c.id + tag)
         if built.size_bytes is not None:
             res.size_bytes, res.bits_per_weight = built.size_bytes, built.bits_per_weight
-        if built.gguf_path is not None:
-            pre_r, dec_r, note = self.meter.gguf_ratio(built.gguf_path)
-        else:
-            pre_r, dec_r, note = self.meter.torch_ratio(built.handle.model)
+        sp = self.meter.gguf_ratio(built.gguf_path) if built.gguf_path is not None else \
+            self.meter.torch_ratio(built.handle.model)
+        pre_r, dec_r, note = sp.prefill, sp.decode, sp.note
         row = Row.scored(res, id=c.id + tag, method=c.id, family=c.family, bits=c.bits, label=c.label, format=c.format,
                          calib_seconds=secs, calibrated=c.needs_calib or bool(built.extra.get("imatrix")),
                          speed_ratio_vs_fp32=pre_r, decode_ratio_vs_fp32=dec_r, speed_note=note,
+                         speed_ratio_spread=sp.spread,
                          layer_errors=layer_errors(self.ref.model, built.handle.model),
                          slower_than_fp32=pre_r is not None and pre_r < 1.0)
         axes = self._axes(c.id)

@@ -1,12 +1,15 @@
 """Speed in `lowbit compare`: each candidate as a ratio to full precision on this machine, measured
-on the eval windows. A torch candidate is timed in torch against the float32 reference; a GGUF file in
+on the eval windows, interleaved with the full-precision model pair by pair (the median of the pairs'
+ratios, their range kept; a wide range is marked as measured under load). A torch candidate is timed in torch against the float32 reference; a GGUF file in
 llama.cpp against the F32 export of the same model in llama.cpp, so each ratio compares like with
 like. The ratios are recorded where `lowbit plan` reads measured speeds."""
 
 from __future__ import annotations
 
 import logging
+import statistics
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from torch import nn
@@ -31,58 +34,97 @@ class SpeedMeter:
         self.ref_tok_s: tuple[float | None, float | None] = (None, None)
         self._f32_llamacpp: tuple[float, float] | None = None
 
-    def tok_s(self, model: nn.Module) -> tuple[float | None, float | None]:
+    def tok_s(self, model: nn.Module, repeats: int = 2) -> tuple[float | None, float | None]:
         """Tokens per second in torch: (prefill, decode) for a causal LM, (batch, None) for an encoder."""
         if not self.enabled:
             return None, None
         win = self.evaluator.windows(self.ref.tokenizer)
         if self.ref.kind == CAUSAL_LM:
-            return (speedmod.prefill_tok_s(model, win[0, : min(256, win.shape[1])]),
+            return (speedmod.prefill_tok_s(model, win[0, : min(256, win.shape[1])], repeats),
                     speedmod.decode_tok_s(model, win[0, : min(32, win.shape[1])], 16))
         texts = self.evaluator.texts()[:16]
         enc = self.ref.tokenizer(texts, padding=True, truncation=True, max_length=128, return_tensors="pt")
-        return speedmod.encoder_tok_s(model, enc), None
+        return speedmod.encoder_tok_s(model, enc, repeats), None
 
     def reference(self) -> tuple[float | None, float | None]:
         """The reference's tokens per second, kept as the base of the torch ratios."""
         self.ref_tok_s = self.tok_s(self.ref.model)
         return self.ref_tok_s
 
-    def torch_ratio(self, model: nn.Module) -> tuple[float | None, float | None, str]:
-        """(prefill ratio, decode ratio, note) of a torch model to the reference."""
-        pre, dec = self.tok_s(model)
-        rp, rd = self.ref_tok_s
-        pre_r = pre / rp if pre and rp else None
-        dec_r = dec / rd if dec and rd else None
-        return pre_r, dec_r, TORCH_NOTE if pre_r else ""
+    def torch_ratio(self, model: nn.Module) -> Ratios:
+        """A torch model's speed against the reference's, timed interleaved: reference, candidate,
+        candidate, reference, ... (``PAIRS`` pairs), so a change of load hits both alike; the ratio is
+        the median of the pairs' ratios and their range is kept."""
+        if not self.enabled:
+            return Ratios()
+        pairs = [self._pair(self.ref.model, model, k % 2 == 1) for k in range(PAIRS)]
+        return Ratios.of(pairs, TORCH_NOTE)
 
-    def gguf_ratio(self, path: Path) -> tuple[float | None, float | None, str]:
-        """(prefill ratio, decode ratio, note) of a GGUF file to the F32 export, both in llama.cpp."""
+    def _pair(self, ref: nn.Module, model: nn.Module, candidate_first: bool) -> tuple[float | None, float | None]:
+        """(prefill ratio, decode ratio) of one reference / candidate pair, one measurement each."""
+        order = [(model, 1), (ref, 0)] if candidate_first else [(ref, 0), (model, 1)]
+        got: dict[int, tuple[float | None, float | None]] = {}
+        for m, k in order:
+            got[k] = self.tok_s(m, repeats=1)
+        (rp, rd), (cp, cd) = got[0], got[1]
+        return (cp / rp if cp and rp else None), (cd / rd if cd and rd else None)
+
+    def gguf_ratio(self, path: Path) -> Ratios:
+        """A GGUF file's speed against the F32 export of the same model, both in llama.cpp, interleaved
+        as :meth:`torch_ratio`."""
         from lowbit.metrics import llamacpp
 
         if not self.enabled:
-            return None, None, ""
+            return Ratios()
         if not llamacpp.available():
-            return None, None, NO_LLAMACPP
-        if self._f32_llamacpp is None:
-            from lowbit.writers.gguf import export_gguf
-
-            f32 = self.work_dir / "f32-speed.gguf"
-            export_gguf(self.ref, f32, "F32", overwrite=True)
-            self._f32_llamacpp = self._llamacpp_tok_s(f32)
-            f32.unlink()
-        pre, dec = self._llamacpp_tok_s(path)
-        return pre / self._f32_llamacpp[0], dec / self._f32_llamacpp[1], LLAMACPP_NOTE
-
-    def _llamacpp_tok_s(self, path: Path) -> tuple[float, float]:
+            return Ratios(note=NO_LLAMACPP)
         from lowbit.metrics.llamacpp import load_llamacpp
+        from lowbit.writers.gguf import export_gguf
 
-        h = load_llamacpp(path, n_ctx=512)
+        f32 = self.work_dir / "f32-speed.gguf"
+        if not f32.exists():
+            export_gguf(self.ref, f32, "F32", overwrite=True)
+        ref, cand = load_llamacpp(f32, n_ctx=512), load_llamacpp(path, n_ctx=512)
         win = self.evaluator.windows(self.ref.tokenizer)
-        pre = h.model.prefill_tok_s(win[0, :256])
-        dec = h.model.decode_tok_s(win[0, :32], 16)
-        del h
-        return pre, dec
+
+        def tok_s(h: ModelHandle) -> tuple[float, float]:
+            return h.model.prefill_tok_s(win[0, :256]), h.model.decode_tok_s(win[0, :32], 16)
+
+        pairs = []
+        for k in range(PAIRS):
+            a, b = (cand, ref) if k % 2 else (ref, cand)
+            ta, tb = tok_s(a), tok_s(b)
+            (rp, rd), (cp, cd) = (tb, ta) if k % 2 else (ta, tb)
+            pairs.append((cp / rp, cd / rd))
+        del ref, cand
+        return Ratios.of(pairs, LLAMACPP_NOTE)
+
+
+PAIRS = 3
+UNDER_LOAD = 0.25  # pair ratios spread wider than this (relative to their median): measured under load
+
+
+@dataclass
+class Ratios:
+    """A candidate's speed as ratios to full precision: the median over interleaved pairs, the range of
+    the pairs' ratios (``spread``), and how it was measured."""
+
+    prefill: float | None = None
+    decode: float | None = None
+    note: str = ""
+    spread: dict[str, list[float]] | None = None
+
+    @classmethod
+    def of(cls, pairs: list[tuple[float | None, float | None]], note: str) -> Ratios:
+        pre = [p for p, _ in pairs if p]
+        dec = [d for _, d in pairs if d]
+        spread = {k: [min(v), max(v)] for k, v in (("prefill", pre), ("decode", dec)) if v}
+        wide = [k for k, v in (("prefill", pre), ("decode", dec))
+                if v and (max(v) - min(v)) / statistics.median(v) > UNDER_LOAD]
+        if wide:
+            note += f"; measured under load ({' and '.join(wide)} pair ratios spread over {UNDER_LOAD:.0%})"
+        return cls(statistics.median(pre) if pre else None, statistics.median(dec) if dec else None,
+                   note if pre else "", spread or None)
 
 
 def record(rows: list[Row], model: str) -> None:
