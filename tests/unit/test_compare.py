@@ -371,3 +371,21 @@ def test_speed_ratios_are_medians_of_interleaved_pairs_and_say_when_under_load()
     assert loaded.prefill == 2.0
     assert loaded.note == "torch; measured under load (prefill pair ratios spread over 25%)"
     assert Ratios.of([(None, None)], "torch") == Ratios()
+
+
+def test_size_breakdown_adds_up_and_names_the_policy(tiny_llama_factory, tmp_path) -> None:
+    import lowbit
+    from lowbit.metrics.size import gguf_size_breakdown, model_bytes, size_breakdown
+    from lowbit.writers.gguf import export_gguf
+
+    q, _ = lowbit.quantize(tiny_llama_factory(tie_word_embeddings=False))
+    b = size_breakdown(q.model)
+    assert b["total"] == model_bytes(q.model) == b["quantized_layers"] + b["embeddings"] + b["head"] + b["other"]
+    assert b["embeddings"] == b["head"] == 128 * 64 * 4 and b["quantized_layers"] > 0
+    assert b["embeddings_policy"] == "embeddings kept as stored; head kept as stored"
+    path = tmp_path / "m.gguf"
+    export_gguf(tiny_llama_factory(tie_word_embeddings=False), path, "Q8_0")
+    g = gguf_size_breakdown(str(path))
+    assert g["embeddings"] == g["head"] == 128 * 64 // 32 * 34
+    assert g["embeddings_policy"] == "llama.cpp's mix rule: embeddings Q8_0, head Q8_0"
+    assert g["total"] == path.stat().st_size > g["quantized_layers"] + g["embeddings"] + g["head"] + g["other"]

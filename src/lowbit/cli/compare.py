@@ -22,6 +22,9 @@ def compare(
                                                 "e.g. rtn-w8,gptq-w4g64,gguf-q4_k_m.")] = None,
     bar: Annotated[str | None, typer.Option(help="Your quality bar: kl=0.05, ppl=+3%, acc=-1, cos=0.99, top1=0.9.")] = None,
     budget_bpw: Annotated[float | None, typer.Option(help="Largest bits per weight you can afford.")] = None,
+    embeddings: Annotated[str, typer.Option(
+        help="stored: every candidate keeps the token embeddings and head as stored (equal footing, default); "
+             "gguf-rule: GGUF candidates quantize them by llama.cpp's mix rule.")] = "stored",
     target: Annotated[str, typer.Option(help="Where it will run (cpu, cuda:SM, apple, edge): the hardware axis.")] = "cpu",
     report: Annotated[Path, typer.Option(help="Directory for report.md, report.html and results.json.")] = Path("lowbit-report"),
     windows: Annotated[int, typer.Option(help="Eval windows of --seq-len tokens.")] = 4,
@@ -51,7 +54,7 @@ def compare(
     t0 = time.perf_counter()
     settings = CompareSettings(calib=calib, eval=eval_data, eval_text=eval_text,
                                methods=[m.strip() for m in methods.split(",") if m.strip()] if methods else None,
-                               bar=bar, budget_bpw=budget_bpw, windows=windows, seq_len=seq_len,
+                               bar=bar, budget_bpw=budget_bpw, embeddings=embeddings, windows=windows, seq_len=seq_len,
                                calib_samples=calib_samples, speed=not no_speed, calib_check=calib_check, target=target,
                                train_data=train_data, qat_steps=qat_steps)
     _print_results(Comparison(model, settings, report, console=out).run())
@@ -88,5 +91,5 @@ def demo(
     Calibration pydoc:calib, eval pydoc:eval, every family, bar kl=0.05: the table, the recommendation and
     the report."""
     compare("smollm2", report=report, windows=windows, calib="pydoc:calib", eval_data="pydoc:eval",
-            eval_text="pydoc:eval", methods=None, bar=None, budget_bpw=None, target="cpu", seq_len=512, calib_samples=16,
+            eval_text="pydoc:eval", methods=None, bar=None, budget_bpw=None, embeddings="stored", target="cpu", seq_len=512, calib_samples=16,
             calib_check=False, train_data=None, qat_steps=0, no_speed=False, list_methods=False)

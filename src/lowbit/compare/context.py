@@ -19,6 +19,7 @@ class Context:
     calib: CalibSettings | None
     train_data: str | None = None
     qat_steps: int = 0
+    embeddings: str = "stored"  # CompareSettings.embeddings
     _imatrix: dict[str, Any] | None = field(default=None, repr=False)
     imatrix_seconds: float = 0.0
 

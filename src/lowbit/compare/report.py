@@ -138,6 +138,14 @@ def _summary(res: Results) -> list[str]:
         lines.append(f"Reference (float32): PPL {ref.ppl:.3f}" + (f", accuracy {ref.accuracy:.3f}" if ref.accuracy is not None else "")
                      + (f", prefill {ref.prefill_tok_s:.0f} tok/s, decode {ref.decode_tok_s:.1f} tok/s" if ref.prefill_tok_s else "") + ".")
     lines.append(f"Machine: {res.machine.platform}, {res.machine.threads} threads.")
+    from lowbit.compare.settings import EMBEDDINGS
+    from lowbit.metrics.stats import BLOCK
+
+    lines.append(f"Embeddings and head (`--embeddings {s.embeddings}`): {EMBEDDINGS[s.embeddings]}. Sizes (MB) are the "
+                 f"whole model as stored; the recommendation walks them, not nominal bits.")
+    lines.append(f"Intervals: 95%, a bootstrap over blocks of {BLOCK} scored tokens; two candidates are "
+                 f"indistinguishable when the interval of their paired difference (same tokens) includes 0. Speed: "
+                 f"interleaved with full precision, median of the pairs' ratios.")
     return lines
 
 

@@ -65,6 +65,7 @@ class Row:
     decode_ratio_vs_fp32: float | None = None
     speed_note: str = ""  # how the speed was measured, or why it was not
     speed_ratio_spread: dict[str, list[float]] | None = None  # {"prefill" | "decode": [min, max]} over the pairs
+    size_breakdown: dict[str, Any] | None = None  # bytes: quantized_layers, embeddings, head, other, total; policy
     layer_errors: dict[str, float] = field(default_factory=dict)  # ||W - Wq|| / ||W|| by layer
     slower_than_fp32: bool = False
     axes: dict[str, str] | None = None  # the guide's five axes, where the candidate has a plan entry
@@ -104,6 +105,8 @@ class Row:
         d = {n: getattr(self, n) for n in names}
         if self.speed_ratio_spread is not None:
             d["speed_ratio_spread"] = dict(self.speed_ratio_spread)
+        if self.size_breakdown is not None:
+            d["size_breakdown"] = dict(self.size_breakdown)
         for k in ("ci95", "blocks", "paired_vs_recommended"):  # measured only where there were tokens to score
             if d.get(k, 0) is None:
                 del d[k]

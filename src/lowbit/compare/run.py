@@ -73,7 +73,7 @@ class Comparison:
             raise InputError("these candidates calibrate: give --calib DATA")
         self.calib = CalibSettings(data=settings.calib, n_samples=settings.calib_samples, seq_len=settings.seq_len) \
             if settings.calib else None
-        self.ctx = Context(self.ref, self.calib, settings.train_data, settings.qat_steps)
+        self.ctx = Context(self.ref, self.calib, settings.train_data, settings.qat_steps, settings.embeddings)
         if self.kind == CAUSAL_LM:
             self.evaluator.windows(self.ref.tokenizer)  # an eval set too small for one window fails here, before the report
         self.cache_dir = self.report_dir / ".cache"
@@ -150,13 +150,17 @@ class Comparison:
         res = self.evaluator.run(built.handle, label=c.id + tag)
         if built.size_bytes is not None:
             res.size_bytes, res.bits_per_weight = built.size_bytes, built.bits_per_weight
+        from lowbit.metrics.size import gguf_size_breakdown, size_breakdown
+
+        sizes = gguf_size_breakdown(str(built.gguf_path)) if built.gguf_path is not None else \
+            size_breakdown(built.handle.model)
         sp = self.meter.gguf_ratio(built.gguf_path) if built.gguf_path is not None else \
             self.meter.torch_ratio(built.handle.model)
         pre_r, dec_r, note = sp.prefill, sp.decode, sp.note
         row = Row.scored(res, id=c.id + tag, method=c.id, family=c.family, bits=c.bits, label=c.label, format=c.format,
                          calib_seconds=secs, calibrated=c.needs_calib or bool(built.extra.get("imatrix")),
                          speed_ratio_vs_fp32=pre_r, decode_ratio_vs_fp32=dec_r, speed_note=note,
-                         speed_ratio_spread=sp.spread,
+                         speed_ratio_spread=sp.spread, size_breakdown=sizes,
                          layer_errors=layer_errors(self.ref.model, built.handle.model),
                          slower_than_fp32=pre_r is not None and pre_r < 1.0)
         axes = self._axes(c.id)

@@ -7,6 +7,11 @@ from dataclasses import dataclass
 
 from lowbit.errors import InputError
 
+EMBEDDINGS = {"stored": "every candidate keeps the token embeddings and the output head as the model stores them "
+                        "(GGUF files too: token_embd and output in F32), so sizes compare the quantized layers alone",
+              "gguf-rule": "GGUF candidates quantize the token embeddings and head by llama.cpp's mix rule; the other "
+                           "families keep them as stored (GGUF files are smaller for that reason alone)"}
+
 
 @dataclass
 class CompareSettings:
@@ -25,12 +30,16 @@ class CompareSettings:
     target: str = "cpu"  # where it will run, for the hardware-support axis
     train_data: str | None = None  # QAT candidates: training text ...
     qat_steps: int = 0  # ... and a budget of optimizer steps
+    embeddings: str = "stored"  # "stored": every candidate keeps embeddings and head as the model stores them;
+    # "gguf-rule": GGUF candidates quantize them by llama.cpp's mix rule, the others keep them (unequal footing)
 
     def check(self) -> None:
         """One clear error for a setting no run could use, before any model is loaded."""
         b = self.budget_bpw
         if b is not None and not (math.isfinite(b) and 0 < b <= 32):
             raise InputError(f"--budget-bpw {b:g}: expected bits per weight above 0 and at most 32")
+        if self.embeddings not in EMBEDDINGS:
+            raise InputError(f"--embeddings {self.embeddings!r}: expected one of {', '.join(EMBEDDINGS)}")
         for name, v, low in (("--windows", self.windows, 1), ("--seq-len", self.seq_len, 8),
                              ("--calib-samples", self.calib_samples, 1), ("--qat-steps", self.qat_steps, 0)):
             if v < low:

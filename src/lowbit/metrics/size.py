@@ -42,3 +42,53 @@ def quantized_layer_bits(model: nn.Module) -> tuple[float, int]:
     return 8 * sum(w.numel() * w.element_size() for w in ws) / numel, numel
 
 
+
+
+def size_breakdown(model: nn.Module) -> dict[str, int | str]:
+    """Bytes of the whole model split into quantized layers, embeddings (every embedding table), the
+    output head (when it is not tied to the input embeddings) and everything else, each shared tensor
+    counted once; with the policy the embeddings and head were stored under."""
+    embeds = {id(m) for m in model.modules() if isinstance(m, (nn.Embedding, QuantizedEmbedding))}
+    get_head = getattr(model, "get_output_embeddings", None)
+    head = get_head() if callable(get_head) else None
+    owner: dict[int, str] = {}
+    quantized = False
+    for m in model.modules():
+        kind = ("embeddings" if id(m) in embeds else "head" if m is head else
+                "quantized_layers" if isinstance(m, QuantizedLinear) or hasattr(m, "quant_nbytes") else None)
+        quantized |= kind == "embeddings" and isinstance(m, QuantizedEmbedding)
+        for t in [*m.parameters(recurse=False), *m.buffers(recurse=False)]:
+            if kind is not None:
+                owner.setdefault(t.untyped_storage().data_ptr(), kind)
+    out = {"quantized_layers": 0, "embeddings": 0, "head": 0, "other": 0}
+    seen: set[int] = set()
+    for t in model.state_dict().values():
+        key = t.untyped_storage().data_ptr()
+        if key in seen and t.numel():
+            continue
+        seen.add(key)
+        out[owner.get(key, "other")] += t.numel() * t.element_size()
+    head_q = head is not None and (isinstance(head, QuantizedLinear) or hasattr(head, "quant_nbytes"))
+    policy = ("embeddings quantized" if quantized else "embeddings kept as stored") + \
+             ("; head quantized" if head_q else "; head kept as stored" if out["head"] else "; head tied to the embeddings")
+    return {**out, "total": sum(out.values()), "embeddings_policy": policy}
+
+
+def gguf_size_breakdown(path: str) -> dict[str, int | str]:
+    """The same split for a GGUF file, by tensor name: ``token_embd`` (and position / type tables) are the
+    embeddings, ``output.weight`` the head, other 2-D tensors the quantized layers; the rest (norms,
+    biases) other. ``total`` is the whole file, metadata included."""
+    import os
+
+    import gguf
+
+    out = {"quantized_layers": 0, "embeddings": 0, "head": 0, "other": 0}
+    types = {}
+    for t in gguf.GGUFReader(path).tensors:
+        kind = ("embeddings" if t.name.startswith(("token_embd", "position_embd", "token_types")) else
+                "head" if t.name == "output.weight" else "quantized_layers" if len(t.shape) >= 2 else "other")
+        out[kind] += int(t.n_bytes)
+        if kind in ("embeddings", "head"):
+            types[kind] = t.tensor_type.name
+    policy = "llama.cpp's mix rule: " + ", ".join(f"{k} {v}" for k, v in types.items())
+    return {**out, "total": os.path.getsize(path), "embeddings_policy": policy}
