@@ -389,3 +389,31 @@ def test_size_breakdown_adds_up_and_names_the_policy(tiny_llama_factory, tmp_pat
     assert g["embeddings"] == g["head"] == 128 * 64 // 32 * 34
     assert g["embeddings_policy"] == "llama.cpp's mix rule: embeddings Q8_0, head Q8_0"
     assert g["total"] == path.stat().st_size > g["quantized_layers"] + g["embeddings"] + g["head"] + g["other"]
+
+
+def test_layer_error_scores_outputs_so_a_rescaled_layer_is_not_penalised(tiny_llama_factory) -> None:
+    """A scale folded into the norm before gate/up (as AWQ and SmoothQuant do) moves the weights a lot and
+    the outputs not at all: the output error says so, the weight error does not."""
+    import copy
+
+    import torch
+
+    from lowbit.compare.report import layer_grid
+    from lowbit.metrics.layer_error import layer_errors, layer_outputs, output_errors
+
+    ref = tiny_llama_factory().model
+    cand = copy.deepcopy(ref)
+    with torch.no_grad():
+        for layer in cand.model.layers:
+            s = torch.linspace(0.5, 2.0, layer.post_attention_layernorm.weight.numel())
+            layer.post_attention_layernorm.weight.mul_(s)
+            layer.mlp.gate_proj.weight.div_(s)
+            layer.mlp.up_proj.weight.div_(s)
+    ids = torch.arange(1, 33)[None]
+    names = [n for n, m in ref.named_modules() if isinstance(m, torch.nn.Linear)]
+    out = output_errors(layer_outputs(ref, names, ids), cand, ids)
+    w = layer_errors(ref, cand)
+    assert w["model.layers.0.mlp.up_proj"] > 0.1 and out["model.layers.0.mlp.up_proj"] < 1e-5
+    types, blocks, cell = layer_grid(list(out))
+    assert types[:2] == ["self_attn.q_proj", "self_attn.k_proj"] and blocks == [0, 1]
+    assert cell["model.layers.1.mlp.down_proj"] == (types.index("mlp.down_proj"), 1) and "lm_head" not in cell

@@ -9,6 +9,7 @@ import html
 import io
 import json
 import math
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -55,6 +56,7 @@ def size_quality_png(res: Results) -> bytes:
     rows = res.candidates
     lm = any(r.kl_mean is not None for r in rows)
     fig, ax = plt.subplots(figsize=(7.5, 4.8), dpi=110)
+    labels: list[tuple[float, float, str]] = []
     rec = res.recommendation.id
     for r in rows:
         q = r.kl_mean if lm else (1 - r.cosine_mean if r.cosine_mean is not None else None)
@@ -67,7 +69,7 @@ def size_quality_png(res: Results) -> bytes:
         if ci is not None:  # the 95% interval of the mean KL (block bootstrap over the scored tokens)
             ax.errorbar(r.size_bytes / 1e6, max(q, 1e-6), yerr=[[max(q - ci[0], 0)], [max(ci[1] - q, 0)]],
                         fmt="none", ecolor="black", elinewidth=0.8, capsize=2, zorder=2)
-        ax.annotate(r.id, (r.size_bytes / 1e6, max(q, 1e-6)), textcoords="offset points", xytext=(5, 4), fontsize=8)
+        labels.append((r.size_bytes / 1e6, max(q, 1e-6), r.id))
     front = sorted((r for r in rows if r.pareto), key=lambda r: r.size_bytes)
     if len(front) > 1:
         ax.plot([r.size_bytes / 1e6 for r in front],
@@ -76,6 +78,7 @@ def size_quality_png(res: Results) -> bytes:
         ax.axhline(res.bar.value, color="tab:blue", ls="--", lw=1, label=str(res.bar))
         ax.legend(loc="upper right", fontsize=8)
     ax.set_yscale("log")
+    _place_labels(ax, labels)
     ax.set_xlabel("size of the whole model (MB, every tensor as stored)")
     ax.set_ylabel("KL to the reference (log)" if lm else "1 - cosine to the reference (log)")
     ax.set_title(f"{Path(res.model).name}: size vs quality (red: Pareto front, star: recommended)", fontsize=10)
@@ -83,30 +86,116 @@ def size_quality_png(res: Results) -> bytes:
     return _png(fig)
 
 
+_BLOCK_INDEX = re.compile(r"(?:^|\.)(?:layers|layer|h|blocks)\.(\d+)\.")
+
+
+def layer_grid(names: Sequence[str]) -> tuple[list[str], list[int], dict[str, tuple[int, int]]]:
+    """Layer names -> (layer types in model order: q_proj, k_proj, ... down_proj; block indices; name ->
+    (type row, block column)). Layers outside the repeated blocks (a head) are left out."""
+    types: list[str] = []
+    blocks: list[int] = []
+    cell: dict[str, tuple[int, int]] = {}
+    for n in names:
+        m = _BLOCK_INDEX.search(n)
+        if m is None:
+            continue
+        kind, block = n[m.end():], int(m.group(1))
+        if kind not in types:
+            types.append(kind)
+        if block not in blocks:
+            blocks.append(block)
+        cell[n] = (types.index(kind), block)
+    blocks.sort()
+    return types, blocks, {n: (t, blocks.index(b)) for n, (t, b) in cell.items()}
+
+
+_OFFSETS = [(5, 4), (5, -12), (-6, 4), (-6, -12), (5, 14), (5, -22), (-6, 14), (-6, -22), (5, 24), (5, -32),
+            (-6, 24), (-6, -32)]  # points from the marker, tried in order
+
+
+def _place_labels(ax: Any, labels: list[tuple[float, float, str]], size: float = 7.5) -> None:
+    """Each label beside its point where it overlaps no label placed before it (nor the markers), the
+    least-overlapping spot when none is free; a thin line joins a label moved away from its point."""
+    ax.autoscale_view()
+    to_px = ax.transData.transform
+    dpi = ax.figure.dpi
+    placed: list[tuple[float, float, float, float]] = [
+        (px - 4, py - 4, px + 4, py + 4) for px, py in (to_px((x, y)) for x, y, _ in labels)]
+
+    def overlap(b: tuple[float, float, float, float]) -> float:
+        return sum(max(0.0, min(b[2], o[2]) - max(b[0], o[0])) * max(0.0, min(b[3], o[3]) - max(b[1], o[1]))
+                   for o in placed)
+
+    for x, y, text in sorted(labels, key=lambda t: (t[0], t[1])):
+        px, py = to_px((x, y))
+        w, h = 0.6 * size * len(text) * dpi / 72, size * dpi / 72
+        best = None
+        for dx, dy in _OFFSETS:
+            x0 = px + dx * dpi / 72 - (w if dx < 0 else 0)
+            box = (x0, py + dy * dpi / 72, x0 + w, py + dy * dpi / 72 + h)
+            cost = overlap(box)
+            if best is None or cost < best[0]:
+                best = (cost, (dx, dy), box)
+            if cost == 0:
+                break
+        _, (dx, dy), box = best
+        placed.append(box)
+        far = abs(dy) > 12
+        ax.annotate(text, (x, y), textcoords="offset points", xytext=(dx, dy), fontsize=size,
+                    ha="right" if dx < 0 else "left",
+                    arrowprops={"arrowstyle": "-", "lw": 0.4, "color": "0.4"} if far else None)
+
+
+def _short(kind: str) -> str:
+    """q_proj for self_attn.q_proj; attention.output.dense keeps its last two parts."""
+    parts = kind.split(".")
+    return ".".join(parts[-2:]) if parts[-1] == "dense" else parts[-1]
+
+
 def layer_error_png(res: Results) -> bytes:
+    """Per-layer output error as heatmaps, one per candidate: layer type (rows) by block (columns), one
+    shared log color scale."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import numpy as np
+    from matplotlib.colors import LogNorm
 
-    fig, ax = plt.subplots(figsize=(9, 4.5), dpi=110)
-    names: list[str] = []
-    for r in res.candidates:
-        for n in r.layer_errors:
-            if n not in names:
-                names.append(n)
-    for r in res.candidates:
-        errs = r.layer_errors
-        if errs:
-            ax.plot([i for i, n in enumerate(names) if n in errs], [errs[n] for n in names if n in errs], lw=0.9,
-                    marker=".", ms=3, label=r.id)
-    ax.set_yscale("log")
-    ax.set_xlabel(f"layer ({len(names)} quantized weights, model order)")
-    ax.set_ylabel("||W - Wq|| / ||W||")
-    ax.set_title("per-layer weight error", fontsize=10)
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=7, ncol=3)
-    return _png(fig)
+    rows = [r for r in res.candidates if r.layer_errors]
+    names = list(dict.fromkeys(n for r in rows for n in r.layer_errors))
+    types, blocks, cell = layer_grid(names)
+    if not rows or not cell:
+        fig, ax = plt.subplots(figsize=(6, 1.5), dpi=110)
+        ax.axis("off")
+        ax.text(0.5, 0.5, "no per-layer errors", ha="center", va="center")
+        return _png(fig)
+    vals = [v for r in rows for n, v in r.layer_errors.items() if n in cell and v > 0]
+    norm = LogNorm(vmin=max(min(vals), 1e-6), vmax=max(max(vals), 2e-6)) if vals else None
+    ncol = 2 if len(rows) > 3 else 1
+    nrow = -(-len(rows) // ncol)
+    fig, axes = plt.subplots(nrow, ncol, figsize=(5.2 * ncol, 0.32 * len(types) * nrow + 0.8 * nrow), dpi=110,
+                             squeeze=False)
+    im = None
+    for ax, r in zip(axes.flat, rows):
+        grid = np.full((len(types), len(blocks)), np.nan)
+        for n, v in r.layer_errors.items():
+            if n in cell:
+                grid[cell[n]] = max(v, 1e-6)
+        im = ax.imshow(grid, aspect="auto", norm=norm, cmap="viridis", interpolation="nearest")
+        ax.set_title(r.id, fontsize=8)
+        ax.set_yticks(range(len(types)), [_short(t) for t in types], fontsize=6)
+        ax.set_xticks(range(0, len(blocks), max(1, len(blocks) // 8)),
+                      [str(blocks[i]) for i in range(0, len(blocks), max(1, len(blocks) // 8))], fontsize=6)
+    for ax in list(axes.flat)[len(rows):]:
+        ax.axis("off")
+    if im is not None:
+        fig.colorbar(im, ax=axes.ravel().tolist(), shrink=0.8, label="output error ||y_q - y|| / ||y||")
+    fig.suptitle("per-layer output error (layer type by block; the candidate's own forward pass)", fontsize=9)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", bbox_inches="tight")
+    plt.close(fig)
+    return buf.getvalue()
 
 
 def _png(fig: Any) -> bytes:

@@ -66,7 +66,7 @@ class Row:
     speed_note: str = ""  # how the speed was measured, or why it was not
     speed_ratio_spread: dict[str, list[float]] | None = None  # {"prefill" | "decode": [min, max]} over the pairs
     size_breakdown: dict[str, Any] | None = None  # bytes: quantized_layers, embeddings, head, other, total; policy
-    layer_errors: dict[str, float] = field(default_factory=dict)  # ||W - Wq|| / ||W|| by layer
+    layer_errors: dict[str, float] = field(default_factory=dict)  # ||y_q - y|| / ||y|| by layer (output error)
     slower_than_fp32: bool = False
     axes: dict[str, str] | None = None  # the guide's five axes, where the candidate has a plan entry
     # a labelled eval set (multiple choice, classification): accuracy, and answers changed from the reference's

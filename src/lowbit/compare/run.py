@@ -32,13 +32,16 @@ from lowbit.compare.settings import CompareSettings
 from lowbit.errors import InputError
 from lowbit.loaders import ModelHandle, load_model
 from lowbit.loaders.handle import CAUSAL_LM
-from lowbit.metrics.layer_error import layer_errors
+from lowbit.metrics.layer_error import layer_outputs, output_errors
 from lowbit.metrics.run import EvalSettings, Evaluator
 from lowbit.metrics.tasks import MC, class_centroids, load_task, score_classification, score_mc, task_kind
 
 __all__ = ["CompareSettings", "Comparison", "Context", "compare"]
 
 log = logging.getLogger(__name__)
+
+
+LAYER_TOKENS = 64  # tokens the per-layer output error is measured on
 
 
 class Comparison:
@@ -79,6 +82,8 @@ class Comparison:
         self.cache_dir = self.report_dir / ".cache"
         self.meter = speed.SpeedMeter(self.ref, self.evaluator, self.cache_dir, settings.speed)
         self._ref_task: Any = None
+        self._ref_outputs: dict[str, Any] | None = None
+        self._layer_ids: Any = None
         self._centroids: Any = None
 
     @property
@@ -161,7 +166,7 @@ class Comparison:
                          calib_seconds=secs, calibrated=c.needs_calib or bool(built.extra.get("imatrix")),
                          speed_ratio_vs_fp32=pre_r, decode_ratio_vs_fp32=dec_r, speed_note=note,
                          speed_ratio_spread=sp.spread, size_breakdown=sizes,
-                         layer_errors=layer_errors(self.ref.model, built.handle.model),
+                         layer_errors=self._layer_errors(built.handle.model),
                          slower_than_fp32=pre_r is not None and pre_r < 1.0)
         axes = self._axes(c.id)
         if axes:  # the plan's text, with this run's own numbers where it measured them
@@ -216,6 +221,26 @@ class Comparison:
 
         write_report(res, self.report_dir)
         return res
+
+    def _layer_errors(self, model: Any) -> dict[str, float]:
+        """Each Linear's output error in the candidate's forward pass on LAYER_TOKENS calibration tokens
+        (eval tokens for an encoder or without calibration data), against the reference's outputs (computed
+        once)."""
+        from torch import nn
+
+        if self._ref_outputs is None:
+            tok = self.ref.tokenizer
+            if self.calib is not None and self.kind == CAUSAL_LM:
+                from lowbit.calib import load_corpus, token_windows
+
+                ids = token_windows(load_corpus(self.calib.data), tok, 1, LAYER_TOKENS, self.calib.seed)
+            elif self.kind == CAUSAL_LM:
+                ids = self.evaluator.windows(tok)[:1, :LAYER_TOKENS]
+            else:
+                ids = tok(self.evaluator.texts()[0], truncation=True, max_length=LAYER_TOKENS, return_tensors="pt")["input_ids"]
+            names = [n for n, m in self.ref.model.named_modules() if isinstance(m, nn.Linear)]
+            self._layer_ids, self._ref_outputs = ids, layer_outputs(self.ref.model, names, ids)
+        return output_errors(self._ref_outputs, model, self._layer_ids)
 
     def _domain_warning(self) -> list[str]:
         """The guide's trap of calibrating on generic text and deploying on domain traffic, measured."""

@@ -32,3 +32,31 @@ def layer_errors(ref: nn.Module, cand: nn.Module) -> dict[str, float]:
             continue  # left in float (e.g. the output head)
         out[name] = float((wq.float() - w).norm() / w.norm().clamp_min(1e-12))
     return out
+
+
+@torch.inference_mode()
+def layer_outputs(model: nn.Module, names: list[str], ids: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The output of each module in ``names`` when ``model`` runs on token ids ``ids`` (1, L)."""
+    mods = dict(model.named_modules())
+    got: dict[str, torch.Tensor] = {}
+    hooks = [mods[n].register_forward_hook(lambda _m, _a, y, n=n: got.__setitem__(n, y.detach().float().clone()))
+             for n in names if n in mods]
+    try:
+        from lowbit.modules.kernel_mode import kernel_mode
+
+        with kernel_mode(model, "dequant"):
+            model(input_ids=ids)
+    finally:
+        for h in hooks:
+            h.remove()
+    return got
+
+
+def output_errors(ref_outputs: dict[str, torch.Tensor], cand: nn.Module, ids: torch.Tensor) -> dict[str, float]:
+    """Relative error of each layer's output in the candidate's own forward pass against the reference's,
+    ``||y_q - y|| / ||y||`` on the same tokens: what the layer computes, so a method that rescales weights
+    on purpose (AWQ, SmoothQuant fold a scale into the previous op) is scored by its outputs, not by how
+    far its weights moved. Error from earlier layers is included, as in the model itself."""
+    got = layer_outputs(cand, list(ref_outputs), ids)
+    return {n: float((got[n] - y).norm() / y.norm().clamp_min(1e-12)) for n, y in ref_outputs.items()
+            if n in got and got[n].shape == y.shape}
