@@ -62,7 +62,8 @@ def _gguf(mix: str) -> Build:
         imatrix = ctx.imatrix() if ctx.calib is not None and mix not in ("Q8_0", "F16") else None
         kept = ["^token_embd\\.weight$=F32", "^output\\.weight$=F32"] if ctx.embeddings == "stored" else None
         export_gguf(ref, path, mix, imatrix=imatrix, tensor_types=kept)
-        weights = [t for t in gguf.GGUFReader(str(path)).tensors if len(t.shape) >= 2]
+        kept_names = ("token_embd.weight", "output.weight") if kept else ()  # bpw of the quantized layers, as for torch
+        weights = [t for t in gguf.GGUFReader(str(path)).tensors if len(t.shape) >= 2 and t.name not in kept_names]
         bpw = 8 * sum(int(t.n_bytes) for t in weights) / sum(int(t.n_elements) for t in weights)
         return Built(load_into(path, ref), path.stat().st_size, bpw, gguf_path=path,
                      extra={"imatrix": imatrix is not None})
