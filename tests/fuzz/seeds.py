@@ -11,15 +11,26 @@ TESTS = Path(__file__).resolve().parents[1]
 SEEDS = ("llama_dir", "bert_dir", "llama_gguf", "checkpoint", "imatrix_gguf", "imatrix_dat")
 
 
+def tests_helpers():
+    """tests/conftest.py as a module of its own: under pytest the name ``conftest`` may be another
+    directory's (tests/integration/conftest.py)."""
+    import importlib.util
+
+    if "lowbit_tests_conftest" not in sys.modules:
+        spec = importlib.util.spec_from_file_location("lowbit_tests_conftest", TESTS / "conftest.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules["lowbit_tests_conftest"] = module
+        spec.loader.exec_module(module)
+    return sys.modules["lowbit_tests_conftest"]
+
+
 def tokenizer():
     """A byte-pair tokenizer with one merge (transformers and llama.cpp both read it from a GGUF)."""
     from tokenizers import Tokenizer, models
     from transformers import PreTrainedTokenizerFast
 
-    sys.path.insert(0, str(TESTS))
-    from conftest import TINY_CHARS, TINY_SPECIALS
-
-    vocab = {t: i for i, t in enumerate(TINY_SPECIALS + TINY_CHARS)}
+    helpers = tests_helpers()
+    vocab = {t: i for i, t in enumerate(helpers.TINY_SPECIALS + helpers.TINY_CHARS)}
     vocab["he"] = len(vocab)
     tk = Tokenizer(models.BPE(vocab=vocab, merges=[("h", "e")], unk_token="<unk>"))
     return PreTrainedTokenizerFast(tokenizer_object=tk, eos_token="<eos>", pad_token="<pad>", unk_token="<unk>")
@@ -33,9 +44,8 @@ def build(root: Path) -> dict[str, Path]:
     from lowbit.calib.imatrix import compute_imatrix, save_imatrix
     from lowbit.writers.gguf import export_gguf
 
-    sys.path.insert(0, str(TESTS))
-    from conftest import make_tiny_bert, make_tiny_llama
-
+    helpers = tests_helpers()
+    make_tiny_bert, make_tiny_llama = helpers.make_tiny_bert, helpers.make_tiny_llama
     tok = tokenizer()
     llama = make_tiny_llama(tokenizer=tok, vocab_size=len(tok))
     seeds = {name: root / name for name in SEEDS}
