@@ -387,7 +387,7 @@ def test_size_breakdown_adds_up_and_names_the_policy(tiny_llama_factory, tmp_pat
     export_gguf(tiny_llama_factory(tie_word_embeddings=False), path, "Q8_0")
     g = gguf_size_breakdown(str(path))
     assert g["embeddings"] == g["head"] == 128 * 64 // 32 * 34
-    assert g["embeddings_policy"] == "llama.cpp's mix rule: embeddings Q8_0, head Q8_0"
+    assert g["embeddings_policy"] == "in the file: embeddings Q8_0, head Q8_0"
     assert g["total"] == path.stat().st_size > g["quantized_layers"] + g["embeddings"] + g["head"] + g["other"]
 
 
