@@ -417,3 +417,26 @@ def test_layer_error_scores_outputs_so_a_rescaled_layer_is_not_penalised(tiny_ll
     types, blocks, cell = layer_grid(list(out))
     assert types[:2] == ["self_attn.q_proj", "self_attn.k_proj"] and blocks == [0, 1]
     assert cell["model.layers.1.mlp.down_proj"] == (types.index("mlp.down_proj"), 1) and "lm_head" not in cell
+
+
+def test_encoder_rows_get_cosine_intervals_and_paired_differences() -> None:
+    import torch
+
+    from lowbit.compare.decide import settle
+    from lowbit.metrics import stats
+
+    rng = np.random.default_rng(1)
+    base = torch.tensor(0.995 + 0.002 * rng.standard_normal(32))
+    rows = []
+    for cid, shift, size in (("a", 0.0, 100), ("b", -0.004, 90)):
+        r = Row(cid, cid, "rtn", 4, size_bytes=size, bits_per_weight=4.0, cosine_mean=float((base + shift).mean()))
+        r.blocks = stats.cosine_blocks(base + shift)
+        r.ci95 = stats.ci95(r.blocks)
+        rows.append(r)
+    lo, hi = rows[0].ci95["cosine_mean"]
+    assert lo < float(base.mean()) < hi and set(rows[0].ci95) == {"cosine_mean"}
+    rec = recommend(rows, REF, Bar.parse("cos=0.98"))
+    assert rec.id == "b"
+    settle(rows, rec, Bar.parse("cos=0.98"))
+    d = rows[0].paired_vs_recommended
+    assert d["stat"] == "cosine_mean" and d["diff"] == pytest.approx(0.004) and d["distinguishable"]

@@ -147,9 +147,12 @@ def recommend(rows: list[Row], ref: Row, bar: Bar, budget_bpw: float | None = No
     return Recommendation(best.id, reasons, False)
 
 
-def paired_stat(bar: Bar) -> str:
-    """The statistic whose paired difference decides ties: the bar's, where it is a per-token one."""
-    return bar.key() if bar.key() in stats.STATS else "kl_mean"
+def paired_stat(bar: Bar, row: Row) -> str:
+    """The statistic whose paired difference decides ties: the bar's where it is measured per token or
+    per passage, else the quality measure (KL, or cosine for an encoder)."""
+    if bar.key() in stats.STATS:
+        return bar.key()
+    return "kl_mean" if row.kl_mean is not None else "cosine_mean"
 
 
 def settle(rows: list[Row], rec: Recommendation, bar: Bar) -> None:
@@ -159,7 +162,7 @@ def settle(rows: list[Row], rec: Recommendation, bar: Bar) -> None:
     pick = next((r for r in rows if r.id == rec.id), None)
     if pick is None or not pick.blocks:
         return
-    name = paired_stat(bar)
+    name = paired_stat(bar, pick)
     for r in rows:
         r.paired_vs_recommended = None if r is pick else stats.paired(r.blocks, pick.blocks, name)
     rec.indistinguishable_from = [r.id for r in rows if r.paired_vs_recommended is not None

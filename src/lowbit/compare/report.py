@@ -23,7 +23,7 @@ COLUMNS = [  # (header, Row attribute, format)
     ("candidate", "id", "{}"), ("family", "family", "{}"), ("bits", "bits", "{}"), ("bpw", "bits_per_weight", "{:.2f}"),
     ("MB", "size_bytes", "mb"), ("PPL", "ppl", "{:.3f}"), ("KL", "kl_mean", "{:.4f}"),
     ("KL 95% CI", "ci95", "ci:kl_mean"), ("top-1", "top1_agreement", "{:.3f}"),
-    ("cosine", "cosine_mean", "{:.4f}"), ("acc", "accuracy", "{:.3f}"), ("flips", "flips", "{}"),
+    ("cosine", "cosine_mean", "{:.4f}"), ("cosine 95% CI", "ci95", "ci:cosine_mean"), ("acc", "accuracy", "{:.3f}"), ("flips", "flips", "{}"),
     ("quantize s", "calib_seconds", "{:.1f}"), ("prefill x fp32", "speed_ratio_vs_fp32", "{:.2f}"),
     ("decode x fp32", "decode_ratio_vs_fp32", "{:.2f}"), ("Pareto", "pareto", "yn"), ("meets bar", "meets_bar", "yn"),
 ]
@@ -44,7 +44,11 @@ def _cell(row: Row, key: str, fmt: str) -> str:
 
 
 def _columns(rows: Sequence[Row]) -> list[tuple[str, str, str]]:
-    return [c for c in COLUMNS if any(getattr(r, c[1]) is not None for r in rows)]
+    def filled(r: Row, key: str, fmt: str) -> bool:
+        v = getattr(r, key)
+        return v is not None and (not fmt.startswith("ci:") or fmt[3:] in v)
+
+    return [c for c in COLUMNS if any(filled(r, c[1], c[2]) for r in rows)]
 
 
 def size_quality_png(res: Results) -> bytes:

@@ -125,6 +125,8 @@ class Evaluator:
                 self._ref_emb = enc_metrics.embed(self.reference.model, tok, texts)
             cos = enc_metrics.cosine_to_reference(emb, self._ref_emb)
             res.cosine_mean, res.cosine_min = float(cos.mean()), float(cos.min())
+            res.blocks = stats.cosine_blocks(cos)
+            res.ci95 = stats.ci95(res.blocks)
         if self.settings.speed:
             enc = tok(texts[:16], padding=True, truncation=True, max_length=128, return_tensors="pt")
             res.prefill_tok_s = speed.encoder_tok_s(handle.model, enc)

@@ -20,8 +20,9 @@ import torch
 BLOCK = 64  # tokens per bootstrap block
 RESAMPLES = 2000
 SEED = 1234
-KEYS = ("n", "nll", "kl", "agree")
-STATS = ("kl_mean", "ppl", "top1_agreement")
+KEYS = ("n", "nll", "kl", "agree", "cos")
+STATS = ("kl_mean", "ppl", "top1_agreement", "cosine_mean")
+_NEEDS = {"kl_mean": "kl", "ppl": "nll", "top1_agreement": "agree", "cosine_mean": "cos"}
 
 
 def block_sums(nll: torch.Tensor, kl: torch.Tensor | None, agree: torch.Tensor | None, window_len: int) -> dict[str, list[float]]:
@@ -29,7 +30,7 @@ def block_sums(nll: torch.Tensor, kl: torch.Tensor | None, agree: torch.Tensor |
     ``BLOCK`` tokens that never cross a window."""
     n_win = nll.numel() // window_len
     starts = list(range(0, window_len, BLOCK))
-    out: dict[str, list[float]] = {k: [] for k in KEYS}
+    out: dict[str, list[float]] = {k: [] for k in ("n", "nll", "kl", "agree")}
     for w in range(n_win):
         for s in starts:
             sl = slice(w * window_len + s, w * window_len + min(s + BLOCK, window_len))
@@ -40,17 +41,20 @@ def block_sums(nll: torch.Tensor, kl: torch.Tensor | None, agree: torch.Tensor |
     return out
 
 
+def cosine_blocks(cos: torch.Tensor) -> dict[str, list[float]]:
+    """An encoder's per-passage cosines to the reference -> one block per passage."""
+    return {"n": [1.0] * cos.numel(), "cos": [float(c) for c in cos.double()]}
+
+
 def _stat(name: str, sums: dict[str, np.ndarray]) -> np.ndarray:
     n = sums["n"]
-    if name == "kl_mean":
-        return sums["kl"] / n
     if name == "ppl":
         return np.exp(sums["nll"] / n)
-    return sums["agree"] / n
+    return sums[_NEEDS[name]] / n
 
 
 def _resampled(blocks: dict[str, list[float]], idx: np.ndarray) -> dict[str, np.ndarray]:
-    return {k: np.asarray(blocks[k], dtype=np.float64)[idx].sum(axis=1) for k in KEYS}
+    return {k: np.asarray(blocks[k], dtype=np.float64)[idx].sum(axis=1) for k in KEYS if k in blocks}
 
 
 def _indices(n_blocks: int) -> np.ndarray:
@@ -64,7 +68,7 @@ def ci95(blocks: dict[str, list[float]] | None) -> dict[str, list[float]] | None
         return None
     sums = _resampled(blocks, _indices(len(blocks["n"])))
     out = {}
-    for name in STATS:
+    for name in (s for s in STATS if _NEEDS[s] in sums):
         v = _stat(name, sums)
         if np.isfinite(v).all():
             lo, hi = np.percentile(v, [2.5, 97.5])
@@ -76,7 +80,7 @@ def paired(a: dict[str, list[float]] | None, b: dict[str, list[float]] | None, n
     """The difference a - b of statistic ``name`` on the same blocks: {"diff", "ci95": [lo, hi],
     "distinguishable": whether the interval excludes 0}; None when the two were not scored on the same
     blocks."""
-    if not a or not b or a.get("n") != b.get("n") or not a.get("n"):
+    if not a or not b or a.get("n") != b.get("n") or not a.get("n") or _NEEDS[name] not in a or _NEEDS[name] not in b:
         return None
     idx = _indices(len(a["n"]))
     full = np.arange(len(a["n"]))[None, :]
