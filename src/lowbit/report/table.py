@@ -21,6 +21,7 @@ COLUMNS: list[tuple[str, str, str]] = [
     ("KL p99", "kl_p99", "{:.3f}"),
     ("top-1", "top1_agreement", "{:.3f}"),
     ("cosine", "cosine_mean", "{:.5f}"),
+    ("cosine 95% CI", "ci95", "ci:cosine_mean"),
     ("bpw", "bits_per_weight", "{:.3f}"),
     ("size MB", "size_bytes", "{:.1f}"),
     ("prefill tok/s", "prefill_tok_s", "{:.0f}"),
@@ -41,7 +42,8 @@ def _fmt(attr: str, fmt: str, v: Any) -> str:
 
 def results_table(results: Sequence[EvalResult], title: str = "", extra: dict[str, dict[str, str]] | None = None) -> Table:
     """One row per result; columns with no value in any row are left out."""
-    cols = [c for c in COLUMNS if any(getattr(r, c[1]) is not None for r in results)]
+    cols = [c for c in COLUMNS if any(getattr(r, c[1]) is not None and (not c[2].startswith("ci:") or c[2][3:] in
+                                                                           getattr(r, c[1])) for r in results)]
     extra = extra or {}
     extra_cols = sorted({k for v in extra.values() for k in v})
     table = Table(title=title or None)
