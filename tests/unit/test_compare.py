@@ -440,3 +440,16 @@ def test_encoder_rows_get_cosine_intervals_and_paired_differences() -> None:
     settle(rows, rec, Bar.parse("cos=0.98"))
     d = rows[0].paired_vs_recommended
     assert d["stat"] == "cosine_mean" and d["diff"] == pytest.approx(0.004) and d["distinguishable"]
+
+
+def test_bitsandbytes_speed_is_not_lowbits_torch_layer(monkeypatch) -> None:
+    """Without bitsandbytes, NF4 / LLM.int8 get no speed figure and a note saying how to get one."""
+    import importlib.util
+
+    from lowbit.compare.speed import NO_BITSANDBYTES, SpeedMeter
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: None if n == "bitsandbytes" else real(n, *a))
+    meter = SpeedMeter(None, None, None, enabled=True)
+    r = meter.bitsandbytes_ratio(None)
+    assert r.prefill is None and r.decode is None and r.note == NO_BITSANDBYTES

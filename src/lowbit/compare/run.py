@@ -159,8 +159,12 @@ class Comparison:
 
         sizes = gguf_size_breakdown(str(built.gguf_path)) if built.gguf_path is not None else \
             size_breakdown(built.handle.model)
-        sp = self.meter.gguf_ratio(built.gguf_path) if built.gguf_path is not None else \
-            self.meter.torch_ratio(built.handle.model)
+        if built.gguf_path is not None:
+            sp = self.meter.gguf_ratio(built.gguf_path)
+        elif c.family == "bitsandbytes":
+            sp = self.meter.bitsandbytes_ratio(built.handle.model)
+        else:
+            sp = self.meter.torch_ratio(built.handle.model)
         pre_r, dec_r, note = sp.prefill, sp.decode, sp.note
         row = Row.scored(res, id=c.id + tag, method=c.id, family=c.family, bits=c.bits, label=c.label, format=c.format,
                          calib_seconds=secs, calibrated=c.needs_calib or bool(built.extra.get("imatrix")),

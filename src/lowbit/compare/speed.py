@@ -23,6 +23,10 @@ log = logging.getLogger(__name__)
 TORCH_NOTE = "torch on this machine, ratio to the float32 model"
 LLAMACPP_NOTE = "llama.cpp, ratio to the F32 GGUF in llama.cpp"
 NO_LLAMACPP = "speed not measured: llama.cpp is not installed (`make reference`)"
+NO_BITSANDBYTES = ("speed not measured in its runtime: bitsandbytes is not installed (`pip install bitsandbytes`); "
+                   "lowbit's own layer, which decodes the codes in torch, is not the speed a deployment gets")
+BITSANDBYTES_NOTE = ("torch on this machine with lowbit's own layer (bitsandbytes' kernels are installed but not "
+                     "timed here), ratio to the float32 model")
 
 
 class SpeedMeter:
@@ -68,6 +72,19 @@ class SpeedMeter:
             got[k] = self.tok_s(m, repeats=1)
         (rp, rd), (cp, cd) = got[0], got[1]
         return (cp / rp if cp and rp else None), (cd / rd if cd and rd else None)
+
+    def bitsandbytes_ratio(self, model: nn.Module) -> Ratios:
+        """NF4 / FP4 / LLM.int8 deploy in bitsandbytes' kernels: without bitsandbytes no figure (lowbit's
+        torch layer would flag a fast format as slow), with it lowbit's layer timed and said to be so."""
+        import importlib.util
+
+        if not self.enabled:
+            return Ratios()
+        if importlib.util.find_spec("bitsandbytes") is None:
+            return Ratios(note=NO_BITSANDBYTES)
+        r = self.torch_ratio(model)
+        r.note = r.note.replace(TORCH_NOTE, BITSANDBYTES_NOTE)
+        return r
 
     def gguf_ratio(self, path: Path) -> Ratios:
         """A GGUF file's speed against the F32 export of the same model, both in llama.cpp, interleaved
