@@ -22,6 +22,7 @@ def compare(
                                                 "e.g. rtn-w8,gptq-w4g64,gguf-q4_k_m.")] = None,
     bar: Annotated[str | None, typer.Option(help="Your quality bar: kl=0.05, ppl=+3%, acc=-1, cos=0.99, top1=0.9.")] = None,
     budget_bpw: Annotated[float | None, typer.Option(help="Largest bits per weight you can afford.")] = None,
+    seed: Annotated[int, typer.Option(help="Which eval windows are drawn (rerun with another to check a decision).")] = 0,
     embeddings: Annotated[str, typer.Option(
         help="stored: every candidate keeps the token embeddings and head as stored (equal footing, default); "
              "gguf-rule: GGUF candidates quantize them by llama.cpp's mix rule.")] = "stored",
@@ -54,7 +55,7 @@ def compare(
     t0 = time.perf_counter()
     settings = CompareSettings(calib=calib, eval=eval_data, eval_text=eval_text,
                                methods=[m.strip() for m in methods.split(",") if m.strip()] if methods else None,
-                               bar=bar, budget_bpw=budget_bpw, embeddings=embeddings, windows=windows, seq_len=seq_len,
+                               bar=bar, budget_bpw=budget_bpw, embeddings=embeddings, windows=windows, seq_len=seq_len, seed=seed,
                                calib_samples=calib_samples, speed=not no_speed, calib_check=calib_check, target=target,
                                train_data=train_data, qat_steps=qat_steps)
     _print_results(Comparison(model, settings, report, console=out).run())
@@ -91,5 +92,5 @@ def demo(
     Calibration pydoc:calib, eval pydoc:eval, every family, bar kl=0.05: the table, the recommendation and
     the report."""
     compare("smollm2", report=report, windows=windows, calib="pydoc:calib", eval_data="pydoc:eval",
-            eval_text="pydoc:eval", methods=None, bar=None, budget_bpw=None, embeddings="stored", target="cpu", seq_len=512, calib_samples=16,
+            eval_text="pydoc:eval", methods=None, bar=None, budget_bpw=None, seed=0, embeddings="stored", target="cpu", seq_len=512, calib_samples=16,
             calib_check=False, train_data=None, qat_steps=0, no_speed=False, list_methods=False)

@@ -65,7 +65,7 @@ class Comparison:
             if (self.task.kind == MC) != (self.kind == CAUSAL_LM):
                 raise InputError(f"{settings.eval}: a {self.task.kind} set does not fit a {self.kind} model")
         self.evaluator = Evaluator(self.ref, EvalSettings(data=self.eval_text, windows=settings.windows,
-                                                          seq_len=settings.seq_len, speed=False))
+                                                          seq_len=settings.seq_len, seed=settings.seed, speed=False))
         self.bar = Bar.parse(settings.bar) if settings.bar else default_bar(self.kind, self.task is not None)
         training = bool(settings.train_data) and settings.qat_steps > 0
         self.candidates = candidates_for(self.kind, settings.methods, training)

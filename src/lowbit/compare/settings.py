@@ -22,6 +22,7 @@ class CompareSettings:
     bar: str | None = None
     budget_bpw: float | None = None
     windows: int = 4
+    seed: int = 0  # which eval windows are drawn
     seq_len: int = 512
     calib_samples: int = 16
     speed: bool = True
