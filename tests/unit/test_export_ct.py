@@ -288,3 +288,22 @@ def test_failure_while_writing_leaves_nothing(tiny_llama, tmp_path, monkeypatch)
     with pytest.raises(OSError, match="disk full"):
         export_compressed_tensors(q, tmp_path / "ct")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_lowbit_opens_its_compressed_tensors_export(tiny_llama, tmp_path) -> None:
+    """load_model (lowbit eval, compare --reference) reads a compressed-tensors directory through
+    transformers' quantizer: the float-checkpoint weight check does not apply to another tool's layout,
+    which streaming refuses by name."""
+    from lowbit.errors import InputError
+    from lowbit.loaders import load_model
+    from lowbit.loaders.lazy import open_lazy
+
+    spec = QuantSpec(4, True, 64)
+    tiny_llama.model.config.architectures = ["LlamaForCausalLM"]  # as a saved model's config says
+    q, _ = quantize(tiny_llama, spec)
+    path = export_compressed_tensors(q, tmp_path / "ct")
+    m = load_model(path)
+    with torch.no_grad():
+        assert torch.equal(m.model(input_ids=ids()).logits, load_hf(path, spec)(input_ids=ids()).logits)
+    with pytest.raises(InputError, match=r"is quantized \(compressed-tensors\); it opens whole"):
+        open_lazy(path)

@@ -103,7 +103,7 @@ def load_hf_dir(path: Path) -> ModelHandle:
     from lowbit.loaders.lazy import checked_hf_dir
     from lowbit.loaders.validate import check_finite
 
-    config, _, _, kind, _, _ = checked_hf_dir(path)
+    config, _, _, kind, _, _ = checked_hf_dir(path, foreign_ok=True)
     cls = AutoModelForCausalLM if kind == CAUSAL_LM else AutoModel
     try:
         model = cls.from_pretrained(path, config=config, dtype=torch.float32, use_safetensors=True)

@@ -289,7 +289,7 @@ def bind(model: nn.Module, available: dict[str, Any], where: str, resolve: Any =
     return files, ties
 
 
-def checked_hf_dir(path: Path) -> tuple[Any, Any, nn.Module, str, dict[str, str], dict[str, list[str]]]:
+def checked_hf_dir(path: Path, foreign_ok: bool = False) -> tuple[Any, Any, nn.Module, str, dict[str, str], dict[str, list[str]]]:
     """A Hugging Face directory checked before anything reads its weights (loaders/validate.py): its
     config's fields and layer count, every safetensors header, and every weight the model declares in the
     files with its shape, nothing unknown beside them. Returns (config, source, model on meta, kind,
@@ -316,6 +316,13 @@ def checked_hf_dir(path: Path) -> tuple[Any, Any, nn.Module, str, dict[str, str]
     def resolve(n: str) -> list[str]:  # checkpoints saved from the base model lack (or add) its prefix
         return [n, n.removeprefix(f"{prefix}."), f"{prefix}.{n}"] if prefix else [n]
 
+    method = (raw.get("quantization_config") or {}).get("quant_method")
+    if method:
+        # another tool's quantized layout (compressed-tensors, GPTQ...): transformers' quantizer for that format
+        # builds its own layers and checks their tensors; the headers were checked above
+        if not foreign_ok:
+            raise InputError(f"{path} is quantized ({method}); it opens whole (lowbit eval), not block by block")
+        return config, source, model, kind, {}, tie_groups(model)
     # a base model (an encoder) read from a checkpoint with a task head: the head is not the model's
     head = kind != CAUSAL_LM and prefix and any(k.startswith(f"{prefix}.") for k in source.shapes)
     shapes = {k: v for k, v in source.shapes.items() if not head or k.startswith(f"{prefix}.")}

@@ -30,7 +30,7 @@ FLOAT_FIELDS = ("rms_norm_eps", "layer_norm_eps", "layer_norm_epsilon", "rope_th
                 "attention_dropout", "hidden_dropout_prob", "attention_probs_dropout_prob", "query_pre_attn_scalar",
                 "final_logit_softcapping", "attn_logit_softcapping")
 LAYER_FIELDS = ("num_hidden_layers", "n_layer", "num_layers")
-_LAYER_INDEX = re.compile(r"(?:^|\.)(?:layers|layer|h|blocks)\.(\d+)\.")
+_LAYER_INDEX = re.compile(r"(?:^|\.)(?:layers|layer|h|blocks|block)\.(\d+)\.")
 # tensors a checkpoint may hold that no parameter takes (buffers transformers recomputes)
 IGNORABLE = re.compile(r"(rotary_emb\.inv_freq|position_ids|\.attn\.bias|\.attn\.masked_bias|num_batches_tracked)$")
 
@@ -68,7 +68,7 @@ def check_layer_count(raw: dict[str, Any], names: Iterable[str], where: str) -> 
     if key is None:
         return
     held = {int(m.group(1)) for n in names if (m := _LAYER_INDEX.search(n))}
-    if raw[key] > len(held):
+    if held and raw[key] > len(held):  # (names it does not recognise: the weight check after the build decides)
         raise InputError(f"{where}: config.json says {key} = {raw[key]}, but the weights hold {len(held)} layer(s)")
 
 
