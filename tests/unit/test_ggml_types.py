@@ -198,3 +198,30 @@ def test_iq4_level_search_is_the_references_binary_search() -> None:
     with np.errstate(invalid="ignore"):
         assert [int(i) for i in best_index(v)] == [reference(float(x)) for x in v]
         assert int(best_index(np.array([np.nan], np.float32))[0]) == 15  # all comparisons false in C
+
+
+def test_a_forked_child_quantizes_with_its_own_pool() -> None:
+    """The shared pool's threads do not survive a fork: a child that quantizes must not wait on them."""
+    import os
+
+    from lowbit.formats.ggml import GGML_TYPES
+
+    x = np.linspace(-1, 1, 4 * 256, dtype=np.float32).reshape(4, 256)
+    want = GGML_TYPES.get("Q4_0").quantize(x)  # the parent's pool now exists, with its threads
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(r)
+        ok = np.array_equal(GGML_TYPES.get("Q4_0").quantize(x), want)
+        os.write(w, b"1" if ok else b"0")
+        os._exit(0)
+    os.close(w)
+    import select
+
+    ready, _, _ = select.select([r], [], [], 60)
+    got = os.read(r, 1) if ready else b""
+    os.close(r)
+    if not ready:
+        os.kill(pid, 9)
+    os.waitpid(pid, 0)
+    assert got == b"1", "the forked child hung or quantized differently"

@@ -32,11 +32,20 @@ _POOL: ThreadPoolExecutor | None = None
 
 def pool() -> ThreadPoolExecutor:
     """The process-wide quantizing pool, ``workers()`` threads (numpy releases the GIL in its loops).
-    Its tasks never wait on it, so it cannot deadlock."""
+    Its tasks never wait on it, so it cannot deadlock; a forked child (whose copy of the pool has no
+    threads) starts its own."""
     global _POOL
     if _POOL is None:
         _POOL = ThreadPoolExecutor(max_workers=workers(), thread_name_prefix="lowbit-ggml")
     return _POOL
+
+
+def _forget_pool() -> None:
+    global _POOL
+    _POOL = None
+
+
+os.register_at_fork(after_in_child=_forget_pool)
 
 
 def workers() -> int:
