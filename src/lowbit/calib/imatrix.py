@@ -142,7 +142,7 @@ def load_imatrix(path: str | Path) -> Imatrix:
 def _check_values(im: Imatrix, path: Path) -> None:
     """Importances are finite and >= 0, counts >= 0: a poisoned entry would turn a quantized tensor into
     NaNs. $LOWBIT_ALLOW_NONFINITE (``lowbit --allow-nonfinite``) lets NaN / inf through, not negatives."""
-    from lowbit.loaders.dispatch import allow_nonfinite
+    from lowbit.loaders.validate import allow_nonfinite
 
     for name, v in im.sums.items():
         if not allow_nonfinite() and not np.isfinite(v).all():

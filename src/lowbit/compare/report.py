@@ -9,7 +9,6 @@ import html
 import io
 import json
 import math
-import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -18,6 +17,7 @@ from lowbit.compare.cache import atomic_write
 from lowbit.compare.calib_check import CalibCheck
 from lowbit.compare.results import Results
 from lowbit.compare.row import Row
+from lowbit.report.table import has_value, interval
 
 COLUMNS = [  # (header, Row attribute, format)
     ("candidate", "id", "{}"), ("family", "family", "{}"), ("bits", "bits", "{}"), ("bpw", "bits_per_weight", "{:.2f}"),
@@ -38,17 +38,12 @@ def _cell(row: Row, key: str, fmt: str) -> str:
     if fmt == "yn":
         return "yes" if v else "no"
     if fmt.startswith("ci:"):
-        lo_hi = v.get(fmt[3:])
-        return "–" if lo_hi is None else f"{lo_hi[0]:.4f}–{lo_hi[1]:.4f}"
+        return interval(v, fmt)
     return fmt.format(v)
 
 
 def _columns(rows: Sequence[Row]) -> list[tuple[str, str, str]]:
-    def filled(r: Row, key: str, fmt: str) -> bool:
-        v = getattr(r, key)
-        return v is not None and (not fmt.startswith("ci:") or fmt[3:] in v)
-
-    return [c for c in COLUMNS if any(filled(r, c[1], c[2]) for r in rows)]
+    return [c for c in COLUMNS if any(has_value(getattr(r, c[1]), c[2]) for r in rows)]
 
 
 def size_quality_png(res: Results) -> bytes:
@@ -90,17 +85,16 @@ def size_quality_png(res: Results) -> bytes:
     return _png(fig)
 
 
-_BLOCK_INDEX = re.compile(r"(?:^|\.)(?:layers|layer|h|blocks)\.(\d+)\.")
-
-
 def layer_grid(names: Sequence[str]) -> tuple[list[str], list[int], dict[str, tuple[int, int]]]:
     """Layer names -> (layer types in model order: q_proj, k_proj, ... down_proj; block indices; name ->
     (type row, block column)). Layers outside the repeated blocks (a head) are left out."""
+    from lowbit.loaders.validate import LAYER_INDEX
+
     types: list[str] = []
     blocks: list[int] = []
     cell: dict[str, tuple[int, int]] = {}
     for n in names:
-        m = _BLOCK_INDEX.search(n)
+        m = LAYER_INDEX.search(n)
         if m is None:
             continue
         kind, block = n[m.end():], int(m.group(1))

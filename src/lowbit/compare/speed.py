@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -61,17 +62,8 @@ class SpeedMeter:
         the median of the pairs' ratios and their range is kept."""
         if not self.enabled:
             return Ratios()
-        pairs = [self._pair(self.ref.model, model, k % 2 == 1) for k in range(PAIRS)]
-        return Ratios.of(pairs, TORCH_NOTE)
-
-    def _pair(self, ref: nn.Module, model: nn.Module, candidate_first: bool) -> tuple[float | None, float | None]:
-        """(prefill ratio, decode ratio) of one reference / candidate pair, one measurement each."""
-        order = [(model, 1), (ref, 0)] if candidate_first else [(ref, 0), (model, 1)]
-        got: dict[int, tuple[float | None, float | None]] = {}
-        for m, k in order:
-            got[k] = self.tok_s(m, repeats=1)
-        (rp, rd), (cp, cd) = got[0], got[1]
-        return (cp / rp if cp and rp else None), (cd / rd if cd and rd else None)
+        return Ratios.of(interleaved(lambda: self.tok_s(self.ref.model, repeats=1),
+                                     lambda: self.tok_s(model, repeats=1)), TORCH_NOTE)
 
     def bitsandbytes_ratio(self, model: nn.Module) -> Ratios:
         """NF4 / FP4 / LLM.int8 deploy in bitsandbytes' kernels: without bitsandbytes no figure (lowbit's
@@ -104,17 +96,26 @@ class SpeedMeter:
         ref, cand = load_llamacpp(f32, n_ctx=512), load_llamacpp(path, n_ctx=512)
         win = self.evaluator.windows(self.ref.tokenizer)
 
-        def tok_s(h: ModelHandle) -> tuple[float, float]:
-            return h.model.prefill_tok_s(win[0, :256]), h.model.decode_tok_s(win[0, :32], 16)
+        def tok_s(h: ModelHandle) -> Callable[[], tuple[float, float]]:
+            return lambda: (h.model.prefill_tok_s(win[0, :256]), h.model.decode_tok_s(win[0, :32], 16))
 
-        pairs = []
-        for k in range(PAIRS):
-            a, b = (cand, ref) if k % 2 else (ref, cand)
-            ta, tb = tok_s(a), tok_s(b)
-            (rp, rd), (cp, cd) = (tb, ta) if k % 2 else (ta, tb)
-            pairs.append((cp / rp, cd / rd))
+        pairs = interleaved(tok_s(ref), tok_s(cand))
         del ref, cand
         return Ratios.of(pairs, LLAMACPP_NOTE)
+
+
+def interleaved(ref: Callable[[], tuple[float | None, float | None]],
+                cand: Callable[[], tuple[float | None, float | None]]) -> list[tuple[float | None, float | None]]:
+    """``PAIRS`` (prefill, decode) ratios of the candidate's tokens/s to the reference's, each pair measured
+    back to back, the order alternating (reference first, then candidate first, ...)."""
+    pairs = []
+    for k in range(PAIRS):
+        if k % 2:
+            (cp, cd), (rp, rd) = cand(), ref()
+        else:
+            (rp, rd), (cp, cd) = ref(), cand()
+        pairs.append(((cp / rp if cp and rp else None), (cd / rd if cd and rd else None)))
+    return pairs
 
 
 PAIRS = 3

@@ -42,10 +42,9 @@ def load_checkpoint(path: str | Path) -> ModelHandle:
         raise InputError(f"{path}/config.json: transformers cannot build the model: {str(e).splitlines()[0]}") from None
     swap_layers(model, record, path)
     _check_shapes(model, tensors, record, path)
-    from lowbit.loaders.dispatch import allow_nonfinite
     from lowbit.loaders.validate import check_finite
 
-    check_finite(tensors.items(), str(path), allow=allow_nonfinite())
+    check_finite(tensors.items(), str(path))
     missing, unexpected = model.load_state_dict(tensors, strict=False)
     missing = [k for k in missing if k not in record.get("tied", {})]
     if missing or unexpected:

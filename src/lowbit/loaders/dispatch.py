@@ -49,11 +49,11 @@ def _load_path(path: Path) -> ModelHandle:
         config = path / "config.json"
         if not config.is_file():
             raise InputError(f"{path} is a directory without config.json; expected {ACCEPTED}")
+        from lowbit.loaders.validate import check_config
+
         raw = read_json(config)
-        qc = raw.get("quantization_config") or {}
-        if not isinstance(qc, dict):
-            raise InputError(f"{config}: quantization_config must be a JSON object, got {type(qc).__name__} {qc!r}")
-        if qc.get("quant_method") == "lowbit":
+        check_config(raw, str(config))
+        if (raw.get("quantization_config") or {}).get("quant_method") == "lowbit":
             from lowbit.loaders.checkpoint import load_checkpoint
 
             return load_checkpoint(path)
@@ -96,7 +96,7 @@ def model_kind(config: Any) -> str:
 def load_hf_dir(path: Path) -> ModelHandle:
     """A Hugging Face directory: causal LMs through AutoModelForCausalLM, encoders through AutoModel,
     after loaders/lazy.py's checks (config, headers, every weight present with its shape); a NaN or inf
-    weight is an error unless $LOWBIT_ALLOW_NONFINITE is set (``lowbit --allow-nonfinite``)."""
+    weight is an error unless allowed (loaders/validate.py's ``allow_nonfinite``)."""
     import torch
     from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer
 
@@ -109,18 +109,13 @@ def load_hf_dir(path: Path) -> ModelHandle:
         model = cls.from_pretrained(path, config=config, dtype=torch.float32, use_safetensors=True)
     except (OSError, ValueError, KeyError, RuntimeError) as e:
         raise InputError(f"{path}: transformers cannot load it: {str(e).splitlines()[0]}") from None
-    check_finite(model.named_parameters(), str(path), allow=allow_nonfinite())
+    check_finite(model.named_parameters(), str(path))
     tokenizer = None
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
     except (OSError, ValueError, TypeError) as e:
         log.warning("%s: no tokenizer (%s); text evaluation will not be available", path, e)
     return ModelHandle(model=model.eval(), tokenizer=tokenizer, kind=kind, name=str(path), path=str(path))
-
-
-def allow_nonfinite() -> bool:
-    """Whether NaN / inf weights and importances are accepted ($LOWBIT_ALLOW_NONFINITE)."""
-    return os.environ.get("LOWBIT_ALLOW_NONFINITE", "") not in ("", "0")
 
 
 GGUF_CACHE_VERSION = 2  # bumped when the dequantized copy changes (2: head size and Gemma's attention scale)
@@ -171,7 +166,7 @@ def _dequantize_gguf_to(path: Path, out: Path) -> None:
         model = fixed
     from lowbit.loaders.validate import check_finite
 
-    check_finite(model.named_parameters(), str(path), allow=allow_nonfinite())
+    check_finite(model.named_parameters(), str(path))
     # transformers marks GGUF-loaded models as quantized and then refuses to save them.
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):

@@ -8,6 +8,7 @@ what was expected; nothing is ever filled in with random values.
 from __future__ import annotations
 
 import math
+import os
 import re
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -30,7 +31,7 @@ FLOAT_FIELDS = ("rms_norm_eps", "layer_norm_eps", "layer_norm_epsilon", "rope_th
                 "attention_dropout", "hidden_dropout_prob", "attention_probs_dropout_prob", "query_pre_attn_scalar",
                 "final_logit_softcapping", "attn_logit_softcapping")
 LAYER_FIELDS = ("num_hidden_layers", "n_layer", "num_layers")
-_LAYER_INDEX = re.compile(r"(?:^|\.)(?:layers|layer|h|blocks|block)\.(\d+)\.")
+LAYER_INDEX = re.compile(r"(?:^|\.)(?:layers|layer|h|blocks|block)\.(\d+)\.")
 # tensors a checkpoint may hold that no parameter takes (buffers transformers recomputes)
 IGNORABLE = re.compile(r"(rotary_emb\.inv_freq|position_ids|\.attn\.bias|\.attn\.masked_bias|num_batches_tracked)$")
 
@@ -67,7 +68,7 @@ def check_layer_count(raw: dict[str, Any], names: Iterable[str], where: str) -> 
     key = next((k for k in LAYER_FIELDS if isinstance(raw.get(k), int)), None)
     if key is None:
         return
-    held = {int(m.group(1)) for n in names if (m := _LAYER_INDEX.search(n))}
+    held = {int(m.group(1)) for n in names if (m := LAYER_INDEX.search(n))}
     if held and raw[key] > len(held):  # (names it does not recognise: the weight check after the build decides)
         raise InputError(f"{where}: config.json says {key} = {raw[key]}, but the weights hold {len(held)} layer(s)")
 
@@ -95,9 +96,15 @@ def check_weights(model: nn.Module, shapes: dict[str, tuple[int, ...]], where: s
     return files
 
 
-def check_finite(tensors: Iterable[tuple[str, torch.Tensor]], where: str, allow: bool = False) -> None:
-    """NaN or inf in a floating-point weight is an error naming it (``allow``: accepted, as asked)."""
-    if allow:
+def allow_nonfinite() -> bool:
+    """Whether NaN / inf weights and importances are accepted ($LOWBIT_ALLOW_NONFINITE, set by
+    ``lowbit --allow-nonfinite``)."""
+    return os.environ.get("LOWBIT_ALLOW_NONFINITE", "") not in ("", "0")
+
+
+def check_finite(tensors: Iterable[tuple[str, torch.Tensor]], where: str) -> None:
+    """NaN or inf in a floating-point weight is an error naming it, unless :func:`allow_nonfinite`."""
+    if allow_nonfinite():
         return
     for name, t in tensors:
         if t.is_floating_point() and t.device.type != "meta" and t.numel() and not bool(torch.isfinite(t).all()):

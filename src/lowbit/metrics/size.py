@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 from torch import nn
 
 from lowbit.modules.qembedding import QuantizedEmbedding
@@ -9,17 +11,20 @@ from lowbit.modules.qlinear import QuantizedLinear
 from lowbit.modules.select import select_linears
 
 
-def model_bytes(model: nn.Module) -> int:
-    """Bytes of every parameter and persistent buffer, each shared (tied) tensor counted once."""
+def _distinct(model: nn.Module) -> Iterator[tuple[int, int]]:
+    """(storage key, bytes) of every parameter and persistent buffer, each shared (tied) tensor once."""
     seen: set[int] = set()
-    total = 0
     for t in model.state_dict().values():
         key = t.untyped_storage().data_ptr()
         if key in seen and t.numel():
             continue
         seen.add(key)
-        total += t.numel() * t.element_size()
-    return total
+        yield key, t.numel() * t.element_size()
+
+
+def model_bytes(model: nn.Module) -> int:
+    """Bytes of every parameter and persistent buffer, each shared (tied) tensor counted once."""
+    return sum(n for _, n in _distinct(model))
 
 
 def quantized_layer_bits(model: nn.Module) -> tuple[float, int]:
@@ -61,13 +66,8 @@ def size_breakdown(model: nn.Module) -> dict[str, int | str]:
             if kind is not None:
                 owner.setdefault(t.untyped_storage().data_ptr(), kind)
     out = {"quantized_layers": 0, "embeddings": 0, "head": 0, "other": 0}
-    seen: set[int] = set()
-    for t in model.state_dict().values():
-        key = t.untyped_storage().data_ptr()
-        if key in seen and t.numel():
-            continue
-        seen.add(key)
-        out[owner.get(key, "other")] += t.numel() * t.element_size()
+    for key, n in _distinct(model):
+        out[owner.get(key, "other")] += n
     head_q = head is not None and (isinstance(head, QuantizedLinear) or hasattr(head, "quant_nbytes"))
     policy = ("embeddings quantized" if quantized else "embeddings kept as stored") + \
              ("; head quantized" if head_q else "; head kept as stored" if out["head"] else "; head tied to the embeddings")

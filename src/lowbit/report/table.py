@@ -29,12 +29,22 @@ COLUMNS: list[tuple[str, str, str]] = [
 ]
 
 
+def has_value(v: Any, fmt: str) -> bool:
+    """Whether a cell has something to show: a value, and for an interval column (``ci:STAT``) that stat's."""
+    return v is not None and (not fmt.startswith("ci:") or fmt[3:] in v)
+
+
+def interval(v: dict[str, list[float]], fmt: str) -> str:
+    """The ``ci:STAT`` cell of a ``ci95`` dict: "lo–hi", or "–"."""
+    lo_hi = v.get(fmt[3:])
+    return "–" if lo_hi is None else f"{lo_hi[0]:.4f}–{lo_hi[1]:.4f}"
+
+
 def _fmt(attr: str, fmt: str, v: Any) -> str:
     if v is None:
         return "–"
     if fmt.startswith("ci:"):
-        lo_hi = v.get(fmt[3:])
-        return "–" if lo_hi is None else f"{lo_hi[0]:.4f}–{lo_hi[1]:.4f}"
+        return interval(v, fmt)
     if attr == "size_bytes":
         v = v / 1e6
     return fmt.format(v)
@@ -42,8 +52,7 @@ def _fmt(attr: str, fmt: str, v: Any) -> str:
 
 def results_table(results: Sequence[EvalResult], title: str = "", extra: dict[str, dict[str, str]] | None = None) -> Table:
     """One row per result; columns with no value in any row are left out."""
-    cols = [c for c in COLUMNS if any(getattr(r, c[1]) is not None and (not c[2].startswith("ci:") or c[2][3:] in
-                                                                           getattr(r, c[1])) for r in results)]
+    cols = [c for c in COLUMNS if any(has_value(getattr(r, c[1]), c[2]) for r in results)]
     extra = extra or {}
     extra_cols = sorted({k for v in extra.values() for k in v})
     table = Table(title=title or None)
