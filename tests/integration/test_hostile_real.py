@@ -8,9 +8,9 @@ import shutil
 import struct
 
 import pytest
-
 from fuzz import gguf_edit as ge
 from fuzz.cases import st_read, st_write
+
 from lowbit.errors import InputError
 from lowbit.loaders import load_model
 from lowbit.loaders.builtin import builtin_path
