@@ -19,6 +19,7 @@ from lowbit.compare import (
     Bar,
     Candidate,
     CompareSettings,
+    Comparison,
     Row,
     cache,
     compare,
@@ -230,8 +231,24 @@ def test_a_whole_run_writes_the_report_and_resumes(tiny_llama, settings, tmp_pat
         c = CANDIDATES.get(name)
         monkeypatch.setitem(CANDIDATES._entries, name, Candidate(c.id, c.family, c.bits, c.label, c.format, _boom,
                                                                  c.needs_calib, c.kinds, c.config))
-    again = compare(tiny_llama, settings, tmp_path / "rep")
+    rerun = Comparison(tiny_llama, settings, tmp_path / "rep")
+    again = rerun.run().to_dict()
     assert [r["kl_mean"] for r in again["candidates"]] == [r["kl_mean"] for r in res["candidates"]]
+    assert rerun.evaluator._ref_lm.computed == 0  # the reference's log-probs come from the disk store
+    assert again["reference"]["ppl"] == res["reference"]["ppl"]
+
+
+def test_llama_perplexity_protocol_is_named_and_keyed(tiny_llama, settings, tmp_path) -> None:
+    from dataclasses import replace
+
+    lp = replace(settings, protocol="llama-perplexity", methods=["rtn-w8"])
+    res = compare(tiny_llama, lp, tmp_path / "rep")
+    assert res["protocol"]["protocol"] == "llama-perplexity"
+    assert res["candidates"][0]["n_tokens"] == 2 * (32 // 2 - 1)
+    assert "Protocol (`--protocol llama-perplexity`): llama-perplexity's chunks" in (tmp_path / "rep" / "report.md").read_text()
+    windows = compare(tiny_llama, replace(settings, methods=["rtn-w8"]), tmp_path / "rep")  # not the cached row
+    assert windows["candidates"][0]["n_tokens"] == 2 * 31
+    assert "Protocol (`--protocol windows`)" in (tmp_path / "rep" / "report.md").read_text()
 
 
 def _boom(*a, **k):
@@ -347,6 +364,7 @@ def test_paired_differences_name_what_noise_cannot_separate() -> None:
     (["--bar", "kl=abc"], "error: --bar 'kl=abc': expected kl=0.05, ppl=+3%, acc=-1, cos=0.99 or top1=0.9"),
     (["--budget-bpw", "-3"], "error: --budget-bpw -3: expected bits per weight above 0 and at most 32"),
     (["--methods", "rtn-w8,nosuch"], "error: unknown compare candidate 'nosuch'"),
+    (["--protocol", "wikitext"], "error: --protocol 'wikitext': expected one of windows, llama-perplexity"),
     (["--eval", "TINY"], "error: data 'TINY' has 6 tokens, fewer than one window of 32; give more text or a shorter --seq-len"),
 ])
 def test_bad_compare_input_is_one_line_and_leaves_no_report(tiny_llama_dir, tmp_path, args, message) -> None:

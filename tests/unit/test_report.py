@@ -45,9 +45,12 @@ def test_write_json_failure_leaves_nothing(tmp_path, monkeypatch) -> None:
 
 
 def test_eval_result_protocol_dict() -> None:
+    from lowbit.metrics.result import PROTOCOLS
+
     d = EvalResult("m", "causal-lm", Protocol("pydoc:eval", 4, 512, 0)).to_dict()
     assert d["protocol"] == {"data": "pydoc:eval", "windows": 4, "seq_len": 512, "seed": 0, "stride": 512,
-                             "counted": "tokens 2..seq_len of each window"}
+                             "counted": "tokens 2..seq_len of each window", "name": "windows",
+                             "description": PROTOCOLS["windows"]}
 
 
 @pytest.mark.parametrize("flag, shown", [("0", False), ("false", False), ("1", True)])

@@ -56,6 +56,46 @@ def token_windows(corpus: Corpus, tokenizer: Any, n: int, seq_len: int, seed: in
     return torch.tensor(ids[: k * seq_len], dtype=torch.long).view(k, seq_len)
 
 
+def adds_bos(tokenizer: Any) -> bool:
+    """Whether the tokenizer puts a BOS token first when it encodes text (llama.cpp's add_bos_token)."""
+    bos = getattr(tokenizer, "bos_token_id", None)
+    if bos is None:
+        return False
+    ids = tokenizer("a", add_special_tokens=True, verbose=False)["input_ids"]
+    return bool(ids) and ids[0] == bos
+
+
+def text_chunks(corpus: Corpus, tokenizer: Any, n: int, n_ctx: int) -> tuple[torch.Tensor, str]:
+    """llama-perplexity's chunks: the corpus in its own order, documents joined by a blank line, tokenized
+    as one text (BOS first where the tokenizer adds one), cut into ``n`` consecutive chunks of ``n_ctx``
+    tokens, the first token of each replaced by BOS. Returns (chunks (n, n_ctx), the text tokenized), so
+    the same text can be given to ``llama-perplexity -f``."""
+    if n < 1 or n_ctx < 4:
+        raise CalibrationError(f"need at least 1 chunk of 4 tokens, got n={n}, n_ctx={n_ctx}")
+    bos = tokenizer.bos_token_id if adds_bos(tokenizer) else None
+    docs = [d() for d in corpus.docs]
+    need, chars, ids, text = n * n_ctx, 8 * n * n_ctx, [], ""
+    while True:  # tokenize a prefix of the text large enough for n chunks (the whole text at most)
+        text, k = "", 0
+        while k < len(docs) and len(text) < chars:
+            text += ("\n\n" if text else "") + docs[k]
+            k += 1
+        ids = ([bos] if bos is not None else []) + tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"]
+        if len(ids) >= need or k == len(docs):
+            break
+        chars *= 2
+    got = min(n, len(ids) // n_ctx)
+    if got == 0:
+        raise CalibrationError(f"data {corpus.name!r} has {len(ids)} tokens, fewer than one chunk of {n_ctx}; "
+                               "give more text or a shorter --seq-len")
+    if got < n:
+        log.warning("data %r yields only %d chunks of %d tokens (asked for %d)", corpus.name, got, n_ctx, n)
+    chunks = torch.tensor(ids[: got * n_ctx], dtype=torch.long).view(got, n_ctx)
+    if bos is not None:
+        chunks[:, 0] = bos
+    return chunks, text
+
+
 def sample_texts(corpus: Corpus, n: int, seed: int | None = 0, max_chars: int = 1000) -> list[str]:
     """``n`` text passages (paragraphs, cut to ``max_chars``) for encoder evaluation."""
     out: list[str] = []

@@ -19,6 +19,8 @@ def eval_(
     windows: Annotated[int, typer.Option(help="Number of token windows (passages for encoders: x16).")] = 4,
     seq_len: Annotated[int, typer.Option(help="Tokens per window.")] = 512,
     seed: Annotated[int, typer.Option(help="Seed for sampling the windows.")] = 0,
+    protocol: Annotated[str, typer.Option(help="windows (default) or llama-perplexity (consecutive chunks, BOS "
+                                               "first, second half scored, as llama.cpp's tables).")] = "windows",
     speed: Annotated[bool, typer.Option(help="Measure prefill/decode speed.")] = True,
     runtime: Annotated[str, typer.Option(help="torch, or llama.cpp for a .gguf file (needs llama-cpp-python).")] = "torch",
     max_memory: Annotated[str | None, typer.Option(help="A model whose float32 weights exceed this (default: half "
@@ -32,7 +34,8 @@ def eval_(
     from lowbit.metrics.run import EvalSettings
     from lowbit.report import results_table, write_json
 
-    settings = EvalSettings(data=data, windows=windows, seq_len=seq_len, seed=seed, speed=speed, texts=16 * windows)
+    settings = EvalSettings(data=data, windows=windows, seq_len=seq_len, seed=seed, speed=speed, texts=16 * windows,
+                            protocol=protocol)
     _quiet_libraries()
     result, ref_result = api.evaluate_against(model, settings, reference=reference, runtime=runtime,
                                                  max_memory=max_memory)

@@ -220,7 +220,12 @@ def _summary(res: Results) -> list[str]:
     ref, s = res.reference, res.settings
     lines = [f"Model: `{res.model}` ({res.kind}). Eval: `{s.eval}`"
              + (f" (KL/PPL on `{s.eval_text}`)" if res.task else "")
-             + f", {s.windows} x {s.seq_len} tokens (window seed {s.seed}). Calibration: `{s.calib}` ({s.calib_samples} x {s.seq_len} tokens)."]
+             + f", {s.windows} x {s.seq_len} tokens" + (f" (window seed {s.seed})" if s.protocol == "windows" else "")
+             + f". Calibration: `{s.calib}` ({s.calib_samples} x {s.seq_len} tokens)."]
+    if res.kind == "causal-lm":
+        from lowbit.metrics.result import PROTOCOLS
+
+        lines.append(f"Protocol (`--protocol {s.protocol}`): {PROTOCOLS[s.protocol]}.")
     if ref.ppl is not None:
         lines.append(f"Reference (float32): PPL {ref.ppl:.3f}" + (f", accuracy {ref.accuracy:.3f}" if ref.accuracy is not None else "")
                      + (f", prefill {ref.prefill_tok_s:.0f} tok/s, decode {ref.decode_tok_s:.1f} tok/s" if ref.prefill_tok_s else "") + ".")

@@ -65,7 +65,8 @@ class Comparison:
             if (self.task.kind == MC) != (self.kind == CAUSAL_LM):
                 raise InputError(f"{settings.eval}: a {self.task.kind} set does not fit a {self.kind} model")
         self.evaluator = Evaluator(self.ref, EvalSettings(data=self.eval_text, windows=settings.windows,
-                                                          seq_len=settings.seq_len, seed=settings.seed, speed=False))
+                                                          seq_len=settings.seq_len, seed=settings.seed, speed=False,
+                                                          protocol=settings.protocol), ref_key=self.model_key)
         self.bar = Bar.parse(settings.bar) if settings.bar else default_bar(self.kind, self.task is not None)
         training = bool(settings.train_data) and settings.qat_steps > 0
         self.candidates = candidates_for(self.kind, settings.methods, training)
@@ -79,6 +80,9 @@ class Comparison:
         self.ctx = Context(self.ref, self.calib, settings.train_data, settings.qat_steps, settings.embeddings)
         if self.kind == CAUSAL_LM:
             self.evaluator.windows(self.ref.tokenizer)  # an eval set too small for one window fails here, before the report
+        elif settings.protocol != "windows":
+            raise InputError(f"--protocol {settings.protocol} scores a causal LM's next tokens; {self.ref.name} is "
+                             f"a {self.kind} model, scored by the cosine of its embeddings")
         self.cache_dir = self.report_dir / ".cache"
         self.meter = speed.SpeedMeter(self.ref, self.evaluator, self.cache_dir, settings.speed)
         self._ref_task: Any = None

@@ -31,6 +31,7 @@ class CompareSettings:
     target: str = "cpu"  # where it will run, for the hardware-support axis
     train_data: str | None = None  # QAT candidates: training text ...
     qat_steps: int = 0  # ... and a budget of optimizer steps
+    protocol: str = "windows"  # how KL/PPL are scored: "windows", or "llama-perplexity" (metrics/result.py)
     embeddings: str = "stored"  # "stored": every candidate keeps embeddings and head as the model stores them;
     # "gguf-rule": GGUF candidates quantize them by llama.cpp's mix rule, the others keep them (unequal footing)
 
@@ -39,6 +40,10 @@ class CompareSettings:
         b = self.budget_bpw
         if b is not None and not (math.isfinite(b) and 0 < b <= 32):
             raise InputError(f"--budget-bpw {b:g}: expected bits per weight above 0 and at most 32")
+        from lowbit.metrics.result import PROTOCOLS
+
+        if self.protocol not in PROTOCOLS:
+            raise InputError(f"--protocol {self.protocol!r}: expected one of {', '.join(PROTOCOLS)}")
         if self.embeddings not in EMBEDDINGS:
             raise InputError(f"--embeddings {self.embeddings!r}: expected one of {', '.join(EMBEDDINGS)}")
         for name, v, low in (("--windows", self.windows, 1), ("--seq-len", self.seq_len, 8),

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lowbit.metrics.refstore import LogprobStore
 from lowbit.progress import track
 
 MAX_CACHE_BYTES = 3 << 30
@@ -51,12 +52,15 @@ def model_logprobs(model: nn.Module, windows: torch.Tensor, label: str) -> Itera
 
 
 class ReferenceLM:
-    """A reference model's log-probs over fixed windows, computed lazily and cached. ``stored(i)`` reads
-    them instead of running ``model`` (a reference streamed block by block keeps them on disk)."""
+    """A reference model's log-probs over fixed windows, computed lazily and cached in memory. ``stored(i)``
+    reads them instead of running ``model`` (a reference streamed block by block keeps them on disk);
+    ``store`` (metrics/refstore.py) keeps every window's on disk for other candidates and reruns."""
 
     def __init__(self, model: nn.Module, windows: torch.Tensor,
-                 stored: Callable[[int], torch.Tensor] | None = None) -> None:
-        self.model, self.windows, self.stored = model, windows, stored
+                 stored: Callable[[int], torch.Tensor] | None = None, store: LogprobStore | None = None,
+                 first: int = 0) -> None:
+        self.model, self.windows, self.stored, self.store, self.first = model, windows, stored, store, first
+        self.computed = 0  # windows the reference was run on here (not read from a store)
         self._cache: dict[int, torch.Tensor] = {}
         self.nll_sum = 0.0
         self._done: set[int] = set()
@@ -64,9 +68,17 @@ class ReferenceLM:
     def logprobs(self, i: int) -> torch.Tensor:
         if i in self._cache:
             return self._cache[i]
-        lp = self.stored(i) if self.stored is not None else window_logprobs(self.model, self.windows[i])
+        lp = self.stored(i) if self.stored is not None else None
+        if lp is None and self.store is not None:
+            lp = self.store.get(self.windows[i])
+        if lp is None:
+            lp = window_logprobs(self.model, self.windows[i])
+            self.computed += 1
+            if self.store is not None:
+                self.store.put(self.windows[i], lp)
         if i not in self._done:
-            self.nll_sum += float(-lp.gather(1, self.windows[i, 1:, None]).sum())
+            f = self.first
+            self.nll_sum += float(-lp[f:].gather(1, self.windows[i, f + 1 :, None]).sum())
             self._done.add(i)
         per_window = lp.numel() * 4
         if per_window * len(self.windows) <= MAX_CACHE_BYTES:
@@ -75,27 +87,29 @@ class ReferenceLM:
 
     @property
     def ppl(self) -> float:
-        n = len(self._done) * (self.windows.shape[1] - 1)
+        n = len(self._done) * (self.windows.shape[1] - 1 - self.first)
         return math.exp(self.nll_sum / max(n, 1))
 
 
 @torch.inference_mode()
 def score_lm(model: nn.Module, windows: torch.Tensor, ref: ReferenceLM | None, label: str = "eval",
-             logprobs: Iterator[tuple[int, torch.Tensor]] | None = None) -> LMScores:
-    """PPL, KL to ``ref`` and top-1 agreement over ``windows``; ``logprobs`` (window index, log-probs)
-    replaces running ``model`` window by window (metrics/streamed.py's block-by-block pass)."""
+             logprobs: Iterator[tuple[int, torch.Tensor]] | None = None, first: int = 0) -> LMScores:
+    """PPL, KL to ``ref`` and top-1 agreement over ``windows``, scoring the predictions made at positions
+    ``first``.. of each window (0: every token after the first; llama-perplexity: the second half);
+    ``logprobs`` (window index, log-probs) replaces running ``model`` window by window (metrics/streamed.py's
+    block-by-block pass)."""
     nll, n, agree = 0.0, 0, 0
     kls: list[torch.Tensor] = []
     nlls: list[torch.Tensor] = []
     agrees: list[torch.Tensor] = []
     for i, lp in logprobs if logprobs is not None else model_logprobs(model, windows, label):
-        targets = windows[i, 1:]
+        lp, targets = lp[first:], windows[i, first + 1 :]
         tok = -lp.gather(1, targets[:, None])[:, 0]
         nll += float(tok.sum())
         nlls.append(tok)
         n += targets.numel()
         if ref is not None:
-            rlp = ref.logprobs(i)
+            rlp = ref.logprobs(i)[first:]
             kls.append((rlp.exp() * (rlp - lp)).sum(dim=-1).clamp_min(0))
             agrees.append(rlp.argmax(-1) == lp.argmax(-1))
             agree += int(agrees[-1].sum())

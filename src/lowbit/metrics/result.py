@@ -5,28 +5,40 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+PROTOCOLS = {
+    "windows": "lowbit's windows: documents in an order shuffled by the seed, joined by EOS, cut into "
+               "non-overlapping windows scored independently; tokens 2..seq_len of each window are predicted",
+    "llama-perplexity": "llama-perplexity's chunks: the text in its own order, tokenized as one (BOS first where the "
+                        "model adds one), consecutive chunks of seq_len tokens, each chunk's first token set to BOS "
+                        "where the model adds one; the second half of each chunk is scored (seq_len/2 - 1 tokens), "
+                        "as llama.cpp's perplexity and KL-divergence tables are",
+}
+
 
 @dataclass(frozen=True)
 class Protocol:
     """How the text metrics were computed; written into every result.
 
-    Perplexity: the data is tokenized with the model's tokenizer (no special tokens, documents joined by
-    EOS), cut into ``windows`` non-overlapping windows of ``seq_len`` tokens (stride = seq_len), each
-    scored independently with no carried context; the first token of each window is context only, so
-    ``windows * (seq_len - 1)`` tokens are predicted. PPL = exp(mean token NLL), natural log.
-    KL is KL(reference || quantized) of the next-token distributions at those same positions.
+    ``windows`` (the default): the data is tokenized with the model's tokenizer (no special tokens,
+    documents joined by EOS), cut into ``windows`` non-overlapping windows of ``seq_len`` tokens
+    (stride = seq_len), each scored independently with no carried context; the first token of each
+    window is context only, so ``windows * (seq_len - 1)`` tokens are predicted. ``llama-perplexity``:
+    see :data:`PROTOCOLS`. PPL = exp(mean token NLL), natural log. KL is KL(reference || quantized) of
+    the next-token distributions at the same positions.
     """
 
     data: str
     windows: int
     seq_len: int
-    seed: int
+    seed: int | None
     stride: int = 0
     counted: str = "tokens 2..seq_len of each window"
+    name: str = "windows"
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["stride"] = self.stride or self.seq_len
+        d["description"] = PROTOCOLS.get(self.name)
         return d
 
 

@@ -12,12 +12,14 @@ from dataclasses import dataclass
 import torch
 
 from lowbit.calib import load_corpus, sample_texts, token_windows
+from lowbit.calib.sample import text_chunks
 from lowbit.errors import InputError
 from lowbit.loaders.handle import CAUSAL_LM, ENCODER, ModelHandle
 from lowbit.metrics import encoder as enc_metrics
 from lowbit.metrics import speed, stats
 from lowbit.metrics.lm import ReferenceLM, score_lm
-from lowbit.metrics.result import EvalResult, Protocol
+from lowbit.metrics.refstore import LogprobStore, store_dir
+from lowbit.metrics.result import PROTOCOLS, EvalResult, Protocol
 from lowbit.metrics.size import model_bytes, quantized_layer_bits
 from lowbit.metrics.streamed import cached_logprobs, streamed_logprobs
 
@@ -35,25 +37,40 @@ class EvalSettings:
     speed: bool = True
     texts: int = 64
     decode_tokens: int = 16
+    protocol: str = "windows"  # or "llama-perplexity" (metrics/result.py PROTOCOLS)
 
 
 class Evaluator:
+    """Scores models on one data set against one reference. ``ref_key`` (the reference's content key)
+    keeps the reference's log-probs on disk (metrics/refstore.py) for later candidates and reruns."""
+
     def __init__(self, reference: ModelHandle | None, settings: EvalSettings = EvalSettings(),
-                 tokenizer: object = None) -> None:
-        self.reference, self.settings = reference, settings
+                 tokenizer: object = None, ref_key: str | None = None) -> None:
+        if settings.protocol not in PROTOCOLS:
+            raise InputError(f"--protocol {settings.protocol!r}: expected one of {', '.join(PROTOCOLS)}")
+        self.reference, self.settings, self.ref_key = reference, settings, ref_key
         self.corpus = load_corpus(settings.data)
         self.tokenizer = tokenizer or (reference.tokenizer if reference else None)
         self._windows: torch.Tensor | None = None
         self._ref_lm: ReferenceLM | None = None
         self._texts: list[str] | None = None
         self._ref_emb: torch.Tensor | None = None
+        self.text: str | None = None  # llama-perplexity: the text the chunks were cut from
 
     # --- data --------------------------------------------------------------------------------
     def windows(self, tokenizer: object) -> torch.Tensor:
         if self._windows is None:
-            s = self.settings
-            self._windows = token_windows(self.corpus, self.tokenizer or tokenizer, s.windows, s.seq_len, s.seed)
+            s, tok = self.settings, self.tokenizer or tokenizer
+            if s.protocol == "llama-perplexity":
+                self._windows, self.text = text_chunks(self.corpus, tok, s.windows, s.seq_len)
+            else:
+                self._windows = token_windows(self.corpus, tok, s.windows, s.seq_len, s.seed)
         return self._windows
+
+    @property
+    def first(self) -> int:
+        """The first position of a window whose prediction is scored (llama-perplexity: the second half)."""
+        return self.settings.seq_len // 2 if self.settings.protocol == "llama-perplexity" else 0
 
     def texts(self) -> list[str]:
         if self._texts is None:
@@ -87,17 +104,18 @@ class Evaluator:
         if self.reference is not None and self._ref_lm is None:
             lazy = self.reference.lazy  # too big for memory: its log-probs block by block, kept on disk
             stored = cached_logprobs(lazy, win, self.reference.name) if lazy is not None else None
-            self._ref_lm = ReferenceLM(self.reference.model, win, stored)
+            store = LogprobStore(store_dir(self.ref_key)) if self.ref_key and lazy is None else None
+            self._ref_lm = ReferenceLM(self.reference.model, win, stored, store, self.first)
         streamed = None
         if handle.lazy is not None and handle is self.reference and self._ref_lm.stored is not None:
             streamed = ((i, self._ref_lm.logprobs(i)) for i in range(len(win)))  # the reference scored once
         elif handle.lazy is not None:
             streamed = streamed_logprobs(handle.lazy, win, res.model)
-        sc = score_lm(handle.model, win, self._ref_lm, label=res.model, logprobs=streamed)
-        res.protocol = Protocol(s.data, len(win), win.shape[1], s.seed)
+        sc = score_lm(handle.model, win, self._ref_lm, label=res.model, logprobs=streamed, first=self.first)
+        res.protocol = self.protocol(win)
         res.n_tokens, res.ppl = sc.n_tokens, sc.ppl
         if sc.nll_tok is not None:
-            res.blocks = stats.block_sums(sc.nll_tok, sc.kl, sc.agree_tok, win.shape[1] - 1)
+            res.blocks = stats.block_sums(sc.nll_tok, sc.kl, sc.agree_tok, win.shape[1] - 1 - self.first)
             res.ci95 = stats.ci95(res.blocks)
         if sc.kl is not None:
             res.kl_mean = float(sc.kl.mean())
@@ -113,7 +131,17 @@ class Evaluator:
             res.prefill_tok_s = prefill(win[0, : min(256, win.shape[1])])
             res.decode_tok_s = decode(win[0, : min(32, win.shape[1])], s.decode_tokens)
 
+    def protocol(self, win: torch.Tensor) -> Protocol:
+        s = self.settings
+        if s.protocol == "llama-perplexity":
+            return Protocol(s.data, len(win), win.shape[1], None, name=s.protocol,
+                            counted=f"tokens {self.first + 2}..{win.shape[1]} of each chunk (its second half)")
+        return Protocol(s.data, len(win), win.shape[1], s.seed)
+
     def _run_encoder(self, handle: ModelHandle, res: EvalResult) -> None:
+        if self.settings.protocol != "windows":
+            raise InputError(f"--protocol {self.settings.protocol} scores a causal LM's next tokens; an encoder is "
+                             "scored by the cosine of its embeddings (the default protocol)")
         tok = self.tokenizer or handle.tokenizer
         texts = self.texts()
         emb = enc_metrics.embed(handle.model, tok, texts)
