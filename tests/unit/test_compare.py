@@ -364,6 +364,7 @@ def test_paired_differences_name_what_noise_cannot_separate() -> None:
     (["--bar", "kl=abc"], "error: --bar 'kl=abc': expected kl=0.05, ppl=+3%, acc=-1, cos=0.99 or top1=0.9"),
     (["--budget-bpw", "-3"], "error: --budget-bpw -3: expected bits per weight above 0 and at most 32"),
     (["--methods", "rtn-w8,nosuch"], "error: unknown compare candidate 'nosuch'"),
+    (["--until-decided", "0"], "error: --until-decided 0: expected a time budget in seconds above 0"),
     (["--protocol", "wikitext"], "error: --protocol 'wikitext': expected one of windows, llama-perplexity"),
     (["--eval", "TINY"], "error: data 'TINY' has 6 tokens, fewer than one window of 32; give more text or a shorter --seq-len"),
 ])
@@ -471,3 +472,55 @@ def test_bitsandbytes_speed_is_not_lowbits_torch_layer(monkeypatch) -> None:
     meter = SpeedMeter(None, None, None, enabled=True)
     r = meter.bitsandbytes_ratio(None)
     assert r.prefill is None and r.decode is None and r.note == NO_BITSANDBYTES
+
+
+def _kl_row(id_: str, size: int, kl: float, ci: tuple[float, float]) -> Row:
+    return Row(id=id_, method=id_, family="rtn", bits=4, size_bytes=size, bits_per_weight=size / 100, kl_mean=kl,
+               ci95={"kl_mean": list(ci)})
+
+
+def test_open_candidates_are_those_the_decision_hinges_on() -> None:
+    from lowbit.compare.decide import Recommendation
+    from lowbit.compare.until import open_candidates
+
+    bar, ref = Bar.parse("kl=0.05"), Row(id="float32", method="float32", family="float", bits=32, ppl=10.0)
+    rows = [_kl_row("big", 800, 0.01, (0.008, 0.012)), _kl_row("pick", 400, 0.04, (0.035, 0.045)),
+            _kl_row("twin", 420, 0.041, (0.036, 0.046)), _kl_row("small", 300, 0.06, (0.045, 0.07)),
+            _kl_row("tiny", 200, 0.3, (0.25, 0.35)), _kl_row("bigger-unsure", 900, 0.05, (0.04, 0.06))]
+    rec = Recommendation("pick", [], True)
+    assert open_candidates(rows, rec, bar, ref) == ["pick", "small"]  # small may hold the bar with more tokens
+    rec.indistinguishable_from = ["twin"]
+    assert open_candidates(rows, rec, bar, ref) == ["pick", "twin", "small"]
+    settled = [_kl_row("pick", 400, 0.01, (0.009, 0.011)), _kl_row("small", 300, 0.3, (0.25, 0.35))]
+    assert open_candidates(settled, Recommendation("pick", [], True), bar, ref) == []
+    ppl_bar = Bar.parse("ppl=+10%")  # threshold 11.0: an interval of PPL across it is open
+    r = Row(id="pick", method="p", family="rtn", bits=4, size_bytes=1, ppl=10.9, ci95={"ppl": [10.5, 11.3]})
+    assert open_candidates([r], Recommendation("pick", [], True), ppl_bar, ref) == ["pick"]
+
+
+def test_until_decided_rescores_only_the_open_candidates(tiny_llama, settings, tmp_path) -> None:
+    from dataclasses import replace
+
+    first = compare(tiny_llama, replace(settings, methods=["rtn-w8", "rtn-w3g64"]), tmp_path / "r0")
+    w3 = first["candidates"][1]
+    bar = f"kl={w3['kl_mean']:.6f}"  # right on rtn-w3g64's estimate: its interval straddles the bar
+    s = replace(settings, methods=["rtn-w8", "rtn-w3g64"], bar=bar, until_decided=120.0)
+    c = Comparison(tiny_llama, s, tmp_path / "rep")
+    res = c.run().to_dict()
+    u = res["until_decided"]
+    assert "rtn-w3g64" in u["rounds"][0]["open"] and u["rounds"][0]["windows"] == 2
+    assert len(u["rounds"]) >= 2 and [r["windows"] for r in u["rounds"]][:2] == [2, 4]
+    assert u["why"] in ("decided", "out of time", "out of data") and u["decided"] == (u["why"] == "decided")
+    sample = {"rtn-w8": 2, "rtn-w3g64": 2}  # windows each was last scored on: open in a round -> the next one's
+    for now, nxt in zip(u["rounds"], u["rounds"][1:]):
+        for cid in now["open"]:
+            sample[cid] = nxt["windows"]
+    assert {r["id"]: r["n_tokens"] for r in res["candidates"]} == {k: 31 * w for k, w in sample.items()}
+    assert sample["rtn-w3g64"] > 2 and res["reference"]["n_tokens"] == 31 * u["rounds"][-1]["windows"]
+    assert any(r.startswith(("Decided (--until-decided)", "Could not decide (--until-decided"))
+               for r in res["recommendation"]["reasons"])
+    pv = next(r for r in res["candidates"] if r["id"] != res["recommendation"]["method"])["paired_vs_recommended"]
+    assert pv is not None and pv["blocks"] == min(sample.values())  # on the tokens both were scored on
+    assert "--until-decided 120" in (tmp_path / "rep" / "report.md").read_text()
+    again = Comparison(tiny_llama, s, tmp_path / "rep").run().to_dict()  # a rerun: every round's rows cached
+    assert again["until_decided"]["rounds"] == u["rounds"] and again["candidates"] == res["candidates"]

@@ -23,6 +23,9 @@ def compare(
     bar: Annotated[str | None, typer.Option(help="Your quality bar: kl=0.05, ppl=+3%, acc=-1, cos=0.99, top1=0.9.")] = None,
     budget_bpw: Annotated[float | None, typer.Option(help="Largest bits per weight you can afford.")] = None,
     seed: Annotated[int, typer.Option(help="Which eval windows are drawn (rerun with another to check a decision).")] = 0,
+    until_decided: Annotated[float | None, typer.Option(
+        metavar="SECONDS", help="Add eval windows (doubling, only for the candidates the decision hinges on) until "
+                                "the recommendation no longer depends on noise, within this time budget.")] = None,
     protocol: Annotated[str, typer.Option(
         help="How KL/PPL are scored: windows (default: seeded windows, tokens 2..n) or llama-perplexity "
              "(consecutive chunks, BOS first, second half scored: comparable with llama.cpp's KLD tables).")] = "windows",
@@ -58,7 +61,8 @@ def compare(
     t0 = time.perf_counter()
     settings = CompareSettings(calib=calib, eval=eval_data, eval_text=eval_text,
                                methods=[m.strip() for m in methods.split(",") if m.strip()] if methods else None,
-                               bar=bar, budget_bpw=budget_bpw, embeddings=embeddings, protocol=protocol, windows=windows, seq_len=seq_len, seed=seed,
+                               bar=bar, budget_bpw=budget_bpw, embeddings=embeddings, protocol=protocol,
+                               until_decided=until_decided, windows=windows, seq_len=seq_len, seed=seed,
                                calib_samples=calib_samples, speed=not no_speed, calib_check=calib_check, target=target,
                                train_data=train_data, qat_steps=qat_steps)
     _print_results(Comparison(model, settings, report, console=out).run())

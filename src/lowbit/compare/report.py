@@ -22,7 +22,7 @@ from lowbit.report.table import has_value, interval
 COLUMNS = [  # (header, Row attribute, format)
     ("candidate", "id", "{}"), ("family", "family", "{}"), ("bits", "bits", "{}"), ("bpw", "bits_per_weight", "{:.2f}"),
     ("MB", "size_bytes", "mb"), ("PPL", "ppl", "{:.3f}"), ("KL", "kl_mean", "{:.4f}"),
-    ("KL 95% CI", "ci95", "ci:kl_mean"), ("top-1", "top1_agreement", "{:.3f}"),
+    ("KL 95% CI", "ci95", "ci:kl_mean"), ("tokens", "n_tokens", "{}"), ("top-1", "top1_agreement", "{:.3f}"),
     ("cosine", "cosine_mean", "{:.4f}"), ("cosine 95% CI", "ci95", "ci:cosine_mean"), ("acc", "accuracy", "{:.3f}"), ("flips", "flips", "{}"),
     ("quantize s", "calib_seconds", "{:.1f}"), ("prefill x fp32", "speed_ratio_vs_fp32", "{:.2f}"),
     ("decode x fp32", "decode_ratio_vs_fp32", "{:.2f}"), ("Pareto", "pareto", "yn"), ("meets bar", "meets_bar", "yn"),
@@ -229,6 +229,11 @@ def _summary(res: Results) -> list[str]:
     if ref.ppl is not None:
         lines.append(f"Reference (float32): PPL {ref.ppl:.3f}" + (f", accuracy {ref.accuracy:.3f}" if ref.accuracy is not None else "")
                      + (f", prefill {ref.prefill_tok_s:.0f} tok/s, decode {ref.decode_tok_s:.1f} tok/s" if ref.prefill_tok_s else "") + ".")
+    if res.until_decided is not None:
+        u = res.until_decided
+        steps = "; ".join(f"{r['windows']} windows, open: {', '.join(r['open']) or 'none'}" for r in u.rounds)
+        lines.append(f"`--until-decided {u.budget_seconds:g}` ({u.seconds:.0f} s, {u.why}): {steps}. Candidates "
+                     "never open keep their first sample (their token count is in the table).")
     lines.append(f"Machine: {res.machine.platform}, {res.machine.threads} threads.")
     from lowbit.compare.settings import EMBEDDINGS
     from lowbit.metrics.stats import BLOCK

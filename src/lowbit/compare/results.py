@@ -10,6 +10,7 @@ from lowbit.compare.calib_check import CalibCheck, CalibCheckSkipped
 from lowbit.compare.decide import Bar, Recommendation
 from lowbit.compare.row import Row
 from lowbit.compare.settings import CompareSettings
+from lowbit.compare.until import Rounds
 from lowbit.metrics.run import EvalSettings
 
 
@@ -44,6 +45,7 @@ class Results:
     task: TaskInfo | None = None
     axes: dict[str, str] | None = None  # the recommended candidate on the guide's five axes
     calib_check: CalibCheck | CalibCheckSkipped | None = None  # with --calib-check
+    until_decided: Rounds | None = None  # with --until-decided
 
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {
@@ -53,6 +55,8 @@ class Results:
             "recommendation": self.recommendation.to_dict(), "warnings": list(self.warnings),
             "task": asdict(self.task) if self.task else None, "axes": dict(self.axes) if self.axes else self.axes,
         }
+        if self.until_decided is not None:
+            d["until_decided"] = self.until_decided.to_dict()
         if self.calib_check is not None:
             d["calib_check"] = self.calib_check.to_dict()
         return d

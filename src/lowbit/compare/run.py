@@ -25,10 +25,11 @@ from lowbit.compare import cache, speed
 from lowbit.compare.calib_check import calib_check
 from lowbit.compare.candidates import Built, Candidate, candidates_for
 from lowbit.compare.context import Context
-from lowbit.compare.decide import Bar, default_bar, pareto, recommend, settle
+from lowbit.compare.decide import Bar, Recommendation, default_bar, pareto, recommend, settle
 from lowbit.compare.results import Machine, Results, TaskInfo
 from lowbit.compare.row import REFERENCE, Row
 from lowbit.compare.settings import CompareSettings
+from lowbit.compare.until import until_decided
 from lowbit.errors import InputError
 from lowbit.loaders import ModelHandle, load_model
 from lowbit.loaders.handle import CAUSAL_LM
@@ -89,6 +90,7 @@ class Comparison:
         self._ref_outputs: dict[str, Any] | None = None
         self._layer_ids: Any = None
         self._centroids: Any = None
+        self.seconds: dict[str, float] = {}  # each candidate's last build and scoring, cached ones ~0
 
     @property
     def eval_text(self) -> str:
@@ -135,6 +137,7 @@ class Comparison:
         calibration check's rerun on other data."""
         path = self.cache_dir / f"{c.id}{tag}-{self.key(c, calib)}.json"
         cached = cache.read_row(path)
+        self.seconds[c.id + tag] = 0.0
         if cached is not None:
             self.say(f"[dim]{c.id}{tag}: finished in an earlier run, cached ({path.name})[/]")
             return cached
@@ -152,6 +155,7 @@ class Comparison:
             built.gguf_path.parent.rmdir()
         del built
         cache.write_row(path, row)
+        self.seconds[c.id + tag] = time.perf_counter() - t0
         return row
 
     def _score(self, c: Candidate, built: Built, secs: float, tag: str) -> Row:
@@ -205,11 +209,12 @@ class Comparison:
         warnings = self._domain_warning()
         ref_row = self.reference_row()
         rows = [self.run_candidate(c) for c in self.candidates]
-        front = pareto(rows)
-        for r in rows:
-            r.pareto = r.id in front
-        rec = recommend(rows, ref_row, self.bar, self.s.budget_bpw)
-        settle(rows, rec, self.bar)
+        rounds = None
+        if self.s.until_decided:
+            ref_row, rows, rounds = until_decided(self, ref_row, rows, self.s.until_decided)
+        rec = self.decide(ref_row, rows)
+        if rounds is not None:
+            rec.reasons.append(rounds.reason())
         slow = [r.id for r in rows if r.slower_than_fp32]
         if slow:
             warnings.append(f"slower than full precision on this machine: {', '.join(slow)} (the guide's portability "
@@ -221,7 +226,7 @@ class Comparison:
             machine=Machine(platform.platform(), torch.get_num_threads(), sys.version.split()[0]),
             reference=ref_row, candidates=rows, recommendation=rec, warnings=warnings,
             task=TaskInfo(self.task.kind, self.task.name, len(self.task.items)) if self.task else None,
-            axes=next((r.axes for r in rows if r.id == rec.id), None) or self._axes(rec.id))
+            axes=next((r.axes for r in rows if r.id == rec.id), None) or self._axes(rec.id), until_decided=rounds)
         if self.s.calib_check:
             res.calib_check = calib_check(self, rows, rec.id)
         speed.record(rows, self.ref.name)
@@ -229,6 +234,29 @@ class Comparison:
 
         write_report(res, self.report_dir)
         return res
+
+    def decide(self, ref_row: Row, rows: list[Row]) -> Recommendation:
+        """The Pareto front (marked on the rows), the recommendation and the paired differences to it."""
+        front = pareto(rows)
+        for r in rows:
+            r.pareto = r.id in front
+        rec = recommend(rows, ref_row, self.bar, self.s.budget_bpw)
+        settle(rows, rec, self.bar)
+        return rec
+
+    def more_windows(self) -> bool:
+        """Twice the eval windows for what is scored next (the first ones unchanged); False when the data
+        holds no more."""
+        from dataclasses import replace
+
+        have = len(self.evaluator.windows(self.ref.tokenizer))
+        settings = replace(self.evaluator.settings, windows=2 * self.s.windows)
+        ev = Evaluator(self.ref, settings, ref_key=self.model_key)
+        if self.kind != CAUSAL_LM or len(ev.windows(self.ref.tokenizer)) <= have:
+            return False
+        self.s = replace(self.s, windows=settings.windows)
+        self.evaluator = self.meter.evaluator = ev
+        return True
 
     def _layer_errors(self, model: Any) -> dict[str, float]:
         """Each Linear's output error in the candidate's forward pass on LAYER_TOKENS calibration tokens

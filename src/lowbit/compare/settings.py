@@ -31,6 +31,7 @@ class CompareSettings:
     target: str = "cpu"  # where it will run, for the hardware-support axis
     train_data: str | None = None  # QAT candidates: training text ...
     qat_steps: int = 0  # ... and a budget of optimizer steps
+    until_decided: float | None = None  # seconds: add windows until the recommendation no longer depends on noise
     protocol: str = "windows"  # how KL/PPL are scored: "windows", or "llama-perplexity" (metrics/result.py)
     embeddings: str = "stored"  # "stored": every candidate keeps embeddings and head as the model stores them;
     # "gguf-rule": GGUF candidates quantize them by llama.cpp's mix rule, the others keep them (unequal footing)
@@ -42,6 +43,9 @@ class CompareSettings:
             raise InputError(f"--budget-bpw {b:g}: expected bits per weight above 0 and at most 32")
         from lowbit.metrics.result import PROTOCOLS
 
+        u = self.until_decided
+        if u is not None and not (math.isfinite(u) and u > 0):
+            raise InputError(f"--until-decided {u:g}: expected a time budget in seconds above 0")
         if self.protocol not in PROTOCOLS:
             raise InputError(f"--protocol {self.protocol!r}: expected one of {', '.join(PROTOCOLS)}")
         if self.embeddings not in EMBEDDINGS:

@@ -78,10 +78,15 @@ def ci95(blocks: dict[str, list[float]] | None) -> dict[str, list[float]] | None
 
 def paired(a: dict[str, list[float]] | None, b: dict[str, list[float]] | None, name: str) -> dict[str, Any] | None:
     """The difference a - b of statistic ``name`` on the same blocks: {"diff", "ci95": [lo, hi],
-    "distinguishable": whether the interval excludes 0}; None when the two were not scored on the same
-    blocks."""
-    if not a or not b or a.get("n") != b.get("n") or not a.get("n") or _NEEDS[name] not in a or _NEEDS[name] not in b:
+    "distinguishable": whether the interval excludes 0, "blocks": how many}; None when the two were not scored
+    on the same blocks. Where one was scored on more windows (``--until-decided``), the common first blocks
+    are compared: windows are drawn prefix-stable, so they are the same tokens."""
+    if not a or not b or not a.get("n") or not b.get("n") or _NEEDS[name] not in a or _NEEDS[name] not in b:
         return None
+    k = min(len(a["n"]), len(b["n"]))  # one scored on more windows: the tokens both were scored on
+    if a["n"][:k] != b["n"][:k]:
+        return None
+    a, b = ({key: v[:k] for key, v in x.items()} for x in (a, b))
     idx = _indices(len(a["n"]))
     full = np.arange(len(a["n"]))[None, :]
     diff = _stat(name, _resampled(a, idx)) - _stat(name, _resampled(b, idx))
@@ -89,4 +94,5 @@ def paired(a: dict[str, list[float]] | None, b: dict[str, list[float]] | None, n
     if not np.isfinite(diff).all():
         return None
     lo, hi = np.percentile(diff, [2.5, 97.5])
-    return {"stat": name, "diff": point, "ci95": [float(lo), float(hi)], "distinguishable": bool(lo > 0 or hi < 0)}
+    return {"stat": name, "diff": point, "ci95": [float(lo), float(hi)], "distinguishable": bool(lo > 0 or hi < 0),
+            "blocks": k}
