@@ -60,4 +60,18 @@ $(REF_STAMP): $(STAMP)
 	CMAKE_ARGS="-DGGML_NATIVE=ON -DLLAMA_CURL=OFF" CMAKE_BUILD_PARALLEL_LEVEL=2 \
 		$(BIN)/pip install -q --no-deps llama-cpp-python==0.3.36
 	$(BIN)/pip install -q diskcache jinja2
+	$(MAKE) $(BIN)/llama-perplexity
 	touch $(REF_STAMP)
+
+# llama.cpp's own llama-perplexity, from the same sdist (about 6 min on 2 idle cores): the reference for
+# `--protocol llama-perplexity` (tests/integration/test_llama_perplexity.py).
+REF_SRC := build/reference
+$(BIN)/llama-perplexity:
+	mkdir -p $(REF_SRC)
+	$(BIN)/pip download -q --no-deps --no-binary :all: llama-cpp-python==0.3.36 -d $(REF_SRC)
+	tar -xzf $(REF_SRC)/llama_cpp_python-0.3.36.tar.gz -C $(REF_SRC)
+	cmake -S $(REF_SRC)/llama_cpp_python-0.3.36/vendor/llama.cpp -B $(REF_SRC)/tools -DCMAKE_BUILD_TYPE=Release \
+		-DGGML_NATIVE=ON -DLLAMA_CURL=OFF -DBUILD_SHARED_LIBS=OFF -DLLAMA_BUILD_TESTS=OFF \
+		-DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=OFF
+	cmake --build $(REF_SRC)/tools -j2 --target llama-perplexity
+	cp $(REF_SRC)/tools/bin/llama-perplexity $(BIN)/
