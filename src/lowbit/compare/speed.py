@@ -26,8 +26,7 @@ LLAMACPP_NOTE = "llama.cpp, ratio to the F32 GGUF in llama.cpp"
 NO_LLAMACPP = "speed not measured: llama.cpp is not installed (`make reference`)"
 NO_BITSANDBYTES = ("speed not measured in its runtime: bitsandbytes is not installed (`pip install bitsandbytes`); "
                    "lowbit's own layer, which decodes the codes in torch, is not the speed a deployment gets")
-BITSANDBYTES_NOTE = ("torch on this machine with lowbit's own layer (bitsandbytes' kernels are installed but not "
-                     "timed here), ratio to the float32 model")
+BITSANDBYTES_NOTE = "bitsandbytes {version}'s CPU kernels ({layers} layers), ratio to the float32 model in torch"
 
 
 class SpeedMeter:
@@ -66,16 +65,18 @@ class SpeedMeter:
                                      lambda: self.tok_s(model, repeats=1)), TORCH_NOTE)
 
     def bitsandbytes_ratio(self, model: nn.Module) -> Ratios:
-        """NF4 / FP4 / LLM.int8 deploy in bitsandbytes' kernels: without bitsandbytes no figure (lowbit's
-        torch layer would flag a fast format as slow), with it lowbit's layer timed and said to be so."""
-        import importlib.util
+        """NF4 / FP4 / LLM.int8 deploy in bitsandbytes' kernels: timed there (metrics/bnb_runtime.py), against
+        the float32 model in torch; without bitsandbytes no figure, since lowbit's own layer, which decodes
+        the codes in torch, would flag a fast format as slow."""
+        from lowbit.metrics import bnb_runtime
 
         if not self.enabled:
             return Ratios()
-        if importlib.util.find_spec("bitsandbytes") is None:
+        if not bnb_runtime.available():
             return Ratios(note=NO_BITSANDBYTES)
-        r = self.torch_ratio(model)
-        r.note = r.note.replace(TORCH_NOTE, BITSANDBYTES_NOTE)
+        bnb_model, layers = bnb_runtime.to_bitsandbytes(model)
+        r = self.torch_ratio(bnb_model)
+        r.note = r.note.replace(TORCH_NOTE, BITSANDBYTES_NOTE.format(version=bnb_runtime.version(), layers=layers))
         return r
 
     def gguf_ratio(self, path: Path) -> Ratios:
