@@ -488,11 +488,13 @@ def test_open_candidates_are_those_the_decision_hinges_on() -> None:
             _kl_row("twin", 420, 0.041, (0.036, 0.046)), _kl_row("small", 300, 0.06, (0.045, 0.07)),
             _kl_row("tiny", 200, 0.3, (0.25, 0.35)), _kl_row("bigger-unsure", 900, 0.05, (0.04, 0.06))]
     rec = Recommendation("pick", [], True)
-    assert open_candidates(rows, rec, bar, ref) == ["pick", "small"]  # small may hold the bar with more tokens
+    assert open_candidates(rows, rec, bar, ref) == ["small"]  # small may hold the bar with more tokens
     rec.indistinguishable_from = ["twin"]
     assert open_candidates(rows, rec, bar, ref) == ["pick", "twin", "small"]
     settled = [_kl_row("pick", 400, 0.01, (0.009, 0.011)), _kl_row("small", 300, 0.3, (0.25, 0.35))]
     assert open_candidates(settled, Recommendation("pick", [], True), bar, ref) == []
+    unsure = [_kl_row("pick", 400, 0.048, (0.045, 0.052)), _kl_row("small", 300, 0.3, (0.25, 0.35))]
+    assert open_candidates(unsure, Recommendation("pick", [], True), bar, ref) == ["pick"]
     ppl_bar = Bar.parse("ppl=+10%")  # threshold 11.0: an interval of PPL across it is open
     r = Row(id="pick", method="p", family="rtn", bits=4, size_bytes=1, ppl=10.9, ci95={"ppl": [10.5, 11.3]})
     assert open_candidates([r], Recommendation("pick", [], True), ppl_bar, ref) == ["pick"]
