@@ -132,6 +132,11 @@ def test_prune_keeps_the_most_recent(tmp_path) -> None:
         store.put(w, torch.zeros(8, 1000))
         p = store._path(w)
         os.utime(p, (time.time() - 100 + k, time.time() - 100 + k))
+    streamed = tmp_path / "streamed"  # a block-by-block reference's cache (metrics/streamed.py) is not the store's
+    streamed.mkdir()
+    (streamed / "w0.safetensors").write_bytes(b"x" * 10)
+    os.utime(streamed / "w0.safetensors", (0, 0))
     size = store._path(wins[0]).stat().st_size
     prune(tmp_path, limit_gb=2.5 * size / 2**30)
     assert store.get(wins[0]) is None and store.get(wins[1]) is not None and store.get(wins[2]) is not None
+    assert (streamed / "w0.safetensors").exists()

@@ -14,11 +14,13 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 from pathlib import Path
 
 import torch
 
 DEFAULT_GB = 8.0
+_STORE_NAME = re.compile(r"[0-9a-f]{32}")
 
 
 def store_dir(model_key: str) -> Path:
@@ -71,7 +73,8 @@ class LogprobStore:
 def prune(root: Path, limit_gb: float | None = None) -> None:
     """Remove the least recently used window files under ``root`` until it holds at most ``limit_gb``."""
     limit = (limit_gb if limit_gb is not None else float(os.environ.get("LOWBIT_LOGPROB_CACHE_GB", DEFAULT_GB))) * 2**30
-    files = [(f.stat().st_mtime, f.stat().st_size, f) for f in root.glob("*/*.safetensors")]
+    files = [(f.stat().st_mtime, f.stat().st_size, f) for f in root.glob("*/*.safetensors")
+             if _STORE_NAME.fullmatch(f.stem)]  # the store's own files: a streamed reference's cache is left whole
     total = sum(s for _, s, _ in files)
     for _, size, f in sorted(files, key=lambda t: t[0]):
         if total <= limit:
