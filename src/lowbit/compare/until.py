@@ -5,7 +5,7 @@ depends on noise, or say that it could not be decided.
     -> rescore only those on 2W windows (the first W are the same windows: the reference's log-probs
     come back from the disk store) -> decide again ... until decided, out of time or out of data
 
-A candidate is open when the decision could flip on it: those no larger than the recommended one whose
+A candidate is open when the decision could flip on it: those smaller than the recommended one whose
 95% interval on the bar's statistic straddles the bar (more tokens may show they hold it), and the
 recommended one with those indistinguishable from it (paired interval of the difference includes 0) or
 when its own interval straddles the bar. Rows that were never open keep their smaller sample; paired differences use the tokens both
@@ -69,7 +69,7 @@ def open_candidates(rows: list[Row], rec: Recommendation, bar: Bar, ref: Row) ->
         return []
     size = real_size(pick)
     near = {r.id for r in rows if r is not pick and straddles(r, bar, ref)
-            and (size is None or real_size(r) is None or real_size(r) <= size)}
+            and (size is None or real_size(r) is None or real_size(r) < size)}
     if rec.indistinguishable_from or straddles(pick, bar, ref):  # a smaller one's bar test needs no more of the pick
         near |= {pick.id, *rec.indistinguishable_from}
     return [r.id for r in rows if r.id in near]
