@@ -500,6 +500,18 @@ def test_open_candidates_are_those_the_decision_hinges_on() -> None:
     assert open_candidates([r], Recommendation("pick", [], True), ppl_bar, ref) == ["pick"]
 
 
+def test_until_decided_estimates_a_round_from_the_cached_seconds() -> None:
+    from lowbit.compare.until import estimate
+
+    ref = Row(id="reference", method="float32", family="float", bits=32, n_tokens=8 * 511)
+    rows = [Row(id="a", method="a", family="rtn", bits=4, n_tokens=4 * 511, seconds=40.0),  # scored on 4 windows
+            Row(id="b", method="b", family="rtn", bits=4, n_tokens=8 * 511, seconds=16.0),  # on 8
+            Row(id="c", method="c", family="rtn", bits=4, n_tokens=8 * 511, seconds=None)]  # an old cached row
+    # next round: 16 windows each for a (10 s a window) and b (2 s), 8 new reference windows at their mean rate
+    assert estimate(rows, ["a", "b"], ref, 8) == pytest.approx(16 * 10 + 16 * 2 + 8 * 6)
+    assert estimate(rows, ["c"], ref, 8) == 0.0
+
+
 def test_until_decided_rescores_only_the_open_candidates(tiny_llama, settings, tmp_path) -> None:
     from dataclasses import replace
 

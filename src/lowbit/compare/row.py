@@ -8,7 +8,7 @@ the keys a reader of those files knows, grouped as they were measured:
                     n_tokens (the evaluator's, on the shared windows), id method family bits
     the reference   prefill_tok_s decode_tok_s (torch here, tokens per second)
     a candidate     label format calib_seconds calibrated speed_ratio_vs_fp32 decode_ratio_vs_fp32
-                    speed_note layer_errors slower_than_fp32
+                    speed_note layer_errors slower_than_fp32 seconds
     if planned      axes (the guide's five axes, with this run's numbers)
     labelled task   accuracy flips (+ flips_to_wrong flips_to_right for a candidate)
     once decided    pareto meets_bar
@@ -29,7 +29,7 @@ QUALITY = ("ppl", "kl_mean", "kl_p99", "top1_agreement", "cosine_mean", "cosine_
            "n_tokens", "ci95", "blocks")  # from the evaluator's EvalResult, same names
 _REFERENCE_SPEED = ("prefill_tok_s", "decode_tok_s")
 _CANDIDATE = ("label", "format", "calib_seconds", "calibrated", "speed_ratio_vs_fp32", "decode_ratio_vs_fp32",
-              "speed_note", "layer_errors", "slower_than_fp32")
+              "speed_note", "layer_errors", "slower_than_fp32", "seconds")
 
 
 @dataclass
@@ -68,6 +68,7 @@ class Row:
     size_breakdown: dict[str, Any] | None = None  # bytes: quantized_layers, embeddings, head, other, total; policy
     layer_errors: dict[str, float] = field(default_factory=dict)  # ||y_q - y|| / ||y|| by layer (output error)
     slower_than_fp32: bool = False
+    seconds: float | None = None  # wall time to build and score it (kept in the cache: --until-decided's estimates)
     axes: dict[str, str] | None = None  # the guide's five axes, where the candidate has a plan entry
     # a labelled eval set (multiple choice, classification): accuracy, and answers changed from the reference's
     accuracy: float | None = None
@@ -107,7 +108,7 @@ class Row:
             d["speed_ratio_spread"] = dict(self.speed_ratio_spread)
         if self.size_breakdown is not None:
             d["size_breakdown"] = dict(self.size_breakdown)
-        for k in ("ci95", "blocks", "paired_vs_recommended"):  # measured only where there were tokens to score
+        for k in ("ci95", "blocks", "paired_vs_recommended", "seconds"):  # only where measured (tokens to score)
             if d.get(k, 0) is None:
                 del d[k]
         for k in ("layer_errors", "axes"):

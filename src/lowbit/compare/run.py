@@ -90,7 +90,6 @@ class Comparison:
         self._ref_outputs: dict[str, Any] | None = None
         self._layer_ids: Any = None
         self._centroids: Any = None
-        self.seconds: dict[str, float] = {}  # each candidate's last build and scoring, cached ones ~0
 
     @property
     def eval_text(self) -> str:
@@ -137,7 +136,6 @@ class Comparison:
         calibration check's rerun on other data."""
         path = self.cache_dir / f"{c.id}{tag}-{self.key(c, calib)}.json"
         cached = cache.read_row(path)
-        self.seconds[c.id + tag] = 0.0
         if cached is not None:
             self.say(f"[dim]{c.id}{tag}: finished in an earlier run, cached ({path.name})[/]")
             return cached
@@ -154,8 +152,8 @@ class Comparison:
             built.gguf_path.unlink(missing_ok=True)
             built.gguf_path.parent.rmdir()
         del built
+        row.seconds = time.perf_counter() - t0
         cache.write_row(path, row)
-        self.seconds[c.id + tag] = time.perf_counter() - t0
         return row
 
     def _score(self, c: Candidate, built: Built, secs: float, tag: str) -> Row:

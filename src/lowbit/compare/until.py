@@ -75,6 +75,18 @@ def open_candidates(rows: list[Row], rec: Recommendation, bar: Bar, ref: Row) ->
     return [r.id for r in rows if r.id in near]
 
 
+def estimate(rows: list[Row], still: list[str], ref: Row, windows: int) -> float:
+    """Seconds the next round should take: each open candidate's last build and scoring (``Row.seconds``, kept
+    in the cache) scaled from the windows it was scored on to twice ``windows``, and the reference on the
+    new windows at the open candidates' mean rate per window."""
+    per_window = ref.n_tokens / windows if ref.n_tokens else 0
+    rates = [r.seconds / (r.n_tokens / per_window) for r in rows
+             if r.id in still and r.seconds and r.n_tokens and per_window]
+    if not rates:
+        return 0.0
+    return sum(rates) * 2 * windows + windows * sum(rates) / len(rates)
+
+
 def until_decided(cmp: Comparison, ref_row: Row, rows: list[Row], budget: float) -> tuple[Row, list[Row], Rounds]:
     """Rescore the open candidates on doubled windows while time is left; returns the final reference row,
     rows and what was done. The decision itself is made again by the caller on the rows returned."""
@@ -86,8 +98,7 @@ def until_decided(cmp: Comparison, ref_row: Row, rows: list[Row], budget: float)
         if not still:
             out.decided, out.why = True, "decided"
             break
-        estimate = 2 * sum(cmp.seconds.get(i, 0.0) for i in still)  # twice the windows: about twice the time
-        if time.perf_counter() - t0 + estimate > budget:
+        if time.perf_counter() - t0 + estimate(rows, still, ref_row, cmp.s.windows) > budget:
             out.why = "out of time"
             break
         if not cmp.more_windows():
