@@ -5,6 +5,7 @@ accuracy with flips, and the candidate registry."""
 from __future__ import annotations
 
 import ast
+from dataclasses import replace
 import json
 from collections import Counter
 from pathlib import Path
@@ -538,3 +539,26 @@ def test_until_decided_rescores_only_the_open_candidates(tiny_llama, settings, t
     assert "--until-decided 120" in (tmp_path / "rep" / "report.md").read_text()
     again = Comparison(tiny_llama, s, tmp_path / "rep").run().to_dict()  # a rerun: every round's rows cached
     assert again["until_decided"]["rounds"] == u["rounds"] and again["candidates"] == res["candidates"]
+
+
+@pytest.mark.parametrize("tied", [False, True])
+def test_embeddings_quantized_is_one_rule_for_every_family(tiny_llama_factory, text_file, tmp_path, tied) -> None:
+    """--embeddings quantized: the torch candidates' embeddings and head in int8 rows, the GGUF file's in Q8_0;
+    a tied head stays one copy."""
+    s = CompareSettings(calib=str(text_file), eval=str(text_file), methods=["rtn-w4g64", "bnb-nf4", "gguf-q4_k_m"],
+                        windows=1, seq_len=32, calib_samples=2, speed=False, embeddings="quantized")
+    model = tiny_llama_factory(tie_word_embeddings=tied)
+    res = compare(model, s, tmp_path / "rep")
+    vocab, width = 128, 64
+    int8_rows, q8_0 = vocab * width + vocab * 2, vocab * width // 32 * 34  # codes + one float16 scale per row
+    for row in res["candidates"]:
+        b = row["size_breakdown"]
+        if row["family"] == "gguf":
+            assert b["embeddings"] == q8_0 and b["head"] == (0 if tied else q8_0)
+        else:
+            assert b["embeddings"] == int8_rows and b["head"] == (0 if tied else int8_rows), row["id"]
+            assert b["embeddings_policy"] == ("embeddings quantized; head tied to the embeddings" if tied else
+                                              "embeddings quantized; head quantized")
+    assert "quantizes the token embeddings and the output head by one rule" in (tmp_path / "rep" / "report.md").read_text()
+    stored = compare(model, replace(s, methods=["rtn-w4g64"], embeddings="stored"), tmp_path / "rep")
+    assert stored["candidates"][0]["size_breakdown"]["embeddings"] == vocab * width * 4  # not the cached quantized row

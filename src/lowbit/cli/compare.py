@@ -31,6 +31,7 @@ def compare(
              "(consecutive chunks, BOS first, second half scored: comparable with llama.cpp's KLD tables).")] = "windows",
     embeddings: Annotated[str, typer.Option(
         help="stored: every candidate keeps the token embeddings and head as stored (equal footing, default); "
+             "quantized: every candidate quantizes them to 8 bits (int8 rows, Q8_0 in GGUF; equal footing); "
              "gguf-rule: GGUF candidates quantize them by llama.cpp's mix rule.")] = "stored",
     target: Annotated[str, typer.Option(help="Where it will run (cpu, cuda:SM, apple, edge): the hardware axis.")] = "cpu",
     report: Annotated[Path, typer.Option(help="Directory for report.md, report.html and results.json.")] = Path("lowbit-report"),

@@ -56,7 +56,7 @@ def candidate_key(c: Candidate, s: CompareSettings, model: str, calib: CalibSett
     """Everything that changes candidate ``c``'s row: the model's key ``model``, the candidate, the eval
     data and protocol, the calibration data where it calibrates, the training data where it trains."""
     parts = [VERSION, model, c.config, data_key(s.eval), s.eval_text if task else "",
-             s.embeddings if c.family == "gguf" else None,
+             s.embeddings if c.family == "gguf" or s.embeddings == "quantized" else None,
              s.windows, s.seq_len, s.seed, s.task_limit, s.speed, s.protocol,
              (data_key(calib.data), calib.n_samples, calib.seq_len) if (calib and (c.needs_calib or c.family == "gguf")) else None,
              (data_key(s.train_data), s.qat_steps) if c.needs_training else None]

@@ -34,6 +34,19 @@ def _method(method: str, spec: QuantSpec | None = None, keep: tuple[str, ...] = 
     return build
 
 
+def quantize_embeddings(handle: ModelHandle) -> ModelHandle:
+    """``--embeddings quantized`` for a torch candidate: its token embeddings and output head to int8 per row
+    (RTN, symmetric), data-free, after its own method ran on the other layers; a tied head shares the codes."""
+    model = handle.model
+    names = [n for n, m in model.named_modules()
+             if m is model.get_input_embeddings() or m is getattr(model, "get_output_embeddings", lambda: None)()]
+    if not names:
+        return handle
+    qh, _ = quantize(handle, make_config("rtn", QuantSpec(8, True, -1)), targets=[f"^{n}$" for n in names], ignore=[],
+                     embeddings=True)
+    return qh
+
+
 def _register_grids() -> None:
     lm = (CAUSAL_LM,)
     for cid, method, bits, sym, group, fmt, label, needs, kinds, default in [
@@ -60,9 +73,10 @@ def _gguf(mix: str) -> Build:
 
         path = Path(tempfile.mkdtemp(prefix="lowbit-compare-")) / f"{mix}.gguf"
         imatrix = ctx.imatrix() if ctx.calib is not None and mix not in ("Q8_0", "F16") else None
-        kept = ["^token_embd\\.weight$=F32", "^output\\.weight$=F32"] if ctx.embeddings == "stored" else None
+        rule = {"stored": "F32", "quantized": "Q8_0"}.get(ctx.embeddings)  # gguf-rule: llama.cpp's mix decides
+        kept = [f"^token_embd\\.weight$={rule}", f"^output\\.weight$={rule}"] if rule else None
         export_gguf(ref, path, mix, imatrix=imatrix, tensor_types=kept)
-        kept_names = ("token_embd.weight", "output.weight") if kept else ()  # bpw of the quantized layers, as for torch
+        kept_names = ("token_embd.weight", "output.weight") if rule == "F32" else ()  # bpw of the quantized layers
         weights = [t for t in gguf.GGUFReader(str(path)).tensors if len(t.shape) >= 2 and t.name not in kept_names]
         bpw = 8 * sum(int(t.n_bytes) for t in weights) / sum(int(t.n_elements) for t in weights)
         return Built(load_into(path, ref), path.stat().st_size, bpw, gguf_path=path,

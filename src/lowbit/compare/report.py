@@ -258,7 +258,7 @@ def markdown(res: Results) -> str:
         parts += ["## Warnings", "", *[f"- {w}" for w in res.warnings], ""]
     parts += ["## Candidates", "", markdown_table([res.reference, *res.candidates]), "",
               ("KL: mean KL(reference || candidate) per token; bpw: bits per quantized weight (GGUF: every quantized 2-D "
-              "tensor, the embedding and head too under --embeddings gguf-rule); tokens: scored tokens; quantize s: quantization including calibration; prefill/decode x fp32: speed on "
+              "tensor; embeddings and head included where quantized); tokens: scored tokens; quantize s: quantization including calibration; prefill/decode x fp32: speed on "
               "this machine as a ratio to full precision (below 1: slower than not quantizing at all, the guide's "
               "portability trap); flips: answers that changed from the reference's."), "",
               "![size vs quality](size_quality.png)", "", "![per-layer error](layer_error.png)", ""]

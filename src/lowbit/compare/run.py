@@ -144,6 +144,10 @@ class Comparison:
         had_imatrix = ctx.has_imatrix
         t0 = time.perf_counter()
         built: Built = c.build(self.ref, ctx)
+        if self.s.embeddings == "quantized" and built.gguf_path is None:  # GGUF files do it in the file
+            from lowbit.compare.families import quantize_embeddings
+
+            built.handle = quantize_embeddings(built.handle)
         secs = time.perf_counter() - t0
         if built.extra.get("imatrix") and had_imatrix:  # computed once, for an earlier candidate: charge it here too
             secs += ctx.imatrix_seconds

@@ -9,6 +9,9 @@ from lowbit.errors import InputError
 
 EMBEDDINGS = {"stored": "every candidate keeps the token embeddings and the output head as the model stores them "
                         "(GGUF files too: token_embd and output in F32), so sizes compare the quantized layers alone",
+              "quantized": "every candidate quantizes the token embeddings and the output head by one rule, 8 bits per "
+                           "weight: int8 per row (RTN, symmetric) for the torch families, Q8_0 in GGUF files; a head "
+                           "tied to the embeddings stays tied (one copy)",
               "gguf-rule": "GGUF candidates quantize the token embeddings and head by llama.cpp's mix rule; the other "
                            "families keep them as stored (GGUF files are smaller for that reason alone)"}
 
@@ -34,7 +37,8 @@ class CompareSettings:
     until_decided: float | None = None  # seconds: add windows until the recommendation no longer depends on noise
     protocol: str = "windows"  # how KL/PPL are scored: "windows", or "llama-perplexity" (metrics/result.py)
     embeddings: str = "stored"  # "stored": every candidate keeps embeddings and head as the model stores them;
-    # "gguf-rule": GGUF candidates quantize them by llama.cpp's mix rule, the others keep them (unequal footing)
+    # "quantized": every candidate quantizes them to 8 bits (int8 rows / Q8_0); "gguf-rule": GGUF candidates
+    # quantize them by llama.cpp's mix rule, the others keep them (unequal footing)
 
     def check(self) -> None:
         """One clear error for a setting no run could use, before any model is loaded."""

@@ -70,7 +70,8 @@ def size_breakdown(model: nn.Module) -> dict[str, int | str]:
         out[owner.get(key, "other")] += n
     head_q = head is not None and (isinstance(head, QuantizedLinear) or hasattr(head, "quant_nbytes"))
     policy = ("embeddings quantized" if quantized else "embeddings kept as stored") + \
-             ("; head quantized" if head_q else "; head kept as stored" if out["head"] else "; head tied to the embeddings")
+             ("; no output head" if head is None else "; head tied to the embeddings" if not out["head"] else
+              "; head quantized" if head_q else "; head kept as stored")
     return {**out, "total": sum(out.values()), "embeddings_policy": policy}
 
 
