@@ -5,9 +5,9 @@ accuracy with flips, and the candidate registry."""
 from __future__ import annotations
 
 import ast
-from dataclasses import replace
 import json
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
