@@ -5,6 +5,7 @@ is compared by cosine."""
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -98,3 +99,12 @@ def test_the_report_renders_in_a_browser(smollm2_run, tmp_path) -> None:
     assert img.size == (1200, 1600) and colors is not None and len(colors) > 500  # text, table and plots, not a blank page
     reds = sum(n for n, (r, g, b) in colors if r > 150 and g < 80 and b < 80)
     assert reds > 50, "the Pareto points and line of the size-vs-quality plot are drawn in red"
+    # every image decodes in the browser: a copy of the page records each one's state once loaded
+    probe = ("<script>window.addEventListener('load', () => { document.body.dataset.images = [...document.images]"
+             ".map(i => i.complete && i.naturalWidth > 0 ? 'ok' : 'broken').join(','); });</script>")
+    page = tmp_path / "probe.html"
+    page.write_text((rep / "report.html").read_text().replace("</body>", probe + "</body>"))
+    dom = subprocess.run([chromium, "--headless=new", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=5000",
+                          "--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=120, check=False).stdout
+    m = re.search(r'data-images="([^"]*)"', dom)
+    assert m and m.group(1) == "ok,ok", f"the size-quality plot and the layer heatmap, both drawn: {m and m.group(1)}"
