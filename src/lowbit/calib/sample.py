@@ -73,15 +73,13 @@ def text_chunks(corpus: Corpus, tokenizer: Any, n: int, n_ctx: int) -> tuple[tor
     if n < 1 or n_ctx < 4:
         raise CalibrationError(f"need at least 1 chunk of 4 tokens, got n={n}, n_ctx={n_ctx}")
     bos = tokenizer.bos_token_id if adds_bos(tokenizer) else None
-    docs = [d() for d in corpus.docs]
-    need, chars, ids, text = n * n_ctx, 8 * n * n_ctx, [], ""
+    need, chars, text, k = n * n_ctx, 8 * n * n_ctx, "", 0
     while True:  # tokenize a prefix of the text large enough for n chunks (the whole text at most)
-        text, k = "", 0
-        while k < len(docs) and len(text) < chars:
-            text += ("\n\n" if text else "") + docs[k]
+        while k < len(corpus.docs) and len(text) < chars:  # documents read only as far as needed
+            text += ("\n\n" if text else "") + corpus.docs[k]()
             k += 1
         ids = ([bos] if bos is not None else []) + tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"]
-        if len(ids) >= need or k == len(docs):
+        if len(ids) >= need or k == len(corpus.docs):
             break
         chars *= 2
     got = min(n, len(ids) // n_ctx)

@@ -79,11 +79,9 @@ class Comparison:
         self.calib = CalibSettings(data=settings.calib, n_samples=settings.calib_samples, seq_len=settings.seq_len) \
             if settings.calib else None
         self.ctx = Context(self.ref, self.calib, settings.train_data, settings.qat_steps, settings.embeddings)
+        self.evaluator.check_kind(self.kind)  # before the report, as an eval set too small for one window:
         if self.kind == CAUSAL_LM:
-            self.evaluator.windows(self.ref.tokenizer)  # an eval set too small for one window fails here, before the report
-        elif settings.protocol != "windows":
-            raise InputError(f"--protocol {settings.protocol} scores a causal LM's next tokens; {self.ref.name} is "
-                             f"a {self.kind} model, scored by the cosine of its embeddings")
+            self.evaluator.windows(self.ref.tokenizer)
         self.cache_dir = self.report_dir / ".cache"
         self.meter = speed.SpeedMeter(self.ref, self.evaluator, self.cache_dir, settings.speed)
         self._ref_task: Any = None

@@ -45,13 +45,12 @@ class CompareSettings:
         b = self.budget_bpw
         if b is not None and not (math.isfinite(b) and 0 < b <= 32):
             raise InputError(f"--budget-bpw {b:g}: expected bits per weight above 0 and at most 32")
-        from lowbit.metrics.result import PROTOCOLS
+        from lowbit.metrics.result import check_protocol
 
         u = self.until_decided
         if u is not None and not (math.isfinite(u) and u > 0):
             raise InputError(f"--until-decided {u:g}: expected a time budget in seconds above 0")
-        if self.protocol not in PROTOCOLS:
-            raise InputError(f"--protocol {self.protocol!r}: expected one of {', '.join(PROTOCOLS)}")
+        check_protocol(self.protocol)
         if self.embeddings not in EMBEDDINGS:
             raise InputError(f"--embeddings {self.embeddings!r}: expected one of {', '.join(EMBEDDINGS)}")
         for name, v, low in (("--windows", self.windows, 1), ("--seq-len", self.seq_len, 8),

@@ -15,6 +15,13 @@ PROTOCOLS = {
 }
 
 
+def check_protocol(name: str) -> None:
+    if name not in PROTOCOLS:
+        from lowbit.errors import InputError
+
+        raise InputError(f"--protocol {name!r}: expected one of {', '.join(PROTOCOLS)}")
+
+
 @dataclass(frozen=True)
 class Protocol:
     """How the text metrics were computed; written into every result.

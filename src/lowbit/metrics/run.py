@@ -19,7 +19,7 @@ from lowbit.metrics import encoder as enc_metrics
 from lowbit.metrics import speed, stats
 from lowbit.metrics.lm import ReferenceLM, score_lm
 from lowbit.metrics.refstore import LogprobStore, store_dir
-from lowbit.metrics.result import PROTOCOLS, EvalResult, Protocol
+from lowbit.metrics.result import EvalResult, Protocol, check_protocol
 from lowbit.metrics.size import model_bytes, quantized_layer_bits
 from lowbit.metrics.streamed import cached_logprobs, streamed_logprobs
 
@@ -46,8 +46,7 @@ class Evaluator:
 
     def __init__(self, reference: ModelHandle | None, settings: EvalSettings = EvalSettings(),
                  tokenizer: object = None, ref_key: str | None = None) -> None:
-        if settings.protocol not in PROTOCOLS:
-            raise InputError(f"--protocol {settings.protocol!r}: expected one of {', '.join(PROTOCOLS)}")
+        check_protocol(settings.protocol)
         self.reference, self.settings, self.ref_key = reference, settings, ref_key
         self.corpus = load_corpus(settings.data)
         self.tokenizer = tokenizer or (reference.tokenizer if reference else None)
@@ -138,10 +137,14 @@ class Evaluator:
                             counted=f"tokens {self.first + 2}..{win.shape[1]} of each chunk (its second half)")
         return Protocol(s.data, len(win), win.shape[1], s.seed)
 
-    def _run_encoder(self, handle: ModelHandle, res: EvalResult) -> None:
-        if self.settings.protocol != "windows":
+    def check_kind(self, kind: str) -> None:
+        """A protocol other than the default scores next tokens: an encoder cannot take it."""
+        if kind == ENCODER and self.settings.protocol != "windows":
             raise InputError(f"--protocol {self.settings.protocol} scores a causal LM's next tokens; an encoder is "
                              "scored by the cosine of its embeddings (the default protocol)")
+
+    def _run_encoder(self, handle: ModelHandle, res: EvalResult) -> None:
+        self.check_kind(handle.kind)
         tok = self.tokenizer or handle.tokenizer
         texts = self.texts()
         emb = enc_metrics.embed(handle.model, tok, texts)

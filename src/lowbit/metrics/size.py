@@ -47,8 +47,6 @@ def quantized_layer_bits(model: nn.Module) -> tuple[float, int]:
     return 8 * sum(w.numel() * w.element_size() for w in ws) / numel, numel
 
 
-
-
 def size_breakdown(model: nn.Module) -> dict[str, int | str]:
     """Bytes of the whole model split into quantized layers, embeddings (every embedding table), the
     output head (when it is not tied to the input embeddings) and everything else, each shared tensor
