@@ -562,3 +562,18 @@ def test_embeddings_quantized_is_one_rule_for_every_family(tiny_llama_factory, t
     assert "quantizes the token embeddings and the output head by one rule" in (tmp_path / "rep" / "report.md").read_text()
     stored = compare(model, replace(s, methods=["rtn-w4g64"], embeddings="stored"), tmp_path / "rep")
     assert stored["candidates"][0]["size_breakdown"]["embeddings"] == vocab * width * 4  # not the cached quantized row
+
+
+def test_until_decided_adds_passages_for_an_encoder(tiny_bert, text_file, tmp_path) -> None:
+    s = CompareSettings(calib=None, eval=str(text_file), methods=["rtn-w8", "rtn-w3g64"], windows=1, speed=False)
+    first = compare(tiny_bert, s, tmp_path / "r0")
+    w3 = first["candidates"][1]
+    assert w3["n_tokens"] == first["reference"]["n_tokens"]  # 16 passages: one window's worth
+    bar = f"cos={w3['cosine_mean']!r}"  # right on rtn-w3g64's estimate: its interval straddles the bar
+    res = compare(tiny_bert, replace(s, bar=bar, until_decided=120.0), tmp_path / "rep")
+    u = res["until_decided"]
+    assert u["rounds"][0]["windows"] == 1 and "rtn-w3g64" in u["rounds"][0]["open"]
+    assert len(u["rounds"]) >= 2 and u["rounds"][1]["windows"] == 2  # 32 passages asked: the file holds 24
+    assert u["why"] in ("decided", "out of data")
+    got = next(r for r in res["candidates"] if r["id"] == "rtn-w3g64")
+    assert got["n_tokens"] > w3["n_tokens"] and res["reference"]["n_tokens"] == got["n_tokens"]

@@ -35,7 +35,7 @@ def compare(
              "gguf-rule: GGUF candidates quantize them by llama.cpp's mix rule.")] = "stored",
     target: Annotated[str, typer.Option(help="Where it will run (cpu, cuda:SM, apple, edge): the hardware axis.")] = "cpu",
     report: Annotated[Path, typer.Option(help="Directory for report.md, report.html and results.json.")] = Path("lowbit-report"),
-    windows: Annotated[int, typer.Option(help="Eval windows of --seq-len tokens.")] = 4,
+    windows: Annotated[int, typer.Option(help="Eval windows of --seq-len tokens (an encoder: 16 passages each).")] = 4,
     seq_len: Annotated[int, typer.Option(help="Tokens per eval and calibration window.")] = 512,
     calib_samples: Annotated[int, typer.Option(help="Calibration windows.")] = 16,
     calib_check: Annotated[bool, typer.Option("--calib-check", help="Also calibrate on a generic set and show the gap.")] = False,

@@ -67,7 +67,8 @@ class Comparison:
                 raise InputError(f"{settings.eval}: a {self.task.kind} set does not fit a {self.kind} model")
         self.evaluator = Evaluator(self.ref, EvalSettings(data=self.eval_text, windows=settings.windows,
                                                           seq_len=settings.seq_len, seed=settings.seed, speed=False,
-                                                          protocol=settings.protocol), ref_key=self.model_key)
+                                                          texts=16 * settings.windows, protocol=settings.protocol),
+                                   ref_key=self.model_key)
         self.bar = Bar.parse(settings.bar) if settings.bar else default_bar(self.kind, self.task is not None)
         training = bool(settings.train_data) and settings.qat_steps > 0
         self.candidates = candidates_for(self.kind, settings.methods, training)
@@ -245,16 +246,18 @@ class Comparison:
         return rec
 
     def more_windows(self) -> bool:
-        """Twice the eval windows for what is scored next (the first ones unchanged); False when the data
-        holds no more."""
+        """Twice the eval windows (an encoder's: 16 passages each) for what is scored next, the first ones
+        unchanged; False when the data holds no more."""
         from dataclasses import replace
 
-        have = len(self.evaluator.windows(self.ref.tokenizer))
-        settings = replace(self.evaluator.settings, windows=2 * self.s.windows)
-        ev = Evaluator(self.ref, settings, ref_key=self.model_key)
-        if self.kind != CAUSAL_LM or len(ev.windows(self.ref.tokenizer)) <= have:
+        def sample(ev: Evaluator) -> int:
+            return len(ev.windows(self.ref.tokenizer)) if self.kind == CAUSAL_LM else len(ev.texts())
+
+        w = 2 * self.s.windows
+        ev = Evaluator(self.ref, replace(self.evaluator.settings, windows=w, texts=16 * w), ref_key=self.model_key)
+        if sample(ev) <= sample(self.evaluator):
             return False
-        self.s = replace(self.s, windows=settings.windows)
+        self.s = replace(self.s, windows=w)
         self.evaluator = self.meter.evaluator = ev
         return True
 
