@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from lowbit.cli import app
@@ -577,3 +578,14 @@ def test_until_decided_adds_passages_for_an_encoder(tiny_bert, text_file, tmp_pa
     assert u["why"] in ("decided", "out of data")
     got = next(r for r in res["candidates"] if r["id"] == "rtn-w3g64")
     assert got["n_tokens"] > w3["n_tokens"] and res["reference"]["n_tokens"] == got["n_tokens"]
+
+
+def test_embeddings_quantized_on_an_encoder_without_a_head(tiny_bert, text_file, tmp_path) -> None:
+    s = CompareSettings(calib=None, eval=str(text_file), methods=["rtn-w4g64"], windows=1, speed=False,
+                        embeddings="quantized")
+    b = compare(tiny_bert, s, tmp_path / "rep")["candidates"][0]["size_breakdown"]
+    assert b["embeddings_policy"] == "embeddings quantized; no output head" and b["head"] == 0
+    word = tiny_bert.model.get_input_embeddings().weight
+    assert b["embeddings"] < sum(m.weight.numel() * 4 for m in tiny_bert.model.modules()
+                                 if isinstance(m, torch.nn.Embedding))  # the word table in int8 rows
+    assert b["embeddings"] >= word.shape[0] * word.shape[1]

@@ -106,7 +106,7 @@ def select_layers(handle: ModelHandle, entry: Method, config: MethodConfig, targ
     if embeddings and entry.produces != "tensor":
         raise InputError(f"--embeddings: method {entry.name!r} quantizes Linear layers only")
     selected, skipped = select_modules(handle.model, targets, ignore, embeddings)
-    if not any(isinstance(m, nn.Linear) for m in selected.values()):
+    if not selected:  # (an embedding table alone, with embeddings=True, is a selection)
         all_linear = [n for n, m in handle.model.named_modules() if isinstance(m, nn.Linear)]
         if not all_linear:
             raise InputError(f"{handle.name} has no nn.Linear layer: nothing lowbit can quantize")
