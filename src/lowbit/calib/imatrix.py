@@ -46,6 +46,20 @@ class Imatrix:
         """The per-column importances the quantizers take: mean x^2 (tensors never reached are left out)."""
         return {k: (v / self.counts[k]).astype(np.float32) for k, v in self.sums.items() if self.counts.get(k, 0) > 0}
 
+    def gguf_kv(self, path: str | Path) -> list[tuple[str, str | int]]:
+        """The keys llama-quantize adds to a file quantized with this matrix read from ``path`` (as given),
+        strings cut at 127 bytes as it cuts them: a lowbit export can then be byte-identical to its."""
+        def cut(s: str) -> str:
+            return s.encode()[:127].decode(errors="ignore")
+
+        kv: list[tuple[str, str | int]] = [("quantize.imatrix.file", cut(str(path)))]
+        if self.datasets:
+            kv.append(("quantize.imatrix.dataset", cut(self.datasets[0])))
+        kv.append(("quantize.imatrix.entries_count", len(self.sums)))
+        if self.chunk_count > 0:
+            kv.append(("quantize.imatrix.chunks_count", self.chunk_count))
+        return kv
+
 
 @torch.no_grad()
 def compute_imatrix(model: nn.Module, windows: torch.Tensor, dataset: str = "", micro_batch: int = 4) -> Imatrix:

@@ -88,10 +88,9 @@ def tensor_names(model: torch.nn.Module) -> list[tuple[str, str]]:
         g = gguf_name(f"{base}.weight", model.config)
         if hasattr(mod, "dequantize") and g and f"{base}.weight" not in have and not (base == "lm_head" and tie):
             names.append((f"{base}.weight", g))
-    order = {"token_embd": -4, "token_types": -3, "position_embd": -2, "token_embd_norm": -1.5, "output_norm": 10**9,
-             "output": 10**9 + 1}
-    names.sort(key=lambda hg: (int(hg[1].split(".")[1]) if hg[1].startswith("blk.") else order.get(hg[1].split(".")[0], -1),
-                               hg[1]))
+    # llama.cpp's weight_name_comparer: by layer (-1 outside the blocks), then by name; llama-quantize
+    # writes its output in this order, so a lowbit file can be byte-identical to one it writes
+    names.sort(key=lambda hg: (int(hg[1].split(".")[1]) if hg[1].startswith("blk.") else -1, hg[1]))
     return names
 
 
@@ -182,10 +181,11 @@ class _Planned(NamedTuple):
 def export_gguf(handle: ModelHandle, out: str | Path, mix: str = "Q8_0", *,
                 imatrix: dict[str, np.ndarray] | None = None, tensor_types: list[str] | None = None,
                 overwrite: bool = False, progress: Callable[[str], None] | None = None,
-                lazy: Any = None) -> dict[str, Any]:
+                lazy: Any = None, imatrix_kv: list[tuple[str, str | int]] | None = None) -> dict[str, Any]:
     """Write ``handle`` to ``out`` as GGUF in ``mix`` (a llama.cpp type or mix name such as Q4_K_M).
     With ``lazy`` (loaders/lazy.py's LazyModel, of which ``handle`` is the handle) each tensor is read
     from the model's files just before it is converted and freed after: memory is a few tensors.
+    ``imatrix_kv`` (calib.imatrix.Imatrix.gguf_kv) records the importance matrix as llama-quantize does.
 
     Returns a summary: the type of every tensor, the fallbacks taken, tensors without imatrix data.
     """
@@ -205,7 +205,7 @@ def export_gguf(handle: ModelHandle, out: str | Path, mix: str = "Q8_0", *,
     pending: deque[Callable[[], np.ndarray]] = deque()
     w = _Writer(tmp, arch_of(cfg).arch)
     try:
-        _write_kv(w, handle, cfg, mix)
+        _write_kv(w, handle, cfg, mix, imatrix_kv)
         # Every tensor's type and size first: the header and tensor table go out before any data,
         # then each tensor's bytes are written as soon as they are ready, while later ones quantize.
         model, mods = handle.model, dict(handle.model.named_modules())
@@ -238,7 +238,29 @@ def _check_out(out: Path, overwrite: bool) -> Path:
     return out
 
 
-def _write_kv(w: gguf.GGUFWriter, handle: ModelHandle, cfg: Any, mix: str) -> None:
+def header_bytes(handle: ModelHandle, mix: str, imatrix_kv: list[tuple[str, str | int]] | None = None) -> int:
+    """Bytes before the first tensor's data in the file :func:`export_gguf` writes (metadata and tensor
+    table, padded to the alignment): the part of the file's size no tensor type changes."""
+    cfg = check_arch(handle)
+    fd, tmp = tempfile.mkstemp(suffix=".gguf")
+    os.close(fd)
+    w = _Writer(tmp, arch_of(cfg).arch)
+    try:
+        _write_kv(w, handle, cfg, mix, imatrix_kv)
+        mods = dict(handle.model.named_modules())
+        for hf, g in tensor_names(handle.model):
+            _add_tensor_info(w, g, _shape(handle.model, mods, hf), "F32")
+        w.write_header_to_file()
+        w.write_kv_data_to_file()
+        w.write_ti_data_to_file()
+        w.close()
+        return gguf.GGUFWriter.ggml_pad(os.path.getsize(tmp), w.data_alignment)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+
+
+def _write_kv(w: gguf.GGUFWriter, handle: ModelHandle, cfg: Any, mix: str,
+              imatrix_kv: list[tuple[str, str | int]] | None = None) -> None:
     """The metadata: copied from the GGUF the model came from, or built from its config and tokenizer."""
     if handle.gguf_source:
         _copy_kv(w, handle.gguf_source, lambda k: k in ("general.architecture", "general.file_type",
@@ -248,9 +270,11 @@ def _write_kv(w: gguf.GGUFWriter, handle: ModelHandle, cfg: Any, mix: str) -> No
         if handle.tokenizer is None:
             raise ExportError("GGUF export needs the model's tokenizer (none was loaded)")
         hf_tokenizer_kv(w, handle.tokenizer)
-    w.add_file_type(MIXES[mix][1])
-    if mix not in _UNQUANTIZED:
+    if mix not in _UNQUANTIZED:  # in llama-quantize's order: it sets the version, then the file type
         w.add_quantization_version(gguf.GGML_QUANT_VERSION)
+    w.add_file_type(MIXES[mix][1])
+    for key, value in imatrix_kv or ():  # after the file type, as llama-quantize's overrides
+        (w.add_string if isinstance(value, str) else w.add_uint32)(key, value)
 
 
 def _plan(model: torch.nn.Module, mods: dict[str, torch.nn.Module], planner: MixPlanner,

@@ -1,0 +1,170 @@
+"""How much each weight matrix moves the model's predictions: factored Fisher statistics from one
+forward and backward pass per calibration window.
+
+For a Linear ``y = W x``, the second-order expansion of the mean per-token KL(p || p_quantized) is
+
+    dKL ~= 1/2 vec(dW)^T F vec(dW),   F the Fisher information of the model's own predictions.
+
+lowbit keeps a factored diagonal of F (as K-FAC does, output gradients independent of inputs and of
+other tokens): per output row ``i`` the summed squared gradient ``G_i = sum_t delta_{t,i}^2`` of a
+loss whose labels are *sampled from the model itself* (so E[delta delta^T] is the Fisher, not the
+empirical Fisher of the text's labels), and the input second moments ``C = mean_t x_t x_t^T``:
+
+    dKL(W -> W + dW) ~= 1/2 / T * sum_i G_i * dW_i C dW_i^T            (T scored tokens)
+
+An embedding table's input is one-hot, so its rows take the per-(row, column) gradient energy ``E`` of
+the positions that looked them up: ``1/2 / T * sum_{v,d} E_{v,d} dW_{v,d}^2``. A table tied to the
+output head gets both terms. Statistics are keyed by GGUF tensor name, rows in the Hugging Face order
+(the GGUF writer permutes attn_q / attn_k rows; budget/sensitivity.py permutes G with them).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lowbit.calib.stats import gram
+from lowbit.errors import InputError
+from lowbit.progress import track
+
+
+@dataclass
+class TensorFisher:
+    """One tensor's factors: ``g`` (rows,) output-gradient energy and ``cov`` (cols, cols) input
+    second moments of its Linear use; ``emb`` (rows, cols) gradient energy of its lookups."""
+
+    g: np.ndarray | None = None
+    cov: np.ndarray | None = None
+    emb: np.ndarray | None = None
+
+
+@dataclass
+class Fisher:
+    tensors: dict[str, TensorFisher] = field(default_factory=dict)
+    tokens: int = 0  # scored positions T
+    seconds: float = 0.0
+
+
+class _Acc:
+    """Running sums for one module: G (float64) and X^T X (float32, from calib.stats.gram)."""
+
+    def __init__(self) -> None:
+        self.g: torch.Tensor | None = None
+        self.xtx: torch.Tensor | None = None
+        self.rows = 0
+
+    def add_input(self, x: torch.Tensor) -> None:
+        x = x.detach().reshape(-1, x.shape[-1]).float()
+        xtx = gram(x).double()
+        self.xtx = xtx if self.xtx is None else self.xtx + xtx
+        self.rows += x.shape[0]
+
+    def add_grad(self, g: torch.Tensor) -> None:
+        e = g.detach().reshape(-1, g.shape[-1]).double().pow(2).sum(0)
+        self.g = e if self.g is None else self.g + e
+
+
+def _targets(model: nn.Module) -> tuple[dict[str, tuple[str, nn.Module]], str | None]:
+    """GGUF name -> (module name, Linear) for every 2-D Linear weight the GGUF file holds, plus the name
+    of the tensor a tied output head shares (token_embd.weight) or None."""
+    from lowbit.writers.gguf import tensor_names
+
+    mods = dict(model.named_modules())
+    out: dict[str, tuple[str, nn.Module]] = {}
+    for hf, g in tensor_names(model):
+        base = hf.rpartition(".")[0]
+        if isinstance(mods.get(base), nn.Linear) and hf.endswith(".weight"):
+            out[g] = (base, mods[base])
+    head, emb = model.get_output_embeddings(), model.get_input_embeddings()
+    tied = head is not None and emb is not None and head.weight is emb.weight
+    return out, ("token_embd.weight" if tied else None)
+
+
+@contextmanager
+def _hooks(model: nn.Module, linears: dict[str, nn.Module], accs: dict[str, _Acc],
+           emb_energy: torch.Tensor) -> Iterator[None]:
+    """Forward hooks: each Linear adds its input to C and a gradient hook on its output to G; the input
+    embedding's output becomes a leaf that requires grad, so the backward pass reaches every layer
+    without weight gradients, and its gradient is added to the looked-up rows' energy."""
+    handles = []
+
+    def linear_hook(name: str):
+        def hook(_m: nn.Module, args: tuple, out: torch.Tensor) -> None:
+            accs[name].add_input(args[0])
+            if out.requires_grad:
+                out.register_hook(lambda g: accs[name].add_grad(g))
+        return hook
+
+    def emb_hook(_m: nn.Module, args: tuple, out: torch.Tensor) -> torch.Tensor:
+        ids = args[0].reshape(-1)
+        leaf = out.detach().requires_grad_(True)
+        def add(g: torch.Tensor) -> None:  # a hook that returned the sum would replace the gradient
+            emb_energy.index_add_(0, ids, g.detach().reshape(len(ids), -1).double().pow(2))
+
+        leaf.register_hook(add)
+        return leaf
+
+    try:
+        for name, mod in linears.items():
+            handles.append(mod.register_forward_hook(linear_hook(name)))
+        handles.append(model.get_input_embeddings().register_forward_hook(emb_hook))
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def collect_fisher(model: nn.Module, windows: torch.Tensor, seed: int = 0) -> Fisher:
+    """Factored Fisher statistics of a causal LM over ``windows`` (n, L) token ids: one forward and one
+    backward pass per window (no weight gradients), labels sampled from the model's own predictions at
+    the positions the KL metric scores (0..L-2)."""
+    if not hasattr(model, "get_output_embeddings") or model.get_output_embeddings() is None:
+        raise InputError("--budget needs a causal language model (its sensitivity is the KL of its next-token "
+                         "predictions); this model has no output head")
+    t0 = time.perf_counter()
+    targets, tied = _targets(model)
+    linears = {base: mod for base, mod in targets.values()}
+    head = model.get_output_embeddings()
+    if tied:
+        linears["<head>"] = head
+    accs = {name: _Acc() for name in linears}
+    emb = model.get_input_embeddings()
+    emb_energy = torch.zeros(emb.weight.shape, dtype=torch.float64)
+    grads = [p.requires_grad for p in model.parameters()]
+    gen = torch.Generator().manual_seed(seed)
+    try:
+        for p in model.parameters():
+            p.requires_grad_(False)
+        with _hooks(model, linears, accs, emb_energy), torch.enable_grad():
+            for i in track(range(len(windows)), f"sensitivity: {len(windows)} x {windows.shape[1]} tokens"):
+                logits = model(input_ids=windows[i : i + 1]).logits[0, :-1].float()
+                with torch.no_grad():
+                    y = torch.multinomial(F.softmax(logits, dim=-1), 1, generator=gen)[:, 0]
+                F.cross_entropy(logits, y, reduction="sum").backward()
+    finally:
+        for p, r in zip(model.parameters(), grads, strict=True):
+            p.requires_grad_(r)
+    return _assemble(targets, tied, accs, emb_energy, windows, time.perf_counter() - t0)
+
+
+def _assemble(targets: dict[str, tuple[str, nn.Module]], tied: str | None, accs: dict[str, _Acc],
+              emb_energy: torch.Tensor, windows: torch.Tensor, seconds: float) -> Fisher:
+    fisher = Fisher(tokens=int(windows.shape[0] * (windows.shape[1] - 1)), seconds=seconds)
+    for g, (base, _mod) in targets.items():
+        a = accs[base]
+        if a.g is None or a.xtx is None:
+            continue  # never reached by the forward pass (an unused layer): no sensitivity to report
+        fisher.tensors[g] = TensorFisher(a.g.numpy(), (a.xtx / max(a.rows, 1)).numpy())
+    e = fisher.tensors.setdefault("token_embd.weight", TensorFisher())
+    e.emb = emb_energy.numpy()
+    if tied:
+        a = accs["<head>"]
+        e.g, e.cov = a.g.numpy(), (a.xtx / max(a.rows, 1)).numpy()
+    return fisher
