@@ -60,7 +60,7 @@ $(REF_STAMP): $(STAMP)
 	CMAKE_ARGS="-DGGML_NATIVE=ON -DLLAMA_CURL=OFF" CMAKE_BUILD_PARALLEL_LEVEL=2 \
 		$(BIN)/pip install -q --no-deps llama-cpp-python==0.3.36
 	$(BIN)/pip install -q diskcache jinja2
-	$(MAKE) $(BIN)/llama-perplexity
+	$(MAKE) $(BIN)/llama-perplexity $(BIN)/llama-quantize
 	touch $(REF_STAMP)
 
 # llama.cpp's own llama-perplexity, from the same sdist (about 6 min on 2 idle cores): the reference for
@@ -75,3 +75,9 @@ $(BIN)/llama-perplexity:
 		-DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=OFF
 	cmake --build $(REF_SRC)/tools -j2 --target llama-perplexity
 	cp $(REF_SRC)/tools/bin/llama-perplexity $(BIN)/
+
+# llama-quantize from the same build: the reference for `export --budget --tensor-type-file`
+# (tests/integration/test_budget_real.py); a minute more once llama-perplexity is built.
+$(BIN)/llama-quantize: $(BIN)/llama-perplexity
+	cmake --build $(REF_SRC)/tools -j2 --target llama-quantize
+	cp $(REF_SRC)/tools/bin/llama-quantize $(BIN)/

@@ -166,8 +166,9 @@ def export_to(model: ModelHandle | nn.Module | str, out: str | Path, fmt: str = 
     if fmt == "gguf":
         gguf = gguf or GGUFSettings()
         options = {"gguf_type": gguf.type, "tensor_types": list(gguf.tensor_types) or None}
-        if gguf.imatrix is not None:
-            options["imatrix"] = load_imatrix(gguf.imatrix).weights()
+        if gguf.imatrix is not None:  # recorded in the file as llama-quantize records it
+            im = load_imatrix(gguf.imatrix)
+            options["imatrix"], options["imatrix_kv"] = im.weights(), im.gguf_kv(gguf.imatrix)
         if gguf.calib is not None:
             load_corpus(gguf.calib.data)
     from lowbit.pipeline.stream import can_stream
@@ -187,6 +188,42 @@ def export_to(model: ModelHandle | nn.Module | str, out: str | Path, fmt: str = 
         options["imatrix"] = _imatrix_of(handle, gguf.calib).weights()
     return export(handle, out, fmt=fmt, overwrite=overwrite, **options)
 
+
+
+def budget_export_to(model: ModelHandle | nn.Module | str, out: str | Path, budget: str | float, *,
+                     calib: CalibSettings | None = None, imatrix: str | Path | None = None,
+                     tensor_type_file: str | Path | None = None, overwrite: bool = False) -> Any:
+    """``lowbit export MODEL --format gguf --budget 4.5``: the GGUF file with the least predicted KL
+    within ``budget`` (bits per weight, or a size such as "90MB"), one llama.cpp type per tensor
+    (budget/allocate.py). ``calib`` is the data the sensitivity is measured on (pydoc:calib); the
+    quantization uses an importance matrix only when one is given (``imatrix``). ``tensor_type_file``
+    gets the overrides with which llama-quantize writes the same file from lowbit's F32 export.
+    Returns the :class:`lowbit.budget.allocate.Allocation`.
+    """
+    from lowbit.budget.allocate import allocate, check_bounds, export_allocation, sensitivity, size_only
+    from lowbit.budget.solve import parse_budget
+    from lowbit.calib import load_corpus, token_windows
+    from lowbit.calib.imatrix import load_imatrix
+    from lowbit.writers.gguf import check_arch
+    from lowbit.writers.guard import check_output
+
+    b = parse_budget(budget)
+    check_output(out, overwrite)
+    if tensor_type_file is not None:
+        check_output(tensor_type_file, overwrite)
+    calib = calib or CalibSettings()
+    corpus = load_corpus(calib.data)
+    im = load_imatrix(imatrix) if imatrix is not None else None
+    kv = im.gguf_kv(imatrix) if im is not None else None
+    handle = load_model(model)
+    check_arch(handle)
+    check_bounds(size_only(handle, im is not None, imatrix_kv=kv), b)  # before the costly sensitivity pass
+    windows = token_windows(corpus, handle.tokenizer, calib.n_samples, calib.seq_len, calib.seed)
+    weights = im.weights() if im is not None else None
+    alloc = allocate(sensitivity(handle, windows, weights, imatrix_kv=kv), b)
+    export_allocation(handle, str(out), alloc, imatrix=weights, imatrix_kv=kv,
+                      tensor_type_file=None if tensor_type_file is None else str(tensor_type_file), overwrite=overwrite)
+    return alloc
 
 
 def _is_checkpoint(model: Any) -> bool:
@@ -347,5 +384,5 @@ def train_qat(model: ModelHandle | nn.Module | str, out: str | Path, settings: T
     return QATRun(qs.label, handle.kind, result, before, after)
 
 
-__all__ += ["GGUFSettings", "HardwareCheck", "QATRun", "check_hardware", "evaluate_against", "export_to",
+__all__ += ["GGUFSettings", "HardwareCheck", "QATRun", "budget_export_to", "check_hardware", "evaluate_against", "export_to",
             "imatrix_to", "quantize_to", "train_qat"]

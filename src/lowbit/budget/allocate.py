@@ -131,6 +131,37 @@ def sensitivity(handle: ModelHandle, windows: torch.Tensor, imatrix: dict[str, n
     return Sensitivity(rows, head, fisher.tokens, imatrix is not None, seconds)
 
 
+def size_only(handle: ModelHandle, has_imatrix: bool, types: tuple[str, ...] = GGUF_CANDIDATES,
+              imatrix_kv: list | None = None) -> Sensitivity:
+    """The sizes every tensor can take, without their sensitivity (a budget is checked before the Fisher pass)."""
+    from lowbit.budget.sensitivity import type_bytes, usable
+    from lowbit.writers.gguf import _shape, header_bytes, tensor_names
+    from lowbit.writers.gguf_mix import quantizable
+
+    mods = dict(handle.model.named_modules())
+    rows = []
+    for hf, name in tensor_names(handle.model):
+        shape = tuple(_shape(handle.model, mods, hf))
+        if not quantizable(name, shape) or len(shape) != 2:
+            rows.append(TensorRow(name, shape, [Option("F32", 4 * int(np.prod(shape)), 0.0)]))
+        else:
+            ok = [t for t in types if usable(t, shape[-1], has_imatrix and name not in ("token_embd.weight", "output.weight"))]
+            rows.append(TensorRow(name, shape, [Option(t, type_bytes(t, shape), 0.0) for t in ok]))
+    return Sensitivity(rows, header_bytes(handle, "Q8_0", imatrix_kv), 0, has_imatrix)
+
+
+def check_bounds(sens: Sensitivity, budget: Budget) -> None:
+    """One clear error for a budget below the smallest file the types allow, or above the float16 file."""
+    least = [min(r.options, key=lambda o: o.nbytes) for r in sens.rows]
+    lo, hi = sens.size(least), sens.size(sens.float_choice())
+    if (budget.nbytes is not None and budget.nbytes < lo[0]) or (budget.bpw is not None and budget.bpw < lo[1]):
+        raise InputError(f"--budget {budget} is below the smallest file these tensors allow: {lo[0]:,} bytes "
+                         f"({lo[1]:.3f} bpw){'' if sens.imatrix else '; an --imatrix unlocks the IQ1/IQ2 types'}")
+    if (budget.nbytes or 0) > hi[0] or (budget.bpw or 0) > hi[1]:
+        raise InputError(f"--budget {budget} is above the float16 file ({hi[0]:,} bytes, {hi[1]:.3f} bpw): "
+                         f"nothing to allocate; export --type F16")
+
+
 def allocate(sens: Sensitivity, budget: Budget, progress: Callable[[str], None] | None = None) -> Allocation:
     """The least predicted dKL within ``budget``; one clear error if it is below the smallest file the
     types allow or above the float16 file."""
@@ -140,18 +171,35 @@ def allocate(sens: Sensitivity, budget: Budget, progress: Callable[[str], None] 
     fixed = sum(cost(r.options[0]) for r in sens.rows if r.fixed)
     free = [r for r in sens.rows if not r.fixed]
     limit = (budget.nbytes - sens.header - fixed) if by_bytes else budget.bpw * sens.weights / 8 - fixed
-    least = [min(r.options, key=cost) for r in sens.rows]
-    most = sens.float_choice()
-    lo, hi = sens.size(least), sens.size(most)
-    if limit < sum(cost(o) for r, o in zip(sens.rows, least, strict=True) if not r.fixed):
-        raise InputError(f"--budget {budget}: the smallest file these tensors allow is {lo[0]:,} bytes "
-                         f"({lo[1]:.3f} bpw{'' if sens.imatrix else '; an --imatrix unlocks the IQ1/IQ2 types'})")
-    if (budget.nbytes or 0) > hi[0] or (budget.bpw or 0) > hi[1]:
-        raise InputError(f"--budget {budget} is above the float16 file ({hi[0]:,} bytes, {hi[1]:.3f} bpw): "
-                         f"nothing to allocate; export --type F16")
+    check_bounds(sens, budget)
     picks = solve([[cost(o) for o in r.options] for r in free], [[o.dkl for o in r.options] for r in free], limit)
     it = iter(picks)
     choice = [r.options[0] if r.fixed else r.options[next(it)] for r in sens.rows]
     nbytes, bpw = sens.size(choice)
     seconds = {**sens.seconds, "solve": time.perf_counter() - t0}
     return Allocation(budget, sens.rows, choice, nbytes, bpw, sens.imatrix, seconds)
+
+
+def export_allocation(handle: ModelHandle, out: str, alloc: Allocation, *, imatrix: dict[str, np.ndarray] | None = None,
+                      imatrix_kv: list | None = None, tensor_type_file: str | None = None,
+                      overwrite: bool = False) -> dict:
+    """Write the allocation as a GGUF file (and, with ``tensor_type_file``, the overrides llama-quantize
+    reads to write the same file from lowbit's F32 export: ``--tensor-type-file``, one per line)."""
+    import os
+    import tempfile
+    from pathlib import Path
+
+    from lowbit.writers.gguf import export_gguf
+    from lowbit.writers.guard import check_output
+
+    if tensor_type_file is not None:  # both outputs checked before anything is written
+        check_output(tensor_type_file, overwrite)
+    summary = export_gguf(handle, out, alloc.file_type(), imatrix=imatrix, tensor_types=alloc.tensor_types(),
+                          overwrite=overwrite, imatrix_kv=imatrix_kv)
+    if tensor_type_file is not None:
+        tt = Path(tensor_type_file)
+        fd, tmp = tempfile.mkstemp(prefix=f".{tt.name}.", dir=tt.parent)
+        with os.fdopen(fd, "w") as f:
+            f.write("".join(f"{line}\n" for line in alloc.tensor_types()))
+        os.replace(tmp, tt)
+    return summary

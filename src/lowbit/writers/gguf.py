@@ -29,7 +29,7 @@ import torch
 
 from lowbit.errors import ExportError, InputError
 from lowbit.formats.ggml import GGML_TYPES
-from lowbit.formats.ggml.names import arch_kv, arch_of, gguf_name, permute_qk
+from lowbit.formats.ggml.names import arch_kv, arch_of, gguf_name, permute_qk, unpermute_qk
 from lowbit.loaders.handle import ModelHandle
 from lowbit.writers.gguf_mix import MIXES, NEEDS_IMATRIX, MixPlanner, parse_overrides
 from lowbit.writers.gguf_vocab import hf_tokenizer_kv
@@ -355,22 +355,25 @@ def load_into(path: str | Path, like: ModelHandle) -> ModelHandle:
     r = gguf.GGUFReader(str(path))
     data = {t.name: t for t in r.tensors}
     model = copy.deepcopy(like.model)
-    cfg = model.config
-    arch = arch_of(cfg)
-    heads = {"attn_q": cfg.num_attention_heads, "attn_k": getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads}
-    heads = heads if arch.permute_qk else {}
     for hf, g in tensor_names(model):
         if g not in data:
             raise InputError(f"{path}: no tensor {g}; not a file lowbit exported from this model")
         t = data[g]
-        a = np.asarray(gguf.quants.dequantize(t.data, t.tensor_type), dtype=np.float32)
-        kind = g.split(".")[-2]
-        if kind in heads:  # invert permute_qk: rows (n, d/2, 2) back to (n, 2, d/2)
-            n = heads[kind]
-            a = a.reshape(n, a.shape[0] // n // 2, 2, -1).swapaxes(1, 2).reshape(a.shape)
-        if arch.norm_shift and g.endswith("norm.weight"):
-            a = a - np.float32(arch.norm_shift)
-        p = model.get_parameter(hf)
-        p.data.copy_(torch.from_numpy(np.array(a, copy=True).reshape(p.shape)))
+        put_tensor(model, hf, g, np.asarray(gguf.quants.dequantize(t.data, t.tensor_type), dtype=np.float32))
     return ModelHandle(model=model, tokenizer=like.tokenizer, kind=like.kind, name=str(path))
 
+
+
+def put_tensor(model: torch.nn.Module, hf: str, g: str, a: np.ndarray) -> None:
+    """Set the model's tensor ``hf`` from values in GGUF layout (``g``'s q/k rows un-permuted, Gemma's norm
+    shift taken off): the inverse of :func:`float_tensors` for one tensor."""
+    cfg = model.config
+    arch = arch_of(cfg)
+    kind = g.split(".")[-2]
+    if arch.permute_qk and kind in ("attn_q", "attn_k"):
+        kv = getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
+        a = unpermute_qk(a, cfg.num_attention_heads if kind == "attn_q" else kv)
+    if arch.norm_shift and g.endswith("norm.weight"):
+        a = a - np.float32(arch.norm_shift)
+    p = model.get_parameter(hf)
+    p.data.copy_(torch.from_numpy(np.array(a, copy=True).reshape(p.shape)))

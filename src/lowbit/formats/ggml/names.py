@@ -111,6 +111,12 @@ def permute_qk(w: np.ndarray, n_head: int) -> np.ndarray:
     return w.reshape(n_head, 2, rows // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
+def unpermute_qk(w: np.ndarray, n_head: int) -> np.ndarray:
+    """llama.cpp's rotary row order back to Hugging Face's (the inverse of :func:`permute_qk`)."""
+    rows = w.shape[0]
+    return w.reshape(n_head, rows // n_head // 2, 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
 def arch_kv(w: gguf.GGUFWriter, cfg: Any, name: str) -> None:
     """The hyperparameters llama.cpp reads for ``cfg``'s architecture (keys under ``{arch}.``)."""
     arch = arch_of(cfg)

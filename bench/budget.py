@@ -1,0 +1,178 @@
+"""Mixed precision to a size budget against llama.cpp's fixed mixes, on smollm2.
+
+    python bench/budget.py [--quick] [--json FILE]
+
+For each fixed mix (Q3_K_S ... Q6_K; --quick: Q3_K_M and Q4_K_M) lowbit writes the mix's file, then a
+budget file no larger than it (`lowbit export --budget SIZE`), both without and with the same
+importance matrix (pydoc:calib). Both files are scored by their exact weights on pydoc:eval and
+stdlib:eval (KL to the float model; calibration saw only pydoc:calib). Also measured:
+
+- the proxy: predicted against measured dKL of single-tensor perturbations, a stratified sample of
+  (tensor, type) pairs; Spearman over all pairs and within each type;
+- additivity: the allocation's summed prediction against the measured KL of its file;
+- time: the allocation (Fisher pass, every tensor in every type, solve) against one GPTQ run (W4 g128,
+  the default calibration of 16 x 512 tokens of pydoc:calib).
+
+smollm2 here is SmolLM2-135M-Instruct.Q4_1.gguf dequantized: re-quantizing it to Q4_1 gives its own
+weights back (dKL exactly 0). Q4_1 is therefore not offered to the allocator in this bench: with it,
+every budget >= 5 bpw would win for free, which says nothing about the method.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
+
+from rich.console import Console
+from rich.table import Table
+
+from lowbit import api
+from lowbit.budget.allocate import allocate, export_allocation, sensitivity
+from lowbit.budget.fisher import collect_fisher
+from lowbit.budget.sensitivity import GGUF_CANDIDATES
+from lowbit.budget.solve import Budget
+from lowbit.budget.validate import Perturber, proxy_check
+from lowbit.calib import load_corpus, token_windows
+from lowbit.calib.imatrix import compute_imatrix
+from lowbit.loaders import load_model
+from lowbit.metrics.run import EvalSettings, Evaluator
+from lowbit.report import write_json
+from lowbit.writers.gguf import export_gguf, load_into
+
+MIXES = ("Q3_K_S", "Q3_K_M", "Q3_K_L", "Q4_K_S", "Q4_K_M", "Q5_K_S", "Q5_K_M", "Q6_K")
+QUICK_MIXES = ("Q3_K_M", "Q4_K_M")
+EVAL_SETS = ("pydoc:eval", "stdlib:eval")
+TYPES = tuple(t for t in GGUF_CANDIDATES if t != "Q4_1")  # see the module docstring
+
+
+def _kl(evs: dict, path: Path, ref) -> dict[str, float]:
+    h = load_into(path, ref)
+    return {d: float(ev.run(h).kl_mean) for d, ev in evs.items()}
+
+
+def _gptq_seconds(ref) -> float:
+    t0 = time.perf_counter()
+    api.quantize(ref, api.make_config("gptq"), calib=api.CalibSettings("pydoc:calib"))
+    return time.perf_counter() - t0
+
+
+def run(args: argparse.Namespace, console: Console) -> dict:
+    ref = load_model("smollm2")
+    ids = token_windows(load_corpus("pydoc:calib"), ref.tokenizer, args.calib, 512, 0)
+    evs = {d: Evaluator(ref, EvalSettings(data=d, windows=args.windows, speed=False)) for d in EVAL_SETS}
+    for ev in evs.values():
+        ev.run(ref)  # the reference's log-probs, once
+    im = compute_imatrix(ref.model, ids, dataset="pydoc:calib").weights()
+    fisher = collect_fisher(ref.model, ids)
+    out: dict = {"calib_windows": args.calib, "eval_windows": args.windows, "types": list(TYPES), "rows": []}
+    tmp = Path(tempfile.mkdtemp(prefix="lowbit-budget-"))
+    sens_none = None
+    for setting, imx in (("none", None), ("imatrix", im)):
+        sens = sensitivity(ref, ids, imx, TYPES, fisher=fisher)
+        sens_none = sens_none or sens
+        for mix in QUICK_MIXES if args.quick else MIXES:
+            fixed = tmp / f"{mix}-{setting}.gguf"
+            export_gguf(ref, fixed, mix, imatrix=imx)
+            size = fixed.stat().st_size
+            alloc = allocate(sens, Budget(nbytes=size))
+            mine = tmp / f"budget-{mix}-{setting}.gguf"
+            export_allocation(ref, str(mine), alloc, imatrix=imx)
+            assert mine.stat().st_size == alloc.file_bytes, (mine.stat().st_size, alloc.file_bytes)
+            row = {"mix": mix, "imatrix": setting == "imatrix", "mix_bytes": size, "budget_bytes": alloc.file_bytes,
+                   "budget_bpw": alloc.bpw, "mix_kl": _kl(evs, fixed, ref), "budget_kl": _kl(evs, mine, ref),
+                   "predicted_kl": alloc.predicted_dkl, "allocation_seconds": sum(alloc.seconds.values()),
+                   "types": dict(sorted(_type_bytes(alloc).items()))}
+            out["rows"].append(row)
+            console.print(_row_line(row))
+            fixed.unlink()
+            mine.unlink()
+        if setting == "none":
+            out["allocation_seconds"] = fisher.seconds + sens.seconds["types"] + sens.seconds["header"]
+    work = copy.deepcopy(ref)
+    pc = proxy_check(Perturber(work, evs["pydoc:eval"]._ref_lm, evs["pydoc:eval"].windows(ref.tokenizer)),
+                     sens_none, n=args.pairs)
+    out.update(proxy_spearman=pc.spearman, proxy_within_type=pc.within_type,
+               proxy_pairs=[list(p) for p in pc.pairs], gptq_seconds=_gptq_seconds(ref))
+    _summary(out)
+    return out
+
+
+def _type_bytes(alloc) -> dict[str, int]:
+    share: dict[str, int] = {}
+    for _, t, n, _ in alloc.table():
+        share[t] = share.get(t, 0) + n
+    return share
+
+
+def _row_line(r: dict) -> str:
+    kl = " ".join(f"{d.split(':')[0]} {r['mix_kl'][d]:.4f} -> {r['budget_kl'][d]:.4f} ({r['budget_kl'][d] / r['mix_kl'][d]:.2f}x)"
+                  for d in EVAL_SETS)
+    return (f"{r['mix']:7} imatrix={r['imatrix']!s:5} {r['mix_bytes']:,} vs {r['budget_bytes']:,} B: {kl}; "
+            f"predicted {r['predicted_kl']:.4f}")
+
+
+def _summary(out: dict) -> None:
+    """The keys the issue names: the no-imatrix figures plain, the imatrix ones with an _imatrix suffix."""
+    for r in out["rows"]:
+        if r["mix"] not in ("Q4_K_M", "Q3_K_M"):
+            continue
+        k, sfx = r["mix"].lower(), "_imatrix" if r["imatrix"] else ""
+        out[f"{k}_bytes{sfx}"] = r["mix_bytes"]
+        out[f"budget_at_{k}_bytes{sfx}"] = r["budget_bytes"]
+        for d in EVAL_SETS:
+            ev = d.split(":")[0]
+            out[f"{k}_kl_{ev}{sfx}"] = r["mix_kl"][d]
+            out[f"budget_at_{k}_kl_{ev}{sfx}"] = r["budget_kl"][d]
+        if r["mix"] == "Q4_K_M" and not r["imatrix"]:
+            out["additivity_predicted_kl"] = r["predicted_kl"]
+            out["additivity_measured_kl"] = r["budget_kl"]["pydoc:eval"]
+
+
+def _table(out: dict) -> Table:
+    t = Table(title="smollm2: budget file vs llama.cpp mix of the same size (KL to float)")
+    for c in ("mix", "imatrix", "mix MB", "budget MB", "bpw", *(f"{d} mix / budget" for d in EVAL_SETS), "predicted"):
+        t.add_column(c)
+    for r in out["rows"]:
+        t.add_row(r["mix"], "yes" if r["imatrix"] else "no", f"{r['mix_bytes'] / 1e6:.2f}", f"{r['budget_bytes'] / 1e6:.2f}",
+                  f"{r['budget_bpw']:.3f}", *(f"{r['mix_kl'][d]:.4f} / {r['budget_kl'][d]:.4f} ({r['budget_kl'][d] / r['mix_kl'][d]:.2f}x)"
+                                               for d in EVAL_SETS), f"{r['predicted_kl']:.4f}")
+    return t
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--quick", action="store_true", help="Q3_K_M and Q4_K_M only, fewer windows and pairs")
+    p.add_argument("--json", type=Path)
+    p.add_argument("--calib", type=int, default=None, help="calibration windows of 512 tokens (default 8; quick 4)")
+    p.add_argument("--windows", type=int, default=None, help="eval windows of 512 tokens per set (default 8; quick 4)")
+    p.add_argument("--pairs", type=int, default=None, help="(tensor, type) pairs for the proxy check (default 40; quick 16)")
+    args = p.parse_args(argv)
+    args.calib = args.calib or (4 if args.quick else 8)
+    args.windows = args.windows or (4 if args.quick else 8)
+    args.pairs = args.pairs or (16 if args.quick else 40)
+    console = Console()
+    t0 = time.perf_counter()
+    out = run(args, console)
+    out["bench_seconds"] = time.perf_counter() - t0
+    console.print(_table(out))
+    console.print(f"proxy Spearman {out['proxy_spearman']:.3f} over {len(out['proxy_pairs'])} pairs; within type: "
+                  + ", ".join(f"{k} {v:.2f}" for k, v in out["proxy_within_type"].items()))
+    console.print(f"additivity: predicted {out['additivity_predicted_kl']:.4f}, measured {out['additivity_measured_kl']:.4f}")
+    console.print(f"allocation {out['allocation_seconds']:.0f} s vs one GPTQ run {out['gptq_seconds']:.0f} s "
+                  f"({out['allocation_seconds'] / out['gptq_seconds']:.2f}x)")
+    if args.json:
+        write_json(out, args.json)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,163 @@
+"""Mixed precision to a size budget (lowbit/budget): the budget parser, the exact solver against brute
+force, the Fisher proxy against measured single-tensor KL on a tiny Llama, the allocation's file (size
+predicted to the byte, types as allocated, reproduced from its tensor-type file) and the errors."""
+
+from __future__ import annotations
+
+import copy
+import itertools
+
+import gguf
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from lowbit.budget.allocate import allocate, check_bounds, export_allocation, sensitivity, size_only
+from lowbit.budget.fisher import collect_fisher
+from lowbit.budget.solve import Budget, frontier, parse_budget, solve
+from lowbit.budget.validate import Perturber, proxy_check
+from lowbit.cli import app
+from lowbit.errors import InputError
+from lowbit.metrics.lm import ReferenceLM
+from lowbit.writers.gguf import export_gguf
+from tests.conftest import TINY_VOCAB, make_tiny_llama
+
+TYPES = ("F16", "Q8_0", "Q6_K", "Q5_0", "Q4_K", "Q4_0", "IQ4_NL", "Q3_K", "Q2_K")  # fast types; no lattice search
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    """A 4-layer, 256-wide Llama (every k-quant applies) with weights scaled up, so its predictions are
+    not uniform and quantization moves them; 4 x 64 random token windows."""
+    h = make_tiny_llama(hidden_size=256, intermediate_size=512, num_hidden_layers=4, vocab_size=TINY_VOCAB)
+    with torch.no_grad():
+        for p in h.model.parameters():
+            if p.ndim == 2:
+                p.mul_(3.0)
+    ids = torch.randint(0, TINY_VOCAB, (4, 64), generator=torch.Generator().manual_seed(0))
+    return h, ids, sensitivity(h, ids, None, TYPES)
+
+
+@pytest.mark.parametrize(("text", "want"), [("4.5", Budget(bpw=4.5)), ("90MB", Budget(nbytes=90_000_000)),
+                                            ("1.5GiB", Budget(nbytes=int(1.5 * 2**30))), (" 3 ", Budget(bpw=3.0)),
+                                            ("100kb", Budget(nbytes=100_000))])
+def test_parse_budget(text: str, want: Budget) -> None:
+    assert parse_budget(text) == want
+
+
+@pytest.mark.parametrize("text", ["abc", "0", "100", "4.5 bits", "-3", "5 furlongs"])
+def test_parse_budget_rejects(text: str) -> None:
+    with pytest.raises(InputError, match="--budget"):
+        parse_budget(text)
+
+
+def test_frontier_drops_dominated_options() -> None:
+    costs, dkls = np.array([10, 8, 8, 5, 12]), np.array([1.0, 2.0, 3.0, 4.0, 1.0])
+    assert sorted(frontier(costs, dkls)) == [0, 1, 3]
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_solver_matches_brute_force(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    costs = [sorted(1000 * rng.integers(1, 50, size=4)) for _ in range(5)]  # no total within solve's 64 of slack
+    dkls = [list(rng.random(4)) for _ in range(5)]
+    budget = float(sum(min(c) for c in costs) + 1000 * rng.integers(0, 60) + 500)
+    best = min(sum(d[k] for d, k in zip(dkls, ks)) for ks in itertools.product(range(4), repeat=5)
+               if sum(c[k] for c, k in zip(costs, ks)) <= budget)
+    picks = solve(costs, dkls, budget)
+    assert sum(c[k] for c, k in zip(costs, picks)) <= budget
+    assert sum(d[k] for d, k in zip(dkls, picks)) == pytest.approx(best, rel=1e-9)
+
+
+def test_fisher_covers_every_weight_and_the_tied_head(tiny) -> None:
+    h, ids, _ = tiny
+    f = collect_fisher(h.model, ids)
+    assert f.tokens == 4 * 63
+    emb = f.tensors["token_embd.weight"]
+    assert emb.g is not None and emb.cov is not None and emb.emb is not None  # tied: head and lookups
+    assert emb.emb[ids.unique()].sum() > 0 and emb.emb.sum(1)[np.setdiff1d(np.arange(TINY_VOCAB), ids.unique())].max() == 0
+    assert {n for n in f.tensors if n.startswith("blk.0.")} == {f"blk.0.{k}.weight" for k in
+                                                               ("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down")}
+    assert all(p.requires_grad for p in h.model.parameters())  # restored
+
+
+def test_proxy_ranks_and_sizes_measured_kl(tiny) -> None:
+    """Predicted dKL of one tensor in one type against the KL measured with that tensor quantized."""
+    h, ids, sens = tiny
+    pc = proxy_check(Perturber(copy.deepcopy(h), ReferenceLM(h.model, ids), ids), sens, n=16)
+    assert len(pc.pairs) == 16 and abs(pc.base_kl) < 1e-6
+    assert pc.spearman >= 0.95
+    ratios = [p / m for _, _, p, m in pc.pairs if m > 1e-6]
+    assert 0.5 < np.median(ratios) < 2.0
+
+
+def test_allocation_file(tiny, tmp_path) -> None:
+    h, ids, sens = tiny
+    alloc = allocate(sens, Budget(bpw=4.0))
+    assert alloc.bpw <= 4.0 and alloc.bpw > 3.9
+    out, tt = tmp_path / "b.gguf", tmp_path / "tt.txt"
+    export_allocation(h, str(out), alloc, tensor_type_file=str(tt))
+    assert out.stat().st_size == alloc.file_bytes  # the header and padding predicted to the byte
+    types = {t.name: t.tensor_type.name for t in gguf.GGUFReader(str(out)).tensors}
+    assert all(types[n] == t for n, t, _, _ in alloc.table())
+    assert len(set(types.values())) >= 3  # a mix, not one type
+    lines = tt.read_text().split()
+    assert len(lines) == len(alloc.table()) and lines[0].startswith("^") and "$=" in lines[0]
+    # the overrides alone, read back as --tensor-type patterns, rebuild the same file byte for byte
+    export_gguf(h, tmp_path / "again.gguf", alloc.file_type(), tensor_types=lines)
+    assert (tmp_path / "again.gguf").read_bytes() == out.read_bytes()
+
+
+def test_bigger_budget_predicts_less_kl_and_measures_less(tiny) -> None:
+    h, ids, sens = tiny
+    allocs = [allocate(sens, Budget(bpw=b)) for b in (3.0, 4.0, 5.5)]
+    pred = [a.predicted_dkl for a in allocs]
+    assert pred[0] > pred[1] > pred[2]
+    p = Perturber(copy.deepcopy(h), ReferenceLM(h.model, ids), ids)
+    meas = [p.measure({n: t for n, t, _, _ in a.table()}) for a in allocs]
+    assert meas[0] > meas[1] > meas[2]
+    assert 0.5 < pred[1] / meas[1] < 2.0  # additivity holds roughly on this model
+
+
+def test_a_byte_budget_is_met(tiny) -> None:
+    _, _, sens = tiny
+    size = allocate(sens, Budget(bpw=4.5)).file_bytes
+    alloc = allocate(sens, Budget(nbytes=size - 1000))
+    assert alloc.file_bytes <= size - 1000
+
+
+def test_budgets_out_of_range_are_refused(tiny) -> None:
+    h, _, sens = tiny
+    with pytest.raises(InputError, match="below the smallest file"):
+        allocate(sens, Budget(bpw=1.0))
+    with pytest.raises(InputError, match="above the float16 file"):
+        allocate(sens, Budget(bpw=20.0))
+    with pytest.raises(InputError, match="an --imatrix unlocks"):  # checked from the shapes alone
+        check_bounds(size_only(h, False, TYPES), Budget(bpw=1.0))
+
+
+def test_types_needing_an_imatrix_only_with_one() -> None:
+    h = make_tiny_llama(hidden_size=256, intermediate_size=256, num_hidden_layers=1, vocab_size=TINY_VOCAB)
+    ids = torch.randint(0, TINY_VOCAB, (2, 32), generator=torch.Generator().manual_seed(1))
+    types = ("Q4_0", "Q2_K", "IQ2_XXS")
+    bare = sensitivity(h, ids, None, types)
+    assert not any(o.type == "IQ2_XXS" for r in bare.rows for o in r.options)
+    im = {r.name: np.ones(r.shape[-1], np.float32) for r in bare.rows if r.name.startswith("blk.")}
+    withim = sensitivity(h, ids, im, types)
+    blk = [r for r in withim.rows if r.name == "blk.0.ffn_down.weight"][0]
+    assert {o.type for o in blk.options} == set(types)
+    emb = [r for r in withim.rows if r.name == "token_embd.weight"][0]  # no imatrix data for it: not offered
+    assert "IQ2_XXS" not in {o.type for o in emb.options}
+
+
+def test_cli_budget_errors_exit_2_and_write_nothing(tmp_path, monkeypatch) -> None:
+    runner = CliRunner()
+    out = tmp_path / "x.gguf"
+    r = runner.invoke(app, ["export", "tiny-missing", "--format", "gguf", "--budget", "abc", "--out", str(out)])
+    assert r.exit_code == 2 and "--budget 'abc'" in r.output
+    r = runner.invoke(app, ["export", "tiny-missing", "--format", "compressed-tensors", "--budget", "4", "--out", str(out)])
+    assert r.exit_code == 2 and "apply to --format gguf" in r.output
+    r = runner.invoke(app, ["export", "tiny-missing", "--format", "gguf", "--tensor-type-file", "t.txt", "--out", str(out)])
+    assert r.exit_code == 2 and "give --budget" in r.output
+    assert not out.exists()
