@@ -13,9 +13,16 @@ stdlib:eval (KL to the float model; calibration saw only pydoc:calib). Also meas
 - time: the allocation (Fisher pass, every tensor in every type, solve) against one GPTQ run (W4 g128,
   the default calibration of 16 x 512 tokens of pydoc:calib).
 
-smollm2 here is SmolLM2-135M-Instruct.Q4_1.gguf dequantized: re-quantizing it to Q4_1 gives its own
-weights back (dKL exactly 0). Q4_1 is therefore not offered to the allocator in this bench: with it,
-every budget >= 5 bpw would win for free, which says nothing about the method.
+The reference. smollm2 ships as SmolLM2-135M-Instruct.Q4_1.gguf, so its "float" weights lie on Q4_1's
+grid (and its embedding on Q8_0's). Against such a reference, types that can reproduce the grid measure
+as (nearly) lossless: Q4_1 exactly (dKL 0), Q5_1 with an importance matrix (a step of half Q4_1's hits
+every Q4_1 level), Q4_K nearly. The allocator finds and uses them, and the fixed mixes (Q5_0 where
+smollm2's 576-wide rows refuse Q4_K) cannot: the comparison would flatter the allocator for a reason
+no real float model has. By default (``--reference dithered``) every quantized block of the reference
+therefore gets uniform noise of +-1/2 of its own grid step (Q4_1: (max - min) / 15; Q8_0: max|w| / 127),
+seeded: a model with continuous weights, the size of a fresh Q4_1 error away from the shipped one, and
+every type, Q4_1 included, is a candidate. ``--reference shipped`` scores against the file as shipped
+with Q4_1 withheld from the allocator, and shows the artifact.
 """
 
 from __future__ import annotations
@@ -51,7 +58,31 @@ from lowbit.writers.gguf import export_gguf, load_into
 MIXES = ("Q3_K_S", "Q3_K_M", "Q3_K_L", "Q4_K_S", "Q4_K_M", "Q5_K_S", "Q5_K_M", "Q6_K")
 QUICK_MIXES = ("Q3_K_M", "Q4_K_M")
 EVAL_SETS = ("pydoc:eval", "stdlib:eval")
-TYPES = tuple(t for t in GGUF_CANDIDATES if t != "Q4_1")  # see the module docstring
+SHIPPED_TYPES = tuple(t for t in GGUF_CANDIDATES if t != "Q4_1")  # see the module docstring
+
+
+def dithered(ref, seed: int = 0):
+    """``ref`` (smollm2 from its Q4_1 GGUF) with every quantized block moved off its grid, in place:
+    uniform noise of +-1/2 of the block's step (see the module docstring)."""
+    import gguf
+    import numpy as np
+    import torch
+
+    from lowbit.writers.gguf import tensor_names
+
+    src = {t.name: t.tensor_type.name for t in gguf.GGUFReader(ref.gguf_source).tensors}
+    rng = np.random.default_rng(seed)
+    for hf, g in tensor_names(ref.model):
+        kind = src.get(g)
+        if kind not in ("Q4_1", "Q8_0"):
+            continue
+        p = ref.model.get_parameter(hf)
+        w = p.detach().numpy().reshape(-1, 32)
+        step = (w.max(1) - w.min(1)) / 15 if kind == "Q4_1" else np.abs(w).max(1) / 127
+        noise = (rng.random(w.shape, dtype=np.float32) - 0.5) * step[:, None]
+        with torch.no_grad():
+            p.copy_(torch.from_numpy((w + noise).reshape(p.shape)))
+    return ref
 
 
 def _kl(evs: dict, path: Path, ref) -> dict[str, float]:
@@ -67,17 +98,21 @@ def _gptq_seconds(ref) -> float:
 
 def run(args: argparse.Namespace, console: Console) -> dict:
     ref = load_model("smollm2")
+    types = GGUF_CANDIDATES if args.reference == "dithered" else SHIPPED_TYPES
+    if args.reference == "dithered":
+        dithered(ref)
     ids = token_windows(load_corpus("pydoc:calib"), ref.tokenizer, args.calib, 512, 0)
     evs = {d: Evaluator(ref, EvalSettings(data=d, windows=args.windows, speed=False)) for d in EVAL_SETS}
     for ev in evs.values():
         ev.run(ref)  # the reference's log-probs, once
     im = compute_imatrix(ref.model, ids, dataset="pydoc:calib").weights()
     fisher = collect_fisher(ref.model, ids)
-    out: dict = {"calib_windows": args.calib, "eval_windows": args.windows, "types": list(TYPES), "rows": []}
+    out: dict = {"reference": args.reference, "calib_windows": args.calib, "eval_windows": args.windows,
+                 "types": list(types), "rows": []}
     tmp = Path(tempfile.mkdtemp(prefix="lowbit-budget-"))
     sens_none = None
     for setting, imx in (("none", None), ("imatrix", im)):
-        sens = sensitivity(ref, ids, imx, TYPES, fisher=fisher)
+        sens = sensitivity(ref, ids, imx, types, fisher=fisher)
         sens_none = sens_none or sens
         for mix in QUICK_MIXES if args.quick else MIXES:
             fixed = tmp / f"{mix}-{setting}.gguf"
@@ -152,6 +187,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="Q3_K_M and Q4_K_M only, fewer windows and pairs")
     p.add_argument("--json", type=Path)
+    p.add_argument("--reference", choices=("dithered", "shipped"), default="dithered",
+                   help="smollm2 off its Q4_1 grid (default), or as shipped with Q4_1 withheld (see above)")
     p.add_argument("--calib", type=int, default=None, help="calibration windows of 512 tokens (default 8; quick 4)")
     p.add_argument("--windows", type=int, default=None, help="eval windows of 512 tokens per set (default 8; quick 4)")
     p.add_argument("--pairs", type=int, default=None, help="(tensor, type) pairs for the proxy check (default 40; quick 16)")

@@ -12,6 +12,7 @@ bytes; bits per weight are llama.cpp's: 8 x tensor bytes / weights, over every t
 
 from __future__ import annotations
 
+import logging
 import re
 import time
 from collections import Counter
@@ -28,6 +29,7 @@ from lowbit.errors import InputError
 from lowbit.loaders.handle import ModelHandle
 from lowbit.progress import track
 
+log = logging.getLogger(__name__)
 ALIGN = 32
 # the file type a budget file declares (general.file_type): the mix named after its largest share of bytes
 _FILE_TYPE = {"Q2_K": "Q2_K", "Q3_K": "Q3_K_M", "Q4_K": "Q4_K_M", "Q5_K": "Q5_K_M", "Q6_K": "Q6_K", "IQ3_S": "IQ3_S",
@@ -111,6 +113,7 @@ def sensitivity(handle: ModelHandle, windows: torch.Tensor, imatrix: dict[str, n
     from lowbit.writers.gguf_mix import quantizable
 
     t0 = time.perf_counter()
+    _warn_if_on_a_grid(handle)
     head = header_bytes(handle, "Q8_0", imatrix_kv)
     fisher = fisher or collect_fisher(handle.model, windows)
     t1 = time.perf_counter()
@@ -160,6 +163,20 @@ def check_bounds(sens: Sensitivity, budget: Budget) -> None:
     if (budget.nbytes or 0) > hi[0] or (budget.bpw or 0) > hi[1]:
         raise InputError(f"--budget {budget} is above the float16 file ({hi[0]:,} bytes, {hi[1]:.3f} bpw): "
                          f"nothing to allocate; export --type F16")
+
+
+def _warn_if_on_a_grid(handle: ModelHandle) -> None:
+    """A model read from a quantized GGUF is its own reference: a type that can reproduce its grid
+    (the same type, or a finer one with the same block layout) measures as nearly free against it."""
+    if not getattr(handle, "gguf_source", None):
+        return
+    import gguf
+
+    kinds = Counter(t.tensor_type.name for t in gguf.GGUFReader(handle.gguf_source).tensors)
+    grids = [k for k in kinds if k not in ("F32", "F16", "BF16")]
+    if grids:
+        log.warning("%s is stored in %s: its weights lie on that grid, so types that reproduce it measure as "
+                    "(nearly) lossless against it; the allocation will prefer them", handle.name, "/".join(sorted(grids)))
 
 
 def allocate(sens: Sensitivity, budget: Budget, progress: Callable[[str], None] | None = None) -> Allocation:
