@@ -65,7 +65,7 @@ def test_budget_file_and_llama_quantize_reproduces_it(f32, tmp_path, monkeypatch
         pytest.skip("llama-quantize not installed (make reference): the byte-identity half is not checked")
     ref = tmp_path / "llama-quantize.gguf"
     cmd = [binary, "--tensor-type-file", str(tt), *im, str(f32), str(ref), str(_file_type(out))]
-    p = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path)
+    p = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, check=False)
     assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-2000:]
     assert ref.read_bytes() == out.read_bytes(), f"{ref.stat().st_size} vs {out.stat().st_size} bytes"
     assert _file_type(out) in {v[1] for v in MIXES.values()}

@@ -11,6 +11,7 @@ import gguf
 import numpy as np
 import pytest
 import torch
+from tests.conftest import TINY_VOCAB, make_tiny_llama
 from typer.testing import CliRunner
 
 from lowbit.budget.allocate import allocate, check_bounds, export_allocation, sensitivity, size_only
@@ -21,7 +22,6 @@ from lowbit.cli import app
 from lowbit.errors import InputError
 from lowbit.metrics.lm import ReferenceLM
 from lowbit.writers.gguf import export_gguf
-from tests.conftest import TINY_VOCAB, make_tiny_llama
 
 TYPES = ("F16", "Q8_0", "Q6_K", "Q5_0", "Q4_K", "Q4_0", "IQ4_NL", "Q3_K", "Q2_K")  # fast types; no lattice search
 
@@ -93,7 +93,7 @@ def test_proxy_ranks_and_sizes_measured_kl(tiny) -> None:
 
 
 def test_allocation_file(tiny, tmp_path) -> None:
-    h, ids, sens = tiny
+    h, _ids, sens = tiny
     alloc = allocate(sens, Budget(bpw=4.0))
     assert alloc.bpw <= 4.0 and alloc.bpw > 3.9
     out, tt = tmp_path / "b.gguf", tmp_path / "tt.txt"
@@ -145,9 +145,9 @@ def test_types_needing_an_imatrix_only_with_one() -> None:
     assert not any(o.type == "IQ2_XXS" for r in bare.rows for o in r.options)
     im = {r.name: np.ones(r.shape[-1], np.float32) for r in bare.rows if r.name.startswith("blk.")}
     withim = sensitivity(h, ids, im, types)
-    blk = [r for r in withim.rows if r.name == "blk.0.ffn_down.weight"][0]
+    blk = next(r for r in withim.rows if r.name == "blk.0.ffn_down.weight")
     assert {o.type for o in blk.options} == set(types)
-    emb = [r for r in withim.rows if r.name == "token_embd.weight"][0]  # no imatrix data for it: not offered
+    emb = next(r for r in withim.rows if r.name == "token_embd.weight")  # no imatrix data for it: not offered
     assert "IQ2_XXS" not in {o.type for o in emb.options}
 
 

@@ -589,3 +589,25 @@ def test_embeddings_quantized_on_an_encoder_without_a_head(tiny_bert, text_file,
     assert b["embeddings"] < sum(m.weight.numel() * 4 for m in tiny_bert.model.modules()
                                  if isinstance(m, torch.nn.Embedding))  # the word table in int8 rows
     assert b["embeddings"] >= word.shape[0] * word.shape[1]
+
+
+def test_budget_candidates_join_with_their_allocation(tiny_llama, settings, tmp_path) -> None:
+    """`compare --budget`: GGUF files mixed to each size, scored like the fixed mixes, with the allocation
+    (tensor, type, bytes, predicted dKL) in results.json and in both reports."""
+    s = replace(settings, methods=["gguf-q8_0", "gguf-q4_k_m"], budgets=["11", "14"])
+    res = compare(tiny_llama, s, tmp_path / "rep")
+    rows = {c["method"]: c for c in res["candidates"]}
+    lo, hi = rows["gguf-budget-11bpw"], rows["gguf-budget-14bpw"]
+    for r, bpw in ((lo, 11), (hi, 14)):
+        assert r["family"] == "gguf-budget" and r["kl_mean"] is not None and r["predicted_kl"] > 0
+        names = [a[0] for a in r["allocation"]]
+        assert "token_embd.weight" in names and "blk.0.attn_q.weight" in names
+        assert dict((a[0], a[1]) for a in r["allocation"])["token_embd.weight"] == "F32"  # --embeddings stored
+        assert sum(a[2] for a in r["allocation"]) * 8 <= bpw * sum(  # the budget holds over every tensor's weights
+            np.prod(p.shape) for p in tiny_llama.model.parameters())
+    assert lo["size_bytes"] < hi["size_bytes"] and lo["predicted_kl"] > hi["predicted_kl"]
+    md = (tmp_path / "rep" / "report.md").read_text()
+    assert "## Allocation of `gguf-budget-11bpw`" in md and "| blk.0.ffn_down.weight |" in md
+    assert "Allocation of gguf-budget-14bpw" in (tmp_path / "rep" / "report.html").read_text()
+    with pytest.raises(InputError, match="--budget"):
+        compare(tiny_llama, replace(s, budgets=["lots"]), tmp_path / "bad")

@@ -47,10 +47,11 @@ class TensorRow:
     name: str
     shape: tuple[int, ...]
     options: list[Option]  # one F32 option for a fixed tensor
+    quantizable: bool = True  # False: a norm or bias, F32 as llama.cpp keeps it (no override is written)
 
     @property
     def fixed(self) -> bool:
-        return len(self.options) == 1 and self.options[0].type == "F32"
+        return not self.quantizable
 
 
 @dataclass
@@ -90,7 +91,7 @@ class Allocation:
 
     def table(self) -> list[tuple[str, str, int, float]]:
         """(tensor, type, bytes, predicted dKL) of every quantized tensor, in file order."""
-        return [(r.name, o.type, o.nbytes, o.dkl) for r, o in zip(self.rows, self.choice, strict=True) if not r.fixed]
+        return [(r.name, o.type, o.nbytes, o.dkl) for r, o in zip(self.rows, self.choice, strict=True) if r.quantizable]
 
     def tensor_types(self) -> list[str]:
         """One exact-name override per quantized tensor, as llama-quantize's --tensor-type-file reads them."""
@@ -107,8 +108,9 @@ class Allocation:
 
 def sensitivity(handle: ModelHandle, windows: torch.Tensor, imatrix: dict[str, np.ndarray] | None = None,
                 types: tuple[str, ...] = GGUF_CANDIDATES, imatrix_kv: list | None = None,
-                fisher: Fisher | None = None) -> Sensitivity:
-    """Every tensor's options (type, bytes, predicted dKL), from one Fisher pass over ``windows``."""
+                fisher: Fisher | None = None, pins: dict[str, str] | None = None) -> Sensitivity:
+    """Every tensor's options (type, bytes, predicted dKL), from one Fisher pass over ``windows``;
+    ``pins`` (GGUF name -> type) leaves a tensor one option (compare keeps embeddings as stored)."""
     from lowbit.writers.gguf import _llama_rows, float_tensors, header_bytes, tensor_names
     from lowbit.writers.gguf_mix import quantizable
 
@@ -121,7 +123,7 @@ def sensitivity(handle: ModelHandle, windows: torch.Tensor, imatrix: dict[str, n
     n = len(tensor_names(handle.model))
     for name, w in track(float_tensors(handle), f"sensitivity: {n} tensors x {len(types)} types", total=n):
         if not quantizable(name, w.shape) or w.ndim != 2:
-            rows.append(TensorRow(name, w.shape, [Option("F32", 4 * w.size, 0.0)]))
+            rows.append(TensorRow(name, w.shape, [Option("F32", 4 * w.size, 0.0)], quantizable=False))
             continue
         f = fisher.tensors.get(name)
         if f is None:
@@ -129,7 +131,11 @@ def sensitivity(handle: ModelHandle, windows: torch.Tensor, imatrix: dict[str, n
         if f.g is not None:  # attn_q / attn_k rows in llama.cpp's rope order, as the file stores them
             f = TensorFisher(_llama_rows(f.g[:, None], name, handle.model.config)[:, 0], f.cov, f.emb)
         im = None if imatrix is None else imatrix.get(name)
-        rows.append(TensorRow(name, w.shape, tensor_options(w, f, fisher.tokens, types, im)))
+        pinned = (pins or {}).get(name)
+        opts = tensor_options(w, f, fisher.tokens, (pinned,) if pinned else types, im)
+        if pinned and not opts:
+            raise InputError(f"{name}: {pinned} cannot hold its {w.shape[1]}-wide rows")
+        rows.append(TensorRow(name, w.shape, opts))
     seconds = {"fisher": fisher.seconds, "types": time.perf_counter() - t1, "header": t1 - t0 - fisher.seconds}
     return Sensitivity(rows, head, fisher.tokens, imatrix is not None, seconds)
 
@@ -146,7 +152,7 @@ def size_only(handle: ModelHandle, has_imatrix: bool, types: tuple[str, ...] = G
     for hf, name in tensor_names(handle.model):
         shape = tuple(_shape(handle.model, mods, hf))
         if not quantizable(name, shape) or len(shape) != 2:
-            rows.append(TensorRow(name, shape, [Option("F32", 4 * int(np.prod(shape)), 0.0)]))
+            rows.append(TensorRow(name, shape, [Option("F32", 4 * int(np.prod(shape)), 0.0)], quantizable=False))
         else:
             ok = [t for t in types if usable(t, shape[-1], has_imatrix and name not in ("token_embd.weight", "output.weight"))]
             rows.append(TensorRow(name, shape, [Option(t, type_bytes(t, shape), 0.0) for t in ok]))

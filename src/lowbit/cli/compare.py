@@ -22,6 +22,9 @@ def compare(
                                                 "e.g. rtn-w8,gptq-w4g64,gguf-q4_k_m.")] = None,
     bar: Annotated[str | None, typer.Option(help="Your quality bar: kl=0.05, ppl=+3%, acc=-1, cos=0.99, top1=0.9.")] = None,
     budget_bpw: Annotated[float | None, typer.Option(help="Largest bits per weight you can afford.")] = None,
+    budget: Annotated[list[str] | None, typer.Option(help="Add a GGUF candidate mixed to this size (4.5 bpw, 90MB): "
+                                                          "one llama.cpp type per tensor, least predicted KL "
+                                                          "(repeatable: a curve beside the fixed mixes).")] = None,
     seed: Annotated[int, typer.Option(help="Which eval windows are drawn (rerun with another to check a decision).")] = 0,
     until_decided: Annotated[float | None, typer.Option(
         metavar="SECONDS", help="Add eval windows (doubling, only for the candidates the decision hinges on) until "
@@ -62,8 +65,8 @@ def compare(
     t0 = time.perf_counter()
     settings = CompareSettings(calib=calib, eval=eval_data, eval_text=eval_text,
                                methods=[m.strip() for m in methods.split(",") if m.strip()] if methods else None,
-                               bar=bar, budget_bpw=budget_bpw, embeddings=embeddings, protocol=protocol,
-                               until_decided=until_decided, windows=windows, seq_len=seq_len, seed=seed,
+                               bar=bar, budget_bpw=budget_bpw, budgets=list(budget or ()), embeddings=embeddings,
+                               protocol=protocol, until_decided=until_decided, windows=windows, seq_len=seq_len, seed=seed,
                                calib_samples=calib_samples, speed=not no_speed, calib_check=calib_check, target=target,
                                train_data=train_data, qat_steps=qat_steps)
     _print_results(Comparison(model, settings, report, console=out).run())

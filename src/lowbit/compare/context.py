@@ -22,6 +22,8 @@ class Context:
     embeddings: str = "stored"  # CompareSettings.embeddings
     _imatrix: dict[str, Any] | None = field(default=None, repr=False)
     imatrix_seconds: float = 0.0
+    _sensitivity: Any = field(default=None, repr=False)
+    sensitivity_seconds: float = 0.0
 
     @property
     def has_imatrix(self) -> bool:
@@ -39,3 +41,20 @@ class Context:
             self._imatrix = compute_imatrix(self.ref.model, ids, dataset=self.calib.data).weights()
             self.imatrix_seconds = time.perf_counter() - t0
         return self._imatrix
+
+    def sensitivity(self, pins: dict[str, str]) -> Any:
+        """Every tensor's GGUF types with bytes and predicted dKL (budget/allocate.py), computed once on the
+        calibration data for every budget candidate; quantized with the importance matrix, as the fixed
+        mixes are."""
+        if self._sensitivity is None:
+            from lowbit.budget.allocate import sensitivity
+            from lowbit.calib import load_corpus, token_windows
+
+            assert self.calib is not None, "sensitivity() needs calibration settings"
+            imatrix = self.imatrix()
+            t0 = time.perf_counter()
+            ids = token_windows(load_corpus(self.calib.data), self.ref.tokenizer, self.calib.n_samples,
+                                self.calib.seq_len, self.calib.seed)
+            self._sensitivity = sensitivity(self.ref, ids, imatrix, pins=pins)
+            self.sensitivity_seconds = time.perf_counter() - t0
+        return self._sensitivity

@@ -5,6 +5,7 @@ A new family is one ``register_candidate`` call here (and one method file in met
 
 from __future__ import annotations
 
+import math
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -92,6 +93,42 @@ def _register_gguf() -> None:
                                      config=f"gguf:{mix}", default=mix in ("Q8_0", "Q4_K_M", "Q3_K_M"),
                                      plan_method="gguf-q8_0" if mix == "Q8_0" else
                                      "gguf-q5_k_m" if bits >= 5 else "gguf-q4_k_m"))
+
+
+def _gguf_budget(budget: str) -> Build:
+    def build(ref: ModelHandle, ctx: Any) -> Built:
+        from lowbit.budget.allocate import allocate, export_allocation
+        from lowbit.budget.solve import parse_budget
+        from lowbit.writers.gguf import load_into
+
+        rule = {"stored": "F32", "quantized": "Q8_0"}.get(ctx.embeddings)  # as the fixed mixes under --embeddings
+        pins = {"token_embd.weight": rule, "output.weight": rule} if rule else {}
+        had = ctx._sensitivity is not None
+        alloc = allocate(ctx.sensitivity(pins), parse_budget(budget))
+        path = Path(tempfile.mkdtemp(prefix="lowbit-compare-")) / "budget.gguf"
+        export_allocation(ref, str(path), alloc, imatrix=ctx.imatrix())
+        kept = {n for n, t in pins.items() if t == "F32"}
+        qbytes = sum(n for name, _, n, _ in alloc.table() if name not in kept)  # bpw of the quantized layers
+        numel = sum(math.prod(r.shape) for r in alloc.rows if r.quantizable and r.name not in kept)
+        bpw = 8 * qbytes / max(numel, 1)
+        return Built(load_into(path, ref), path.stat().st_size, bpw, gguf_path=path,
+                     extra={"imatrix": True, "allocation": [list(t) for t in alloc.table()],
+                            "predicted_kl": alloc.predicted_dkl, "reused_sensitivity": had})
+
+    return build
+
+
+def budget_candidate(budget: str) -> Candidate:
+    """A GGUF file mixed to ``budget`` (``lowbit compare --budget 4.5``): one type per tensor, least
+    predicted KL, calibrated on the compare's calibration data, with its importance matrix."""
+    from lowbit.budget.solve import parse_budget
+
+    b = parse_budget(budget)
+    slug = f"{b.bpw:g}bpw" if b.bpw is not None else f"{b.nbytes}b"
+    bits = int(b.bpw) if b.bpw is not None else 4
+    return Candidate(f"gguf-budget-{slug}", "gguf-budget", bits, f"GGUF mixed to {b} (lowbit allocation)", "gguf",
+                     _gguf_budget(budget), needs_calib=True, config=f"gguf-budget:{b}", default=False,
+                     plan_method="gguf-q4_k_m")
 
 
 def _register_bitsandbytes() -> None:

@@ -73,8 +73,12 @@ def size_quality_png(res: Results) -> bytes:
     if len(front) > 1:
         ax.plot([r.size_bytes / 1e6 for r in front],
                 [max(r.kl_mean if lm else 1 - r.cosine_mean, 1e-6) for r in front], color="tab:red", lw=1, zorder=2)
+    from lowbit.compare.budget_report import draw_curves
+
+    curves = draw_curves(ax, rows, lambda r: None if r.kl_mean is None else max(r.kl_mean, 1e-6)) if lm else False
     if lm and res.bar.metric == "kl":
         ax.axhline(res.bar.value, color="tab:blue", ls="--", lw=1, label=str(res.bar))
+    if curves or (lm and res.bar.metric == "kl"):
         ax.legend(loc="upper right", fontsize=8)
     ax.set_yscale("log")
     _place_labels(ax, labels)
@@ -269,6 +273,9 @@ def markdown(res: Results) -> str:
                   "| candidate | " + " | ".join(keys) + " |", "|---|" + "---|" * len(keys),
                   *["| " + r.id + " | " + " | ".join(str(r.axes.get(k, "")).replace("|", "/") for k in keys) + " |"
                     for r in axes_rows], ""]
+    from lowbit.compare.budget_report import markdown_sections
+
+    parts += markdown_sections(res.candidates)
     cc = res.calib_check
     if isinstance(cc, CalibCheck):
         verdict = "beats" if cc.user_calib_better else "does NOT beat"
@@ -294,6 +301,8 @@ def html_report(res: Results, plots: dict[str, bytes]) -> str:
     summary = "".join(f"<p>{html.escape(x)}</p>" for x in _summary(res))
     axes = "".join(f"<li><b>{html.escape(k)}</b>: {html.escape(v)}</li>" for k, v in (res.axes or {}).items())
     name = html.escape(Path(res.model).name)
+    from lowbit.compare.budget_report import html_sections
+
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>lowbit compare: {name}</title>
 <style>
@@ -313,6 +322,7 @@ figure {{ display: inline-block; margin: 1em 1em 0 0; }} img {{ max-width: 100%;
 <table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>
 {imgs}
 {_html_axes_table(res)}
+{html_sections(res.candidates)}
 {_html_calib_check(res)}
 </body></html>
 """

@@ -70,6 +70,8 @@ class Row:
     slower_than_fp32: bool = False
     seconds: float | None = None  # wall time to build and score it (kept in the cache: --until-decided's estimates)
     axes: dict[str, str] | None = None  # the guide's five axes, where the candidate has a plan entry
+    allocation: list[list[Any]] | None = None  # budget candidates: [tensor, type, bytes, predicted dKL] per tensor
+    predicted_kl: float | None = None  # budget candidates: the allocation's summed prediction
     # a labelled eval set (multiple choice, classification): accuracy, and answers changed from the reference's
     accuracy: float | None = None
     flips: int | None = None
@@ -98,6 +100,8 @@ class Row:
         names += _REFERENCE_SPEED if self.is_reference else _CANDIDATE
         if self.axes:
             names.append("axes")
+        if self.allocation is not None:
+            names += ["allocation", "predicted_kl"]
         if self.accuracy is not None:
             names += ["accuracy", "flips"] if self.is_reference else ["accuracy", "flips", "flips_to_wrong",
                                                                       "flips_to_right"]

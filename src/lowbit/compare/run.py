@@ -72,6 +72,12 @@ class Comparison:
         self.bar = Bar.parse(settings.bar) if settings.bar else default_bar(self.kind, self.task is not None)
         training = bool(settings.train_data) and settings.qat_steps > 0
         self.candidates = candidates_for(self.kind, settings.methods, training)
+        if settings.budgets:
+            from lowbit.compare.families import budget_candidate
+
+            if self.kind != CAUSAL_LM:
+                raise InputError("--budget mixes GGUF types by their effect on next-token KL: it needs a causal LM")
+            self.candidates += [budget_candidate(b) for b in settings.budgets]
         if any(c.needs_training for c in self.candidates) and not training:
             raise InputError("QAT candidates train: give --train-data DATA and --qat-steps N")
         needs = any(c.needs_calib for c in self.candidates) or settings.calib_check
@@ -150,7 +156,10 @@ class Comparison:
         secs = time.perf_counter() - t0
         if built.extra.get("imatrix") and had_imatrix:  # computed once, for an earlier candidate: charge it here too
             secs += ctx.imatrix_seconds
+        if built.extra.get("reused_sensitivity"):  # likewise the budget candidates' sensitivity pass
+            secs += ctx.sensitivity_seconds
         row = self._score(c, built, secs, tag)
+        row.allocation, row.predicted_kl = built.extra.get("allocation"), built.extra.get("predicted_kl")
         if built.gguf_path is not None:
             built.gguf_path.unlink(missing_ok=True)
             built.gguf_path.parent.rmdir()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from lowbit.errors import InputError
 
@@ -24,6 +24,7 @@ class CompareSettings:
     methods: list[str] | None = None
     bar: str | None = None
     budget_bpw: float | None = None
+    budgets: list[str] = field(default_factory=list)  # --budget: GGUF candidates mixed to these sizes (budget/)
     windows: int = 4
     seed: int = 0  # which eval windows are drawn
     seq_len: int = 512
@@ -45,7 +46,11 @@ class CompareSettings:
         b = self.budget_bpw
         if b is not None and not (math.isfinite(b) and 0 < b <= 32):
             raise InputError(f"--budget-bpw {b:g}: expected bits per weight above 0 and at most 32")
+        from lowbit.budget.solve import parse_budget
         from lowbit.metrics.result import check_protocol
+
+        for text in self.budgets:
+            parse_budget(text)
 
         u = self.until_decided
         if u is not None and not (math.isfinite(u) and u > 0):
