@@ -74,11 +74,17 @@ def test_fisher_covers_every_weight_and_the_tied_head(tiny) -> None:
     h, ids, _ = tiny
     f = collect_fisher(h.model, ids)
     assert f.tokens == 4 * 63
-    emb = f.tensors["token_embd.weight"]
+    emb = f.tensors["model.embed_tokens.weight"]
     assert emb.g is not None and emb.cov is not None and emb.emb is not None  # tied: head and lookups
     assert emb.emb[ids.unique()].sum() > 0 and emb.emb.sum(1)[np.setdiff1d(np.arange(TINY_VOCAB), ids.unique())].max() == 0
-    assert {n for n in f.tensors if n.startswith("blk.0.")} == {f"blk.0.{k}.weight" for k in
-                                                               ("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down")}
+    layer0 = {n for n in f.tensors if n.startswith("model.layers.0.")}
+    assert layer0 == {f"model.layers.0.{k}.weight" for k in ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj",
+                                                             "self_attn.o_proj", "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")}
+    assert "lm_head.weight" not in f.tensors  # tied: its statistics are the embedding's
+    shared = sorted(sorted(g) for g in f.shared if g[0].startswith("model.layers.0."))  # what runtimes fuse
+    assert shared == [["model.layers.0.mlp.gate_proj.weight", "model.layers.0.mlp.up_proj.weight"],
+                      ["model.layers.0.self_attn.k_proj.weight", "model.layers.0.self_attn.q_proj.weight",
+                       "model.layers.0.self_attn.v_proj.weight"]]
     assert all(p.requires_grad for p in h.model.parameters())  # restored
 
 

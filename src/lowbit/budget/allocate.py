@@ -111,7 +111,7 @@ def sensitivity(handle: ModelHandle, windows: torch.Tensor, imatrix: dict[str, n
                 fisher: Fisher | None = None, pins: dict[str, str] | None = None) -> Sensitivity:
     """Every tensor's options (type, bytes, predicted dKL), from one Fisher pass over ``windows``;
     ``pins`` (GGUF name -> type) leaves a tensor one option (compare keeps embeddings as stored)."""
-    from lowbit.writers.gguf import _llama_rows, float_tensors, header_bytes, tensor_names
+    from lowbit.writers.gguf import _float_tensor, _llama_rows, header_bytes, tensor_names
     from lowbit.writers.gguf_mix import quantizable
 
     t0 = time.perf_counter()
@@ -120,12 +120,14 @@ def sensitivity(handle: ModelHandle, windows: torch.Tensor, imatrix: dict[str, n
     fisher = fisher or collect_fisher(handle.model, windows)
     t1 = time.perf_counter()
     rows = []
-    n = len(tensor_names(handle.model))
-    for name, w in track(float_tensors(handle), f"sensitivity: {n} tensors x {len(types)} types", total=n):
+    names = tensor_names(handle.model)
+    mods = dict(handle.model.named_modules())
+    for hf, name in track(names, f"sensitivity: {len(names)} tensors x {len(types)} types"):
+        w = _float_tensor(handle.model, mods, hf, name)
         if not quantizable(name, w.shape) or w.ndim != 2:
             rows.append(TensorRow(name, w.shape, [Option("F32", 4 * w.size, 0.0)], quantizable=False))
             continue
-        f = fisher.tensors.get(name)
+        f = fisher.tensors.get(hf)
         if f is None:
             raise InputError(f"{name}: calibration never reached this tensor, so its sensitivity is unknown")
         if f.g is not None:  # attn_q / attn_k rows in llama.cpp's rope order, as the file stores them

@@ -14,8 +14,9 @@ empirical Fisher of the text's labels), and the input second moments ``C = mean_
 
 An embedding table's input is one-hot, so its rows take the per-(row, column) gradient energy ``E`` of
 the positions that looked them up: ``1/2 / T * sum_{v,d} E_{v,d} dW_{v,d}^2``. A table tied to the
-output head gets both terms. Statistics are keyed by GGUF tensor name, rows in the Hugging Face order
-(the GGUF writer permutes attn_q / attn_k rows; budget/sensitivity.py permutes G with them).
+output head gets both terms. Statistics are keyed by the model's weight names, rows in the Hugging Face
+order (the GGUF writer permutes attn_q / attn_k rows; budget/allocate.py permutes G with them). Linears
+that read the same input tensor (q/k/v, gate/up) are recorded as one group: runtimes fuse them.
 """
 
 from __future__ import annotations
@@ -50,6 +51,7 @@ class Fisher:
     tensors: dict[str, TensorFisher] = field(default_factory=dict)
     tokens: int = 0  # scored positions T
     seconds: float = 0.0
+    shared: list[list[str]] = field(default_factory=list)  # weight names of Linears fed the same input
 
 
 class _Acc:
@@ -59,8 +61,11 @@ class _Acc:
         self.g: torch.Tensor | None = None
         self.xtx: torch.Tensor | None = None
         self.rows = 0
+        self.input_ptr: int | None = None  # the first input's storage: Linears sharing it are fused by runtimes
 
     def add_input(self, x: torch.Tensor) -> None:
+        if self.input_ptr is None:
+            self.input_ptr = x.data_ptr()
         x = x.detach().reshape(-1, x.shape[-1]).float()
         xtx = gram(x).double()
         self.xtx = xtx if self.xtx is None else self.xtx + xtx
@@ -71,20 +76,15 @@ class _Acc:
         self.g = e if self.g is None else self.g + e
 
 
-def _targets(model: nn.Module) -> tuple[dict[str, tuple[str, nn.Module]], str | None]:
-    """GGUF name -> (module name, Linear) for every 2-D Linear weight the GGUF file holds, plus the name
-    of the tensor a tied output head shares (token_embd.weight) or None."""
-    from lowbit.writers.gguf import tensor_names
-
-    mods = dict(model.named_modules())
-    out: dict[str, tuple[str, nn.Module]] = {}
-    for hf, g in tensor_names(model):
-        base = hf.rpartition(".")[0]
-        if isinstance(mods.get(base), nn.Linear) and hf.endswith(".weight"):
-            out[g] = (base, mods[base])
+def _targets(model: nn.Module) -> tuple[dict[str, tuple[str, nn.Module]], bool]:
+    """Weight name -> (module name, Linear) for every Linear of the model (a head tied to the input
+    embedding left out: its statistics join the embedding's), and whether the head is tied."""
+    out = {f"{name}.weight": (name, mod) for name, mod in model.named_modules() if isinstance(mod, nn.Linear)}
     head, emb = model.get_output_embeddings(), model.get_input_embeddings()
     tied = head is not None and emb is not None and head.weight is emb.weight
-    return out, ("token_embd.weight" if tied else None)
+    if tied:
+        out = {k: v for k, v in out.items() if v[1] is not head}
+    return out, tied
 
 
 @contextmanager
@@ -151,10 +151,11 @@ def collect_fisher(model: nn.Module, windows: torch.Tensor, seed: int = 0) -> Fi
     finally:
         for p, r in zip(model.parameters(), grads, strict=True):
             p.requires_grad_(r)
-    return _assemble(targets, tied, accs, emb_energy, windows, time.perf_counter() - t0)
+    emb_name = next(n for n, p in model.named_parameters() if p is emb.weight)  # the first name of a shared weight
+    return _assemble(targets, emb_name, tied, accs, emb_energy, windows, time.perf_counter() - t0)
 
 
-def _assemble(targets: dict[str, tuple[str, nn.Module]], tied: str | None, accs: dict[str, _Acc],
+def _assemble(targets: dict[str, tuple[str, nn.Module]], emb_name: str, tied: bool, accs: dict[str, _Acc],
               emb_energy: torch.Tensor, windows: torch.Tensor, seconds: float) -> Fisher:
     fisher = Fisher(tokens=int(windows.shape[0] * (windows.shape[1] - 1)), seconds=seconds)
     for g, (base, _mod) in targets.items():
@@ -162,7 +163,12 @@ def _assemble(targets: dict[str, tuple[str, nn.Module]], tied: str | None, accs:
         if a.g is None or a.xtx is None:
             continue  # never reached by the forward pass (an unused layer): no sensitivity to report
         fisher.tensors[g] = TensorFisher(a.g.numpy(), (a.xtx / max(a.rows, 1)).numpy())
-    e = fisher.tensors.setdefault("token_embd.weight", TensorFisher())
+    groups: dict[int, list[str]] = {}
+    for g, (base, _mod) in targets.items():
+        if accs[base].input_ptr is not None:
+            groups.setdefault(accs[base].input_ptr, []).append(g)
+    fisher.shared = [v for v in groups.values() if len(v) > 1]
+    e = fisher.tensors.setdefault(emb_name, TensorFisher())
     e.emb = emb_energy.numpy()
     if tied:
         a = accs["<head>"]
