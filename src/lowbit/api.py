@@ -226,6 +226,32 @@ def budget_export_to(model: ModelHandle | nn.Module | str, out: str | Path, budg
     return alloc
 
 
+def budget_quantize_to(model: ModelHandle | nn.Module | str, out: str | Path, budget: str | float, *,
+                       method: str = "rtn", calib: CalibSettings | None = None, overwrite: bool = False) -> Any:
+    """``lowbit quantize MODEL --budget 4.5``: one integer grid per Linear (budget/grids.py; q/k/v and
+    gate/up share one), least predicted KL within ``budget`` (bits per weight over the quantized layers, or
+    the whole model's size), each grid's layers quantized by ``method``; saved as a lowbit checkpoint that
+    `lowbit export --format compressed-tensors` writes with one config group per grid. ``calib`` is the
+    sensitivity data (and the method's, if it calibrates). Returns the quantized handle."""
+    from lowbit.budget.fisher import collect_fisher
+    from lowbit.budget.grids import allocate_grids, quantize_grids
+    from lowbit.budget.solve import parse_budget
+    from lowbit.calib import load_corpus, token_windows
+    from lowbit.writers.guard import check_output
+
+    b = parse_budget(budget)
+    get_method(method)
+    check_output(out, overwrite)
+    calib = calib or CalibSettings()
+    corpus = load_corpus(calib.data)
+    handle = load_model(model)
+    windows = token_windows(corpus, handle.tokenizer, calib.n_samples, calib.seq_len, calib.seed)
+    alloc = allocate_grids(handle, collect_fisher(handle.model, windows), b)
+    q = quantize_grids(handle, alloc, method, calib if get_method(method).needs else None)
+    save(q, out, overwrite=overwrite)
+    return q
+
+
 def _is_checkpoint(model: Any) -> bool:
     """Whether ``model`` names a lowbit checkpoint directory (which exports block by block)."""
     from lowbit.loaders.dispatch import read_json
@@ -384,5 +410,5 @@ def train_qat(model: ModelHandle | nn.Module | str, out: str | Path, settings: T
     return QATRun(qs.label, handle.kind, result, before, after)
 
 
-__all__ += ["GGUFSettings", "HardwareCheck", "QATRun", "budget_export_to", "check_hardware", "evaluate_against", "export_to",
+__all__ += ["GGUFSettings", "HardwareCheck", "QATRun", "budget_export_to", "budget_quantize_to", "check_hardware", "evaluate_against", "export_to",
             "imatrix_to", "quantize_to", "train_qat"]

@@ -80,3 +80,27 @@ def test_budget_below_the_smallest_file_is_one_line_exit_2(tmp_path) -> None:
     assert not out.exists()
     r = CliRunner().invoke(app, ["export", "smollm2", "--format", "gguf", "--budget", "20", "--out", str(out)])
     assert r.exit_code == 2 and "above the float16 file" in r.output
+
+
+def test_quantize_budget_compressed_tensors_reloads_with_identical_logits(tmp_path) -> None:
+    """smollm2 at 4.5 bits per weight, one grid per Linear: the compressed-tensors export (one config group
+    per grid) reloads in transformers with lowbit's own logits, bit for bit."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from lowbit.loaders import load_model
+    from lowbit.modules.kernel_mode import kernel_mode
+
+    runner = CliRunner()
+    r = runner.invoke(app, ["quantize", "smollm2", "--budget", "4.5", "--out", str(tmp_path / "q"),
+                            "--n-samples", "2", "--seq-len", "256"])
+    assert r.exit_code == 0, r.output
+    r = runner.invoke(app, ["export", str(tmp_path / "q"), "--format", "compressed-tensors", "--out", str(tmp_path / "ct")])
+    assert r.exit_code == 0, r.output
+    q = load_model(str(tmp_path / "q"))
+    grids = set(q.quant["budget"]["grids"].values())
+    assert len(grids) >= 2 and q.quant["budget"]["bpw"] <= 4.5
+    m = AutoModelForCausalLM.from_pretrained(tmp_path / "ct").eval()
+    ids = q.tokenizer("The quick brown fox jumps over the lazy dog. " * 3, return_tensors="pt").input_ids
+    with torch.no_grad(), kernel_mode(q.model, "dequant"):
+        assert torch.equal(q.model(input_ids=ids).logits, m(input_ids=ids).logits)

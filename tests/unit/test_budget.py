@@ -167,3 +167,61 @@ def test_cli_budget_errors_exit_2_and_write_nothing(tmp_path, monkeypatch) -> No
     r = runner.invoke(app, ["export", "tiny-missing", "--format", "gguf", "--tensor-type-file", "t.txt", "--out", str(out)])
     assert r.exit_code == 2 and "give --budget" in r.output
     assert not out.exists()
+
+
+def test_grid_budget_mixes_specs_shares_fused_layers_and_reloads_in_transformers(tiny, tmp_path) -> None:
+    """`lowbit quantize --budget`: one integer grid per Linear (q/k/v and gate/up sharing one), within
+    the budget; the compressed-tensors export reloads in transformers with lowbit's logits, bit for bit."""
+    from transformers import AutoModelForCausalLM
+
+    from lowbit.api import save
+    from lowbit.budget.grids import allocate_grids, quantize_grids
+    from lowbit.modules.kernel_mode import kernel_mode
+    from lowbit.writers.compressed_tensors import export_compressed_tensors
+
+    h, ids, _ = tiny
+    fisher = collect_fisher(h.model, ids)
+    lo, hi = allocate_grids(h, fisher, Budget(bpw=3.5)), allocate_grids(h, fisher, Budget(bpw=5.0))
+    assert lo.bpw <= 3.5 and hi.bpw <= 5.0 and lo.predicted_dkl > hi.predicted_dkl
+    specs = lo.specs()
+    assert len(set(specs.values())) >= 2  # a mix
+    for i in range(4):
+        p = f"model.layers.{i}."
+        assert specs[p + "self_attn.q_proj"] == specs[p + "self_attn.k_proj"] == specs[p + "self_attn.v_proj"]
+        assert specs[p + "mlp.gate_proj"] == specs[p + "mlp.up_proj"]
+    q = quantize_grids(h, lo)
+    assert q.quant["budget"]["grids"] == specs
+    qbits = sum(m.quantized_tensor().nbytes for m in q.model.modules() if hasattr(m, "quantized_tensor")) * 8
+    kept = sum(m.weight.numel() * 32 for n, m in q.model.named_modules() if specs.get(n) == "keep")
+    numel = sum(m.weight.numel() for n, m in h.model.named_modules() if n in specs)
+    assert (qbits + kept) / numel == pytest.approx(lo.bpw)  # the allocation's bytes are the layers' bytes
+    save(q, tmp_path / "ckpt")
+    ct = export_compressed_tensors(q, tmp_path / "ct")
+    m = AutoModelForCausalLM.from_pretrained(ct).eval()  # one scheme per grid, each module its own
+    x = ids[:, :24]
+    with torch.no_grad(), kernel_mode(q.model, "dequant"):
+        assert torch.equal(q.model(input_ids=x).logits, m(input_ids=x).logits)
+    p = Perturber(copy.deepcopy(h), ReferenceLM(h.model, ids), ids)
+    from lowbit.metrics.lm import score_lm
+
+    measured = float(score_lm(q.model, ids, p.ref).kl.mean())
+    assert 0.3 < lo.predicted_dkl / measured < 3.0
+
+
+def test_cli_quantize_budget_then_export(tiny_llama_dir, text_file, tmp_path) -> None:
+    runner = CliRunner()
+    out = tmp_path / "q"
+    args = ["quantize", str(tiny_llama_dir), "--budget", "5", "--out", str(out), "--calib", str(text_file),
+            "--n-samples", "2", "--seq-len", "32"]
+    r = runner.invoke(app, args)
+    assert r.exit_code == 0, r.output
+    assert "budget 5 bpw" in r.output and "predicted KL" in r.output and "layers by grid" in r.output
+    bpw = float(r.output.split(":")[1].split("bits/weight")[0])
+    assert 4.5 < bpw <= 5.0
+    r = runner.invoke(app, ["export", str(out), "--format", "compressed-tensors", "--out", str(tmp_path / "ct")])
+    assert r.exit_code == 0, r.output
+    r = runner.invoke(app, [*args[:4], "--bits", "4", "--out", str(tmp_path / "x")])
+    assert r.exit_code == 2 and "drop --bits" in r.output
+    r = runner.invoke(app, [*args[:2], "--budget", "10GB", "--out", str(tmp_path / "y"), "--calib", str(text_file),
+                            "--n-samples", "2", "--seq-len", "32"])
+    assert r.exit_code == 2 and "above the model as stored" in r.output and not (tmp_path / "y").exists()

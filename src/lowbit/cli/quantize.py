@@ -31,6 +31,11 @@ def quantize(
     ignore: Annotated[list[str] | None, typer.Option("--ignore", help="Regex of module names to keep in full precision "
                                                      "(repeatable); replaces the default (lm_head); 'none' keeps nothing.")] = None,
     embeddings: Annotated[bool, typer.Option("--embeddings", help="Quantize nn.Embedding tables too (kept by default).")] = False,
+    budget: Annotated[str | None, typer.Option(help="Mixed precision to a size: bits per weight over the quantized "
+                                                   "layers (4.5) or the model's size (90MB). One symmetric grid per "
+                                                   "Linear (2-8 bits, groups 32-128, or kept), q/k/v and gate/up "
+                                                   "sharing one, least predicted KL; --calib is the sensitivity data "
+                                                   "(default pydoc:calib).")] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace --out if it exists.")] = False,
     resume: Annotated[bool, typer.Option("--resume", help="Continue a killed run from its last finished block "
                                                           "(OUT.partial); the result is the same file.")] = False,
@@ -49,6 +54,10 @@ def quantize(
     options are listed under "Method options"; the method's config rejects the others."""
     from lowbit import api
 
+    if budget is not None:
+        _budget(model, out_dir, budget, method, Grid(bits, group_size, asym, scale_dtype), calib, n_samples, seq_len,
+                bool(targets or ignore or embeddings or resume), overwrite)
+        return
     config = build_config(method, Grid(bits, group_size, asym, scale_dtype), given_options(ctx))
     if api.get_method(method).needs and calib is None:
         calib = "pydoc:calib"
@@ -61,6 +70,28 @@ def quantize(
                              embeddings=embeddings, overwrite=overwrite, resume=resume, max_memory=max_memory,
                              device=device)
     out.print(_summary(report, out_dir), highlight=False)
+
+
+def _budget(model: str, out_dir: Path, budget: str, method: str, grid: Grid, calib: str | None, n_samples: int,
+            seq_len: int, selection: bool, overwrite: bool) -> None:
+    from lowbit import api
+    from lowbit.errors import InputError
+
+    if any(v is not None for v in (grid.bits, grid.group_size, grid.asym)):
+        raise InputError("--budget chooses each layer's grid; drop --bits, --group-size and --asym/--sym")
+    if selection:
+        raise InputError("--budget allocates every Linear but the head; --targets, --ignore, --embeddings and "
+                         "--resume do not apply")
+    _quiet_libraries()
+    q = api.budget_quantize_to(model, out_dir, budget, method=method,
+                               calib=api.CalibSettings(calib or "pydoc:calib", n_samples, seq_len), overwrite=overwrite)
+    b = q.quant["budget"]
+    grids: dict[str, int] = {}
+    for g in b["grids"].values():
+        grids[g] = grids.get(g, 0) + 1
+    out.print(f"{method} budget {b['budget']}: {b['bpw']:.3f} bits/weight, predicted KL {b['predicted_kl']:.4f}; "
+              f"layers by grid: {', '.join(f'{g} {n}' for g, n in sorted(grids.items()))} -> {out_dir}", highlight=False,
+              soft_wrap=True)
 
 
 def _summary(report: Any, out_dir: Path) -> str:
