@@ -89,6 +89,6 @@ def gguf_size_breakdown(path: str) -> dict[str, int | str]:
         out[kind] += int(t.n_bytes)
         if kind in ("embeddings", "head"):
             types[kind] = t.tensor_type.name
-    policy = "in the file: " + ", ".join(f"{k} {v}" for k, v in types.items()) + \
+    policy = "in the file: " + ", ".join(f"{k} {types[k]}" for k in ("embeddings", "head") if k in types) + \
              ("" if "head" in types else "; head tied to the embeddings")
     return {**out, "total": os.path.getsize(path), "embeddings_policy": policy}
