@@ -53,7 +53,7 @@ EXPECTED = {
     # GGUF metadata and tensor table
     "llama_gguf:gguf:utf8-key": NOT_GGUF + "a metadata key is not valid UTF-8 (at byte 89 of 325472)",
     "llama_gguf:gguf:utf8-value": NOT_GGUF + "value of general.name is not valid UTF-8 (at byte 106 of 325472)",
-    "llama_gguf:gguf:utf8-tensor": NOT_GGUF + "a tensor name is not valid UTF-8 (at byte 2382 of 325472)",
+    "llama_gguf:gguf:utf8-tensor": NOT_GGUF + "a tensor name is not valid UTF-8 (at byte 2373 of 325472)",
     "llama_gguf:gguf:dup-key": NOT_GGUF + "metadata key general.name appears twice (at byte 2259 of 325504)",
     "llama_gguf:gguf:block_count-2^20": NOT_GGUF + "llama.block_count must be an integer from 1 to 4096, got 1048576 (type 4)",
     "llama_gguf:gguf:block_count-3": NOT_GGUF + "llama.block_count is 3, but the file holds 2 block(s) of tensors",
@@ -62,7 +62,7 @@ EXPECTED = {
     "llama_gguf:gguf:tokens-empty": NOT_GGUF + "tokenizer.ggml.tokens must be a non-empty list of strings",
     "llama_gguf:gguf:bos-past-vocab": NOT_GGUF + "tokenizer.ggml.bos_token_id is 1000000, not a token id below the "
                                                  "vocabulary size 101",
-    "llama_gguf:gguf:overlap": "{d} is corrupt: the data of tensors blk.0.attn_norm.weight and blk.0.attn_k.weight overlap",
+    "llama_gguf:gguf:overlap": "{d} is corrupt: the data of tensors blk.0.attn_k.weight and token_embd.weight overlap",
     # lowbit checkpoint records
     "checkpoint:record:bits-2": "{d}: tensor model.layers.0.self_attn.q_proj.qweight has shape [2048], expected [1024] "
                                 "(layer model.layers.0.self_attn.q_proj: {{'bits': 2, 'symmetric': True, 'group_size': 64, "

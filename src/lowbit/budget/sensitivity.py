@@ -26,6 +26,10 @@ GGUF_CANDIDATES = ("F16", "Q8_0", "Q6_K", "Q5_K", "Q5_1", "Q5_0", "Q4_K", "Q4_1"
                    "Q3_K", "IQ3_S", "IQ3_XXS", "Q2_K", "IQ2_S", "IQ2_XS", "IQ2_XXS", "IQ1_M", "IQ1_S")
 SAMPLE_VALUES = 1 << 17  # values quantized per (tensor, type): rows = this / columns, at least MIN_ROWS
 MIN_ROWS = 64
+# The lattice-search types quantize 20-60x slower than the others (IQ1_M ~0.2 M values/s): they are
+# estimated from a quarter of the rows (drawn the same way), which keeps the sensitivity pass within a
+# few GPTQ runs; they are the options a budget above ~4 bpw never takes.
+SLOW = ("IQ3_S", "IQ3_XXS", "IQ2_S", "IQ2_XS", "IQ2_XXS", "IQ1_M", "IQ1_S")
 
 
 @dataclass(frozen=True)
@@ -50,14 +54,16 @@ def usable(t: str, ncols: int, has_imatrix: bool) -> bool:
     return t in ("F16", "F32") or has_imatrix or not GGML_TYPES.get(t).needs_imatrix
 
 
-def sample_rows(w: np.ndarray, f: TensorFisher, seed: int) -> tuple[np.ndarray, np.ndarray]:
+def sample_rows(w: np.ndarray, f: TensorFisher, seed: int, values: int = SAMPLE_VALUES,
+                energy: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(row indices, importance weight of each draw): the estimate of a sum over rows is
-    ``sum(cost[idx] * weight)``. All rows with weight 1 when the tensor is small."""
+    ``sum(cost[idx] * weight)``. All rows with weight 1 when the tensor is small. ``energy``: the rows'
+    Fisher-weighted energy, if already computed."""
     rows, cols = w.shape
-    m = max(MIN_ROWS, SAMPLE_VALUES // cols)
+    m = max(MIN_ROWS // 4 if values < SAMPLE_VALUES else MIN_ROWS, values // cols)
     if rows <= m:
         return np.arange(rows), np.ones(rows)
-    energy = _row_cost(w, f, np.arange(rows))
+    energy = _row_cost(w, f, np.arange(rows)) if energy is None else energy
     p = 0.1 / rows + (0.9 * energy / energy.sum() if energy.sum() > 0 else 0.9 / rows)
     p = p / p.sum()
     draws = np.random.default_rng(seed).choice(rows, size=m, p=p)
@@ -80,15 +86,17 @@ def tensor_options(w: np.ndarray, f: TensorFisher, tokens: int, types: tuple[str
                    imatrix: np.ndarray | None, seed: int = 0) -> list[Option]:
     """Every usable type of ``types`` for tensor ``w`` (rows x columns, GGUF layout, float32) with its
     bytes and predicted KL increase; ``f`` in the same row order."""
-    idx, weight = sample_rows(w, f, seed)
-    sub = np.ascontiguousarray(w[idx])
     ok = [t for t in types if usable(t, w.shape[1], imatrix is not None)]
+    energy = _row_cost(w, f, np.arange(len(w))) if len(w) > MIN_ROWS else None
+    draws = {False: sample_rows(w, f, seed, energy=energy), True: sample_rows(w, f, seed, SAMPLE_VALUES // 4, energy)}
+    subs = {k: np.ascontiguousarray(w[idx]) for k, (idx, _) in draws.items()}
     pending: dict[str, Callable[[], np.ndarray]] = {}
     for t in ok:
         if t not in ("F16", "F32"):
-            pending[t] = GGML_TYPES.get(t).quantize_async(sub, imatrix)
+            pending[t] = GGML_TYPES.get(t).quantize_async(subs[t in SLOW], imatrix)
     out = []
     for t in ok:
+        (idx, weight), sub = draws[t in SLOW], subs[t in SLOW]
         if t == "F32":
             back = sub
         elif t == "F16":
