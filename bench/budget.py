@@ -96,6 +96,26 @@ def _gptq_seconds(ref) -> float:
     return time.perf_counter() - t0
 
 
+def timing(args: argparse.Namespace, console: Console) -> dict:
+    """The allocation's cost alone, on an idle machine: one GPTQ run, then the Fisher pass and every
+    tensor in every type (without and with an importance matrix) and the solve, as `export --budget` runs them."""
+    ref = load_model("smollm2")
+    gptq = _gptq_seconds(ref)
+    ids = token_windows(load_corpus("pydoc:calib"), ref.tokenizer, args.calib, 512, 0)
+    out = {"calib_windows": args.calib, "gptq_seconds": gptq}
+    t0 = time.perf_counter()
+    fisher = collect_fisher(ref.model, ids)
+    for setting, imx in (("", None), ("_imatrix", compute_imatrix(ref.model, ids).weights())):
+        t1 = time.perf_counter()
+        allocate(sensitivity(ref, ids, imx, fisher=fisher), Budget(bpw=6.0))
+        out[f"allocation_seconds{setting}"] = fisher.seconds + time.perf_counter() - t1
+        console.print(f"allocation{setting or ' (no imatrix)'}: {out[f'allocation_seconds{setting}']:.0f} s = "
+                      f"{out[f'allocation_seconds{setting}'] / gptq:.2f}x one GPTQ run ({gptq:.0f} s)")
+    out["fisher_seconds"] = fisher.seconds
+    out["timing_seconds"] = time.perf_counter() - t0
+    return out
+
+
 def run(args: argparse.Namespace, console: Console) -> dict:
     ref = load_model("smollm2")
     types = GGUF_CANDIDATES if args.reference == "dithered" else SHIPPED_TYPES
@@ -187,6 +207,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="Q3_K_M and Q4_K_M only, fewer windows and pairs")
     p.add_argument("--json", type=Path)
+    p.add_argument("--timing", action="store_true", help="only the allocation's time against one GPTQ run (idle machine)")
     p.add_argument("--reference", choices=("dithered", "shipped"), default="dithered",
                    help="smollm2 off its Q4_1 grid (default), or as shipped with Q4_1 withheld (see above)")
     p.add_argument("--calib", type=int, default=None, help="calibration windows of 512 tokens (default 8; quick 4)")
@@ -198,6 +219,11 @@ def main(argv: list[str] | None = None) -> int:
     args.pairs = args.pairs or (16 if args.quick else 40)
     console = Console()
     t0 = time.perf_counter()
+    if args.timing:
+        out = timing(args, console)
+        if args.json:
+            write_json(out, args.json)
+        return 0
     out = run(args, console)
     out["bench_seconds"] = time.perf_counter() - t0
     console.print(_table(out))

@@ -117,6 +117,7 @@ def sensitivity(handle: ModelHandle, windows: torch.Tensor, imatrix: dict[str, n
     t0 = time.perf_counter()
     _warn_if_on_a_grid(handle)
     head = header_bytes(handle, "Q8_0", imatrix_kv)
+    t_head = time.perf_counter() - t0
     fisher = fisher or collect_fisher(handle.model, windows)
     t1 = time.perf_counter()
     rows = []
@@ -138,7 +139,7 @@ def sensitivity(handle: ModelHandle, windows: torch.Tensor, imatrix: dict[str, n
         if pinned and not opts:
             raise InputError(f"{name}: {pinned} cannot hold its {w.shape[1]}-wide rows")
         rows.append(TensorRow(name, w.shape, opts))
-    seconds = {"fisher": fisher.seconds, "types": time.perf_counter() - t1, "header": t1 - t0 - fisher.seconds}
+    seconds = {"fisher": fisher.seconds, "types": time.perf_counter() - t1, "header": t_head}
     return Sensitivity(rows, head, fisher.tokens, imatrix is not None, seconds)
 
 

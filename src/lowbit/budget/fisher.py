@@ -31,7 +31,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lowbit.calib.stats import gram
 from lowbit.errors import InputError
 from lowbit.progress import track
 
@@ -63,13 +62,18 @@ class _Acc:
         self.rows = 0
         self.input_ptr: int | None = None  # the first input's storage: Linears sharing it are fused by runtimes
 
-    def add_input(self, x: torch.Tensor) -> None:
+    def add_input(self, x: torch.Tensor, grams: dict[tuple, tuple[torch.Tensor, torch.Tensor]]) -> None:
+        """X^T X of this input, computed once per input tensor (``grams``: this window's, shared by the
+        Linears that read the same input), in torch's threads (numpy's BLAS would fight them here)."""
         if self.input_ptr is None:
             self.input_ptr = x.data_ptr()
-        x = x.detach().reshape(-1, x.shape[-1]).float()
-        xtx = gram(x).double()
+        key = (x.data_ptr(), tuple(x.shape))
+        if key not in grams:  # the entry holds x: its memory cannot be reused by a later input of the window
+            f = x.detach().reshape(-1, x.shape[-1]).float()
+            grams[key] = (x, (f.T @ f).double())
+        xtx = grams[key][1]
         self.xtx = xtx if self.xtx is None else self.xtx + xtx
-        self.rows += x.shape[0]
+        self.rows += x.numel() // x.shape[-1]
 
     def add_grad(self, g: torch.Tensor) -> None:
         e = g.detach().reshape(-1, g.shape[-1]).double().pow(2).sum(0)
@@ -94,15 +98,17 @@ def _hooks(model: nn.Module, linears: dict[str, nn.Module], accs: dict[str, _Acc
     embedding's output becomes a leaf that requires grad, so the backward pass reaches every layer
     without weight gradients, and its gradient is added to the looked-up rows' energy."""
     handles = []
+    grams: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}  # this window's (input, X^T X) by input tensor
 
     def linear_hook(name: str):
         def hook(_m: nn.Module, args: tuple, out: torch.Tensor) -> None:
-            accs[name].add_input(args[0])
+            accs[name].add_input(args[0], grams)
             if out.requires_grad:
                 out.register_hook(lambda g: accs[name].add_grad(g))
         return hook
 
     def emb_hook(_m: nn.Module, args: tuple, out: torch.Tensor) -> torch.Tensor:
+        grams.clear()  # a new window: its inputs are new tensors (a freed one's address may be reused)
         ids = args[0].reshape(-1)
         leaf = out.detach().requires_grad_(True)
         def add(g: torch.Tensor) -> None:  # a hook that returned the sum would replace the gradient
@@ -119,6 +125,7 @@ def _hooks(model: nn.Module, linears: dict[str, nn.Module], accs: dict[str, _Acc
     finally:
         for h in handles:
             h.remove()
+        grams.clear()
 
 
 def collect_fisher(model: nn.Module, windows: torch.Tensor, seed: int = 0) -> Fisher:
