@@ -225,3 +225,16 @@ def test_cli_quantize_budget_then_export(tiny_llama_dir, text_file, tmp_path) ->
     r = runner.invoke(app, [*args[:2], "--budget", "10GB", "--out", str(tmp_path / "y"), "--calib", str(text_file),
                             "--n-samples", "2", "--seq-len", "32"])
     assert r.exit_code == 2 and "above the model as stored" in r.output and not (tmp_path / "y").exists()
+
+
+def test_a_model_read_from_a_quantized_gguf_is_flagged(bpe_llama, tmp_path) -> None:
+    """Its weights lie on the file's grid: a budget would prefer types that reproduce it (see bench/budget.py)."""
+    from lowbit.budget.allocate import grid_warning
+    from lowbit.loaders import load_model
+
+    h = bpe_llama
+    export_gguf(h, tmp_path / "q8.gguf", "Q8_0")
+    export_gguf(h, tmp_path / "f32.gguf", "F32")
+    assert "stored in Q8_0" in grid_warning(load_model(str(tmp_path / "q8.gguf")))
+    assert grid_warning(load_model(str(tmp_path / "f32.gguf"))) is None
+    assert grid_warning(h) is None

@@ -174,18 +174,26 @@ def check_bounds(sens: Sensitivity, budget: Budget) -> None:
                          f"nothing to allocate; export --type F16")
 
 
-def _warn_if_on_a_grid(handle: ModelHandle) -> None:
+def grid_warning(handle: ModelHandle) -> str | None:
     """A model read from a quantized GGUF is its own reference: a type that can reproduce its grid
     (the same type, or a finer one with the same block layout) measures as nearly free against it."""
     if not getattr(handle, "gguf_source", None):
-        return
+        return None
     import gguf
 
     kinds = Counter(t.tensor_type.name for t in gguf.GGUFReader(handle.gguf_source).tensors)
     grids = [k for k in kinds if k not in ("F32", "F16", "BF16")]
-    if grids:
-        log.warning("%s is stored in %s: its weights lie on that grid, so types that reproduce it measure as "
-                    "(nearly) lossless against it; the allocation will prefer them", handle.name, "/".join(sorted(grids)))
+    if not grids:
+        return None
+    return (f"{handle.name} is stored in {'/'.join(sorted(grids))}: its weights lie on that grid, so types that reproduce "
+            "it (the same type; a finer one with a step that divides it) measure as (nearly) lossless against it, and "
+            "a budget allocation prefers them; against the original float model they would lose more")
+
+
+def _warn_if_on_a_grid(handle: ModelHandle) -> None:
+    msg = grid_warning(handle)
+    if msg:
+        log.warning("%s", msg)
 
 
 def allocate(sens: Sensitivity, budget: Budget, progress: Callable[[str], None] | None = None) -> Allocation:

@@ -124,7 +124,7 @@ def budget_candidate(budget: str) -> Candidate:
     from lowbit.budget.solve import parse_budget
 
     b = parse_budget(budget)
-    slug = f"{b.bpw:g}bpw" if b.bpw is not None else f"{b.nbytes}b"
+    slug = f"{b.bpw:g}bpw" if b.bpw is not None else str(budget).strip().lower().replace(" ", "")
     bits = int(b.bpw) if b.bpw is not None else 4
     return Candidate(f"gguf-budget-{slug}", "gguf-budget", bits, f"GGUF mixed to {b} (lowbit allocation)", "gguf",
                      _gguf_budget(budget), needs_calib=True, config=f"gguf-budget:{b}", default=False,

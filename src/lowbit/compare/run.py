@@ -225,6 +225,12 @@ class Comparison:
         rec = self.decide(ref_row, rows)
         if rounds is not None:
             rec.reasons.append(rounds.reason())
+        if any(c.family == "gguf-budget" for c in self.candidates):
+            from lowbit.budget.allocate import grid_warning
+
+            msg = grid_warning(self.ref)
+            if msg:
+                warnings.append(msg)
         slow = [r.id for r in rows if r.slower_than_fp32]
         if slow:
             warnings.append(f"slower than full precision on this machine: {', '.join(slow)} (the guide's portability "
