@@ -16,7 +16,6 @@ import logging
 import re
 import time
 from collections import Counter
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -42,16 +41,12 @@ def pad(n: int) -> int:
 
 @dataclass
 class TensorRow:
-    """One tensor of the file: fixed (kept in F32, as llama.cpp keeps norms) or with its options."""
+    """One tensor of the file with its options (one F32 option for a tensor llama.cpp keeps as it is)."""
 
     name: str
     shape: tuple[int, ...]
-    options: list[Option]  # one F32 option for a fixed tensor
+    options: list[Option]
     quantizable: bool = True  # False: a norm or bias, F32 as llama.cpp keeps it (no override is written)
-
-    @property
-    def fixed(self) -> bool:
-        return not self.quantizable
 
 
 @dataclass
@@ -108,15 +103,16 @@ class Allocation:
 
 def sensitivity(handle: ModelHandle, windows: torch.Tensor, imatrix: dict[str, np.ndarray] | None = None,
                 types: tuple[str, ...] = GGUF_CANDIDATES, imatrix_kv: list | None = None,
-                fisher: Fisher | None = None, pins: dict[str, str] | None = None) -> Sensitivity:
+                fisher: Fisher | None = None, pins: dict[str, str] | None = None, header: int | None = None) -> Sensitivity:
     """Every tensor's options (type, bytes, predicted dKL), from one Fisher pass over ``windows``;
-    ``pins`` (GGUF name -> type) leaves a tensor one option (compare keeps embeddings as stored)."""
+    ``pins`` (GGUF name -> type) leaves a tensor one option (compare keeps embeddings as stored);
+    ``header``: the file's header bytes, if :func:`size_only` already measured them."""
     from lowbit.writers.gguf import _float_tensor, _llama_rows, header_bytes, tensor_names
     from lowbit.writers.gguf_mix import quantizable
 
     t0 = time.perf_counter()
     _warn_if_on_a_grid(handle)
-    head = header_bytes(handle, "Q8_0", imatrix_kv)
+    head = header_bytes(handle, "Q8_0", imatrix_kv) if header is None else header
     t_head = time.perf_counter() - t0
     fisher = fisher or collect_fisher(handle.model, windows)
     t1 = time.perf_counter()
@@ -196,19 +192,19 @@ def _warn_if_on_a_grid(handle: ModelHandle) -> None:
         log.warning("%s", msg)
 
 
-def allocate(sens: Sensitivity, budget: Budget, progress: Callable[[str], None] | None = None) -> Allocation:
+def allocate(sens: Sensitivity, budget: Budget) -> Allocation:
     """The least predicted dKL within ``budget``; one clear error if it is below the smallest file the
     types allow or above the float16 file."""
     t0 = time.perf_counter()
     by_bytes = budget.nbytes is not None
     cost = (lambda o: pad(o.nbytes)) if by_bytes else (lambda o: o.nbytes)
-    fixed = sum(cost(r.options[0]) for r in sens.rows if r.fixed)
-    free = [r for r in sens.rows if not r.fixed]
+    fixed = sum(cost(r.options[0]) for r in sens.rows if not r.quantizable)
+    free = [r for r in sens.rows if r.quantizable]
     limit = (budget.nbytes - sens.header - fixed) if by_bytes else budget.bpw * sens.weights / 8 - fixed
     check_bounds(sens, budget)
     picks = solve([[cost(o) for o in r.options] for r in free], [[o.dkl for o in r.options] for r in free], limit)
     it = iter(picks)
-    choice = [r.options[0] if r.fixed else r.options[next(it)] for r in sens.rows]
+    choice = [r.options[next(it)] if r.quantizable else r.options[0] for r in sens.rows]
     nbytes, bpw = sens.size(choice)
     seconds = {**sens.seconds, "solve": time.perf_counter() - t0}
     return Allocation(budget, sens.rows, choice, nbytes, bpw, sens.imatrix, seconds)
@@ -219,21 +215,15 @@ def export_allocation(handle: ModelHandle, out: str, alloc: Allocation, *, imatr
                       overwrite: bool = False) -> dict:
     """Write the allocation as a GGUF file (and, with ``tensor_type_file``, the overrides llama-quantize
     reads to write the same file from lowbit's F32 export: ``--tensor-type-file``, one per line)."""
-    import os
-    import tempfile
     from pathlib import Path
 
     from lowbit.writers.gguf import export_gguf
-    from lowbit.writers.guard import check_output
+    from lowbit.writers.guard import atomic_write, check_output
 
     if tensor_type_file is not None:  # both outputs checked before anything is written
         check_output(tensor_type_file, overwrite)
     summary = export_gguf(handle, out, alloc.file_type(), imatrix=imatrix, tensor_types=alloc.tensor_types(),
                           overwrite=overwrite, imatrix_kv=imatrix_kv)
     if tensor_type_file is not None:
-        tt = Path(tensor_type_file)
-        fd, tmp = tempfile.mkstemp(prefix=f".{tt.name}.", dir=tt.parent)
-        with os.fdopen(fd, "w") as f:
-            f.write("".join(f"{line}\n" for line in alloc.tensor_types()))
-        os.replace(tmp, tt)
+        atomic_write(Path(tensor_type_file), "".join(f"{line}\n" for line in alloc.tensor_types()))
     return summary

@@ -41,10 +41,11 @@ def budget_export_to(model: ModelHandle | nn.Module | str, out: str | Path, budg
     kv = im.gguf_kv(imatrix) if im is not None else None
     handle = load_model(model)
     check_arch(handle)
-    check_bounds(size_only(handle, im is not None, imatrix_kv=kv), b)  # before the costly sensitivity pass
+    sizes = size_only(handle, im is not None, imatrix_kv=kv)
+    check_bounds(sizes, b)  # before the costly sensitivity pass
     windows = token_windows(corpus, handle.tokenizer, calib.n_samples, calib.seq_len, calib.seed)
     weights = im.weights() if im is not None else None
-    alloc = allocate(sensitivity(handle, windows, weights, imatrix_kv=kv), b)
+    alloc = allocate(sensitivity(handle, windows, weights, imatrix_kv=kv, header=sizes.header), b)
     export_allocation(handle, str(out), alloc, imatrix=weights, imatrix_kv=kv,
                       tensor_type_file=None if tensor_type_file is None else str(tensor_type_file), overwrite=overwrite)
     return alloc

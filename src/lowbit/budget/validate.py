@@ -74,7 +74,7 @@ def sample_pairs(sens: Sensitivity, n: int, seed: int = 0) -> list[tuple[TensorR
     """``n`` (tensor, type) pairs: tensors spread over the roles and depths, each with types spread
     over its options (cheapest, dearest and between), so both orderings are tested."""
     rng = np.random.default_rng(seed)
-    rows = [r for r in sens.rows if not r.fixed]
+    rows = [r for r in sens.rows if r.quantizable]
     per = 4
     picks = rng.choice(len(rows), size=min(len(rows), max(1, n // per)), replace=False)
     out = []

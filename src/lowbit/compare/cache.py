@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from lowbit.compare.row import Row
+from lowbit.writers.guard import atomic_write
 
 if TYPE_CHECKING:
     from lowbit.calib.settings import CalibSettings
@@ -73,17 +73,3 @@ def read_row(path: Path) -> Row | None:
 def write_row(path: Path, row: Row) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(path, json.dumps(row.to_dict()))
-
-
-def atomic_write(path: Path, data: bytes | str) -> None:
-    """Write ``path`` through a temporary file beside it, renamed over it once complete."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        if isinstance(data, str):
-            tmp.write_text(data, encoding="utf-8")
-        else:
-            tmp.write_bytes(data)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise

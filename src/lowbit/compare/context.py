@@ -29,6 +29,10 @@ class Context:
     def has_imatrix(self) -> bool:
         return self._imatrix is not None
 
+    @property
+    def has_sensitivity(self) -> bool:
+        return self._sensitivity is not None
+
     def imatrix(self) -> dict[str, Any]:
         if self._imatrix is None:
             from lowbit.calib import load_corpus, token_windows

@@ -103,7 +103,7 @@ def _gguf_budget(budget: str) -> Build:
 
         rule = {"stored": "F32", "quantized": "Q8_0"}.get(ctx.embeddings)  # as the fixed mixes under --embeddings
         pins = {"token_embd.weight": rule, "output.weight": rule} if rule else {}
-        had = ctx._sensitivity is not None
+        had = ctx.has_sensitivity
         alloc = allocate(ctx.sensitivity(pins), parse_budget(budget))
         path = Path(tempfile.mkdtemp(prefix="lowbit-compare-")) / "budget.gguf"
         export_allocation(ref, str(path), alloc, imatrix=ctx.imatrix())

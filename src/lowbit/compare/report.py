@@ -13,11 +13,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from lowbit.compare.cache import atomic_write
 from lowbit.compare.calib_check import CalibCheck
 from lowbit.compare.results import Results
 from lowbit.compare.row import Row
 from lowbit.report.table import has_value, interval
+from lowbit.writers.guard import atomic_write
 
 COLUMNS = [  # (header, Row attribute, format)
     ("candidate", "id", "{}"), ("family", "family", "{}"), ("bits", "bits", "{}"), ("bpw", "bits_per_weight", "{:.2f}"),
