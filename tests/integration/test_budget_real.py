@@ -109,3 +109,13 @@ def test_quantize_budget_compressed_tensors_reloads_with_identical_logits(tmp_pa
     ids = q.tokenizer("The quick brown fox jumps over the lazy dog. " * 3, return_tensors="pt").input_ids
     with torch.no_grad(), kernel_mode(q.model, "dequant"):
         assert torch.equal(q.model(input_ids=ids).logits, m(input_ids=ids).logits)
+
+
+@pytest.mark.parametrize("verb", ["export", "quantize"])
+def test_an_encoder_budget_is_one_line_exit_2(tmp_path, verb: str) -> None:
+    """minilm has no next-token predictions to take a KL of: --budget refuses it before any work."""
+    out = tmp_path / ("m.gguf" if verb == "export" else "m")
+    args = [verb, "minilm", "--budget", "5", "--out", str(out)] + (["--format", "gguf"] if verb == "export" else [])
+    r = CliRunner().invoke(app, args)
+    assert r.exit_code == 2 and "needs a causal language model" in r.output
+    assert len(r.output.strip().splitlines()) == 1 and not out.exists()
