@@ -238,3 +238,30 @@ def test_a_model_read_from_a_quantized_gguf_is_flagged(bpe_llama, tmp_path) -> N
     assert "stored in Q8_0" in grid_warning(load_model(str(tmp_path / "q8.gguf")))
     assert grid_warning(load_model(str(tmp_path / "f32.gguf"))) is None
     assert grid_warning(h) is None
+
+
+@pytest.mark.parametrize("t", ["Q4_0", "Q5_1", "Q4_K", "Q2_K", "IQ4_NL", "IQ4_XS", "IQ3_S", "IQ2_XXS", "IQ1_M"])
+def test_per_row_importance_equals_one_call_per_tensor(t) -> None:
+    """The sensitivity pass quantizes the rows of several tensors in one call, each row with its own
+    tensor's importance vector: the bytes equal those of one call per tensor."""
+    from lowbit.formats.ggml import GGML_TYPES
+
+    rng = np.random.default_rng(3)
+    a, b = rng.standard_normal((3, 512), dtype=np.float32), rng.standard_normal((2, 512), dtype=np.float32)
+    ia, ib = rng.random(512, dtype=np.float32) + 0.1, rng.random(512, dtype=np.float32) ** 4
+    gt = GGML_TYPES.get(t)
+    per_row = np.concatenate([np.broadcast_to(ia, a.shape), np.broadcast_to(ib, b.shape)])
+    got = gt.quantize(np.concatenate([a, b]), per_row)
+    assert np.array_equal(got, np.concatenate([gt.quantize(a, ia), gt.quantize(b, ib)]))
+    assert not np.array_equal(got[3:], gt.quantize(b, ia))  # the importance does change the bytes
+
+
+def test_fisher_labels_follow_the_model() -> None:
+    """The Fisher's labels are drawn from the model's own distribution (inverse running sum)."""
+    from lowbit.budget.fisher import _sample
+
+    p = torch.tensor([0.087, 0.0, 0.237, 0.644, 0.032])
+    logp = p.log().expand(100_000, -1)
+    y = _sample(logp, torch.Generator().manual_seed(0))
+    freq = torch.bincount(y, minlength=5).double() / len(y)
+    assert freq[1] == 0 and torch.allclose(freq, p.double() / p.sum(), atol=0.005)

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from lowbit.budget.fisher import Fisher, TensorFisher, collect_fisher
-from lowbit.budget.sensitivity import GGUF_CANDIDATES, Option, tensor_options
+from lowbit.budget.sensitivity import GGUF_CANDIDATES, Option, measure, sample_tensor
 from lowbit.budget.solve import Budget, solve
 from lowbit.errors import InputError
 from lowbit.loaders.handle import ModelHandle
@@ -116,10 +116,10 @@ def sensitivity(handle: ModelHandle, windows: torch.Tensor, imatrix: dict[str, n
     t_head = time.perf_counter() - t0
     fisher = fisher or collect_fisher(handle.model, windows)
     t1 = time.perf_counter()
-    rows = []
+    rows, samples = [], []
     names = tensor_names(handle.model)
     mods = dict(handle.model.named_modules())
-    for hf, name in track(names, f"sensitivity: {len(names)} tensors x {len(types)} types"):
+    for hf, name in track(names, f"sensitivity: sampling the rows of {len(names)} tensors"):
         w = _float_tensor(handle.model, mods, hf, name)
         if not quantizable(name, w.shape) or w.ndim != 2:
             rows.append(TensorRow(name, w.shape, [Option("F32", 4 * w.size, 0.0)], quantizable=False))
@@ -131,10 +131,12 @@ def sensitivity(handle: ModelHandle, windows: torch.Tensor, imatrix: dict[str, n
             f = TensorFisher(_llama_rows(f.g[:, None], name, handle.model.config)[:, 0], f.cov, f.emb)
         im = None if imatrix is None else imatrix.get(name)
         pinned = (pins or {}).get(name)
-        opts = tensor_options(w, f, fisher.tokens, (pinned,) if pinned else types, im)
-        if pinned and not opts:
+        samples.append(sample_tensor(w, f, (pinned,) if pinned else types, im))
+        if pinned and not samples[-1].types:
             raise InputError(f"{name}: {pinned} cannot hold its {w.shape[1]}-wide rows")
-        rows.append(TensorRow(name, w.shape, opts))
+        rows.append(TensorRow(name, w.shape, []))
+    for r, opts in zip((r for r in rows if r.quantizable), measure(samples, fisher.tokens), strict=True):
+        r.options = opts
     seconds = {"fisher": fisher.seconds, "types": time.perf_counter() - t1, "header": t_head}
     return Sensitivity(rows, head, fisher.tokens, imatrix is not None, seconds)
 

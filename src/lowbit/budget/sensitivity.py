@@ -5,6 +5,8 @@ write (rows quantize independently in every GGML type, the importance matrix is 
 rows are drawn with probability proportional to their Fisher-weighted energy (mixed with a uniform
 tenth), and the sum over all rows is the importance-sampling estimate; every type of a tensor sees the
 same rows, so the types are compared on common ground. A tensor with few rows is computed whole.
+The sampled rows of all tensors of one width go to each type in one call (each row with its own
+tensor's importance vector): the lattice searches cost per call as much as per row.
 
     dKL(t, type) ~= 1/2 / T * sum_rows [ G_i * dW_i C dW_i^T + sum_d E_{i,d} dW_{i,d}^2 ]
 """
@@ -12,13 +14,14 @@ same rows, so the types are compared on common ground. A tensor with few rows is
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import gguf
 import numpy as np
 
 from lowbit.budget.fisher import TensorFisher
 from lowbit.formats.ggml import GGML_TYPES
+from lowbit.progress import track
 
 # llama-quantize's weight types as allocation candidates, largest first. The ternary types (TQ1_0,
 # TQ2_0) are left out: they suit weights trained to three values, not a post-training allocation.
@@ -72,37 +75,81 @@ def sample_rows(w: np.ndarray, f: TensorFisher, seed: int, values: int = SAMPLE_
 
 
 def _row_cost(dw: np.ndarray, f: TensorFisher, idx: np.ndarray) -> np.ndarray:
-    """Per row of ``dw`` (already restricted to rows ``idx``, or all rows): G_i dW_i C dW_i^T + sum E dW^2."""
+    """Per row of ``dw`` (already restricted to rows ``idx``, or all rows): G_i dW_i C dW_i^T + sum E dW^2.
+    In float32 (float64 sums): the estimate's sampling error is far above float32's rounding."""
     cost = np.zeros(len(dw))
+    d = np.asarray(dw, dtype=np.float32)
     if f.g is not None and f.cov is not None:
-        d = dw.astype(np.float64)
-        cost += f.g[idx] * np.einsum("ij,ij->i", d @ f.cov, d)
+        cov = f.cov if f.cov.dtype == np.float32 else f.cov.astype(np.float32)
+        cost += f.g[idx] * np.einsum("ij,ij->i", d @ cov, d).astype(np.float64)
     if f.emb is not None:
-        cost += np.einsum("ij,ij->i", f.emb[idx], dw.astype(np.float64) ** 2)
+        cost += np.einsum("ij,ij->i", f.emb[idx], d.astype(np.float64) ** 2)
     return cost
+
+
+@dataclass
+class Sampled:
+    """One tensor's sampled rows, which every type of it quantizes: ``draws[slow]`` (row indices, weights)
+    and ``subs[slow]`` the rows, for the fast types and (a quarter as many) for the lattice types."""
+
+    shape: tuple[int, ...]
+    f: TensorFisher
+    types: list[str]
+    imatrix: np.ndarray | None
+    draws: dict[bool, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
+    subs: dict[bool, np.ndarray] = field(default_factory=dict)
+
+
+def sample_tensor(w: np.ndarray, f: TensorFisher, types: tuple[str, ...], imatrix: np.ndarray | None,
+                  seed: int = 0) -> Sampled:
+    """Draw the rows of ``w`` (rows x columns, GGUF layout, float32; ``f`` in the same row order) that its
+    usable types of ``types`` will be measured on."""
+    ok = [t for t in types if usable(t, w.shape[1], imatrix is not None)]
+    f = TensorFisher(f.g, None if f.cov is None else f.cov.astype(np.float32), f.emb)
+    energy = _row_cost(w, f, np.arange(len(w))) if len(w) > MIN_ROWS else None
+    s = Sampled(tuple(w.shape), f, ok, imatrix)
+    for slow, values in ((False, SAMPLE_VALUES), (True, SAMPLE_VALUES // 4)):
+        s.draws[slow] = sample_rows(w, f, seed, values, energy)
+        s.subs[slow] = np.ascontiguousarray(w[s.draws[slow][0]])
+    return s
+
+
+def measure(samples: list[Sampled], tokens: int) -> list[list[Option]]:
+    """Every usable type of every sampled tensor with its bytes and predicted KL increase, in the order
+    of ``samples`` and of their types. Per type, the rows of all tensors of one width (and with or
+    without an importance vector) quantize in one call; every call is in flight before the first is read."""
+    groups: dict[tuple[str, int, bool], list[int]] = {}
+    for t in dict.fromkeys(t for s in samples for t in s.types):
+        for k, s in enumerate(samples):
+            if t in s.types:
+                groups.setdefault((t, s.shape[1], s.imatrix is not None), []).append(k)
+    pending = {key: _round_trip(key[0], [samples[k].subs[key[0] in SLOW] for k in ks], [samples[k].imatrix for k in ks])
+               for key, ks in groups.items()}
+    found: dict[tuple[int, str], float] = {}
+    for key, ks in track(list(groups.items()), f"sensitivity: {len(samples)} tensors in {len(groups)} (type, width) calls"):
+        t, slow = key[0], key[0] in SLOW
+        subs = [samples[k].subs[slow] for k in ks]
+        back = np.split(pending.pop(key)(), np.cumsum([len(x) for x in subs])[:-1])
+        for k, b, sub in zip(ks, back, subs, strict=True):
+            idx, weight = samples[k].draws[slow]
+            found[k, t] = 0.5 * float((_row_cost(b - sub, samples[k].f, idx) * weight).sum()) / max(tokens, 1)
+    return [[Option(t, type_bytes(t, s.shape), found[k, t]) for t in s.types] for k, s in enumerate(samples)]
+
+
+def _round_trip(t: str, subs: list[np.ndarray], ims: list[np.ndarray | None]) -> Callable[[], np.ndarray]:
+    """The rows of ``subs`` stacked, quantized to type ``t`` (each row with its own tensor's importance)
+    on the shared pool; the function returns them dequantized."""
+    x = np.concatenate(subs)
+    if t in ("F32", "F16"):
+        return lambda: x if t == "F32" else x.astype(np.float16).astype(np.float32)
+    im = None if ims[0] is None else np.concatenate([np.broadcast_to(m, s.shape) for m, s in zip(ims, subs, strict=True)])
+    gt = GGML_TYPES.get(t)
+    wait = gt.quantize_async(x, im)
+    return lambda: gt.dequantize(wait(), x.shape)
 
 
 def tensor_options(w: np.ndarray, f: TensorFisher, tokens: int, types: tuple[str, ...],
                    imatrix: np.ndarray | None, seed: int = 0) -> list[Option]:
-    """Every usable type of ``types`` for tensor ``w`` (rows x columns, GGUF layout, float32) with its
+    """Every usable type of ``types`` for one tensor ``w`` (rows x columns, GGUF layout, float32) with its
     bytes and predicted KL increase; ``f`` in the same row order."""
-    ok = [t for t in types if usable(t, w.shape[1], imatrix is not None)]
-    energy = _row_cost(w, f, np.arange(len(w))) if len(w) > MIN_ROWS else None
-    draws = {False: sample_rows(w, f, seed, energy=energy), True: sample_rows(w, f, seed, SAMPLE_VALUES // 4, energy)}
-    subs = {k: np.ascontiguousarray(w[idx]) for k, (idx, _) in draws.items()}
-    pending: dict[str, Callable[[], np.ndarray]] = {}
-    for t in ok:
-        if t not in ("F16", "F32"):
-            pending[t] = GGML_TYPES.get(t).quantize_async(subs[t in SLOW], imatrix)
-    out = []
-    for t in ok:
-        (idx, weight), sub = draws[t in SLOW], subs[t in SLOW]
-        if t == "F32":
-            back = sub
-        elif t == "F16":
-            back = sub.astype(np.float16).astype(np.float32)
-        else:
-            back = GGML_TYPES.get(t).dequantize(pending[t](), sub.shape)
-        est = float((_row_cost(back - sub, f, idx) * weight).sum())
-        out.append(Option(t, type_bytes(t, w.shape), 0.5 * est / max(tokens, 1)))
-    return out
+    return measure([sample_tensor(w, f, types, imatrix, seed)], tokens)[0]

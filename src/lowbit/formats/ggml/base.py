@@ -58,6 +58,11 @@ def workers() -> int:
     return max(1, torch.get_num_threads())
 
 
+def row_weights(imatrix: np.ndarray, nrows: int) -> np.ndarray:
+    """The importance of every value of ``nrows`` rows: (n,) repeated for each row, or (nrows, n) as given."""
+    return imatrix if imatrix.ndim > 1 else np.tile(imatrix, (nrows, 1))
+
+
 class GGMLType:
     """A llama.cpp block type. Subclasses name themselves: ``class Q4K(GGMLType, name="Q4_K")``."""
 
@@ -94,7 +99,8 @@ class GGMLType:
 
     @classmethod
     def quantize(cls, x: np.ndarray, imatrix: np.ndarray | None = None) -> np.ndarray:
-        """The llama.cpp bytes of ``x`` (..., n): ``(..., n // block_size * type_size)`` uint8."""
+        """The llama.cpp bytes of ``x`` (..., n): ``(..., n // block_size * type_size)`` uint8. ``imatrix``:
+        one weight per column (n,), or one vector per row (x's shape: rows of tensors with different ones)."""
         return cls.quantize_async(x, imatrix)()
 
     @classmethod
@@ -108,11 +114,14 @@ class GGMLType:
                              f"very low-bit quantization without one, as its result would be garbage")
         if imatrix is not None:
             imatrix = np.ascontiguousarray(imatrix, dtype=np.float32)
-            if imatrix.shape != (x.shape[-1],):
+            if imatrix.shape not in ((x.shape[-1],), x.shape):
                 raise InputError(f"importance matrix has shape {imatrix.shape}, expected ({x.shape[-1]},)")
         rows = x.reshape(-1, x.shape[-1])
+        per_row = imatrix is not None and imatrix.ndim > 1  # one weight vector per row (rows of several tensors)
+        im = imatrix.reshape(rows.shape) if per_row else imatrix
         step = max(1, CHUNK_VALUES // rows.shape[1])
-        futures = [pool().submit(cls.quantize_rows, rows[i:i + step], imatrix) for i in range(0, len(rows), step)]
+        futures = [pool().submit(cls.quantize_rows, rows[i:i + step], im[i:i + step] if per_row else im)
+                   for i in range(0, len(rows), step)]
         width = rows.shape[1] // cls.block_size * cls.type_size
 
         def result() -> np.ndarray:
@@ -130,8 +139,8 @@ class GGMLType:
         default quantizes block by block; types whose imatrix search needs the whole row override it."""
         blocks = rows.reshape(-1, cls.block_size)
         qw = None
-        if imatrix is not None:  # one weight per column, repeated for every row
-            qw = np.tile(imatrix.reshape(-1, cls.block_size), (rows.shape[0], 1))
+        if imatrix is not None:  # one weight per column, repeated for every row (or one vector per row)
+            qw = row_weights(imatrix, rows.shape[0]).reshape(-1, cls.block_size)
         return cls.quantize_blocks(blocks, qw).reshape(rows.shape[0], -1)
 
     @classmethod

@@ -9,7 +9,7 @@ from __future__ import annotations
 import gguf
 import numpy as np
 
-from lowbit.formats.ggml.base import GGMLType
+from lowbit.formats.ggml.base import GGMLType, row_weights
 from lowbit.formats.ggml.kcommon import (
     F32,
     _t,
@@ -119,7 +119,7 @@ def _weights(rows: np.ndarray, imatrix: np.ndarray) -> tuple[np.ndarray, np.ndar
     n = rows.shape[1]
     sigma2 = seqsum((rows * rows).T) / F32(n)
     blocks = rows.reshape(-1, 32)
-    qw = np.tile(imatrix.reshape(-1, 32), (rows.shape[0], 1))
+    qw = row_weights(imatrix, rows.shape[0]).reshape(-1, 32)
     return blocks, imatrix_weights(blocks, qw, np.repeat(sigma2, n // 32))
 
 
