@@ -13,7 +13,8 @@ from lowbit.cli import _quiet_libraries, command, out
 
 @command()
 def compare(
-    model: Annotated[str, typer.Argument(help="Built-in name (smollm2, minilm), HF directory, .gguf or checkpoint.")],
+    model: Annotated[list[str], typer.Argument(help="Built-in name (smollm2, minilm), HF directory, .gguf or checkpoint; "
+                                                    "several: one report each, under --report.")],
     calib: Annotated[str, typer.Option(help="Calibration data (pydoc:calib, stdlib:calib, a file or directory).")] = "pydoc:calib",
     eval_data: Annotated[str, typer.Option("--eval", help="Your eval set: text, or JSONL of "
                                            '{"question","choices","answer"} / {"text","label"}.')] = "pydoc:eval",
@@ -46,13 +47,19 @@ def compare(
                                                         "distilled from the float model) join the comparison.")] = None,
     qat_steps: Annotated[int, typer.Option(help="QAT step budget per candidate (one 256-token window per step).")] = 0,
     no_speed: Annotated[bool, typer.Option("--no-speed", help="Skip the speed measurements.")] = False,
+    cluster: Annotated[str | None, typer.Option(help="Run the candidates as Ray tasks: ray (Ray's default cluster) or "
+                                                     "ray://HOST:PORT (the head's address). Needs lowbit[ray].")] = None,
+    task_cpus: Annotated[int, typer.Option(help="With --cluster: CPUs per task (torch's threads in it).")] = 1,
+    plugin: Annotated[list[str] | None, typer.Option(help="A module that registers more candidates (repeatable); "
+                                                          "with --cluster it must import on every node.")] = None,
     list_methods: Annotated[bool, typer.Option("--list", help="List the candidates and exit.")] = False,
 ) -> None:
     """Run every candidate on your data, mark the Pareto front of size vs quality, and recommend one.
 
     The recommendation follows the guide: start conservative and push the bit width down only while your bar
     holds. Resumable: finished candidates are cached in REPORT/.cache."""
-    from lowbit.compare import CANDIDATES, CompareSettings, Comparison
+    from lowbit.compare import CANDIDATES, CompareSettings
+    from lowbit.compare.run import compare_models
 
     if list_methods:
         import lowbit.compare.families  # noqa: F401  (every family registers its candidates there)
@@ -68,9 +75,15 @@ def compare(
                                bar=bar, budget_bpw=budget_bpw, budgets=list(budget or ()), embeddings=embeddings,
                                protocol=protocol, until_decided=until_decided, windows=windows, seq_len=seq_len, seed=seed,
                                calib_samples=calib_samples, speed=not no_speed, calib_check=calib_check, target=target,
-                               train_data=train_data, qat_steps=qat_steps)
-    _print_results(Comparison(model, settings, report, console=out).run())
-    out.print(f"report: {report / 'report.html'}, {report / 'report.md'}, {report / 'results.json'} "
+                               train_data=train_data, qat_steps=qat_steps, cluster=cluster, task_cpus=task_cpus,
+                               plugins=list(plugin or ()))
+    models = list(model)
+    for m, res in zip(models, compare_models(models, settings, report, console=out), strict=True):
+        if len(models) > 1:
+            out.print(f"\n[bold]{m}[/]")
+        _print_results(res)
+    where = report if len(models) == 1 else report / "*"
+    out.print(f"report: {where / 'report.html'}, {where / 'report.md'}, {where / 'results.json'} "
               f"({time.perf_counter() - t0:.0f} s)")
 
 
@@ -102,6 +115,7 @@ def demo(
 
     Calibration pydoc:calib, eval pydoc:eval, every family, bar kl=0.05: the table, the recommendation and
     the report."""
-    compare("smollm2", report=report, windows=windows, calib="pydoc:calib", eval_data="pydoc:eval",
+    compare(["smollm2"], report=report, windows=windows, calib="pydoc:calib", eval_data="pydoc:eval",
             eval_text="pydoc:eval", methods=None, bar=None, budget_bpw=None, seed=0, embeddings="stored", target="cpu", seq_len=512, calib_samples=16,
-            calib_check=False, train_data=None, qat_steps=0, no_speed=False, list_methods=False)
+            calib_check=False, train_data=None, qat_steps=0, no_speed=False, list_methods=False, cluster=None,
+            task_cpus=1, plugin=None)

@@ -19,19 +19,21 @@ if TYPE_CHECKING:
     from lowbit.compare.settings import CompareSettings
     from lowbit.loaders.handle import ModelHandle
 
-VERSION = 2  # bump when a change alters cached rows (2: per-block sums and intervals)
+VERSION = 3  # bump when a change alters cached rows or keys (2: per-block sums and intervals; 3: keys without paths)
 
 
 def data_key(data: str) -> str:
-    """A file's or folder's content key; a built-in corpus's name and the Python version it comes with."""
+    """A file's or folder's content key (sizes and sampled bytes, never a path or a time: a cluster's nodes
+    and a moved copy agree on it); a built-in corpus's name and the Python version it comes with."""
+    from lowbit.loaders.cache import file_key
+
     p = Path(data)
     if p.is_file():
-        from lowbit.loaders.cache import file_key
-
-        return f"{data}:{file_key(p)}"
+        return f"file:{file_key(p)}"
     if p.is_dir():
-        return f"{data}:" + hashlib.sha256("".join(f"{f}:{f.stat().st_size}:{f.stat().st_mtime_ns}" for f in
-                                                   sorted(p.rglob("*")) if f.is_file()).encode()).hexdigest()[:16]
+        files = sorted(f for f in p.rglob("*") if f.is_file())
+        return "dir:" + hashlib.sha256("".join(f"{f.relative_to(p).as_posix()}:{file_key(f)}"
+                                               for f in files).encode()).hexdigest()[:16]
     return f"{data}:{sys.version_info[:2]}"  # the built-in corpora come with the Python install
 
 

@@ -46,6 +46,7 @@ class Results:
     axes: dict[str, str] | None = None  # the recommended candidate on the guide's five axes
     calib_check: CalibCheck | CalibCheckSkipped | None = None  # with --calib-check
     until_decided: Rounds | None = None  # with --until-decided
+    failed: dict[str, str] = field(default_factory=dict)  # --cluster: candidates whose task raised, with the error
 
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {
@@ -59,4 +60,6 @@ class Results:
             d["until_decided"] = self.until_decided.to_dict()
         if self.calib_check is not None:
             d["calib_check"] = self.calib_check.to_dict()
+        if self.failed:
+            d["failed"] = dict(self.failed)
         return d

@@ -10,6 +10,7 @@ the keys a reader of those files knows, grouped as they were measured:
     a candidate     label format calib_seconds calibrated speed_ratio_vs_fp32 decode_ratio_vs_fp32
                     speed_note layer_errors slower_than_fp32 seconds
     if planned      axes (the guide's five axes, with this run's numbers)
+    --cluster       node (the hardware that built and timed the row: its speed ratios hold there)
     labelled task   accuracy flips (+ flips_to_wrong flips_to_right for a candidate)
     once decided    pareto meets_bar
 
@@ -72,6 +73,7 @@ class Row:
     axes: dict[str, str] | None = None  # the guide's five axes, where the candidate has a plan entry
     allocation: list[list[Any]] | None = None  # budget candidates: [tensor, type, bytes, predicted dKL] per tensor
     predicted_kl: float | None = None  # budget candidates: the allocation's summed prediction
+    node: dict[str, Any] | None = None  # --cluster: the node that built and timed it (compare/cluster.py)
     # a labelled eval set (multiple choice, classification): accuracy, and answers changed from the reference's
     accuracy: float | None = None
     flips: int | None = None
@@ -112,6 +114,8 @@ class Row:
             d["speed_ratio_spread"] = dict(self.speed_ratio_spread)
         if self.size_breakdown is not None:
             d["size_breakdown"] = dict(self.size_breakdown)
+        if self.node is not None:
+            d["node"] = dict(self.node)
         for k in ("ci95", "blocks", "paired_vs_recommended", "seconds"):  # only where measured (tokens to score)
             if d.get(k, 0) is None:
                 del d[k]

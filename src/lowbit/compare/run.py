@@ -57,6 +57,8 @@ class Comparison:
         Target.parse(settings.target)  # a bad --target fails before any work
         if settings.bar:
             Bar.parse(settings.bar)
+        _import_plugins(settings.plugins)
+        self.model_arg = model if isinstance(model, str) else None  # what a cluster's tasks load
         self.ref = load_model(model)
         self.model_key = cache.model_key(model, self.ref)
         self.kind = self.ref.kind
@@ -136,14 +138,24 @@ class Comparison:
         return cache.candidate_key(c, self.s, self.model_key, calib if calib is not None else self.calib,
                                    self.task is not None)
 
+    def row_path(self, c: Candidate, calib: CalibSettings | None = None, tag: str = "") -> Path:
+        """Where candidate ``c``'s finished row is cached."""
+        return self.cache_dir / f"{c.id}{tag}-{self.key(c, calib)}.json"
+
     def run_candidate(self, c: Candidate, calib: CalibSettings | None = None, tag: str = "") -> Row:
         """Candidate ``c``'s row, from the cache or built and scored now; ``calib`` and ``tag``: the
         calibration check's rerun on other data."""
-        path = self.cache_dir / f"{c.id}{tag}-{self.key(c, calib)}.json"
+        path = self.row_path(c, calib, tag)
         cached = cache.read_row(path)
         if cached is not None:
             self.say(f"[dim]{c.id}{tag}: finished in an earlier run, cached ({path.name})[/]")
             return cached
+        row = self.build_row(c, calib, tag)
+        cache.write_row(path, row)
+        return row
+
+    def build_row(self, c: Candidate, calib: CalibSettings | None = None, tag: str = "") -> Row:
+        """Candidate ``c`` built and scored now (not cached: :meth:`run_candidate`, or a cluster's driver, does that)."""
         ctx = self.ctx if calib is None else Context(self.ref, calib, self.s.train_data, self.s.qat_steps)
         self.say(f"{c.id}{tag}: {c.label}")
         had_imatrix = ctx.has_imatrix
@@ -165,7 +177,6 @@ class Comparison:
             built.gguf_path.parent.rmdir()
         del built
         row.seconds = time.perf_counter() - t0
-        cache.write_row(path, row)
         return row
 
     def _score(self, c: Candidate, built: Built, secs: float, tag: str) -> Row:
@@ -215,10 +226,19 @@ class Comparison:
 
     # --- the run ---------------------------------------------------------------------------------
     def run(self) -> Results:
+        warnings, ref_row = self.start()
+        return self.finish(ref_row, [self.run_candidate(c) for c in self.candidates], warnings)
+
+    def start(self) -> tuple[list[str], Row]:
+        """The report directory, the calibration-domain warning and the reference's row."""
         self.report_dir.mkdir(parents=True, exist_ok=True)
-        warnings = self._domain_warning()
-        ref_row = self.reference_row()
-        rows = [self.run_candidate(c) for c in self.candidates]
+        return self._domain_warning(), self.reference_row()
+
+    def finish(self, ref_row: Row, rows: list[Row], warnings: list[str], failed: dict[str, str] | None = None,
+               local_node: dict[str, Any] | None = None) -> Results:
+        """Decide on the candidates' ``rows`` and write the report. From a cluster's sweep: ``failed``, the
+        candidates that raised, with their error, reported and left out of the decision; ``local_node``,
+        this machine's identity: only the rows measured here feed `lowbit plan`'s speeds."""
         rounds = None
         if self.s.until_decided:
             ref_row, rows, rounds = until_decided(self, ref_row, rows, self.s.until_decided)
@@ -231,10 +251,11 @@ class Comparison:
             msg = grid_warning(self.ref)
             if msg:
                 warnings.append(msg)
+        warnings += [f"{cid} failed: {err}" for cid, err in (failed or {}).items()]
         slow = [r.id for r in rows if r.slower_than_fp32]
         if slow:
-            warnings.append(f"slower than full precision on this machine: {', '.join(slow)} (the guide's portability "
-                            "trap: confirm the format runs accelerated where you deploy)")
+            warnings.append(f"slower than full precision on {'its node' if local_node else 'this machine'}: {', '.join(slow)} "
+                            "(the guide's portability trap: confirm the format runs accelerated where you deploy)")
         for r in rows:
             r.meets_bar = self.bar.holds(r, ref_row)
         res = Results(
@@ -242,10 +263,11 @@ class Comparison:
             machine=Machine(platform.platform(), torch.get_num_threads(), sys.version.split()[0]),
             reference=ref_row, candidates=rows, recommendation=rec, warnings=warnings,
             task=TaskInfo(self.task.kind, self.task.name, len(self.task.items)) if self.task else None,
-            axes=next((r.axes for r in rows if r.id == rec.id), None) or self._axes(rec.id), until_decided=rounds)
+            axes=next((r.axes for r in rows if r.id == rec.id), None) or self._axes(rec.id), until_decided=rounds,
+            failed=dict(failed or {}))
         if self.s.calib_check:
             res.calib_check = calib_check(self, rows, rec.id)
-        speed.record(rows, self.ref.name)
+        speed.record([r for r in rows if local_node is None or r.node == local_node], self.ref.name)
         from lowbit.compare.report import write_report
 
         write_report(res, self.report_dir)
@@ -310,8 +332,43 @@ class Comparison:
                  "generic text, deploy on domain traffic' trap)")]
 
 
+def _import_plugins(modules: list[str]) -> None:
+    """--plugin: modules that register more candidates (compare/candidates.py), imported before the
+    candidates are chosen (on the driver and in every cluster task)."""
+    import importlib
+
+    for m in modules:
+        try:
+            importlib.import_module(m)
+        except ImportError as e:
+            raise InputError(f"--plugin {m}: cannot import it ({e})") from None
+
+
+def compare_models(models: list[Any], settings: CompareSettings, report_dir: str | Path,
+                   console: Any = None) -> list[Results]:
+    """`lowbit compare MODEL [MODEL...]`: one report per model (``report_dir`` itself for one model,
+    ``report_dir/NAME`` for each of several). With ``settings.cluster``, every candidate of every model
+    runs as one Ray sweep (compare/cluster.py); without, one model after the other, as :class:`Comparison`."""
+    report_dir = Path(report_dir)
+    dirs = [report_dir] if len(models) == 1 else [report_dir / _slug(m) for m in models]
+    if len(set(dirs)) < len(dirs):
+        raise InputError("two models share a report name: compare them in separate runs")
+    if settings.cluster is None:
+        return [Comparison(m, settings, d, console).run() for m, d in zip(models, dirs, strict=True)]
+    if not all(isinstance(m, str) for m in models):
+        raise InputError("--cluster needs each model as a path or built-in name that every node can load")
+    from lowbit.compare.cluster import sweep
+
+    return sweep([Comparison(m, settings, d, console) for m, d in zip(models, dirs, strict=True)], console)[0]
+
+
+def _slug(model: Any) -> str:
+    name = Path(str(model).rstrip("/")).name or "model"
+    return "".join(ch if ch.isalnum() or ch in "-_." else "-" for ch in name)
+
+
 def compare(model: Any, settings: CompareSettings, report_dir: str | Path, console: Any = None) -> dict[str, Any]:
     """Run the comparison and write the report; returns ``results.json``'s content as a dict (keys
     ``reference``, ``candidates``, ``recommendation``, ``warnings``, ...). :class:`Comparison` gives
     the typed :class:`Results`."""
-    return Comparison(model, settings, Path(report_dir), console).run().to_dict()
+    return compare_models([model], settings, report_dir, console)[0].to_dict()

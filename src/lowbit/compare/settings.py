@@ -37,6 +37,9 @@ class CompareSettings:
     qat_steps: int = 0  # ... and a budget of optimizer steps
     until_decided: float | None = None  # seconds: add windows until the recommendation no longer depends on noise
     protocol: str = "windows"  # how KL/PPL are scored: "windows", or "llama-perplexity" (metrics/result.py)
+    cluster: str | None = None  # "ray" or "ray://HOST:PORT": candidates as Ray tasks (compare/cluster.py)
+    task_cpus: int = 1  # --cluster: CPUs each task requests (torch's threads in it)
+    plugins: list[str] = field(default_factory=list)  # modules that register more candidates (imported on every node)
     embeddings: str = "stored"  # "stored": every candidate keeps embeddings and head as the model stores them;
     # "quantized": every candidate quantizes them to 8 bits (int8 rows / Q8_0); "gguf-rule": GGUF candidates
     # quantize them by llama.cpp's mix rule, the others keep them (unequal footing)
@@ -56,9 +59,16 @@ class CompareSettings:
         if u is not None and not (math.isfinite(u) and u > 0):
             raise InputError(f"--until-decided {u:g}: expected a time budget in seconds above 0")
         check_protocol(self.protocol)
+        if self.cluster is not None:
+            from lowbit.compare.cluster import parse_address
+
+            parse_address(self.cluster)
+            if u is not None or self.calib_check:
+                raise InputError("--until-decided and --calib-check run on this machine only, not with --cluster")
         if self.embeddings not in EMBEDDINGS:
             raise InputError(f"--embeddings {self.embeddings!r}: expected one of {', '.join(EMBEDDINGS)}")
         for name, v, low in (("--windows", self.windows, 1), ("--seq-len", self.seq_len, 8),
-                             ("--calib-samples", self.calib_samples, 1), ("--qat-steps", self.qat_steps, 0)):
+                             ("--calib-samples", self.calib_samples, 1), ("--qat-steps", self.qat_steps, 0),
+                             ("--task-cpus", self.task_cpus, 1)):
             if v < low:
                 raise InputError(f"{name} {v}: expected at least {low}")

@@ -35,9 +35,13 @@ class LogprobStore:
     def __init__(self, where: Path) -> None:
         self.where = where
 
+    @staticmethod
+    def key(window: torch.Tensor) -> str:
+        """A window's name in the store: the sha256 of its token ids."""
+        return hashlib.sha256(window.to(torch.int64).contiguous().numpy().tobytes()).hexdigest()[:32]
+
     def _path(self, window: torch.Tensor) -> Path:
-        ids = window.to(torch.int64).contiguous().numpy().tobytes()
-        return self.where / f"{hashlib.sha256(ids).hexdigest()[:32]}.safetensors"
+        return self.where / f"{self.key(window)}.safetensors"
 
     def get(self, window: torch.Tensor) -> torch.Tensor | None:
         from safetensors import SafetensorError
