@@ -13,8 +13,7 @@ from lowbit.cli import _quiet_libraries, command, out
 
 @command()
 def compare(
-    model: Annotated[list[str], typer.Argument(help="Built-in name (smollm2, minilm), HF directory, .gguf or checkpoint; "
-                                                    "several: one report each, under --report.")],
+    model: Annotated[list[str], typer.Argument(help="Built-in (smollm2, minilm), HF dir, .gguf or checkpoint; several: a report each.")],
     calib: Annotated[str, typer.Option(help="Calibration data (pydoc:calib, stdlib:calib, a file or directory).")] = "pydoc:calib",
     eval_data: Annotated[str, typer.Option("--eval", help="Your eval set: text, or JSONL of "
                                            '{"question","choices","answer"} / {"text","label"}.')] = "pydoc:eval",
@@ -47,11 +46,10 @@ def compare(
                                                         "distilled from the float model) join the comparison.")] = None,
     qat_steps: Annotated[int, typer.Option(help="QAT step budget per candidate (one 256-token window per step).")] = 0,
     no_speed: Annotated[bool, typer.Option("--no-speed", help="Skip the speed measurements.")] = False,
-    cluster: Annotated[str | None, typer.Option(help="Run the candidates as Ray tasks: ray (Ray's default cluster) or "
-                                                     "ray://HOST:PORT (the head's address). Needs lowbit[ray].")] = None,
+    cluster: Annotated[str | None, typer.Option(help="Run the candidates as Ray tasks: ray (Ray's default) or ray://HOST:PORT "
+                                                     "(the head's address); needs lowbit\\[ray].")] = None,
     task_cpus: Annotated[int, typer.Option(help="With --cluster: CPUs per task (torch's threads in it).")] = 1,
-    plugin: Annotated[list[str] | None, typer.Option(help="A module that registers more candidates (repeatable); "
-                                                          "with --cluster it must import on every node.")] = None,
+    plugin: Annotated[list[str] | None, typer.Option(help="A module that registers candidates (repeatable; every node's).")] = None,
     list_methods: Annotated[bool, typer.Option("--list", help="List the candidates and exit.")] = False,
 ) -> None:
     """Run every candidate on your data, mark the Pareto front of size vs quality, and recommend one.
@@ -59,7 +57,6 @@ def compare(
     The recommendation follows the guide: start conservative and push the bit width down only while your bar
     holds. Resumable: finished candidates are cached in REPORT/.cache."""
     from lowbit.compare import CANDIDATES, CompareSettings
-    from lowbit.compare.run import compare_models
 
     if list_methods:
         import lowbit.compare.families  # noqa: F401  (every family registers its candidates there)
@@ -69,15 +66,18 @@ def compare(
             out.print(f"{c.id:<14} {c.family:<6} {c.bits}-bit  {c.label}{'  (default)' if c.default else ''}")
         return
     _quiet_libraries()
+    _run(list(model), CompareSettings(
+        calib=calib, eval=eval_data, eval_text=eval_text, bar=bar, budget_bpw=budget_bpw, budgets=list(budget or ()),
+        methods=[m.strip() for m in methods.split(",") if m.strip()] if methods else None, embeddings=embeddings,
+        protocol=protocol, until_decided=until_decided, windows=windows, seq_len=seq_len, seed=seed,
+        calib_samples=calib_samples, speed=not no_speed, calib_check=calib_check, target=target, train_data=train_data,
+        qat_steps=qat_steps, cluster=cluster, task_cpus=task_cpus, plugins=list(plugin or ())), report)
+
+
+def _run(models: list[str], settings: Any, report: Path) -> None:
+    from lowbit.compare.run import compare_models
+
     t0 = time.perf_counter()
-    settings = CompareSettings(calib=calib, eval=eval_data, eval_text=eval_text,
-                               methods=[m.strip() for m in methods.split(",") if m.strip()] if methods else None,
-                               bar=bar, budget_bpw=budget_bpw, budgets=list(budget or ()), embeddings=embeddings,
-                               protocol=protocol, until_decided=until_decided, windows=windows, seq_len=seq_len, seed=seed,
-                               calib_samples=calib_samples, speed=not no_speed, calib_check=calib_check, target=target,
-                               train_data=train_data, qat_steps=qat_steps, cluster=cluster, task_cpus=task_cpus,
-                               plugins=list(plugin or ()))
-    models = list(model)
     for m, res in zip(models, compare_models(models, settings, report, console=out), strict=True):
         if len(models) > 1:
             out.print(f"\n[bold]{m}[/]")
