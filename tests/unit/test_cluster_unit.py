@@ -59,7 +59,7 @@ def test_scratch_dirs_of_dead_tasks_are_reaped(tmp_path, monkeypatch) -> None:
 
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     root = tmp_path / "lowbit-tasks"
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True)
     (root / dead.stdout.strip()).mkdir(parents=True)  # a task process that died mid-task
     (root / dead.stdout.strip() / "half.gguf").write_bytes(b"x")
     (root / "1").mkdir()  # init: alive

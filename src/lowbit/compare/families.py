@@ -58,6 +58,8 @@ def _register_grids() -> None:
         ("awq-w4g64", "awq", 4, False, 64, "int4-weight", "AWQ 4-bit asym g64", True, lm, True),
         ("gptq-w3g64", "gptq", 3, False, 64, "int4-weight", "GPTQ 3-bit asym g64 (act-order)", True, lm, True),
         ("rtn-w3g64", "rtn", 3, False, 64, "int4-weight", "RTN 3-bit asym g64", False, BOTH, False),
+        ("rtn-w4g32", "rtn", 4, False, 32, "int4-weight", "RTN 4-bit asym g32", False, BOTH, False),
+        ("hqq-w3g64", "hqq", 3, False, 64, "int4-weight", "HQQ 3-bit asym g64", False, BOTH, False),
         ("awq-w3g64", "awq", 3, False, 64, "int4-weight", "AWQ 3-bit asym g64", True, lm, False),
     ]:
         axes = {"rtn": "int8-weight" if bits == 8 else "rtn-w4g64", "hqq": "rtn-w4g64", "gptq": "gptq-w4",
