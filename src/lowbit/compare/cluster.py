@@ -155,15 +155,17 @@ class _Job:
     submitted: float = 0.0
 
 
-def sweep(comps: list[Any], console: Any = None) -> tuple[list[Any], SweepStats]:
+def sweep(comps: list[Any], nodes: int | None = None) -> tuple[list[Any], SweepStats]:
     """Every candidate of every comparison in ``comps`` (one per model, same settings) as Ray tasks; the
-    driver writes the rows and each model's report. Returns the Results per model and the sweep's stats."""
+    driver writes the rows and each model's report (progress on each comparison's console). Returns the Results per model and the sweep's stats.
+    ``nodes``: the cluster was joined and checked already (:func:`connect`, :func:`check_nodes`)."""
     import ray
 
     s = comps[0].s
-    connect(s.cluster)
-    stats = SweepStats(nodes=check_nodes([c.model_arg for c in comps], [s.calib, s.eval, s.eval_text, s.train_data],
-                                         s.plugins))
+    if nodes is None:
+        connect(s.cluster)
+        nodes = check_nodes([c.model_arg for c in comps], [s.calib, s.eval, s.eval_text, s.train_data], s.plugins)
+    stats = SweepStats(nodes=nodes)
     tracker = ray.remote(num_cpus=0)(Tracker).remote()
     ray.get(tracker.snapshot.remote())  # alive before any task reports to it
     starts, rows, failed, jobs = {}, {}, {}, []
@@ -178,7 +180,7 @@ def sweep(comps: list[Any], console: Any = None) -> tuple[list[Any], SweepStats]
                 rows[id(comp), c.id] = cached
             else:
                 jobs.append(_Job(comp, TaskSpec(comp.model_arg, s, c.id, lp, tracker), path))
-    _run(jobs, rows, failed, tracker, stats, console)
+    _run(jobs, rows, failed, tracker, stats)
     here = node_identity()
     results = []
     for comp in comps:
@@ -189,7 +191,7 @@ def sweep(comps: list[Any], console: Any = None) -> tuple[list[Any], SweepStats]
     return results, stats
 
 
-def _run(jobs: list[_Job], rows: dict, failed: dict, tracker: Any, stats: SweepStats, console: Any) -> None:
+def _run(jobs: list[_Job], rows: dict, failed: dict, tracker: Any, stats: SweepStats) -> None:
     """Submit every job, then take the results as they come: rows into the cache, errors into ``failed``."""
     import ray
 
@@ -207,7 +209,7 @@ def _run(jobs: list[_Job], rows: dict, failed: dict, tracker: Any, stats: SweepS
             ready, _ = ray.wait(list(pending), num_returns=1, timeout=1.0)
             for ref in ready:
                 j = pending.pop(ref)
-                _collect(j, ref, rows, failed, stats, console)
+                _collect(j, ref, rows, failed, stats)
                 tracker.finished.remote(j.spec.key)
             snap = ray.get(tracker.snapshot.remote())
             stats.retried = sum(max(0, n - 1) for n in snap["starts"].values())
@@ -215,7 +217,7 @@ def _run(jobs: list[_Job], rows: dict, failed: dict, tracker: Any, stats: SweepS
                                                  f"{stats.failed} failed")
 
 
-def _collect(j: _Job, ref: Any, rows: dict, failed: dict, stats: SweepStats, console: Any) -> None:
+def _collect(j: _Job, ref: Any, rows: dict, failed: dict, stats: SweepStats) -> None:
     import ray
 
     key = (id(j.comp), j.spec.candidate)

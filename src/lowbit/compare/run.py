@@ -357,9 +357,11 @@ def compare_models(models: list[Any], settings: CompareSettings, report_dir: str
         return [Comparison(m, settings, d, console).run() for m, d in zip(models, dirs, strict=True)]
     if not all(isinstance(m, str) for m in models):
         raise InputError("--cluster needs each model as a path or built-in name that every node can load")
-    from lowbit.compare.cluster import sweep
+    from lowbit.compare.cluster import check_nodes, connect, sweep
 
-    return sweep([Comparison(m, settings, d, console) for m, d in zip(models, dirs, strict=True)], console)[0]
+    connect(settings.cluster)  # an unreachable cluster, or a node that lacks lowbit or the files: before any loading
+    n = check_nodes(models, [settings.calib, settings.eval, settings.eval_text, settings.train_data], settings.plugins)
+    return sweep([Comparison(m, settings, d, console) for m, d in zip(models, dirs, strict=True)], nodes=n)[0]
 
 
 def _slug(model: Any) -> str:
