@@ -96,6 +96,13 @@ def quality(rows: list) -> dict:
     return {r.id: {k: getattr(r, k) for k in QUALITY} for r in rows}
 
 
+def differences(*runs: list) -> dict[str, list[str]]:
+    """Per candidate, the quality fields on which the runs disagree (none: the rows are identical)."""
+    qs = [quality(rows) for rows in runs]
+    return {cid: [k for k in QUALITY if len({repr(q[cid][k]) for q in qs}) > 1] for cid in qs[0]
+            if any(q[cid] != qs[0][cid] for q in qs)}
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="4 candidates, 1 eval window, no speed (about 5 minutes)")
@@ -111,6 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     out = {"candidates": [r.id for r in two_rows], "local_seconds": local_s, "one_node_seconds": one_s,
            "two_node_seconds": two_s, "two_over_one": two_s / one_s,
            "rows_identical": quality(one_rows) == quality(local_rows) == quality(two_rows),
+           "row_differences": differences(local_rows, one_rows, two_rows),
            "retried_tasks": one.retried + two.retried, "failed_tasks": one.failed + two.failed,
            "per_task_overhead_seconds": ray_cost["warm"], "first_task_overhead_seconds": ray_cost["first"],
            "nodes_used": sorted({r.node["ip"] for r in two_rows}),

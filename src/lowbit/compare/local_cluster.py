@@ -56,6 +56,7 @@ class LocalCluster:
         return {**os.environ, **self.driver_env(), "HOME": str(home), **self.extra}
 
     def start(self) -> Self:
+        self.root.mkdir(parents=True, exist_ok=True)
         for i in range(len(self.cpus)):
             self.start_node(i)
         return self
