@@ -1,6 +1,6 @@
 """`lowbit compare --cluster`: one sweep of RTN / HQQ / GPTQ candidates on smollm2, on a local Ray
 node of one CPU and on two nodes of one CPU each (loopback, this machine's two cores), against the same
-sweep run locally without Ray (torch on one thread, as each task runs).
+sweep run locally without Ray (torch, numpy's BLAS and OpenMP on one thread, as each task runs).
 
     python bench/sweep.py [--quick] [--json FILE]
 
@@ -55,11 +55,14 @@ def sweep(args: argparse.Namespace, root: Path, cpus: tuple[int, ...] | None) ->
 
     report = root / f"report-{'local' if cpus is None else len(cpus)}"
     if cpus is None:
+        from threadpoolctl import threadpool_limits
+
         threads = torch.get_num_threads()
         torch.set_num_threads(1)
-        try:
-            t0 = time.perf_counter()
-            res = Comparison("smollm2", settings(args, None), report).run()
+        try:  # numpy's BLAS and OpenMP on one thread too, as Ray's OMP_NUM_THREADS=1 sets them in a task
+            with threadpool_limits(1):
+                t0 = time.perf_counter()
+                res = Comparison("smollm2", settings(args, None), report).run()
             return time.perf_counter() - t0, res.candidates, None, None
         finally:
             torch.set_num_threads(threads)
@@ -96,11 +99,16 @@ def quality(rows: list) -> dict:
     return {r.id: {k: getattr(r, k) for k in QUALITY} for r in rows}
 
 
-def differences(*runs: list) -> dict[str, list[str]]:
-    """Per candidate, the quality fields on which the runs disagree (none: the rows are identical)."""
-    qs = [quality(rows) for rows in runs]
-    return {cid: [k for k in QUALITY if len({repr(q[cid][k]) for q in qs}) > 1] for cid in qs[0]
-            if any(q[cid] != qs[0][cid] for q in qs)}
+def differences(**runs: list) -> dict[str, dict[str, list[str]]]:
+    """Per pair of runs, per candidate, the quality fields on which they disagree (empty: identical)."""
+    qs = {name: quality(rows) for name, rows in runs.items()}
+    names = list(qs)
+    out = {}
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            out[f"{a} vs {b}"] = {cid: [k for k in QUALITY if repr(qs[a][cid][k]) != repr(qs[b][cid][k])]
+                                  for cid in qs[a] if qs[a][cid] != qs[b][cid]}
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -118,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     out = {"candidates": [r.id for r in two_rows], "local_seconds": local_s, "one_node_seconds": one_s,
            "two_node_seconds": two_s, "two_over_one": two_s / one_s,
            "rows_identical": quality(one_rows) == quality(local_rows) == quality(two_rows),
-           "row_differences": differences(local_rows, one_rows, two_rows),
+           "row_differences": differences(local=local_rows, one_node=one_rows, two_nodes=two_rows),
            "retried_tasks": one.retried + two.retried, "failed_tasks": one.failed + two.failed,
            "per_task_overhead_seconds": ray_cost["warm"], "first_task_overhead_seconds": ray_cost["first"],
            "nodes_used": sorted({r.node["ip"] for r in two_rows}),
