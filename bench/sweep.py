@@ -7,7 +7,8 @@ sweep run locally without Ray (torch, numpy's BLAS and OpenMP on one thread, as 
 Reported: the wall time of each run from the driver (the reference row included, cluster start-up
 not), the two-node / one-node ratio, whether every row's quality figures (KL, PPL, top-1, size, per-layer
 error) equal the local run's, the retried tasks, and Ray's own cost per task: the round trip of a task
-that does nothing on a warm worker, and the first one (a fresh worker process importing torch).
+that does nothing (after the sweep, so on the sweep's warm workers; a fresh worker's start-up is inside
+each task's seconds).
 Full: 8 candidates, speed measured in every task against float32 on its node; --quick: 4 candidates,
 no speed, fewer windows.
 """
@@ -78,7 +79,7 @@ def sweep(args: argparse.Namespace, root: Path, cpus: tuple[int, ...] | None) ->
 
 def overhead(n: int = 8) -> dict[str, float]:
     """Round trips of a task that does nothing (after importing torch, as lowbit's tasks do): the first
-    on a fresh worker, the median of the next ``n``."""
+    call and the median of the next ``n``, on the workers the sweep left."""
     import ray
 
     @ray.remote(num_cpus=1)
@@ -145,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
     console.print(f"local (no Ray, 1 thread) {local_s:.0f} s; one node {one_s:.0f} s; two nodes {two_s:.0f} s = "
                   f"{out['two_over_one']:.2f}x; rows identical: {out['rows_identical']}; retried {out['retried_tasks']}; "
                   f"Ray per task: {out['per_task_overhead_seconds'] * 1000:.0f} ms warm, "
-                  f"{out['first_task_overhead_seconds']:.1f} s on a fresh worker")
+                  f"{out['first_task_overhead_seconds'] * 1000:.0f} ms the first call")
     if args.json:
         args.json.write_text(json.dumps(out, indent=2) + "\n")
     return 0 if out["rows_identical"] and out["two_over_one"] <= 0.65 else 1
