@@ -80,9 +80,12 @@ def test_sweep_rows_equal_the_local_run(cluster, tiny_dir, tmp_path) -> None:
     model, text = tiny_dir
     methods = ["rtn-w8", "rtn-w4g64", "hqq-w4g64", "gptq-w4g64"]
     threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # as each one-CPU task runs
+    torch.set_num_threads(1)  # as each one-CPU task runs (numpy's BLAS too: Ray sets OMP_NUM_THREADS=1)
     try:
-        local = compare_models([str(model)], _settings(text, methods, None), tmp_path / "local")[0]
+        from threadpoolctl import threadpool_limits
+
+        with threadpool_limits(1):
+            local = compare_models([str(model)], _settings(text, methods, None), tmp_path / "local")[0]
     finally:
         torch.set_num_threads(threads)
     res = compare_models([str(model)], _settings(text, methods, cluster.address), tmp_path / "ray")[0]
