@@ -146,10 +146,3 @@ def _round_trip(t: str, subs: list[np.ndarray], ims: list[np.ndarray | None]) ->
     gt = GGML_TYPES.get(t)
     wait = gt.quantize_async(x, im)
     return lambda: gt.dequantize(wait(), x.shape)
-
-
-def tensor_options(w: np.ndarray, f: TensorFisher, tokens: int, types: tuple[str, ...],
-                   imatrix: np.ndarray | None, seed: int = 0) -> list[Option]:
-    """Every usable type of ``types`` for one tensor ``w`` (rows x columns, GGUF layout, float32) with its
-    bytes and predicted KL increase; ``f`` in the same row order."""
-    return measure([sample_tensor(w, f, types, imatrix, seed)], tokens)[0]

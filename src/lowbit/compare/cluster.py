@@ -19,13 +19,12 @@ from __future__ import annotations
 import logging
 import re
 import socket
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from lowbit.compare import cache
-from lowbit.compare.cluster_task import TaskSpec, node_identity, run_task
+from lowbit.compare.cluster_task import TaskSpec, node_identity, reap_scratch, run_task
 from lowbit.compare.row import Row
 from lowbit.errors import InputError
 
@@ -77,7 +76,6 @@ def check_nodes(models: list[str], data: list[str | None], plugins: list[str], p
     """Every alive node has ``package`` (the version here) and the plugins, and sees every model and data
     path that exists here; one clear error naming the node otherwise. Returns the number of nodes."""
     import ray
-    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     from lowbit import __version__
 
@@ -93,12 +91,8 @@ def check_nodes(models: list[str], data: list[str | None], plugins: list[str], p
                 "missing": [p for p in paths if not _os.path.exists(p)],
                 "plugins": [m for m in plugins if importlib.util.find_spec(m.split(".")[0]) is None]}
 
-    nodes = [n for n in ray.nodes() if n.get("Alive")]
-    remote = ray.remote(num_cpus=0, max_retries=0)(probe)
-    refs = [remote.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False))
-            .remote(package, [str(Path(p).absolute()) for p in paths], plugins) for n in nodes]
     try:
-        answers = ray.get(refs, timeout=PROBE_TIMEOUT)
+        nodes, answers = on_every_node(probe, package, [str(Path(p).absolute()) for p in paths], plugins)
     except ray.exceptions.RayError as e:
         raise InputError(f"the cluster's nodes did not answer lowbit's set-up check: {type(e).__name__}") from None
     for n, a in zip(nodes, answers, strict=True):
@@ -114,6 +108,18 @@ def check_nodes(models: list[str], data: list[str | None], plugins: list[str], p
             raise InputError(f"{a['missing'][0]} exists only on this machine: {where} cannot read it (put models and "
                              "data on storage every node mounts, at the same path)")
     return len(nodes)
+
+
+def on_every_node(fn: Any, *args: Any, timeout: float = PROBE_TIMEOUT) -> tuple[list[dict], list[Any]]:
+    """``fn(*args)`` once on every alive node (no CPU asked, no retry): the nodes and their answers."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    remote = ray.remote(num_cpus=0, max_retries=0)(fn)
+    refs = [remote.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)).remote(*args)
+            for n in nodes]
+    return nodes, ray.get(refs, timeout=timeout)
 
 
 class Tracker:
@@ -137,14 +143,13 @@ class Tracker:
 @dataclass
 class SweepStats:
     """What the sweep did: tasks run, retried (attempts beyond the first), failed; each task's seconds
-    inside its worker and from submission to its result at the driver; the nodes it used."""
+    inside its worker; the nodes it used."""
 
     tasks: int = 0
     retried: int = 0
     failed: int = 0
     nodes: int = 0
     task_seconds: dict[str, float] = field(default_factory=dict)
-    round_trip_seconds: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -152,7 +157,6 @@ class _Job:
     comp: Any  # the model's Comparison (compare/run.py)
     spec: TaskSpec
     path: Path  # its cache file
-    submitted: float = 0.0
 
 
 def sweep(comps: list[Any], nodes: int | None = None) -> tuple[list[Any], SweepStats]:
@@ -200,7 +204,6 @@ def _run(jobs: list[_Job], rows: dict, failed: dict, tracker: Any, stats: SweepS
     remote = ray.remote(run_task)
     pending = {}
     for j in jobs:
-        j.submitted = time.perf_counter()
         pending[remote.options(num_cpus=j.spec.settings.task_cpus, memory=_memory(j.comp), max_retries=MAX_RETRIES,
                                retry_exceptions=False).remote(j.spec)] = j
     stats.tasks = len(jobs)
@@ -225,8 +228,8 @@ def _collect(j: _Job, ref: Any, rows: dict, failed: dict, stats: SweepStats) -> 
         out = ray.get(ref)
     except ray.exceptions.RayError as e:  # its worker or node was lost more times than it may be retried
         out = {"error": f"its worker was lost {MAX_RETRIES + 1} times ({type(e).__name__})"}
-    stats.round_trip_seconds[j.spec.key] = time.perf_counter() - j.submitted
     if "error" in out:
+        log.debug("%s failed:\n%s", j.spec.key, out.get("trace", ""))
         stats.failed += 1
         failed.setdefault(id(j.comp), {})[j.spec.candidate] = out["error"]
         j.comp.say(f"[red]{j.spec.candidate}: failed: {out['error']}[/]")
@@ -263,21 +266,8 @@ def _put_logprobs(comp: Any) -> Any:
 def _reap_everywhere() -> None:
     """Remove dead tasks' scratch directories on every alive node (a retried candidate leaves none)."""
     import ray
-    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-    def reap() -> int:
-        import tempfile
-        from pathlib import Path as _Path
-
-        from lowbit.compare.cluster_task import SCRATCH
-        from lowbit.compare.cluster_task import reap as _reap
-
-        return _reap(_Path(tempfile.gettempdir()) / SCRATCH)
-
-    remote = ray.remote(num_cpus=0, max_retries=0)(reap)
-    refs = [remote.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)).remote()
-            for n in ray.nodes() if n.get("Alive")]
     try:
-        ray.get(refs, timeout=60)
+        on_every_node(reap_scratch, timeout=60)
     except ray.exceptions.RayError as e:  # a node that went away meanwhile: nothing of ours left to clean there
         log.warning("could not clean every node's scratch directories: %s", type(e).__name__)

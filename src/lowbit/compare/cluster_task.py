@@ -79,8 +79,7 @@ def run_task(spec: TaskSpec) -> dict[str, Any]:
         with scratch_dir():
             row = _build(spec)
     except Exception as e:  # noqa: BLE001 (whatever lowbit raised is the candidate's failure; the sweep goes on)
-        return {"error": f"{type(e).__name__}: {e}".splitlines()[0], "trace": traceback.format_exc(),
-                "node": node_identity()}
+        return {"error": f"{type(e).__name__}: {e}".splitlines()[0], "trace": traceback.format_exc()}
     row.node = node_identity()
     return {"row": row.to_dict(), "seconds": time.perf_counter() - t0}
 
@@ -128,6 +127,11 @@ def _seed_store(comp: Any, ref: Any) -> None:
             lp = lps.get(store.key(win))
             if lp is not None:
                 store.put(win, lp)
+
+
+def reap_scratch() -> int:
+    """:func:`reap` on this node's scratch root (the driver runs it on every node at the end)."""
+    return reap(Path(tempfile.gettempdir()) / SCRATCH)
 
 
 @contextmanager

@@ -89,8 +89,7 @@ class LocalCluster:
         raise RuntimeError(f"ray node {i} did not join within {START_TIMEOUT:.0f} s: see {self.root / f'node{i}.log'}")
 
     def _alive_nodes(self) -> int:
-        """Nodes the head counts, asked with `ray list`-free means: the GCS port answers and each node's
-        log says it started."""
+        """Nodes whose `ray start` said it started (its log), without a Ray client in this process."""
         n = 0
         for i in range(len(self.procs)):
             log = self.root / f"node{i}.log"
