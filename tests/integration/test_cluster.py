@@ -1,8 +1,8 @@
 """`lowbit compare --cluster`: a two-node Ray cluster on loopback (head 127.0.0.2, worker 127.0.0.3, one
 CPU each, token auth, private HOME and temp dirs), started and stopped by process id by this module.
 
-A sweep's rows equal a local run's; a worker killed mid-task is retried; a candidate that raises is
-reported while the others finish; a driver killed mid-sweep resumes from the cache; bad input (an
+A sweep's rows equal a local run's; a worker killed mid-task is retried; a lost node's task runs on the
+other node; a candidate that raises is reported while the others finish; a driver killed mid-sweep resumes from the cache; bad input (an
 unreachable address, a node without the package, a path only this machine has) is one line, exit 2."""
 
 from __future__ import annotations
@@ -88,8 +88,13 @@ def test_sweep_rows_equal_the_local_run(cluster, tiny_dir, tmp_path) -> None:
             local = compare_models([str(model)], _settings(text, methods, None), tmp_path / "local")[0]
     finally:
         torch.set_num_threads(threads)
-    res = compare_models([str(model)], _settings(text, methods, cluster.address), tmp_path / "ray")[0]
+    from lowbit.compare.cluster import sweep
+    from lowbit.compare.run import Comparison
+
+    results, stats = sweep([Comparison(str(model), _settings(text, methods, cluster.address), tmp_path / "ray")])
+    res = results[0]
     assert [r.id for r in res.candidates] == methods and not res.failed
+    assert len(stats.spans) == 4 and not stats.overlaps()  # one task at a time on each one-CPU node
     assert _quality(res) == _quality(local)
     nodes = {r.node["ip"] for r in res.candidates}
     assert nodes <= {"127.0.0.2", "127.0.0.3"} and all(r.node["threads"] == 1 for r in res.candidates)
@@ -144,6 +149,32 @@ def test_a_killed_driver_resumes_from_the_cache(cluster, tiny_dir, tmp_path) -> 
     assert len(list((report / ".cache").glob("*.json"))) == 3
     for f in hold.iterdir():
         f.unlink()
+
+
+def test_a_lost_node_s_task_runs_on_another(cluster, tiny_dir, tmp_path) -> None:
+    from lowbit.compare.cluster import sweep
+    from lowbit.compare.run import Comparison
+
+    model, text = tiny_dir
+    hold = Path(os.environ["LOWBIT_TEST_HOLD_DIR"])
+    comp = Comparison(str(model), _settings(text, ["test-hold", "test-hold2"], cluster.address), tmp_path)
+    out: dict = {}
+    t = threading.Thread(target=lambda: out.update(zip(("results", "stats"), sweep([comp]))))
+    t.start()
+    try:
+        _wait_for(lambda: len(list(hold.glob("started-*"))) >= 2, 120)  # one CPU a node: one on each
+        cluster.kill_node(1)  # the worker node, raylet and all, mid-task
+        (hold / "release").touch()
+        t.join(300)
+    finally:
+        (hold / "release").touch()
+        t.join(300)
+        for f in hold.iterdir():
+            f.unlink()
+        cluster.start_node(1)  # for the tests after this one
+    res, stats = out["results"][0], out["stats"]
+    assert [r.id for r in res.candidates] == ["test-hold", "test-hold2"] and not res.failed
+    assert stats.retried == 1 and {r.node["ip"] for r in res.candidates} == {"127.0.0.2"}
 
 
 def test_bad_cluster_input_is_one_line(cluster, tiny_dir) -> None:

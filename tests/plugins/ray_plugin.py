@@ -28,5 +28,6 @@ def _hold(ref, ctx):
 
 if "test-raise" not in CANDIDATES:
     register_candidate(Candidate("test-raise", "rtn", 8, "raises", "int8-weight", _raise, default=False))
-    register_candidate(Candidate("test-hold", "rtn", 8, "RTN 8-bit, once released", "int8-weight", _hold,
-                                 config="test-hold", default=False))
+    for name in ("test-hold", "test-hold2"):  # two, to hold both one-CPU nodes at once
+        register_candidate(Candidate(name, "rtn", 8, "RTN 8-bit, once released", "int8-weight", _hold,
+                                     config=name, default=False))

@@ -208,6 +208,42 @@ def test_grid_budget_mixes_specs_shares_fused_layers_and_reloads_in_transformers
     assert 0.3 < lo.predicted_dkl / measured < 3.0
 
 
+def test_nf4_joins_the_grids_when_asked_and_stays_out_of_compressed_tensors(tiny, tmp_path) -> None:
+    """NF4 (double quant, block 64) as a budget grid: its bytes are bnb4's, its predicted cost sits between
+    3 and 8 bits, the checkpoint reloads with the same logits, and compressed-tensors refuses it."""
+    from lowbit.api import load_model, save
+    from lowbit.budget.grids import NF4, allocate_grids, check_grids, layer_options, nf4_bytes, quantize_grids
+    from lowbit.errors import ExportError
+    from lowbit.formats.bnb4 import quantize_4bit
+    from lowbit.modules.bnb4_linear import Linear4bit
+    from lowbit.writers.compressed_tensors import export_compressed_tensors
+
+    h, ids, _ = tiny
+    assert nf4_bytes((512, 256)) == quantize_4bit(torch.randn(512, 256), "nf4", 64, double_quant=True).nbytes
+    assert NF4 not in check_grids(None)  # integer grids only unless asked
+    with pytest.raises(InputError, match="--grids w4g64,nf5"):
+        check_grids(["w4g64", "nf5"])
+    fisher = collect_fisher(h.model, ids)
+    down = h.model.model.layers[1].mlp.down_proj.weight.detach().numpy()
+    cost = {o.type: o.dkl for o in layer_options(down, fisher.tensors["model.layers.1.mlp.down_proj.weight"],
+                                                 fisher.tokens, 4, grids=["w3g64", "nf4", "w8g64"])}
+    assert cost["w3g64"] > cost["nf4"] > cost["w8g64"] > 0
+    grids = ["w8g64", "w4g64", "w3g64", NF4]
+    alloc = allocate_grids(h, fisher, Budget(bpw=4.2), grids)
+    chosen = set(alloc.specs().values())
+    assert NF4 in chosen and chosen <= {*grids, "keep"} and alloc.bpw <= 4.2
+    q = quantize_grids(h, alloc)
+    nf4 = [n for n, g in alloc.specs().items() if g == NF4]
+    assert all(isinstance(q.model.get_submodule(n), Linear4bit) for n in nf4)
+    save(q, tmp_path / "ckpt")
+    again = load_model(str(tmp_path / "ckpt"))
+    with torch.no_grad():
+        assert torch.equal(q.model(input_ids=ids).logits, again.model(input_ids=ids).logits)
+    with pytest.raises(ExportError, match=f"'{nf4[0]}' is stored as bnb4"):
+        export_compressed_tensors(q, tmp_path / "ct")
+    assert not (tmp_path / "ct").exists()
+
+
 def test_cli_quantize_budget_then_export(tiny_llama_dir, text_file, tmp_path) -> None:
     runner = CliRunner()
     out = tmp_path / "q"

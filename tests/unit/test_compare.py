@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from scipy.stats import spearmanr
 from typer.testing import CliRunner
 
 from lowbit.cli import app
@@ -594,7 +595,7 @@ def test_embeddings_quantized_on_an_encoder_without_a_head(tiny_bert, text_file,
 def test_budget_candidates_join_with_their_allocation(tiny_llama, settings, tmp_path) -> None:
     """`compare --budget`: GGUF files mixed to each size, scored like the fixed mixes, with the allocation
     (tensor, type, bytes, predicted dKL) in results.json and in both reports."""
-    s = replace(settings, methods=["gguf-q8_0", "gguf-q4_k_m"], budgets=["11", "14"])
+    s = replace(settings, methods=["gguf-q8_0", "gguf-q4_k_m"], budgets=["11", "14"], budget_check=8)
     res = compare(tiny_llama, s, tmp_path / "rep")
     rows = {c["method"]: c for c in res["candidates"]}
     lo, hi = rows["gguf-budget-11bpw"], rows["gguf-budget-14bpw"]
@@ -606,8 +607,12 @@ def test_budget_candidates_join_with_their_allocation(tiny_llama, settings, tmp_
         assert sum(a[2] for a in r["allocation"]) * 8 <= bpw * sum(  # the budget holds over every tensor's weights
             np.prod(p.shape) for p in tiny_llama.model.parameters())
     assert lo["size_bytes"] < hi["size_bytes"] and lo["predicted_kl"] > hi["predicted_kl"]
+    assert lo["proxy"] == hi["proxy"] and len(lo["proxy"]["pairs"]) == 8  # measured once, for both
+    pairs = np.array([p[2:] for p in lo["proxy"]["pairs"]])
+    assert (pairs[:, 1] > 0).all() and lo["proxy"]["spearman"] == pytest.approx(spearmanr(pairs[:, 0], pairs[:, 1]).statistic)
     md = (tmp_path / "rep" / "report.md").read_text()
     assert "## Allocation of `gguf-budget-11bpw`" in md and "| blk.0.ffn_down.weight |" in md
+    assert f"Spearman's rank correlation between predicted and measured dKL is {lo['proxy']['spearman']:.3f} over 8" in md
     assert "Allocation of gguf-budget-14bpw" in (tmp_path / "rep" / "report.html").read_text()
     with pytest.raises(InputError, match="--budget"):
         compare(tiny_llama, replace(s, budgets=["lots"]), tmp_path / "bad")

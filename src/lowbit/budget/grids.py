@@ -1,5 +1,7 @@
 """Mixed precision to a size budget for torch and compressed-tensors output: one integer grid per
-Linear layer (2 to 8 bits, group sizes, or kept as stored), least predicted KL within the budget.
+Linear layer (2 to 8 bits, group sizes, or kept as stored), least predicted KL within the budget; NF4
+(bitsandbytes, block 64, double quant) joins when asked (``grids=[..., "nf4"]``): a lowbit checkpoint
+holds it, compressed-tensors has no NF4 scheme (its export refuses such a layer).
 
     factored Fisher (budget/fisher.py) -> per (layer, grid): bytes and predicted dKL, RTN on sampled rows
       -> Linears that runtimes fuse (q/k/v, gate/up: they read one input) merged into one item, one grid
@@ -43,6 +45,36 @@ GRIDS: dict[str, QuantSpec] = {
 }
 
 
+NF4 = "nf4"  # bitsandbytes NF4 as QLoRA stores it: block 64, double-quantized constants
+NF4_BLOCK = 64
+
+
+def check_grids(names: list[str] | None) -> list[str]:
+    """The grids an allocation may choose (default: every integer grid, the ones compressed-tensors holds)."""
+    if names is None:
+        return list(GRIDS)
+    bad = [n for n in names if n not in GRIDS and n != NF4]
+    if bad or not names:
+        raise InputError(f"--grids {','.join(names)}: expected names among {', '.join([*GRIDS, NF4])}")
+    return list(dict.fromkeys(names))
+
+
+def nf4_bytes(shape: tuple[int, int]) -> int:
+    """Bytes of a layer in NF4 with double quantization: codes, one uint8 constant per block, a float32
+    scale per 256 blocks and one float32 offset (formats/bnb4.py's ``Bnb4.nbytes``)."""
+    numel = shape[0] * shape[1]
+    blocks = -(-numel // NF4_BLOCK)
+    return (numel + 1) // 2 + blocks + 4 * -(-blocks // 256) + 4
+
+
+def _dequantized(sub: torch.Tensor, name: str) -> np.ndarray:
+    if name == NF4:
+        from lowbit.formats.bnb4 import quantize_4bit
+
+        return quantize_4bit(sub, NF4, NF4_BLOCK, double_quant=True).dequantize().numpy()
+    return QuantizedTensor.round_to_nearest(sub, GRIDS[name]).dequantize().numpy()
+
+
 def grid_bytes(spec: QuantSpec, shape: tuple[int, int]) -> int:
     """Bytes of a layer on ``spec``: packed codes, one scale per group, a zero point per group if asymmetric."""
     numel = shape[0] * shape[1]
@@ -51,17 +83,20 @@ def grid_bytes(spec: QuantSpec, shape: tuple[int, int]) -> int:
     return math.ceil(numel * spec.bits / 8) + groups * (scale + (0 if spec.symmetric else 1))
 
 
-def layer_options(w: np.ndarray, f: TensorFisher, tokens: int, stored: int, seed: int = 0) -> list[Option]:
-    """Every grid whose groups divide the rows, and the layer kept as stored (``stored`` bytes per weight)."""
+def layer_options(w: np.ndarray, f: TensorFisher, tokens: int, stored: int, seed: int = 0,
+                  grids: list[str] | None = None) -> list[Option]:
+    """Every grid of ``grids`` whose groups divide the rows, and the layer kept as stored (``stored``
+    bytes per weight)."""
     idx, weight = sample_rows(w, f, seed)
     sub = torch.from_numpy(np.ascontiguousarray(w[idx]))
     out = [Option(KEEP, w.size * stored, 0.0)]
-    for name, spec in GRIDS.items():
-        if w.shape[1] % spec.group_size:
+    for name in check_grids(grids):
+        group = NF4_BLOCK if name == NF4 else GRIDS[name].group_size
+        if w.shape[1] % group:
             continue
-        back = QuantizedTensor.round_to_nearest(sub, spec).dequantize().numpy()
-        est = float((_row_cost(back - sub.numpy(), f, idx) * weight).sum())
-        out.append(Option(name, grid_bytes(spec, w.shape), 0.5 * est / max(tokens, 1)))
+        est = float((_row_cost(_dequantized(sub, name) - sub.numpy(), f, idx) * weight).sum())
+        nbytes = nf4_bytes(w.shape) if name == NF4 else grid_bytes(GRIDS[name], w.shape)
+        out.append(Option(name, nbytes, 0.5 * est / max(tokens, 1)))
     return out
 
 
@@ -96,17 +131,19 @@ def _items(fisher: Fisher, linears: dict[str, torch.nn.Module]) -> list[list[str
     return items
 
 
-def allocate_grids(handle: ModelHandle, fisher: Fisher, budget: Budget) -> GridAllocation:
-    """The grid of every Linear but the output head (what `lowbit quantize` selects by default)."""
+def allocate_grids(handle: ModelHandle, fisher: Fisher, budget: Budget, grids: list[str] | None = None) -> GridAllocation:
+    """The grid of every Linear but the output head (what `lowbit quantize` selects by default), among
+    ``grids`` (:func:`check_grids`)."""
     t0 = time.perf_counter()
+    grids = check_grids(grids)
     model = handle.model
     head = model.get_output_embeddings()
     linears = {n: m for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and m is not head}
     items = _items(fisher, linears)
     opts = []
-    for item in track(items, f"sensitivity: {len(items)} layer groups x {len(GRIDS) + 1} grids"):
+    for item in track(items, f"sensitivity: {len(items)} layer groups x {len(grids) + 1} grids"):
         per = [layer_options(linears[m].weight.detach().float().numpy(), fisher.tensors[f"{m}.weight"], fisher.tokens,
-                             linears[m].weight.element_size()) for m in item]
+                             linears[m].weight.element_size(), grids=grids) for m in item]
         common = set.intersection(*({o.type for o in p} for p in per))
         opts.append([Option(t, sum(o.nbytes for p in per for o in p if o.type == t),
                             sum(o.dkl for p in per for o in p if o.type == t)) for t in [o.type for o in per[0]] if t in common])
@@ -130,7 +167,8 @@ def allocate_grids(handle: ModelHandle, fisher: Fisher, budget: Budget) -> GridA
 
 def quantize_grids(handle: ModelHandle, alloc: GridAllocation, method: str = "rtn", calib: object = None) -> ModelHandle:
     """A copy of ``handle`` with every layer on its allocated grid, quantized by ``method`` one grid at a
-    time (layers of other grids untouched), and one quantization record over all of them."""
+    time (layers of other grids untouched; NF4 layers by NF4 itself), and one quantization record over all
+    of them."""
     from lowbit.methods import make_config
     from lowbit.pipeline import quantize
 
@@ -140,7 +178,8 @@ def quantize_grids(handle: ModelHandle, alloc: GridAllocation, method: str = "rt
     specs = alloc.specs()
     for grid in sorted({g for g in specs.values() if g != KEEP}):
         names = [f"^{re.escape(m)}$" for m, g in specs.items() if g == grid]
-        out, _ = quantize(work, make_config(method, GRIDS[grid]), calib=calib, targets=names, inplace=True)
+        cfg = make_config(NF4, double_quant=True, blocksize=NF4_BLOCK) if grid == NF4 else make_config(method, GRIDS[grid])
+        out, _ = quantize(work, cfg, calib=calib if grid != NF4 else None, targets=names, inplace=True)
         layers.update(out.quant["layers"])
         record = out.quant
     if not layers:

@@ -52,27 +52,31 @@ def budget_export_to(model: ModelHandle | nn.Module | str, out: str | Path, budg
 
 
 def budget_quantize_to(model: ModelHandle | nn.Module | str, out: str | Path, budget: str | float, *,
-                       method: str = "rtn", calib: CalibSettings | None = None, overwrite: bool = False) -> Any:
+                       method: str = "rtn", calib: CalibSettings | None = None, grids: list[str] | None = None,
+                       overwrite: bool = False) -> Any:
     """``lowbit quantize MODEL --budget 4.5``: one integer grid per Linear (budget/grids.py; q/k/v and
     gate/up share one), least predicted KL within ``budget`` (bits per weight over the quantized layers, or
     the whole model's size), each grid's layers quantized by ``method``; saved as a lowbit checkpoint that
     `lowbit export --format compressed-tensors` writes with one config group per grid. ``calib`` is the
-    sensitivity data (and the method's, if it calibrates). Returns the quantized handle."""
+    sensitivity data (and the method's, if it calibrates). ``grids`` narrows or widens the choice (names of
+    budget/grids.py's GRIDS, and "nf4": kept in lowbit's checkpoint, not exportable to compressed-tensors).
+    Returns the quantized handle."""
     from lowbit.api import get_method, load_model, save
     from lowbit.budget.fisher import collect_fisher
-    from lowbit.budget.grids import allocate_grids, quantize_grids
+    from lowbit.budget.grids import allocate_grids, check_grids, quantize_grids
     from lowbit.budget.solve import parse_budget
     from lowbit.calib import load_corpus, token_windows
     from lowbit.writers.guard import check_output
 
     b = parse_budget(budget)
     get_method(method)
+    grids = check_grids(grids)
     check_output(out, overwrite)
     calib = calib or CalibSettings()
     corpus = load_corpus(calib.data)
     handle = load_model(model)
     windows = token_windows(corpus, handle.tokenizer, calib.n_samples, calib.seq_len, calib.seed)
-    alloc = allocate_grids(handle, collect_fisher(handle.model, windows), b)
+    alloc = allocate_grids(handle, collect_fisher(handle.model, windows), b, grids)
     q = quantize_grids(handle, alloc, method, calib if get_method(method).needs else None)
     save(q, out, overwrite=overwrite)
     return q

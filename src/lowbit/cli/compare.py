@@ -25,6 +25,9 @@ def compare(
     budget: Annotated[list[str] | None, typer.Option(help="Add a GGUF candidate mixed to this size (4.5 bpw, 90MB): "
                                                           "one llama.cpp type per tensor, least predicted KL "
                                                           "(repeatable: a curve beside the fixed mixes).")] = None,
+    budget_check: Annotated[int, typer.Option(
+        help="With --budget: (tensor, type) pairs quantized one at a time and measured, to report the predicted "
+             "KL's rank correlation with the measured (0: skip).")] = 16,
     seed: Annotated[int, typer.Option(help="Which eval windows are drawn (rerun with another to check a decision).")] = 0,
     until_decided: Annotated[float | None, typer.Option(
         metavar="SECONDS", help="Add eval windows (doubling, only for the candidates the decision hinges on) until "
@@ -68,7 +71,7 @@ def compare(
     _quiet_libraries()
     _run(list(model), CompareSettings(
         calib=calib, eval=eval_data, eval_text=eval_text, bar=bar, budget_bpw=budget_bpw, budgets=list(budget or ()),
-        methods=[m.strip() for m in methods.split(",") if m.strip()] if methods else None, embeddings=embeddings,
+        budget_check=budget_check, methods=[m.strip() for m in methods.split(",") if m.strip()] if methods else None, embeddings=embeddings,
         protocol=protocol, until_decided=until_decided, windows=windows, seq_len=seq_len, seed=seed,
         calib_samples=calib_samples, speed=not no_speed, calib_check=calib_check, target=target, train_data=train_data,
         qat_steps=qat_steps, cluster=cluster, task_cpus=task_cpus, plugins=list(plugin or ())), report)

@@ -36,6 +36,10 @@ def quantize(
                                                    "Linear (2-8 bits, groups 32-128, or kept), q/k/v and gate/up "
                                                    "sharing one, least predicted KL; --calib is the sensitivity data "
                                                    "(default pydoc:calib).")] = None,
+    grids: Annotated[str | None, typer.Option(help="With --budget: the grids to choose from, comma-separated "
+                                                  "(default every integer grid: w8g64,w6g64,w5g64,w4g128,w4g64,"
+                                                  "w4g32,w3g64,w3g32,w2g32); add nf4 for bitsandbytes NF4 (lowbit "
+                                                  "checkpoints hold it; compressed-tensors cannot).")] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace --out if it exists.")] = False,
     resume: Annotated[bool, typer.Option("--resume", help="Continue a killed run from its last finished block "
                                                           "(OUT.partial); the result is the same file.")] = False,
@@ -56,8 +60,12 @@ def quantize(
 
     if budget is not None:
         _budget(model, out_dir, budget, method, Grid(bits, group_size, asym, scale_dtype), calib, n_samples, seq_len,
-                bool(targets or ignore or embeddings or resume), overwrite)
+                bool(targets or ignore or embeddings or resume), overwrite, grids)
         return
+    if grids is not None:
+        from lowbit.errors import InputError
+
+        raise InputError("--grids narrows what --budget chooses from; without --budget use --bits and --group-size")
     config = build_config(method, Grid(bits, group_size, asym, scale_dtype), given_options(ctx))
     if api.get_method(method).needs and calib is None:
         calib = "pydoc:calib"
@@ -73,7 +81,7 @@ def quantize(
 
 
 def _budget(model: str, out_dir: Path, budget: str, method: str, grid: Grid, calib: str | None, n_samples: int,
-            seq_len: int, selection: bool, overwrite: bool) -> None:
+            seq_len: int, selection: bool, overwrite: bool, grids: str | None = None) -> None:
     from lowbit import api
     from lowbit.errors import InputError
 
@@ -83,7 +91,8 @@ def _budget(model: str, out_dir: Path, budget: str, method: str, grid: Grid, cal
         raise InputError("--budget allocates every Linear but the head; --targets, --ignore, --embeddings and "
                          "--resume do not apply")
     _quiet_libraries()
-    q = api.budget_quantize_to(model, out_dir, budget, method=method,
+    names = None if grids is None else [g.strip() for g in grids.split(",") if g.strip()]
+    q = api.budget_quantize_to(model, out_dir, budget, method=method, grids=names,
                                calib=api.CalibSettings(calib or "pydoc:calib", n_samples, seq_len), overwrite=overwrite)
     b = q.quant["budget"]
     grids: dict[str, int] = {}

@@ -1,5 +1,7 @@
 """The budget candidates in the compare report (`compare --budget`): their curve beside llama.cpp's
-fixed mixes on the size-quality plot, and each allocation's table (tensor, type, bytes, predicted dKL)."""
+fixed mixes on the size-quality plot, and each allocation's table (tensor, type, bytes, predicted dKL),
+with the checks of its predictions: measured against predicted total KL (additivity), and the proxy's
+rank correlation with single-tensor measurements (``--budget-check``)."""
 
 from __future__ import annotations
 
@@ -33,9 +35,22 @@ def _by_type(alloc: list[list[Any]]) -> str:
 
 
 def _intro(r: Row) -> str:
-    measured = f"; measured {r.kl_mean:.4f}" if r.kl_mean is not None else ""
+    measured = (f"; measured {r.kl_mean:.4f} (the additivity the allocation assumes: measured / predicted "
+                f"{r.kl_mean / r.predicted_kl:.2f})" if r.kl_mean is not None and r.predicted_kl else "")
     return (f"{r.label}: {r.size_bytes / 1e6:.2f} MB, {r.bits_per_weight:.3f} bpw. Predicted KL (sum of the "
-            f"tensors' predicted increases) {r.predicted_kl:.4f}{measured}. Bytes by type: {_by_type(r.allocation)}.")
+            f"tensors' predicted increases) {r.predicted_kl:.4f}{measured}. Bytes by type: {_by_type(r.allocation)}."
+            f"{_proxy(r)}")
+
+
+def _proxy(r: Row) -> str:
+    """The proxy check's sentence (``--budget-check``), or why there is none."""
+    p = r.proxy
+    if not p:
+        return " The predictions were not checked against measured KL (--budget-check 0)."
+    within = ", ".join(f"{t} {s:.2f}" for t, s in p["within_type"].items())
+    return (f" Proxy check: Spearman's rank correlation between predicted and measured dKL is {p['spearman']:.3f} "
+            f"over {len(p['pairs'])} (tensor, type) pairs, each quantized alone and measured on calibration windows"
+            f"{f' (within one type: {within})' if within else ''}.")
 
 
 def markdown_sections(rows: Sequence[Row]) -> list[str]:

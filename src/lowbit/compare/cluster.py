@@ -140,6 +140,18 @@ class Tracker:
         return {"starts": dict(self.starts), "running": dict(self.running)}
 
 
+def _tracker() -> Any:
+    """A :class:`Tracker` on the driver's node, alive before any task reports to it (a lost worker node
+    must not take the counts with it)."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+    tracker = ray.remote(num_cpus=0)(Tracker).options(scheduling_strategy=here).remote()
+    ray.get(tracker.snapshot.remote())
+    return tracker
+
+
 @dataclass
 class SweepStats:
     """What the sweep did: tasks run, retried (attempts beyond the first), failed; each task's seconds
@@ -150,6 +162,16 @@ class SweepStats:
     failed: int = 0
     nodes: int = 0
     task_seconds: dict[str, float] = field(default_factory=dict)
+    spans: dict[str, tuple[str, float, float]] = field(default_factory=dict)  # key: (node ip, start, end), wall clock
+
+    def overlaps(self) -> list[tuple[str, str]]:
+        """Pairs of tasks that ran at the same time on one node (none when every task had its node's only
+        CPU, as the bench's and the tests' one-CPU nodes must)."""
+        out = []
+        spans = sorted(self.spans.items(), key=lambda kv: kv[1][1])
+        for i, (a, (node_a, _, end_a)) in enumerate(spans):
+            out += [(a, b) for b, (node_b, start_b, _) in spans[i + 1:] if node_b == node_a and start_b < end_a]
+        return out
 
 
 @dataclass
@@ -157,21 +179,19 @@ class _Job:
     comp: Any  # the model's Comparison (compare/run.py)
     spec: TaskSpec
     path: Path  # its cache file
+    logprobs: Any = None  # ObjectRef of the model's reference log-probs: the task's second argument
 
 
 def sweep(comps: list[Any], nodes: int | None = None) -> tuple[list[Any], SweepStats]:
     """Every candidate of every comparison in ``comps`` (one per model, same settings) as Ray tasks; the
     driver writes the rows and each model's report (progress on each comparison's console). Returns the Results per model and the sweep's stats.
     ``nodes``: the cluster was joined and checked already (:func:`connect`, :func:`check_nodes`)."""
-    import ray
-
     s = comps[0].s
     if nodes is None:
         connect(s.cluster)
         nodes = check_nodes([c.model_arg for c in comps], [s.calib, s.eval, s.eval_text, s.train_data], s.plugins)
     stats = SweepStats(nodes=nodes)
-    tracker = ray.remote(num_cpus=0)(Tracker).remote()
-    ray.get(tracker.snapshot.remote())  # alive before any task reports to it
+    tracker = _tracker()
     starts, rows, failed, jobs = {}, {}, {}, []
     for comp in comps:
         starts[id(comp)] = comp.start()
@@ -183,7 +203,7 @@ def sweep(comps: list[Any], nodes: int | None = None) -> tuple[list[Any], SweepS
                 comp.say(f"[dim]{c.id}: finished in an earlier run, cached ({path.name})[/]")
                 rows[id(comp), c.id] = cached
             else:
-                jobs.append(_Job(comp, TaskSpec(comp.model_arg, s, c.id, lp, tracker), path))
+                jobs.append(_Job(comp, TaskSpec(comp.model_arg, s, c.id, tracker), path, lp))
     _run(jobs, rows, failed, tracker, stats)
     here = node_identity()
     results = []
@@ -205,7 +225,7 @@ def _run(jobs: list[_Job], rows: dict, failed: dict, tracker: Any, stats: SweepS
     pending = {}
     for j in jobs:
         pending[remote.options(num_cpus=j.spec.settings.task_cpus, memory=_memory(j.comp), max_retries=MAX_RETRIES,
-                               retry_exceptions=False).remote(j.spec)] = j
+                               retry_exceptions=False).remote(j.spec, j.logprobs)] = j
     stats.tasks = len(jobs)
     with Steps(len(jobs), "sweep") as bar:
         while pending:
@@ -236,6 +256,7 @@ def _collect(j: _Job, ref: Any, rows: dict, failed: dict, stats: SweepStats) -> 
         return
     row = Row.from_dict(out["row"])
     stats.task_seconds[j.spec.key] = out["seconds"]
+    stats.spans[j.spec.key] = (row.node.get("ip") or row.node.get("host"), *out["span"])
     cache.write_row(j.path, row)
     rows[key] = row
     j.comp.say(f"{j.spec.candidate}: done on {row.node.get('ip') or row.node.get('host')} ({out['seconds']:.0f} s)")

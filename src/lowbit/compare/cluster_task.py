@@ -3,8 +3,10 @@ exactly as a local run does it, its row returned to the driver (compare/cluster.
 
 A task gets a :class:`TaskSpec` (names, settings, ids: nothing that holds a model or a closure). It sets
 torch's threads to the CPUs Ray assigned it (a reused worker would keep the count of its first task),
-fills this node's reference store from the object store where it lacks the driver's log-probs, loads
-the model, and scores the candidate against float32 timed on this same node. Its temporary files live
+fills this node's reference store with the driver's log-probs where it lacks them (Ray hands them to the
+task as an argument, fetched once per node), loads the model, and scores the candidate against float32
+timed on this same node. It never blocks on ``ray.get``: a blocked task lends its CPU back to Ray, which
+may start another task on it, and two tasks on one CPU would skew each other's speed figures. Its temporary files live
 in one directory named after the task's process: a later task on the node (and the driver, at the end)
 removes the directories of processes that died, so a retried candidate leaves nothing behind.
 """
@@ -31,13 +33,12 @@ SCRATCH = "lowbit-tasks"  # under the node's temp dir: one subdirectory per runn
 @dataclass(frozen=True)
 class TaskSpec:
     """What a task needs, all of it picklable: the model as the user named it (a path every node must
-    see, or a built-in name), the sweep's settings, the candidate's id, and the object-store reference
-    of the reference's log-probs (None: the task computes them)."""
+    see, or a built-in name), the sweep's settings, the candidate's id (the reference's log-probs come as
+    the task's second argument)."""
 
     model: str
     settings: CompareSettings
     candidate: str
-    logprobs: Any = None  # ray.ObjectRef of {window sha: log-probs}, from the driver
     tracker: Any = None  # the sweep's Tracker actor (compare/cluster.py), told when an attempt starts
 
     @property
@@ -69,19 +70,20 @@ def _node_ip() -> str | None:
         return None
 
 
-def run_task(spec: TaskSpec) -> dict[str, Any]:
+def run_task(spec: TaskSpec, logprobs: dict[str, Any] | None = None) -> dict[str, Any]:
     """The task body: ``{"row": Row.to_dict(), "seconds": ...}``, or ``{"error": one line, "trace": ...}``
-    when lowbit raised (an error Ray does not retry: the same input would raise again)."""
-    t0 = time.perf_counter()
+    when lowbit raised (an error Ray does not retry: the same input would raise again). ``logprobs``: the
+    driver's reference log-probs by window key (None: the task computes them)."""
+    t0, start = time.perf_counter(), time.time()
     _set_threads()
     _report_start(spec)
     try:
         with scratch_dir():
-            row = _build(spec)
+            row = _build(spec, logprobs)
     except Exception as e:  # noqa: BLE001 (whatever lowbit raised is the candidate's failure; the sweep goes on)
         return {"error": f"{type(e).__name__}: {e}".splitlines()[0], "trace": traceback.format_exc()}
     row.node = node_identity()
-    return {"row": row.to_dict(), "seconds": time.perf_counter() - t0}
+    return {"row": row.to_dict(), "seconds": time.perf_counter() - t0, "span": (start, time.time())}
 
 
 def _set_threads() -> None:
@@ -96,34 +98,30 @@ def _report_start(spec: TaskSpec) -> None:
     """Tell the sweep's tracker this attempt began (a second start of a candidate is a retry)."""
     import ray
 
-    if spec.tracker is not None:  # waited for: a worker killed right after must not lose the count
-        ray.get(spec.tracker.started.remote(spec.key, os.getpid(), ray.get_runtime_context().get_node_id()))
+    if spec.tracker is not None:  # not waited for (see the module's docstring): sent at once all the same
+        spec.tracker.started.remote(spec.key, os.getpid(), ray.get_runtime_context().get_node_id())
 
 
-def _build(spec: TaskSpec) -> Any:
+def _build(spec: TaskSpec, logprobs: dict[str, Any] | None) -> Any:
     from lowbit.compare.run import Comparison
 
     s = replace(spec.settings, cluster=None)
     comp = Comparison(spec.model, s, Path(tempfile.gettempdir()) / "report")
-    if spec.logprobs is not None:
-        _seed_store(comp, spec.logprobs)
+    if logprobs is not None:
+        _seed_store(comp, logprobs)
     c = next((c for c in comp.candidates if c.id == spec.candidate), None)
     if c is None:
         raise LookupError(f"{spec.candidate} is not a candidate of this sweep on this node (a --plugin missing here?)")
     return comp.build_row(c)
 
 
-def _seed_store(comp: Any, ref: Any) -> None:
+def _seed_store(comp: Any, lps: dict[str, Any]) -> None:
     """Copy the driver's reference log-probs into this node's store where it lacks them."""
-    import ray
-
     from lowbit.metrics.refstore import LogprobStore, store_dir
 
     store = LogprobStore(store_dir(comp.model_key))
-    lps: dict[str, Any] | None = None
     for win in comp.evaluator.windows(comp.ref.tokenizer):
         if store.get(win) is None:
-            lps = ray.get(ref) if lps is None else lps
             lp = lps.get(store.key(win))
             if lp is not None:
                 store.put(win, lp)

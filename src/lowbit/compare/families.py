@@ -113,23 +113,27 @@ def _gguf_budget(budget: str) -> Build:
         qbytes = sum(n for name, _, n, _ in alloc.table() if name not in kept)  # bpw of the quantized layers
         numel = sum(math.prod(r.shape) for r in alloc.rows if r.quantizable and r.name not in kept)
         bpw = 8 * qbytes / max(numel, 1)
+        proxy = ctx.proxy_check(pins)
         return Built(load_into(path, ref), path.stat().st_size, bpw, gguf_path=path,
                      extra={"imatrix": True, "allocation": [list(t) for t in alloc.table()],
-                            "predicted_kl": alloc.predicted_dkl, "reused_sensitivity": had})
+                            "predicted_kl": alloc.predicted_dkl, "reused_sensitivity": had,
+                            "proxy": None if proxy is None else {"spearman": proxy.spearman, "within_type": proxy.within_type,
+                                                                 "pairs": [list(p) for p in proxy.pairs]}})
 
     return build
 
 
-def budget_candidate(budget: str) -> Candidate:
+def budget_candidate(budget: str, check: int = 0) -> Candidate:
     """A GGUF file mixed to ``budget`` (``lowbit compare --budget 4.5``): one type per tensor, least
-    predicted KL, calibrated on the compare's calibration data, with its importance matrix."""
+    predicted KL, calibrated on the compare's calibration data, with its importance matrix. ``check``:
+    (tensor, type) pairs measured alone to check the predictions (``--budget-check``; 0: none)."""
     from lowbit.budget.solve import parse_budget
 
     b = parse_budget(budget)
     slug = f"{b.bpw:g}bpw" if b.bpw is not None else str(budget).strip().lower().replace(" ", "")
     bits = int(b.bpw) if b.bpw is not None else 4
     return Candidate(f"gguf-budget-{slug}", "gguf-budget", bits, f"GGUF mixed to {b} (lowbit allocation)", "gguf",
-                     _gguf_budget(budget), needs_calib=True, config=f"gguf-budget:{b}", default=False,
+                     _gguf_budget(budget), needs_calib=True, config=f"gguf-budget:{b}:check{check}", default=False,
                      plan_method="gguf-q4_k_m")
 
 

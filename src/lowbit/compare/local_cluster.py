@@ -70,32 +70,28 @@ class LocalCluster:
             args += ["--head", f"--port={self.port}", "--include-dashboard=false", f"--temp-dir={self.root / 'ray'}"]
         else:
             args += [f"--address={self.ips[0]}:{self.port}"]
-        log = open(self.root / f"node{i}.log", "ab")  # noqa: SIM115 (the node's output, for as long as it runs)
+        path = self.root / f"node{i}.log"
+        offset = path.stat().st_size if path.exists() else 0  # a restarted node appends: read only what it adds
+        log = open(path, "ab")  # noqa: SIM115 (the node's output, for as long as it runs)
         p = subprocess.Popen(args, env=self._env(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         while len(self.procs) <= i:
             self.procs.append(None)
         self.procs[i] = p
-        self._wait_for(i, p)
+        self._wait_for(i, p, path, offset)
         return p
 
-    def _wait_for(self, i: int, p: subprocess.Popen) -> None:
+    def _wait_for(self, i: int, p: subprocess.Popen, log: Path, offset: int) -> None:
+        """Until the node's `ray start` says it started (its log past ``offset``), without a Ray client here."""
         deadline = time.monotonic() + START_TIMEOUT
         while time.monotonic() < deadline:
             if p.poll() is not None:
-                raise RuntimeError(f"ray node {i} exited ({p.returncode}): see {self.root / f'node{i}.log'}")
-            if self._alive_nodes() > i:
-                return
+                raise RuntimeError(f"ray node {i} exited ({p.returncode}): see {log}")
+            with open(log, "rb") as f:
+                f.seek(offset)
+                if b"Ray runtime started" in f.read():
+                    return
             time.sleep(0.5)
-        raise RuntimeError(f"ray node {i} did not join within {START_TIMEOUT:.0f} s: see {self.root / f'node{i}.log'}")
-
-    def _alive_nodes(self) -> int:
-        """Nodes whose `ray start` said it started (its log), without a Ray client in this process."""
-        n = 0
-        for i in range(len(self.procs)):
-            log = self.root / f"node{i}.log"
-            if log.exists() and b"Ray runtime started" in log.read_bytes():
-                n += 1
-        return n
+        raise RuntimeError(f"ray node {i} did not join within {START_TIMEOUT:.0f} s: see {log}")
 
     def kill_node(self, i: int, sig: int = signal.SIGKILL, grace: float = 5.0) -> None:
         """Stop node ``i``: its whole process group (the `ray start` process and what it spawned); after

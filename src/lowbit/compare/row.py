@@ -73,6 +73,7 @@ class Row:
     axes: dict[str, str] | None = None  # the guide's five axes, where the candidate has a plan entry
     allocation: list[list[Any]] | None = None  # budget candidates: [tensor, type, bytes, predicted dKL] per tensor
     predicted_kl: float | None = None  # budget candidates: the allocation's summed prediction
+    proxy: dict[str, Any] | None = None  # budget candidates: spearman, within_type, pairs (budget/validate.py)
     node: dict[str, Any] | None = None  # --cluster: the node that built and timed it (compare/cluster.py)
     # a labelled eval set (multiple choice, classification): accuracy, and answers changed from the reference's
     accuracy: float | None = None
@@ -103,7 +104,7 @@ class Row:
         if self.axes:
             names.append("axes")
         if self.allocation is not None:
-            names += ["allocation", "predicted_kl"]
+            names += ["allocation", "predicted_kl", "proxy"]
         if self.accuracy is not None:
             names += ["accuracy", "flips"] if self.is_reference else ["accuracy", "flips", "flips_to_wrong",
                                                                       "flips_to_right"]

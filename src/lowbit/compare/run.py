@@ -79,7 +79,7 @@ class Comparison:
 
             if self.kind != CAUSAL_LM:
                 raise InputError("--budget mixes GGUF types by their effect on next-token KL: it needs a causal LM")
-            self.candidates += [budget_candidate(b) for b in settings.budgets]
+            self.candidates += [budget_candidate(b, settings.budget_check) for b in settings.budgets]
         if any(c.needs_training for c in self.candidates) and not training:
             raise InputError("QAT candidates train: give --train-data DATA and --qat-steps N")
         needs = any(c.needs_calib for c in self.candidates) or settings.calib_check
@@ -87,7 +87,8 @@ class Comparison:
             raise InputError("these candidates calibrate: give --calib DATA")
         self.calib = CalibSettings(data=settings.calib, n_samples=settings.calib_samples, seq_len=settings.seq_len) \
             if settings.calib else None
-        self.ctx = Context(self.ref, self.calib, settings.train_data, settings.qat_steps, settings.embeddings)
+        self.ctx = Context(self.ref, self.calib, settings.train_data, settings.qat_steps, settings.embeddings,
+                           proxy_pairs=settings.budget_check)
         self.evaluator.check_kind(self.kind)  # before the report, as an eval set too small for one window:
         if self.kind == CAUSAL_LM:
             self.evaluator.windows(self.ref.tokenizer)
@@ -171,7 +172,7 @@ class Comparison:
         if built.extra.get("reused_sensitivity"):  # likewise the budget candidates' sensitivity pass
             secs += ctx.sensitivity_seconds
         row = self._score(c, built, secs, tag)
-        row.allocation, row.predicted_kl = built.extra.get("allocation"), built.extra.get("predicted_kl")
+        row.allocation, row.predicted_kl, row.proxy = (built.extra.get(k) for k in ("allocation", "predicted_kl", "proxy"))
         if built.gguf_path is not None:
             built.gguf_path.unlink(missing_ok=True)
             built.gguf_path.parent.rmdir()

@@ -25,6 +25,7 @@ class CompareSettings:
     bar: str | None = None
     budget_bpw: float | None = None
     budgets: list[str] = field(default_factory=list)  # --budget: GGUF candidates mixed to these sizes (budget/)
+    budget_check: int = 16  # --budget-check: (tensor, type) pairs measured alone against the predictions; 0: none
     windows: int = 4
     seed: int = 0  # which eval windows are drawn
     seq_len: int = 512
@@ -54,6 +55,8 @@ class CompareSettings:
 
         for text in self.budgets:
             parse_budget(text)
+        if self.budget_check < 0:
+            raise InputError(f"--budget-check {self.budget_check}: expected a number of pairs, 0 or more")
 
         u = self.until_decided
         if u is not None and not (math.isfinite(u) and u > 0):
