@@ -1,9 +1,21 @@
 """A Hugging Face tokenizer as llama.cpp's GGUF vocabulary: byte-level BPE as ``gpt2`` (tokens, types,
 merges, special ids, chat template) and BERT's WordPiece as ``bert`` (phantom-space tokens), as
-llama.cpp's converter writes them."""
+llama.cpp's converter writes them.
+
+The pre-tokenizer (how text is split before the merges) is named in ``tokenizer.ggml.pre``; llama.cpp
+keeps one regex set per name. llama.cpp's converter finds the name by hashing the tokens of a test
+string; lowbit reads it off the tokenizer's own pre-tokenizer instead:
+
+    ByteLevel (its built-in regex)                      -> gpt-2
+    Digits (one per digit), ByteLevel (its regex)       -> smollm
+    Split(R, isolated), ByteLevel (no regex of its own) -> the name transformers' GGUF reader maps to R
+                                                           (llama3, qwen2, tekken, gpt-4o, ...)
+
+Anything else is written as ``default`` with a warning (llama.cpp may then split text differently)."""
 
 from __future__ import annotations
 
+import json
 import logging
 from typing import Any
 
@@ -16,8 +28,6 @@ log = logging.getLogger(__name__)
 
 def hf_tokenizer_kv(w: gguf.GGUFWriter, tok: Any) -> None:
     """A Hugging Face byte-level BPE tokenizer as llama.cpp's ``gpt2`` vocabulary."""
-    import json
-
     backend = getattr(tok, "backend_tokenizer", None)
     if backend is None:
         raise ExportError("GGUF export needs a fast (tokenizer.json) tokenizer to convert")
@@ -40,9 +50,12 @@ def hf_tokenizer_kv(w: gguf.GGUFWriter, tok: Any) -> None:
                     gguf.TokenType.USER_DEFINED if t in added else gguf.TokenType.NORMAL)
     merges = [m if isinstance(m, str) else " ".join(m) for m in model.get("merges", [])]
     w.add_tokenizer_model("gpt2")
-    log.warning("GGUF export: the tokenizer's pre-tokenizer is recorded as 'default'; llama.cpp may split text "
-                "slightly differently from transformers for this model")
-    w.add_tokenizer_pre("default")
+    pre = pre_tokenizer_name(spec)
+    if pre is None:
+        log.warning("GGUF export: the tokenizer's pre-tokenizer (%s) has no llama.cpp name; it is recorded as "
+                    "'default', and llama.cpp may split text differently from transformers for this model",
+                    json.dumps(spec.get("pre_tokenizer"))[:200])
+    w.add_tokenizer_pre(pre or "default")
     w.add_token_list(tokens)
     w.add_token_types(types)
     w.add_token_merges(merges)
@@ -52,6 +65,30 @@ def hf_tokenizer_kv(w: gguf.GGUFWriter, tok: Any) -> None:
             add(int(getattr(tok, attr)))
     if getattr(tok, "chat_template", None):
         w.add_chat_template(tok.chat_template)
+
+
+def pre_tokenizer_name(spec: dict[str, Any]) -> str | None:
+    """llama.cpp's name for the pre-tokenizer of a tokenizer.json ``spec`` (see the module docstring),
+    or None when it has none."""
+    pre = spec.get("pre_tokenizer") or {}
+    steps = pre.get("pretokenizers", []) if pre.get("type") == "Sequence" else [pre]
+    kinds = [s.get("type") for s in steps]
+    if not steps or steps[-1].get("type") != "ByteLevel" or steps[-1].get("add_prefix_space", False):
+        return None
+    own_regex = steps[-1].get("use_regex", True)
+    if kinds == ["ByteLevel"] and own_regex:
+        return "gpt-2"
+    if kinds == ["Digits", "ByteLevel"] and own_regex and steps[0].get("individual_digits"):
+        return "smollm"
+    split = steps[0]
+    if kinds == ["Split", "ByteLevel"] and not own_regex and split.get("behavior") == "Isolated" and not split.get("invert"):
+        try:
+            from transformers.integrations.gguf.gguf_tokenizer_mapping import GGUF_PRE_TOKENIZER_SPLITS
+        except ImportError:
+            return None
+        regex = (split.get("pattern") or {}).get("Regex")
+        return next((name for name, r in GGUF_PRE_TOKENIZER_SPLITS.items() if r == regex), None)
+    return None
 
 
 def _wordpiece_kv(w: gguf.GGUFWriter, tok: Any, spec: dict[str, Any]) -> None:
