@@ -258,6 +258,10 @@ def test_cli_quantize_budget_then_export(tiny_llama_dir, text_file, tmp_path) ->
     assert r.exit_code == 0, r.output
     r = runner.invoke(app, [*args[:4], "--bits", "4", "--out", str(tmp_path / "x")])
     assert r.exit_code == 2 and "drop --bits" in r.output
+    r = runner.invoke(app, [*args[:2], "--grids", "nf4", "--out", str(tmp_path / "g")])
+    assert r.exit_code == 2 and "--grids narrows what --budget chooses from" in r.output and not (tmp_path / "g").exists()
+    r = runner.invoke(app, [*args[:4], "--grids", "w4g64,nf5", "--out", str(tmp_path / "g")])
+    assert r.exit_code == 2 and "expected names among" in r.output and not (tmp_path / "g").exists()
     r = runner.invoke(app, [*args[:2], "--budget", "10GB", "--out", str(tmp_path / "y"), "--calib", str(text_file),
                             "--n-samples", "2", "--seq-len", "32"])
     assert r.exit_code == 2 and "above the model as stored" in r.output and not (tmp_path / "y").exists()

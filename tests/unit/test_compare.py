@@ -616,3 +616,21 @@ def test_budget_candidates_join_with_their_allocation(tiny_llama, settings, tmp_
     assert "Allocation of gguf-budget-14bpw" in (tmp_path / "rep" / "report.html").read_text()
     with pytest.raises(InputError, match="--budget"):
         compare(tiny_llama, replace(s, budgets=["lots"]), tmp_path / "bad")
+
+
+def test_budget_section_states_its_checks_or_their_absence() -> None:
+    """The allocation's intro: the measured KL always, the additivity ratio only where a prediction is
+    non-zero (a model on the file's own grid predicts 0), and the proxy check or that it was skipped."""
+    from lowbit.compare.budget_report import markdown_sections
+    from lowbit.compare.row import Row
+
+    alloc = [["blk.0.attn_q.weight", "Q4_1", 1000, 0.0], ["token_embd.weight", "Q8_0", 3000, 0.0]]
+    r = Row("gguf-budget-1mb", "gguf-budget-1mb", "gguf-budget", 4, kl_mean=0.0, size_bytes=4_000_000,
+            bits_per_weight=5.0, allocation=alloc, predicted_kl=0.0, label="GGUF mixed to 1 MB")
+    md = "\n".join(markdown_sections([r]))
+    assert "measured 0.0000." in md and "additivity" not in md and "not checked against measured KL" in md
+    r.predicted_kl, r.kl_mean = 0.02, 0.03
+    r.proxy = {"spearman": 0.9, "within_type": {"Q4_1": 0.8}, "pairs": [["a", "Q4_1", 0.1, 0.2]] * 4}
+    md = "\n".join(markdown_sections([r]))
+    assert "measured / predicted 1.50" in md and "is 0.900 over 4 (tensor, type) pairs" in md and "Q4_1 0.80" in md
+    assert "Bytes by type: Q8_0 75%, Q4_1 25%" in md

@@ -95,6 +95,6 @@ def proxy_check(p: Perturber, sens: Sensitivity, n: int = 40, seed: int = 0) -> 
     within = {}
     for t in sorted({x[1] for x in pairs}):
         idx = [i for i, x in enumerate(pairs) if x[1] == t]
-        if len(idx) >= 4:
+        if len(idx) >= 4 and np.ptp(pred[idx]) > 0 and np.ptp(meas[idx]) > 0:  # a constant side has no ranking
             within[t] = float(spearmanr(pred[idx], meas[idx]).statistic)
     return ProxyCheck(pairs, float(spearmanr(pred, meas).statistic), within, base)

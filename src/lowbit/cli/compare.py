@@ -10,6 +10,13 @@ import typer
 
 from lowbit.cli import _quiet_libraries, command, out
 
+BudgetOption = Annotated[list[str] | None, typer.Option(
+    help="Add a GGUF candidate mixed to this size (4.5 bpw, 90MB): one llama.cpp type per tensor, least predicted KL "
+         "(repeatable: a curve beside the fixed mixes).")]
+BudgetCheckOption = Annotated[int, typer.Option(
+    help="With --budget: (tensor, type) pairs quantized one at a time and measured, to report the predicted KL's "
+         "rank correlation with the measured (0: skip).")]
+
 
 @command()
 def compare(
@@ -22,12 +29,8 @@ def compare(
                                                 "e.g. rtn-w8,gptq-w4g64,gguf-q4_k_m.")] = None,
     bar: Annotated[str | None, typer.Option(help="Your quality bar: kl=0.05, ppl=+3%, acc=-1, cos=0.99, top1=0.9.")] = None,
     budget_bpw: Annotated[float | None, typer.Option(help="Largest bits per weight you can afford.")] = None,
-    budget: Annotated[list[str] | None, typer.Option(help="Add a GGUF candidate mixed to this size (4.5 bpw, 90MB): "
-                                                          "one llama.cpp type per tensor, least predicted KL "
-                                                          "(repeatable: a curve beside the fixed mixes).")] = None,
-    budget_check: Annotated[int, typer.Option(
-        help="With --budget: (tensor, type) pairs quantized one at a time and measured, to report the predicted "
-             "KL's rank correlation with the measured (0: skip).")] = 16,
+    budget: BudgetOption = None,
+    budget_check: BudgetCheckOption = 16,
     seed: Annotated[int, typer.Option(help="Which eval windows are drawn (rerun with another to check a decision).")] = 0,
     until_decided: Annotated[float | None, typer.Option(
         metavar="SECONDS", help="Add eval windows (doubling, only for the candidates the decision hinges on) until "

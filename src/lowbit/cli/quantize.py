@@ -10,6 +10,11 @@ import typer
 from lowbit.cli import _quiet_libraries, command, err, out
 from lowbit.cli.options import Grid, MethodOptionsCommand, build_config, given_options
 
+GridsOption = Annotated[str | None, typer.Option(
+    help="With --budget: the grids to choose from, comma-separated (default every integer grid: w8g64,w6g64,w5g64,"
+         "w4g128,w4g64,w4g32,w3g64,w3g32,w2g32); add nf4 for bitsandbytes NF4 (lowbit checkpoints hold it; "
+         "compressed-tensors cannot).")]
+
 
 @command(cls=MethodOptionsCommand)
 def quantize(
@@ -36,10 +41,7 @@ def quantize(
                                                    "Linear (2-8 bits, groups 32-128, or kept), q/k/v and gate/up "
                                                    "sharing one, least predicted KL; --calib is the sensitivity data "
                                                    "(default pydoc:calib).")] = None,
-    grids: Annotated[str | None, typer.Option(help="With --budget: the grids to choose from, comma-separated "
-                                                  "(default every integer grid: w8g64,w6g64,w5g64,w4g128,w4g64,"
-                                                  "w4g32,w3g64,w3g32,w2g32); add nf4 for bitsandbytes NF4 (lowbit "
-                                                  "checkpoints hold it; compressed-tensors cannot).")] = None,
+    grids: GridsOption = None,
     overwrite: Annotated[bool, typer.Option(help="Replace --out if it exists.")] = False,
     resume: Annotated[bool, typer.Option("--resume", help="Continue a killed run from its last finished block "
                                                           "(OUT.partial); the result is the same file.")] = False,
@@ -58,14 +60,10 @@ def quantize(
     options are listed under "Method options"; the method's config rejects the others."""
     from lowbit import api
 
-    if budget is not None:
+    if budget is not None or grids is not None:
         _budget(model, out_dir, budget, method, Grid(bits, group_size, asym, scale_dtype), calib, n_samples, seq_len,
                 bool(targets or ignore or embeddings or resume), overwrite, grids)
         return
-    if grids is not None:
-        from lowbit.errors import InputError
-
-        raise InputError("--grids narrows what --budget chooses from; without --budget use --bits and --group-size")
     config = build_config(method, Grid(bits, group_size, asym, scale_dtype), given_options(ctx))
     if api.get_method(method).needs and calib is None:
         calib = "pydoc:calib"
@@ -80,11 +78,13 @@ def quantize(
     out.print(_summary(report, out_dir), highlight=False)
 
 
-def _budget(model: str, out_dir: Path, budget: str, method: str, grid: Grid, calib: str | None, n_samples: int,
+def _budget(model: str, out_dir: Path, budget: str | None, method: str, grid: Grid, calib: str | None, n_samples: int,
             seq_len: int, selection: bool, overwrite: bool, grids: str | None = None) -> None:
     from lowbit import api
     from lowbit.errors import InputError
 
+    if budget is None:
+        raise InputError("--grids narrows what --budget chooses from; without --budget use --bits and --group-size")
     if any(v is not None for v in (grid.bits, grid.group_size, grid.asym)):
         raise InputError("--budget chooses each layer's grid; drop --bits, --group-size and --asym/--sym")
     if selection:

@@ -35,8 +35,9 @@ def _by_type(alloc: list[list[Any]]) -> str:
 
 
 def _intro(r: Row) -> str:
-    measured = (f"; measured {r.kl_mean:.4f} (the additivity the allocation assumes: measured / predicted "
-                f"{r.kl_mean / r.predicted_kl:.2f})" if r.kl_mean is not None and r.predicted_kl else "")
+    measured = "" if r.kl_mean is None else f"; measured {r.kl_mean:.4f}"
+    if r.kl_mean is not None and r.predicted_kl:
+        measured += f" (the additivity the allocation assumes: measured / predicted {r.kl_mean / r.predicted_kl:.2f})"
     return (f"{r.label}: {r.size_bytes / 1e6:.2f} MB, {r.bits_per_weight:.3f} bpw. Predicted KL (sum of the "
             f"tensors' predicted increases) {r.predicted_kl:.4f}{measured}. Bytes by type: {_by_type(r.allocation)}."
             f"{_proxy(r)}")
