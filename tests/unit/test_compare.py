@@ -601,6 +601,7 @@ def test_budget_candidates_join_with_their_allocation(tiny_llama, settings, tmp_
     lo, hi = rows["gguf-budget-11bpw"], rows["gguf-budget-14bpw"]
     for r, bpw in ((lo, 11), (hi, 14)):
         assert r["family"] == "gguf-budget" and r["kl_mean"] is not None and r["predicted_kl"] > 0
+        assert r["calib_seconds"] > 0  # the file's cost, the proxy check's seconds taken out
         names = [a[0] for a in r["allocation"]]
         assert "token_embd.weight" in names and "blk.0.attn_q.weight" in names
         assert dict((a[0], a[1]) for a in r["allocation"])["token_embd.weight"] == "F32"  # --embeddings stored

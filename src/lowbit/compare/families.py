@@ -113,10 +113,12 @@ def _gguf_budget(budget: str) -> Build:
         qbytes = sum(n for name, _, n, _ in alloc.table() if name not in kept)  # bpw of the quantized layers
         numel = sum(math.prod(r.shape) for r in alloc.rows if r.quantizable and r.name not in kept)
         bpw = 8 * qbytes / max(numel, 1)
+        checked = ctx.proxy_seconds
         proxy = ctx.proxy_check(pins)
         return Built(load_into(path, ref), path.stat().st_size, bpw, gguf_path=path,
                      extra={"imatrix": True, "allocation": [list(t) for t in alloc.table()],
                             "predicted_kl": alloc.predicted_dkl, "reused_sensitivity": had,
+                            "check_seconds": ctx.proxy_seconds - checked,  # the proxy check: not the file's cost
                             "proxy": None if proxy is None else {"spearman": proxy.spearman, "within_type": proxy.within_type,
                                                                  "pairs": [list(p) for p in proxy.pairs]}})
 

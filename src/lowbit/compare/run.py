@@ -171,6 +171,7 @@ class Comparison:
             secs += ctx.imatrix_seconds
         if built.extra.get("reused_sensitivity"):  # likewise the budget candidates' sensitivity pass
             secs += ctx.sensitivity_seconds
+        secs -= built.extra.get("check_seconds", 0.0)  # --budget-check measures the proxy; the file does not need it
         row = self._score(c, built, secs, tag)
         row.allocation, row.predicted_kl, row.proxy = (built.extra.get(k) for k in ("allocation", "predicted_kl", "proxy"))
         if built.gguf_path is not None:
