@@ -161,8 +161,11 @@ class SweepStats:
     retried: int = 0
     failed: int = 0
     nodes: int = 0
-    task_seconds: dict[str, float] = field(default_factory=dict)
     spans: dict[str, tuple[str, float, float]] = field(default_factory=dict)  # key: (node ip, start, end), wall clock
+
+    @property
+    def task_seconds(self) -> dict[str, float]:
+        return {k: end - start for k, (_, start, end) in self.spans.items()}
 
     def overlaps(self) -> list[tuple[str, str]]:
         """Pairs of tasks that ran at the same time on one node (none when every task had its node's only
@@ -255,11 +258,11 @@ def _collect(j: _Job, ref: Any, rows: dict, failed: dict, stats: SweepStats) -> 
         j.comp.say(f"[red]{j.spec.candidate}: failed: {out['error']}[/]")
         return
     row = Row.from_dict(out["row"])
-    stats.task_seconds[j.spec.key] = out["seconds"]
-    stats.spans[j.spec.key] = (row.node.get("ip") or row.node.get("host"), *out["span"])
+    where = row.node.get("ip") or row.node.get("host")
+    stats.spans[j.spec.key] = (where, *out["span"])
     cache.write_row(j.path, row)
     rows[key] = row
-    j.comp.say(f"{j.spec.candidate}: done on {row.node.get('ip') or row.node.get('host')} ({out['seconds']:.0f} s)")
+    j.comp.say(f"{j.spec.candidate}: done on {where} ({stats.task_seconds[j.spec.key]:.0f} s)")
 
 
 def _memory(comp: Any) -> int:

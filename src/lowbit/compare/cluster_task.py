@@ -71,10 +71,10 @@ def _node_ip() -> str | None:
 
 
 def run_task(spec: TaskSpec, logprobs: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The task body: ``{"row": Row.to_dict(), "seconds": ...}``, or ``{"error": one line, "trace": ...}``
+    """The task body: ``{"row": Row.to_dict(), "span": (start, end)}`` (wall clock), or ``{"error": one line, "trace": ...}``
     when lowbit raised (an error Ray does not retry: the same input would raise again). ``logprobs``: the
     driver's reference log-probs by window key (None: the task computes them)."""
-    t0, start = time.perf_counter(), time.time()
+    start = time.time()
     _set_threads()
     _report_start(spec)
     try:
@@ -83,7 +83,7 @@ def run_task(spec: TaskSpec, logprobs: dict[str, Any] | None = None) -> dict[str
     except Exception as e:  # noqa: BLE001 (whatever lowbit raised is the candidate's failure; the sweep goes on)
         return {"error": f"{type(e).__name__}: {e}".splitlines()[0], "trace": traceback.format_exc()}
     row.node = node_identity()
-    return {"row": row.to_dict(), "seconds": time.perf_counter() - t0, "span": (start, time.time())}
+    return {"row": row.to_dict(), "span": (start, time.time())}
 
 
 def _set_threads() -> None:

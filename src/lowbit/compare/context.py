@@ -29,6 +29,7 @@ class Context:
     proxy_pairs: int = 0  # CompareSettings.budget_check: (tensor, type) pairs measured alone to check the proxy
     _proxy: Any = field(default=None, repr=False)
     proxy_seconds: float = 0.0
+    _calib_windows: Any = field(default=None, repr=False)
 
     @property
     def has_imatrix(self) -> bool:
@@ -39,11 +40,14 @@ class Context:
         return self._sensitivity is not None
 
     def calib_windows(self) -> Any:
-        from lowbit.calib import load_corpus, token_windows
+        """The calibration windows (tokenized once: the imatrix, the sensitivity and the proxy check share them)."""
+        if self._calib_windows is None:
+            from lowbit.calib import load_corpus, token_windows
 
-        assert self.calib is not None, "the imatrix and the sensitivity need calibration settings"
-        return token_windows(load_corpus(self.calib.data), self.ref.tokenizer, self.calib.n_samples,
-                             self.calib.seq_len, self.calib.seed)
+            assert self.calib is not None, "the imatrix and the sensitivity need calibration settings"
+            self._calib_windows = token_windows(load_corpus(self.calib.data), self.ref.tokenizer, self.calib.n_samples,
+                                                self.calib.seq_len, self.calib.seed)
+        return self._calib_windows
 
     def imatrix(self) -> dict[str, Any]:
         if self._imatrix is None:

@@ -186,16 +186,16 @@ def quantization_config(specs: dict[str, QuantSpec], kept: list[str]) -> dict[st
 
 def _collect(model: nn.Module) -> tuple[dict[str, Any], list[str]]:
     """(quantized Linear name -> module, names of the Linear layers kept in full precision)."""
-    from lowbit.loaders.checkpoint import LAYER_MODULES
+    from lowbit.loaders.checkpoint import LAYER_MODULES, _layer_module
     from lowbit.modules.qembedding import QuantizedEmbedding
     from lowbit.modules.qlinear import QuantizedLinear
 
     quantized: dict[str, Any] = {}
     kept: list[str] = []
-    other = {path.partition(":")[2]: key for key, path in LAYER_MODULES.items()}  # class name -> record key
+    other = {_layer_module(key): key for key in LAYER_MODULES}  # lowbit's non-grid layer classes -> record key
     for name, mod in model.named_modules():
-        if type(mod).__name__ in other and type(mod).__module__.startswith("lowbit."):
-            raise ExportError(f"{name!r} is stored as {other[type(mod).__name__]} (not an integer grid): "
+        if type(mod) in other:
+            raise ExportError(f"{name!r} is stored as {other[type(mod)]} (not an integer grid): "
                               "compressed-tensors' pack-quantized holds integer grids only; save it as a lowbit "
                               "checkpoint, or quantize that layer to an integer grid")
         if isinstance(mod, QuantizedEmbedding):
