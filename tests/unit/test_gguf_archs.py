@@ -30,16 +30,16 @@ ARCHS = {
 IDS = torch.tensor([[(7 * i + 3) % 60 + 4 for i in range(48)]])
 
 
-def tiny(arch: str, tokenizer) -> ModelHandle:
+def tiny(arch: str, tokenizer, **overrides) -> ModelHandle:
     """A random ``arch`` model: every parameter drawn (biases and norm weights too, so that a tensor
-    written in the wrong place or layout shows)."""
+    written in the wrong place or layout shows); ``overrides`` go to its config."""
     import transformers
 
     conf, cls, extra = ARCHS[arch]
     if arch == "phi3":  # llama.cpp marks these Phi-3 tokens by name when it loads a "phi3" model: they must exist
         tokenizer = copy.deepcopy(tokenizer)
         tokenizer.add_special_tokens({"additional_special_tokens": ["<s>", "</s>", "<|endoftext|>"]})
-    config = getattr(transformers, conf)(**COMMON, **extra, vocab_size=len(tokenizer))
+    config = getattr(transformers, conf)(**{**COMMON, **extra, **overrides}, vocab_size=len(tokenizer))
     torch.manual_seed(1)
     model = getattr(transformers, cls)(config).eval()
     with torch.no_grad():

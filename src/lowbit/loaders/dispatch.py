@@ -118,7 +118,7 @@ def load_hf_dir(path: Path) -> ModelHandle:
     return ModelHandle(model=model.eval(), tokenizer=tokenizer, kind=kind, name=str(path), path=str(path))
 
 
-GGUF_CACHE_VERSION = 2  # bumped when the dequantized copy changes (2: head size and Gemma's attention scale)
+GGUF_CACHE_VERSION = 3  # bumped when the dequantized copy changes (2: head size and Gemma's attention scale; 3: rope scaling)
 
 
 def load_gguf(path: Path) -> ModelHandle:

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from lowbit.errors import InputError
+from lowbit.formats.ggml.names import NOT_PARAMETERS
 from lowbit.loaders.gguf_check import check_gguf
 from lowbit.loaders.handle import CAUSAL_LM
 from lowbit.loaders.lazy import LazyModel, bind, build_on_meta
@@ -55,7 +56,7 @@ _GEMMA_27B_LAYERS = {"gemma2": 46, "gemma3": 62}
 def gguf_config(path: Path) -> Any:
     """transformers' config for a GGUF file, with what its GGUF reader leaves at the defaults though the
     file says it (or llama.cpp assumes it): the head size from ``{arch}.attention.key_length`` (Qwen3's
-    default is 128), Gemma's attention scale as llama.cpp computes it."""
+    default is 128), Gemma's attention scale as llama.cpp computes it, the rope scaling (gguf_rope.py)."""
     from gguf import GGUFReader
     from transformers import AutoConfig
 
@@ -68,6 +69,9 @@ def gguf_config(path: Path) -> Any:
     if arch in _GEMMA_27B_LAYERS and hasattr(config, "query_pre_attn_scalar"):
         big = config.num_hidden_layers == _GEMMA_27B_LAYERS[arch]
         config.query_pre_attn_scalar = config.hidden_size // config.num_attention_heads if big else config.head_dim
+    from lowbit.loaders.gguf_rope import rope_from_gguf
+
+    rope_from_gguf(config, reader, arch, path)
     return config
 
 
@@ -109,8 +113,6 @@ def open_gguf(path: Path) -> LazyModel:
     return LazyModel(model, source, files, dtypes, kind, str(path), str(path), tokenizer, gguf_source=str(path), ties=ties)
 
 
-# GGUF tensors llama.cpp computes with that no Hugging Face parameter holds
-_NOT_PARAMETERS = ("rope_freqs.weight", "rope_factors_long.weight", "rope_factors_short.weight")
 
 
 def _check_tensors(path: Path, model: Any, source: GGUFSource) -> None:
@@ -122,7 +124,7 @@ def _check_tensors(path: Path, model: Any, source: GGUFSource) -> None:
         got = tuple(int(d) for d in reversed(source.tensors[g].shape.tolist()))
         if want is not None and got != tuple(want.shape):
             raise InputError(f"{path}: tensor {g} has shape {list(got)}, the model's metadata needs {list(want.shape)}")
-    extra = sorted(set(source.tensors) - set(source.by_hf.values()) - set(_NOT_PARAMETERS))
+    extra = sorted(set(source.tensors) - set(source.by_hf.values()) - set(NOT_PARAMETERS))
     if extra:
         raise InputError(f"{path} holds {len(extra)} tensor(s) its architecture does not use (e.g. "
                          f"{', '.join(extra[:3])}): renamed or foreign tensors")

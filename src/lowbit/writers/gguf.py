@@ -31,6 +31,7 @@ from lowbit.errors import ExportError, InputError
 from lowbit.formats.ggml import GGML_TYPES
 from lowbit.formats.ggml.names import arch_kv, arch_of, gguf_name, permute_qk, unpermute_qk
 from lowbit.loaders.handle import ModelHandle
+from lowbit.writers.gguf_extra import data_bytes, extras_of, order_key
 from lowbit.writers.gguf_mix import MIXES, NEEDS_IMATRIX, MixPlanner, parse_overrides
 from lowbit.writers.gguf_vocab import hf_tokenizer_kv
 from lowbit.writers.guard import check_output
@@ -88,9 +89,7 @@ def tensor_names(model: torch.nn.Module) -> list[tuple[str, str]]:
         g = gguf_name(f"{base}.weight", model.config)
         if hasattr(mod, "dequantize") and g and f"{base}.weight" not in have and not (base == "lm_head" and tie):
             names.append((f"{base}.weight", g))
-    # llama.cpp's weight_name_comparer: by layer (-1 outside the blocks), then by name; llama-quantize
-    # writes its output in this order, so a lowbit file can be byte-identical to one it writes
-    names.sort(key=lambda hg: (int(hg[1].split(".")[1]) if hg[1].startswith("blk.") else -1, hg[1]))
+    names.sort(key=lambda hg: order_key(hg[1]))  # llama.cpp's order (llama-quantize writes its files in it)
     return names
 
 
@@ -176,6 +175,7 @@ class _Planned(NamedTuple):
     shape: tuple[int, ...]
     ggml_type: str
     imatrix: np.ndarray | None
+    value: np.ndarray | None = None  # a tensor no parameter holds (gguf_extra.py), written as it is
 
 
 def export_gguf(handle: ModelHandle, out: str | Path, mix: str = "Q8_0", *,
@@ -209,7 +209,7 @@ def export_gguf(handle: ModelHandle, out: str | Path, mix: str = "Q8_0", *,
         # Every tensor's type and size first: the header and tensor table go out before any data,
         # then each tensor's bytes are written as soon as they are ready, while later ones quantize.
         model, mods = handle.model, dict(handle.model.named_modules())
-        plan = _plan(model, mods, planner, imatrix, missing)
+        plan = _plan(model, mods, planner, imatrix, missing, extras_of(handle))
         for p in plan:
             _add_tensor_info(w, p.name, p.shape, p.ggml_type)
         w.write_header_to_file()
@@ -239,8 +239,8 @@ def _check_out(out: Path, overwrite: bool) -> Path:
 
 
 def header_bytes(handle: ModelHandle, mix: str, imatrix_kv: list[tuple[str, str | int]] | None = None) -> int:
-    """Bytes before the first tensor's data in the file :func:`export_gguf` writes (metadata and tensor
-    table, padded to the alignment): the part of the file's size no tensor type changes."""
+    """Bytes of the file :func:`export_gguf` writes that no tensor type changes: the metadata and tensor
+    table, padded to the alignment, and the F32 rope-factor tensors (gguf_extra.py)."""
     cfg = check_arch(handle)
     fd, tmp = tempfile.mkstemp(suffix=".gguf")
     os.close(fd)
@@ -248,13 +248,15 @@ def header_bytes(handle: ModelHandle, mix: str, imatrix_kv: list[tuple[str, str 
     try:
         _write_kv(w, handle, cfg, mix, imatrix_kv)
         mods = dict(handle.model.named_modules())
-        for hf, g in tensor_names(handle.model):
-            _add_tensor_info(w, g, _shape(handle.model, mods, hf), "F32")
+        extras = extras_of(handle)
+        for name, shape in sorted([(g, _shape(handle.model, mods, hf)) for hf, g in tensor_names(handle.model)]
+                                  + [(g, a.shape) for g, a in extras.items()], key=lambda gs: order_key(gs[0])):
+            _add_tensor_info(w, name, shape, "F32")
         w.write_header_to_file()
         w.write_kv_data_to_file()
         w.write_ti_data_to_file()
         w.close()
-        return gguf.GGUFWriter.ggml_pad(os.path.getsize(tmp), w.data_alignment)
+        return gguf.GGUFWriter.ggml_pad(os.path.getsize(tmp), w.data_alignment) + data_bytes(extras, w.data_alignment)
     finally:
         Path(tmp).unlink(missing_ok=True)
 
@@ -278,8 +280,9 @@ def _write_kv(w: gguf.GGUFWriter, handle: ModelHandle, cfg: Any, mix: str,
 
 
 def _plan(model: torch.nn.Module, mods: dict[str, torch.nn.Module], planner: MixPlanner,
-          imatrix: dict[str, np.ndarray] | None, missing: list[str]) -> list[_Planned]:
-    """Every tensor's type from the mix, in file order, with its imatrix row (names without one go to ``missing``)."""
+          imatrix: dict[str, np.ndarray] | None, missing: list[str], extras: dict[str, np.ndarray]) -> list[_Planned]:
+    """Every tensor's type from the mix, in file order, with its imatrix row (names without one go to
+    ``missing``); the ``extras`` (rope factors) F32 in their places."""
     plan = []
     for hf, name in tensor_names(model):
         shape = _shape(model, mods, hf)
@@ -300,7 +303,8 @@ def _plan(model: torch.nn.Module, mods: dict[str, torch.nn.Module], planner: Mix
     if imatrix and not any(p.imatrix is not None for p in plan) and missing:
         raise InputError(f"the importance matrix names none of this model's tensors (it has {', '.join(list(imatrix)[:3])}; "
                          f"the model {', '.join(missing[:3])}): it was made for another model")
-    return plan
+    plan += [_Planned("", g, a.shape, "F32", None, a) for g, a in extras.items()]
+    return sorted(plan, key=lambda p: order_key(p.name))
 
 
 def _add_tensor_info(w: gguf.GGUFWriter, name: str, shape: tuple[int, ...], t: str) -> None:
@@ -321,7 +325,7 @@ def _write_tensors(w: gguf.GGUFWriter, model: torch.nn.Module, mods: dict[str, t
     """Every tensor's bytes in plan order; up to IN_FLIGHT quantize on the pool while the next are converted.
     ``pending`` is the caller's, so that a failure can cancel what is still queued."""
     for p in plan:
-        raw = _own_blocks(model, mods, p.hf, p.name, p.ggml_type)
+        raw = p.value if p.value is not None else _own_blocks(model, mods, p.hf, p.name, p.ggml_type)
         if raw is not None:  # a layer already in this type (trained on its grid): its bytes as they are
             pending.append(lambda raw=raw: raw)
             continue

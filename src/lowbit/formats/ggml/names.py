@@ -38,6 +38,8 @@ def _gemma_kv(w: gguf.GGUFWriter, cfg: Any) -> None:
         w.add_attn_logit_softcapping(float(cfg.attn_logit_softcapping))
     if getattr(cfg, "final_logit_softcapping", None):
         w.add_final_logit_softcapping(float(cfg.final_logit_softcapping))
+    if cfg.model_type == "gemma3_text" and getattr(cfg, "layer_types", None):  # llama.cpp assumes 5 sliding, 1 full
+        w.add_sliding_window_pattern([t == "sliding_attention" for t in cfg.layer_types])
 
 
 def _rope_params(cfg: Any) -> dict[str, Any]:
@@ -48,12 +50,75 @@ def _rope_params(cfg: Any) -> dict[str, Any]:
     return full if isinstance(full, dict) else params
 
 
+def _rope_type(cfg: Any) -> str:
+    return str(_rope_params(cfg).get("rope_type") or "default").lower()
+
+
+def _orig_ctx(cfg: Any) -> int:
+    return int(_rope_params(cfg).get("original_max_position_embeddings")
+               or getattr(cfg, "original_max_position_embeddings", None) or cfg.max_position_embeddings)
+
+
+def _rope_kv(w: gguf.GGUFWriter, cfg: Any) -> None:
+    """Rope scaling as llama.cpp's converter writes it for most architectures: linear and YaRN by keys,
+    Llama 3's by a tensor (see :func:`_llama3_freqs`); the sliding layers' own base (Gemma 3)."""
+    p, kind = _rope_params(cfg), _rope_type(cfg)
+    if kind == "linear" and p.get("factor"):
+        w.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
+        w.add_rope_scaling_factor(float(p["factor"]))
+    elif kind == "yarn" and p.get("factor"):
+        w.add_rope_scaling_type(gguf.RopeScalingType.YARN)
+        w.add_rope_scaling_factor(float(p["factor"]))
+        w.add_rope_scaling_orig_ctx_len(int(p["original_max_position_embeddings"]))
+        for key, add in (("extrapolation_factor", w.add_rope_scaling_yarn_ext_factor),
+                         ("attention_factor", w.add_rope_scaling_yarn_attn_factor),
+                         ("beta_fast", w.add_rope_scaling_yarn_beta_fast), ("beta_slow", w.add_rope_scaling_yarn_beta_slow)):
+            if p.get(key) is not None:
+                add(float(p[key]))
+    swa = (getattr(cfg, "rope_parameters", None) or {}).get("sliding_attention")
+    if isinstance(swa, dict) and swa.get("rope_theta") is not None:
+        w.add_rope_freq_base_swa(float(swa["rope_theta"]))
+
+
+def _llama3_freqs(cfg: Any) -> dict[str, np.ndarray]:
+    """Llama 3.1's rope scaling as llama.cpp takes it: one divisor per rotary frequency, in
+    ``rope_freqs.weight`` (the frequency bands of Meta's rule: high ones kept, low ones divided by
+    ``factor``, a smooth ramp between)."""
+    if _rope_type(cfg) != "llama3":
+        return {}
+    p, dim = _rope_params(cfg), _head_dim(cfg)
+    freqs = 1.0 / (_rope_theta(cfg) ** (np.arange(0, dim, 2, dtype=np.float32) / np.float32(dim)))
+    factor, lo, hi = float(p.get("factor", 8.0)), float(p.get("low_freq_factor", 1.0)), float(p.get("high_freq_factor", 4.0))
+    old = float(p.get("original_max_position_embeddings", 8192))
+    wavelen = 2 * np.pi / freqs.astype(np.float64)
+    smooth = (old / wavelen - lo) / (hi - lo)
+    out = np.where(wavelen < old / hi, 1.0, np.where(wavelen > old / lo, factor, 1 / ((1 - smooth) / factor + smooth)))
+    return {"rope_freqs.weight": out.astype(np.float32)}
+
+
 def _phi3_kv(w: gguf.GGUFWriter, cfg: Any) -> None:
-    if _rope_params(cfg).get("rope_type", "default") != "default":
-        raise InputError("GGUF export of Phi-3 with rope scaling (its long-context factors) is not supported yet")
-    w.add_rope_scaling_orig_ctx_len(int(getattr(cfg, "original_max_position_embeddings", None)
-                                        or cfg.max_position_embeddings))
+    """Phi-3's keys as its converter writes them: the original context, the sliding window (0 for none)
+    and, for long-rope models, the attention factor transformers scales cos / sin by."""
+    w.add_rope_scaling_orig_ctx_len(_orig_ctx(cfg))
     w.add_sliding_window(int(getattr(cfg, "sliding_window", None) or 0))
+    if _rope_type(cfg) in ("longrope", "su"):
+        from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
+        w.add_rope_scaling_attn_factors(float(ROPE_INIT_FUNCTIONS["longrope"](cfg, None)[1]))
+
+
+def _phi3_factors(cfg: Any) -> dict[str, np.ndarray]:
+    """Phi-3's long-rope frequency divisors (``n_rot / 2`` each): llama.cpp takes the long ones when its
+    context exceeds the original one, as transformers does when the sequence does."""
+    if _rope_type(cfg) not in ("longrope", "su"):
+        return {}
+    p = _rope_params(cfg)
+    half = int(_head_dim(cfg) * float(p.get("partial_rotary_factor", 1.0))) // 2
+    out = {f"rope_factors_{k}.weight": np.asarray(p[f"{k}_factor"], dtype=np.float32) for k in ("long", "short")}
+    if any(a.shape != (half,) for a in out.values()):
+        raise InputError(f"Phi-3 long-rope factors must have {half} values each; the config has "
+                         f"{len(p['long_factor'])} and {len(p['short_factor'])}")
+    return out
 
 
 @dataclass(frozen=True)
@@ -68,18 +133,22 @@ class Arch:
     extra_kv: Callable[[gguf.GGUFWriter, Any], None] | None = None
     encoder: bool = False  # BERT: layer norms, absolute positions, no causal mask, pooled embeddings
     drops: tuple[str, ...] = ()  # Hugging Face modules the converter leaves out (BERT's pooler)
+    ropes: tuple[str, ...] = ("default", "linear", "yarn")  # the rope types llama.cpp runs for it
+    extras: Callable[[Any], dict[str, np.ndarray]] | None = None  # tensors made from the config (rope factors)
 
     @property
     def arch(self) -> str:
         return gguf.MODEL_ARCH_NAMES[self.gguf]
 
 
+_LLAMA_ROPES = ("default", "linear", "yarn", "llama3")
 ARCHS: dict[str, Arch] = {a.name: a for a in (
-    Arch("llama", gguf.MODEL_ARCH.LLAMA, permute_qk=True),
-    Arch("mistral", gguf.MODEL_ARCH.LLAMA, permute_qk=True),  # llama.cpp runs Mistral as "llama"
+    Arch("llama", gguf.MODEL_ARCH.LLAMA, permute_qk=True, ropes=_LLAMA_ROPES, extras=_llama3_freqs),
+    Arch("mistral", gguf.MODEL_ARCH.LLAMA, permute_qk=True, ropes=_LLAMA_ROPES, extras=_llama3_freqs),  # as "llama"
     Arch("qwen2", gguf.MODEL_ARCH.QWEN2),
     Arch("qwen3", gguf.MODEL_ARCH.QWEN3),
-    Arch("phi3", gguf.MODEL_ARCH.PHI3, extra_kv=_phi3_kv),  # fused qkv_proj and gate_up_proj, as llama.cpp reads them
+    Arch("phi3", gguf.MODEL_ARCH.PHI3, extra_kv=_phi3_kv, ropes=("default", "longrope", "su"),  # fused qkv, gate_up
+         extras=_phi3_factors),
     Arch("gemma2", gguf.MODEL_ARCH.GEMMA2, norm_shift=1.0, extra_kv=_gemma_kv),
     Arch("gemma3_text", gguf.MODEL_ARCH.GEMMA3, norm_shift=1.0, extra_kv=_gemma_kv),
     Arch("bert", gguf.MODEL_ARCH.BERT, encoder=True, drops=("pooler.", "cls.")),
@@ -90,7 +159,21 @@ def arch_of(cfg: Any, what: str = "the model") -> Arch:
     kind = getattr(cfg, "model_type", None)
     if kind not in ARCHS:
         raise InputError(f"GGUF export supports the architectures {', '.join(sorted(ARCHS))}; {what} is {kind!r}")
-    return ARCHS[kind]
+    arch = ARCHS[kind]
+    if not arch.encoder and _rope_type(cfg) not in arch.ropes:
+        raise InputError(f"GGUF export of {kind} supports the rope types {', '.join(arch.ropes)}; {what} has "
+                         f"{_rope_type(cfg)!r}")
+    return arch
+
+
+# GGUF tensors llama.cpp computes with that no Hugging Face parameter holds
+NOT_PARAMETERS = ("rope_freqs.weight", "rope_factors_long.weight", "rope_factors_short.weight")
+
+
+def extra_tensors(cfg: Any) -> dict[str, np.ndarray]:
+    """GGUF tensors llama.cpp computes with that the config, not a parameter, holds (rope factors)."""
+    arch = arch_of(cfg)
+    return arch.extras(cfg) if arch.extras is not None else {}
 
 
 @functools.lru_cache(maxsize=16)
@@ -144,3 +227,5 @@ def arch_kv(w: gguf.GGUFWriter, cfg: Any, name: str) -> None:
     w.add_vocab_size(int(cfg.vocab_size))
     if arch.extra_kv is not None:
         arch.extra_kv(w, cfg)
+    if arch.gguf != gguf.MODEL_ARCH.PHI3:  # Phi-3's converter writes its own rope keys only
+        _rope_kv(w, cfg)
