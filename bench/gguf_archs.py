@@ -7,15 +7,20 @@ exported as F32 by lowbit and run by llama.cpp; then Q4_K_M and Q8_0 by lowbit a
 
 Per architecture: the top-1 next token at each of 48 positions (llama.cpp vs transformers), the
 largest |logit difference|, and whether the Q4_K_M / Q8_0 files hold the same tensors (types and bytes).
-The tokenizer is the tests' tiny byte-pair one; tokenization on real text is compared on smollm2 (whose
-GGUF vocabulary lowbit copies): ``tokenizer_identical`` says lowbit's file tokenizes 16 pydoc / stdlib
-samples as the original GGUF does in llama.cpp (``smollm2_tokenization`` also counts agreement with
-transformers, which llama.cpp's own reading of the original file does not reach on every sample).
+The logits use the tests' tiny byte-pair tokenizer. Tokenization on real text uses a vocabulary of
+each architecture's family, converted by lowbit from the Hugging Face tokenizer into the tiny model's
+file (``tokenization``): Llama's and Phi-3's real SentencePiece vocabularies (llama.cpp's own vocabulary
+files, read by transformers; also scored on llama.cpp's test-tokenizer-0 strings and expected ids), a
+SentencePiece model trained on pydoc under transformers' Gemma tokenizer, smollm2's byte-pair vocabulary
+under Qwen2's pre-tokenizer. ``tokenizer_identical``: llama.cpp's tokens of 16 pydoc / stdlib samples equal
+transformers' (minilm: its 32 passages). ``smollm2_tokenization`` compares smollm2's copied vocabulary.
+``rope``: rope-scaling variants (tests/unit/test_gguf_rope.py) in llama.cpp against transformers.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import platform
 import sys
 import tempfile
@@ -28,10 +33,12 @@ from rich.console import Console
 from rich.table import Table
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT / "tests"), str(ROOT / "tests" / "unit")]
+sys.path[:0] = [str(ROOT), str(ROOT / "tests"), str(ROOT / "tests" / "unit"), str(ROOT / "tests" / "integration")]
 
 from conftest import TINY_CHARS, TINY_SPECIALS
 from test_gguf_archs import ARCHS, IDS, logits, tiny
+from test_gguf_rope import VARIANTS as ROPES
+from test_gguf_rope import tiny_rope
 
 from lowbit.metrics import llamacpp
 from lowbit.report import write_json
@@ -79,16 +86,94 @@ def smollm2_tokenization(tmp: Path) -> dict:
     return {"samples": n, "same_as_source_gguf": same_as_source, "same_as_transformers": same_as_transformers}
 
 
+FAMILY = {"llama": "llama-spm", "mistral": "llama-spm", "phi3": "phi-3", "qwen2": "qwen2-bpe", "qwen3": "qwen2-bpe",
+          "gemma2": "gemma-spm (trained)", "gemma3": "gemma-spm (trained)"}
+
+
+def family_tokenizers(tmp: Path) -> dict:
+    """Each vocabulary of FAMILY as a transformers tokenizer (see the module docstring)."""
+    import copy
+
+    import transformers
+    from test_gguf_spm_vocab import vocab_dir
+    from test_gguf_vocab import VARIANTS as PRE
+    from test_gguf_vocab_spm import spm_tokenizer, train_spm
+
+    from lowbit.loaders import load_model
+
+    models = vocab_dir()
+    toks = {name: transformers.AutoTokenizer.from_pretrained(models, gguf_file=f"ggml-vocab-{name}.gguf")
+            for name in ("llama-spm", "phi-3")} if models else {}
+    toks["gemma-spm (trained)"] = spm_tokenizer(train_spm(tmp / "spm"), "GemmaTokenizer", tmp / "gemma-tok")
+    bpe = copy.deepcopy(load_model("smollm2").tokenizer)
+    bpe.backend_tokenizer.pre_tokenizer = PRE["qwen2"]
+    toks["qwen2-bpe"] = bpe
+    return toks
+
+
+def family_tokenization(tmp: Path) -> dict:
+    """Per architecture: llama.cpp's tokens of 16 samples from lowbit's file (its family's vocabulary)
+    against transformers', and for llama.cpp's own vocabulary files its test-tokenizer-0 expected ids."""
+    from llama_cpp import Llama
+    from test_gguf_spm_vocab import vocab_dir
+
+    from lowbit.calib import load_corpus
+
+    samples = [doc()[:1500] for data in ("pydoc:eval", "stdlib:eval") for doc in load_corpus(data).docs[:8]]
+    toks, out = family_tokenizers(tmp), {}
+    for arch, family in FAMILY.items():
+        if family not in toks:
+            continue
+        tok, path = toks[family], tmp / f"tok-{arch}.gguf"
+        export_gguf(tiny(arch, tok), path, "F32")
+        llm = Llama(model_path=str(path), n_ctx=64, verbose=False, vocab_only=True)
+        ids = functools.partial(_tokens, llm)
+        row = {"vocabulary": family, "samples": len(samples),
+               "same_as_transformers": sum(ids(t) == tok(t, add_special_tokens=False)["input_ids"] for t in samples)}
+        if family in ("llama-spm", "phi-3"):
+            base = vocab_dir() / f"ggml-vocab-{family}.gguf"
+            inputs = Path(f"{base}.inp").read_text().split("\n__ggml_vocab_test__\n")
+            expected = [[int(i) for i in line.split()] for line in Path(f"{base}.out").read_text().split("\n")]
+            row.update(test_strings=len(inputs), test_strings_identical=sum(ids(t) == e for t, e in zip(inputs, expected)))
+        out[arch] = row
+        path.unlink()
+    return out
+
+
+def _tokens(llm, text: str) -> list[int]:
+    return llm.tokenize(text.encode(), add_bos=False, special=False)
+
+
+def rope_rows(tmp: Path) -> dict:
+    """Each rope-scaling variant: llama.cpp's logits of lowbit's F32 file against transformers', the same
+    weights' distance under the default rope, and the Q4_K_M / Q8_0 files against llama.cpp's."""
+    out = {}
+    for name in ROPES:
+        h, plain = tiny_rope(name, bpe_tokenizer()), tiny_rope(name, bpe_tokenizer(), scaled=False)
+        f32 = tmp / f"{name}-f32.gguf"
+        export_gguf(h, f32, "F32")
+        want = logits(h.model)[0]
+        got = llamacpp.load_llamacpp(f32, n_ctx=64).model(input_ids=IDS).logits[0]
+        row = {"llamacpp_top1_identical": bool((got.argmax(-1) == want.argmax(-1)).all()),
+               "max_abs_dlogit": float((got - want).abs().max()),
+               "default_rope_max_abs_dlogit": float((logits(plain.model)[0] - want).abs().max())}
+        for mix in ("Q4_K_M", "Q8_0"):
+            mine, theirs = tmp / f"{name}-{mix}.gguf", tmp / f"{name}-{mix}-llamacpp.gguf"
+            export_gguf(h, mine, mix)
+            llamacpp.quantize_with_llamacpp(f32, theirs, mix)
+            row[f"{mix.lower()}_identical"] = same_tensors(mine, theirs)
+        out[name] = row
+    return out
+
+
 def minilm_row(tmp: Path) -> dict:
     """The real minilm: llama.cpp's mean-pooled embeddings of 32 pydoc:eval passages from lowbit's F32 file
     against transformers' (cosine), their WordPiece tokens, and the Q4_K_M / Q8_0 files."""
     import torch
     from llama_cpp import Llama
+    from test_gguf_minilm import passages
 
     from lowbit.loaders import load_model
-
-    sys.path.insert(0, str(ROOT / "tests" / "integration"))
-    from test_gguf_minilm import passages
 
     h = load_model("minilm")
     f32 = tmp / "minilm-f32.gguf"
@@ -137,9 +222,34 @@ def measure() -> tuple[dict, dict]:
             rows[arch] = row
         rows["bert (minilm)"] = minilm_row(tmp)
         tokens = smollm2_tokenization(tmp)
-    for row in rows.values():  # the tiny models' vocabulary is characters; real text is smollm2's (minilm: its own)
-        row.setdefault("tokenizer_identical", tokens["same_as_source_gguf"] == tokens["samples"])
-    return rows, tokens
+        family = family_tokenization(tmp)
+        rope = rope_rows(tmp)
+    for arch, row in rows.items():
+        if arch in family:
+            f = family[arch]
+            row["tokenizer_identical"] = f["same_as_transformers"] == f["samples"] and \
+                f.get("test_strings_identical", 0) == f.get("test_strings", 0)
+    return rows, {"smollm2": tokens, "families": family}, rope
+
+
+def print_tables(tokens: dict, rope: dict) -> None:
+    sm = tokens["smollm2"]
+    print(f"smollm2 in llama.cpp, {sm['samples']} pydoc:eval / stdlib:eval samples: lowbit's file tokenizes "
+          f"{sm['same_as_source_gguf']} as the original GGUF does, {sm['same_as_transformers']} as transformers")
+    t = Table(title="Each architecture's family vocabulary, converted by lowbit, tokenized by llama.cpp")
+    for c in ("arch", "vocabulary", "samples = transformers", "test-tokenizer-0 strings = expected ids"):
+        t.add_column(c)
+    for arch, r in tokens["families"].items():
+        t.add_row(arch, r["vocabulary"], f"{r['same_as_transformers']}/{r['samples']}",
+                  f"{r['test_strings_identical']}/{r['test_strings']}" if "test_strings" in r else "-")
+    Console(width=160).print(t)
+    t = Table(title="Rope scaling: lowbit's file in llama.cpp vs transformers")
+    for c in ("variant", "top-1 identical", "max |dlogit|", "default rope's max |dlogit|", "Q4_K_M same", "Q8_0 same"):
+        t.add_column(c)
+    for name, r in rope.items():
+        t.add_row(name, str(r["llamacpp_top1_identical"]), f"{r['max_abs_dlogit']:.2e}",
+                  f"{r['default_rope_max_abs_dlogit']:.2e}", str(r["q4_k_m_identical"]), str(r["q8_0_identical"]))
+    Console(width=160).print(t)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -149,7 +259,7 @@ def main(argv: list[str] | None = None) -> int:
     if not llamacpp.available():
         print("llama-cpp-python is not installed: `make reference`", file=sys.stderr)
         return 2
-    rows, tokens = measure()
+    rows, tokens, rope = measure()
     t = Table(title="GGUF per architecture: lowbit's file in llama.cpp vs transformers (tiny random models)")
     for c in ("arch", "top-1 identical", "max |dlogit|", "max |logit|", "Q4_K_M same tensors", "Q8_0 same tensors"):
         t.add_column(c)
@@ -161,12 +271,12 @@ def main(argv: list[str] | None = None) -> int:
         t.add_row(arch, str(r["llamacpp_top1_identical"]), f"{r['max_abs_dlogit']:.2e}", f"{r['max_abs_logit']:.2f}",
                   str(r["q4_k_m_identical"]), str(r["q8_0_identical"]))
     Console(width=160).print(t)
-    print(f"smollm2 in llama.cpp, {tokens['samples']} pydoc:eval / stdlib:eval samples: lowbit's file tokenizes "
-          f"{tokens['same_as_source_gguf']} as the original GGUF does, {tokens['same_as_transformers']} as transformers")
+    print_tables(tokens, rope)
     if args.json_out:
         write_json({"command": "python bench/gguf_archs.py " + " ".join(argv if argv is not None else sys.argv[1:]),
                     "date": time.strftime("%Y-%m-%d %H:%M:%S"), "machine": {"platform": platform.platform()},
-                    "architectures": rows, "smollm2_tokenization": tokens}, args.json_out)
+                    "architectures": rows, "smollm2_tokenization": tokens["smollm2"],
+                    "tokenization": tokens["families"], "rope": rope}, args.json_out)
     return 0
 
 
