@@ -133,7 +133,8 @@ def main(argv: list[str] | None = None) -> int:
     if have_llamacpp:  # per architecture: llama.cpp against transformers, tokenizer, Q4_K_M / Q8_0 files
         from gguf_archs import measure
 
-        out["architectures"], out["smollm2_tokenization"] = measure()
+        out["architectures"], tokens, out["rope"] = measure()
+        out["smollm2_tokenization"], out["tokenization"] = tokens["smollm2"], tokens["families"]
 
     n_cal = 4 if args.quick else 16
     ids = token_windows(load_corpus("pydoc:calib"), ref.tokenizer, n_cal, 512, 0)
