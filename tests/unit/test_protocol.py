@@ -12,7 +12,7 @@ import lowbit
 from lowbit.calib import load_corpus
 from lowbit.calib.sample import adds_bos, text_chunks
 from lowbit.errors import InputError
-from lowbit.metrics.lm import window_logprobs
+from lowbit.metrics.lm import llama_perplexity_kl, window_logprobs
 from lowbit.metrics.refstore import LogprobStore, prune, store_dir
 from lowbit.metrics.run import EvalSettings, Evaluator
 from lowbit.spec import QuantSpec
@@ -69,15 +69,17 @@ def test_llama_perplexity_scores_the_second_half(tiny_llama, text_file) -> None:
     res = ev.run(q)
     first = N_CTX // 2
     assert res.n_tokens == 3 * (N_CTX - 1 - first)  # llama-perplexity: n_ctx/2 - 1 tokens per chunk
-    nll = kl = 0.0
+    nll = kl = exact = 0.0
     agree = 0
     for w in ev.windows(tiny_llama.tokenizer):
         p, r = window_logprobs(tiny_llama.model, w)[first:], window_logprobs(q.model, w)[first:]
         nll -= float(r.gather(1, w[first + 1 :, None]).sum())
-        kl += float((p.exp() * (p - r)).sum())
+        kl += float(llama_perplexity_kl(p, r).sum())  # from llama-perplexity's 16-bit reference log-probs
+        exact += float((p.exp() * (p - r)).sum())
         agree += int((p.argmax(-1) == r.argmax(-1)).sum())
     assert res.ppl == pytest.approx(math.exp(nll / res.n_tokens), rel=1e-5)
     assert res.kl_mean == pytest.approx(kl / res.n_tokens, rel=1e-4)
+    assert res.kl_mean == pytest.approx(exact / res.n_tokens, rel=1e-2) and res.kl_mean != exact / res.n_tokens
     assert res.top1_agreement == agree / res.n_tokens
     d = res.protocol.to_dict()
     assert d["name"] == "llama-perplexity" and d["seed"] is None and "second half" in d["description"]
@@ -140,3 +142,14 @@ def test_prune_keeps_the_most_recent(tmp_path) -> None:
     prune(tmp_path, limit_gb=2.5 * size / 2**30)
     assert store.get(wins[0]) is None and store.get(wins[1]) is not None and store.get(wins[2]) is not None
     assert (streamed / "w0.safetensors").exists()
+
+
+def test_llama_perplexity_kl_drops_the_tail() -> None:
+    """Its reference log-probs in 16-bit steps over the 16 nats below the top (lower ones floored there,
+    which is at or below -16), and the terms whose stored log-prob is at or below -16 dropped."""
+    ref = torch.log_softmax(torch.tensor([[8.0, 7.0, 0.0, -9.5]]), -1)  # the last: log p = -17.8
+    q = torch.log_softmax(torch.tensor([[7.0, 8.0, -5.0, -1e5]]), -1)  # ... which q all but rules out
+    kept = [float(ref[0, i].exp() * (ref[0, i] - q[0, i])) for i in range(3)]
+    exact = float((ref.exp() * (ref - q)).sum())
+    assert float(llama_perplexity_kl(ref, q)[0]) == pytest.approx(sum(kept), abs=16 / 65535)
+    assert exact - sum(kept) > 1e-3  # the dropped term

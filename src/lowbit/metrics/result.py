@@ -11,7 +11,8 @@ PROTOCOLS = {
     "llama-perplexity": "llama-perplexity's chunks: the text in its own order, tokenized as one (BOS first where the "
                         "model adds one), consecutive chunks of seq_len tokens, each chunk's first token set to BOS "
                         "where the model adds one; the second half of each chunk is scored (seq_len/2 - 1 tokens), "
-                        "as llama.cpp's perplexity and KL-divergence tables are",
+                        "as llama.cpp's perplexity and KL-divergence tables are; KL from the reference's log-probs "
+                        "as llama-perplexity stores them (16-bit steps, terms below log p = -16 dropped)",
 }
 
 

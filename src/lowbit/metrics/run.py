@@ -110,7 +110,8 @@ class Evaluator:
             streamed = ((i, self._ref_lm.logprobs(i)) for i in range(len(win)))  # the reference scored once
         elif handle.lazy is not None:
             streamed = streamed_logprobs(handle.lazy, win, res.model)
-        sc = score_lm(handle.model, win, self._ref_lm, label=res.model, logprobs=streamed, first=self.first)
+        sc = score_lm(handle.model, win, self._ref_lm, label=res.model, logprobs=streamed, first=self.first,
+                      llama_kl=s.protocol == "llama-perplexity")
         res.protocol = self.protocol(win)
         res.n_tokens, res.ppl = sc.n_tokens, sc.ppl
         if sc.nll_tok is not None:
