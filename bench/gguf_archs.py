@@ -61,6 +61,17 @@ def same_tensors(a: Path, b: Path) -> bool:
     return ta == tb
 
 
+def same_as_llamacpp(h, f32: Path, stem: Path) -> dict:
+    """Whether lowbit's Q4_K_M and Q8_0 files hold the tensors llama.cpp's own quantization of ``f32`` does."""
+    row = {}
+    for mix in ("Q4_K_M", "Q8_0"):
+        mine, theirs = Path(f"{stem}-{mix}.gguf"), Path(f"{stem}-{mix}-llamacpp.gguf")
+        export_gguf(h, mine, mix)
+        llamacpp.quantize_with_llamacpp(f32, theirs, mix)
+        row[f"{mix.lower()}_identical"] = same_tensors(mine, theirs)
+    return row
+
+
 def smollm2_tokenization(tmp: Path) -> dict:
     """llama.cpp's tokens of pydoc and stdlib samples from lowbit's smollm2 export, against llama.cpp's
     from the original GGUF and against transformers'."""
@@ -157,11 +168,7 @@ def rope_rows(tmp: Path) -> dict:
         row = {"llamacpp_top1_identical": bool((got.argmax(-1) == want.argmax(-1)).all()),
                "max_abs_dlogit": float((got - want).abs().max()),
                "default_rope_max_abs_dlogit": float((logits(plain.model)[0] - want).abs().max())}
-        for mix in ("Q4_K_M", "Q8_0"):
-            mine, theirs = tmp / f"{name}-{mix}.gguf", tmp / f"{name}-{mix}-llamacpp.gguf"
-            export_gguf(h, mine, mix)
-            llamacpp.quantize_with_llamacpp(f32, theirs, mix)
-            row[f"{mix.lower()}_identical"] = same_tensors(mine, theirs)
+        row.update(same_as_llamacpp(h, f32, tmp / name))
         out[name] = row
     return out
 
@@ -192,11 +199,7 @@ def minilm_row(tmp: Path) -> dict:
         cos.append(float(got @ ref / np.linalg.norm(got) / np.linalg.norm(ref)))
     row = {"embedding_cosine_min": min(cos), "embedding_cosine_mean": float(np.mean(cos)), "passages": len(texts),
            "tokenizer_identical": same == len(texts), "llamacpp_top1_identical": None, "max_abs_dlogit": None}
-    for mix in ("Q4_K_M", "Q8_0"):
-        mine, theirs = tmp / f"minilm-{mix}.gguf", tmp / f"minilm-{mix}-llamacpp.gguf"
-        export_gguf(h, mine, mix)
-        llamacpp.quantize_with_llamacpp(f32, theirs, mix)
-        row[f"{mix.lower()}_identical"] = same_tensors(mine, theirs)
+    row.update(same_as_llamacpp(h, f32, tmp / "minilm"))
     return row
 
 
@@ -214,11 +217,7 @@ def measure() -> tuple[dict, dict]:
             got = llamacpp.load_llamacpp(f32, n_ctx=64).model(input_ids=IDS).logits[0]
             row = {"llamacpp_top1_identical": bool((got.argmax(-1) == want.argmax(-1)).all()),
                    "max_abs_dlogit": float((got - want).abs().max()), "max_abs_logit": float(want.abs().max())}
-            for mix in ("Q4_K_M", "Q8_0"):
-                mine, theirs = tmp / f"{arch}-{mix}.gguf", tmp / f"{arch}-{mix}-llamacpp.gguf"
-                export_gguf(h, mine, mix)
-                llamacpp.quantize_with_llamacpp(f32, theirs, mix)
-                row[f"{mix.lower()}_identical"] = same_tensors(mine, theirs)
+            row.update(same_as_llamacpp(h, f32, tmp / arch))
             rows[arch] = row
         rows["bert (minilm)"] = minilm_row(tmp)
         tokens = smollm2_tokenization(tmp)
