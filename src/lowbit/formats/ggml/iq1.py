@@ -11,7 +11,8 @@ from __future__ import annotations
 import numpy as np
 
 from lowbit.formats.ggml.base import GGMLType
-from lowbit.formats.ggml.iq2 import _codes, _nearest_neighbour, block_weights, lattice
+from lowbit.formats.ggml.iq2 import block_weights
+from lowbit.formats.ggml.iqlattice import codes_of, lattice, nearest_neighbour
 from lowbit.formats.ggml.kcommon import F32, as_bytes, nearest_int, seqdot
 
 DELTA = F32(0.125)
@@ -173,14 +174,14 @@ def _on_lattice(L: np.ndarray, xb: np.ndarray, weight: np.ndarray, scale: np.nda
     points taken. Returns (grid indices (B, G), scale)."""
     tp, tm = lattice("IQ1_S", 3, X_P), lattice("IQ1_S", 3, X_M)
     nb, g = L.shape[:2]
-    codes = _codes(L, tp)
+    codes = codes_of(L, tp)
     gi = tp[1][codes]
     off = (gi < 0) & ~dead[:, None]
     xg, wg = xb.reshape(nb, g, 8), weight.reshape(nb, g, 8)
     for tables, sgn in ((tp, True), (tm, False)):
         b, k = np.nonzero(off & (plus == sgn))
         if len(b):
-            gi[b, k] = _nearest_neighbour(codes[b, k], xg[b, k], wg[b, k], scale[b], tables)
+            gi[b, k] = nearest_neighbour(codes[b, k], xg[b, k], wg[b, k], scale[b], tables)
     redo = np.nonzero(off.any(1))[0]
     if len(redo):
         q = _shifted_values(tp, gi[redo], plus[redo]).reshape(len(redo), -1)

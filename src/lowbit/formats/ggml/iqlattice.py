@@ -1,0 +1,147 @@
+"""The lattice search shared by the i-quants (IQ1_*, IQ2_*, IQ3_*): each group of 4 or 8 values goes to
+its nearest levels; a group whose levels are no lattice point takes, of the points listed as that code's
+neighbours, the one of least weighted squared error at the block's scale.
+
+The tables are llama.cpp's ``iq2xs_init_impl`` / ``iq3xs_init_impl`` neighbour lists, rebuilt here from
+the lattice that gguf-py, llama.cpp's own package, decodes with (not copied code). The searches run on
+all off-lattice groups of a call at once: groups are sorted by the length of their list, and each
+length bucket is evaluated as one (candidates, groups) array, with the groups along the contiguous
+axis so every float32 operation runs over long rows. The error of every candidate is summed in the
+reference's order (coordinate after coordinate, each term ``(w * diff) * diff``), and ties go to the
+first listed candidate, so the choice is the reference's bit for bit.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import gguf
+import numpy as np
+
+from lowbit.formats.ggml.kcommon import F32, nearest_int
+
+BUCKETS = np.array([1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 1024, 2048])
+
+
+@functools.lru_cache(maxsize=4)
+def lattice(name: str, nwant: int, values: tuple[float, ...] | None = None) -> tuple:
+    """(grid (N, dims) float of 2l + 1, code -> grid index or -1, the neighbour tables, kmax, bits per
+    level, grid levels (N, dims) int32). A code packs the levels l of a group, ``bits`` each; an
+    off-lattice code lists every point within its ``nwant`` nearest squared distances, nearest first,
+    then by index (the reference's qsort order). ``values``: what each level stands for in the
+    neighbour search (default 2l + 1; IQ1's shifted -1, 0, 1).
+
+    The neighbour tables are (bucket of each code, its row in that bucket, per bucket (candidates (K, R),
+    their values (dims, K, R))): the lists of one length bucket, padded to the bucket's width with
+    their last entry (a repeat never wins the strict first minimum), one list per column."""
+    cls = getattr(gguf.quants, name)
+    cls.init_grid()
+    g = np.asarray(cls.grid, dtype=np.float32).reshape(-1, cls.grid_shape[-1])
+    levels = np.searchsorted(np.asarray(cls.grid_map, dtype=np.float32), g).astype(np.int64)  # 0, 1, 2..
+    grid = 2 * levels + 1
+    dims, kmax = g.shape[1], len(cls.grid_map)  # IQ2: 8 values of 3 levels; IQ3: 4 values of 8 levels
+    bits = 2 if kmax <= 4 else 3
+    codes = (levels << (bits * np.arange(dims))).sum(1)
+    kmap = np.full(1 << (bits * dims), -1, dtype=np.int64)
+    kmap[codes] = np.arange(len(grid))
+    # only codes of levels 0..kmax-1 can be asked for (the search clamps to them)
+    reach = np.array(np.meshgrid(*[np.arange(kmax)] * dims, indexing="ij")).reshape(dims, -1).T
+    rcodes = (reach << (bits * np.arange(dims))).sum(1)
+    off = kmap[rcodes] < 0
+    pos = 2 * reach[off] + 1
+    d2 = ((grid[None, :, :] - pos[:, None, :]) ** 2).sum(-1)  # (M, N) ints
+    order = np.argsort(d2, axis=1, kind="stable")  # by distance, then index
+    sd = np.take_along_axis(d2, order, 1)
+    distinct = np.sort(d2, axis=1)
+    # the nwant-th distinct distance of each row
+    first = np.ones_like(distinct, dtype=bool)
+    first[:, 1:] = distinct[:, 1:] != distinct[:, :-1]
+    rank = np.cumsum(first, axis=1)
+    limit = np.where(rank == nwant, distinct, np.iinfo(np.int64).max).min(1)
+    n = (sd <= limit[:, None]).sum(1)
+    bucket = np.full(len(kmap), -1, dtype=np.int8)
+    row = np.zeros(len(kmap), dtype=np.int64)
+    b_of = np.searchsorted(BUCKETS, n)
+    tabs = []
+    qvals = grid.astype(np.float32) if values is None else np.asarray(values, dtype=np.float32)[levels]
+    for kb in range(len(BUCKETS)):
+        sel = np.nonzero(b_of == kb)[0]
+        width = int(n[sel].max()) if len(sel) else 0
+        cand = np.take_along_axis(order[sel], np.minimum(np.arange(width), n[sel][:, None] - 1), 1)
+        bucket[rcodes[off][sel]] = kb
+        row[rcodes[off][sel]] = np.arange(len(sel))
+        tabs.append((np.ascontiguousarray(cand.T), np.ascontiguousarray(qvals[cand].transpose(2, 1, 0))))
+    return grid.astype(np.float32), kmap, (bucket, row, tabs), kmax, bits, levels.astype(np.int32)
+
+
+def codes_of(L: np.ndarray, tables: tuple) -> np.ndarray:
+    """Levels (..., dims) -> the lattice's code of each group (an exact small-integer product)."""
+    bits = tables[4]
+    return L.astype(np.int32, copy=False) @ (1 << (bits * np.arange(L.shape[-1]))).astype(np.int32)
+
+
+def to_lattice(xval: np.ndarray, waux: np.ndarray, scale: np.ndarray, inv: np.ndarray,
+               tables: tuple) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Groups (B, G, dims) -> (levels (B, G, dims) int32, grid index (B, G), whether the nearest levels
+    were on the lattice (B, G)): the nearest levels at ``inv`` (1 / scale, per block), clamped to
+    0..kmax-1, or, off the lattice, the listed neighbour with the least weighted error at ``scale``."""
+    kmap, kmax, glev = tables[1], tables[3], tables[5]
+    g, dims = xval.shape[1:]
+    with np.errstate(invalid="ignore", over="ignore"):
+        L = np.clip(nearest_int(F32(0.5) * (inv[:, None, None] * xval - F32(1))), 0, kmax - 1)
+    codes = codes_of(L, tables)
+    gi = kmap[codes]
+    miss = np.flatnonzero(gi < 0)
+    on_grid = gi >= 0
+    if len(miss):
+        best = nearest_neighbour(codes.reshape(-1)[miss], xval.reshape(-1, dims)[miss],
+                                 waux.reshape(-1, dims)[miss], scale[miss // g], tables)
+        gi.reshape(-1)[miss] = best
+        L.reshape(-1, dims)[miss] = glev[best]
+    return L, gi, on_grid
+
+
+def nearest_neighbour(codes: np.ndarray, xval: np.ndarray, waux: np.ndarray, scale: np.ndarray,
+                      tables: tuple) -> np.ndarray:
+    """For groups off the lattice (codes (M,), xval / waux (M, dims), scale (M,)): the grid index of the
+    listed neighbour of least sum w (scale q - x)^2, added coordinate after coordinate as the reference
+    does; the first of equal ones (its strict <). The groups are sorted by the length bucket of their
+    list; each bucket's (K, m) errors come from its padded tables, read column by column."""
+    bucket, row, tabs = tables[2]
+    bk = bucket[codes]
+    order = np.argsort(bk, kind="stable")  # a radix sort of small integers
+    ends = np.cumsum(np.bincount(bk, minlength=len(tabs)))
+    rows = row[codes[order]]
+    xt, wt = np.ascontiguousarray(xval[order].T), np.ascontiguousarray(waux[order].T)
+    st = scale[order]
+    best = np.empty(len(codes), dtype=np.int64)
+    start = 0
+    for kb in np.flatnonzero(np.diff(ends, prepend=0)):
+        a, b = start, ends[kb]
+        start = b
+        cands, qs = tabs[kb]
+        r = rows[a:b]
+        if cands.shape[0] == 1:  # a single neighbour: nothing to compare
+            best[order[a:b]] = cands[0, r]
+            continue
+        best[order[a:b]] = cands[_bucket_argmin(np.take(qs, r, axis=2), xt[:, a:b], wt[:, a:b], st[a:b]), r]
+    return best
+
+
+def _bucket_argmin(q: np.ndarray, xt: np.ndarray, wt: np.ndarray, s: np.ndarray) -> np.ndarray:
+    """The first candidate of least d2 = sum_i (w_i * diff_i) * diff_i, diff_i = s q_i - x_i, summed in
+    order of i: q (dims, K, m) candidate values, xt / wt (dims, m), s (m,). Returns (m,) positions."""
+    d2 = tmp = None
+    for i in range(q.shape[0]):
+        diff = q[i]
+        diff *= s
+        diff -= xt[i]
+        if d2 is None:
+            d2 = np.multiply(wt[i], diff)
+            d2 *= diff
+            tmp = np.empty_like(d2)
+        else:
+            np.multiply(wt[i], diff, out=tmp)
+            tmp *= diff
+            d2 += tmp
+    return d2.argmin(0)
