@@ -15,7 +15,7 @@ from collections.abc import Callable
 import numpy as np
 
 from lowbit.formats.ggml.base import GGMLType
-from lowbit.formats.ggml.iqlattice import codes_of, lattice, to_lattice
+from lowbit.formats.ggml.iqlattice import codes_of, group_columns, lattice, to_lattice
 from lowbit.formats.ggml.kcommon import (
     F32,
     GROUP_MAX_EPS,
@@ -169,11 +169,12 @@ def _trials(xval: np.ndarray, weight: np.ndarray, waux: np.ndarray, tables: tupl
     nb, g = xval.shape[:2]
     wt, xt = np.ascontiguousarray(weight.T), np.ascontiguousarray(xval.reshape(nb, -1).T)
     best = np.zeros(nb, dtype=F32)
-    L = np.zeros(xval.shape, dtype=np.int64)
+    L = np.zeros(xval.shape, dtype=np.uint8)
     on = np.full((nb, g), on_init)
+    cols = group_columns(xval, waux)
     for step in steps:
         inv = (F32(2 * kmax - 1) + F32(step) * F32(delta)) / base
-        trial, _, trial_on = to_lattice(xval, waux, F32(1) / inv, inv, tables)
+        trial, _, trial_on = to_lattice(xval, waux, F32(1) / inv, inv, tables, cols)
         sumqx, sumq2 = _fit(wt, xt, trial)
         better = (sumq2 > 0) & (sumqx * sumqx > best * sumq2)
         scale = np.where(better, sumqx / sumq2, scale)

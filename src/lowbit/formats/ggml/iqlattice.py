@@ -26,7 +26,7 @@ BUCKETS = np.array([1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256,
 @functools.lru_cache(maxsize=4)
 def lattice(name: str, nwant: int, values: tuple[float, ...] | None = None) -> tuple:
     """(grid (N, dims) float of 2l + 1, code -> grid index or -1, the neighbour tables, kmax, bits per
-    level, grid levels (N, dims) int32). A code packs the levels l of a group, ``bits`` each; an
+    level, grid levels (N, dims) uint8). A code packs the levels l of a group, ``bits`` each; an
     off-lattice code lists every point within its ``nwant`` nearest squared distances, nearest first,
     then by index (the reference's qsort order). ``values``: what each level stands for in the
     neighbour search (default 2l + 1; IQ1's shifted -1, 0, 1).
@@ -42,7 +42,7 @@ def lattice(name: str, nwant: int, values: tuple[float, ...] | None = None) -> t
     dims, kmax = g.shape[1], len(cls.grid_map)  # IQ2: 8 values of 3 levels; IQ3: 4 values of 8 levels
     bits = 2 if kmax <= 4 else 3
     codes = (levels << (bits * np.arange(dims))).sum(1)
-    kmap = np.full(1 << (bits * dims), -1, dtype=np.int64)
+    kmap = np.full(1 << (bits * dims), -1, dtype=np.int32)
     kmap[codes] = np.arange(len(grid))
     # only codes of levels 0..kmax-1 can be asked for (the search clamps to them)
     reach = np.array(np.meshgrid(*[np.arange(kmax)] * dims, indexing="ij")).reshape(dims, -1).T
@@ -71,50 +71,72 @@ def lattice(name: str, nwant: int, values: tuple[float, ...] | None = None) -> t
         bucket[rcodes[off][sel]] = kb
         row[rcodes[off][sel]] = np.arange(len(sel))
         tabs.append((np.ascontiguousarray(cand.T), np.ascontiguousarray(qvals[cand].transpose(2, 1, 0))))
-    return grid.astype(np.float32), kmap, (bucket, row, tabs), kmax, bits, levels.astype(np.int32)
+    return grid.astype(np.float32), kmap, (bucket, row, tabs), kmax, bits, levels.astype(np.uint8)
 
 
 def codes_of(L: np.ndarray, tables: tuple) -> np.ndarray:
-    """Levels (..., dims) -> the lattice's code of each group (an exact small-integer product)."""
+    """Levels (..., dims) -> the lattice's code of each group, int32 (an exact small-integer product)."""
     bits = tables[4]
-    return L.astype(np.int32, copy=False) @ (1 << (bits * np.arange(L.shape[-1]))).astype(np.int32)
+    weights = (1 << (bits * np.arange(L.shape[-1]))).astype(np.float32)
+    return (L.astype(np.float32) @ weights).astype(np.int32)  # codes < 2^16: exact in float32
 
 
-def to_lattice(xval: np.ndarray, waux: np.ndarray, scale: np.ndarray, inv: np.ndarray,
-               tables: tuple) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Groups (B, G, dims) -> (levels (B, G, dims) int32, grid index (B, G), whether the nearest levels
+def to_lattice(xval: np.ndarray, waux: np.ndarray, scale: np.ndarray, inv: np.ndarray, tables: tuple,
+               cols: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Groups (B, G, dims) -> (levels (B, G, dims) uint8, grid index (B, G), whether the nearest levels
     were on the lattice (B, G)): the nearest levels at ``inv`` (1 / scale, per block), clamped to
-    0..kmax-1, or, off the lattice, the listed neighbour with the least weighted error at ``scale``."""
+    0..kmax-1, or, off the lattice, the listed neighbour with the least weighted error at ``scale``.
+    ``cols``: xval and waux as (dims, B * G) columns, when the caller has them already."""
     kmap, kmax, glev = tables[1], tables[3], tables[5]
     g, dims = xval.shape[1:]
     with np.errstate(invalid="ignore", over="ignore"):
-        L = np.clip(nearest_int(F32(0.5) * (inv[:, None, None] * xval - F32(1))), 0, kmax - 1)
+        L = np.clip(nearest_int(F32(0.5) * (inv[:, None, None] * xval - F32(1))), 0, kmax - 1).astype(np.uint8)
     codes = codes_of(L, tables)
     gi = kmap[codes]
-    miss = np.flatnonzero(gi < 0)
     on_grid = gi >= 0
+    miss = np.flatnonzero(~on_grid)
     if len(miss):
-        best = nearest_neighbour(codes.reshape(-1)[miss], xval.reshape(-1, dims)[miss],
-                                 waux.reshape(-1, dims)[miss], scale[miss // g], tables)
+        xt, wt = cols if cols is not None else group_columns(xval, waux)
+        order, best = _neighbours(codes.reshape(-1)[miss], miss, xt, wt, scale[miss // g], tables)
+        miss = miss[order]
         gi.reshape(-1)[miss] = best
-        L.reshape(-1, dims)[miss] = glev[best]
+        packed = np.uint32 if dims == 4 else np.uint64  # a group's levels as one word
+        L.view(packed).reshape(-1)[miss] = glev.view(packed).reshape(-1)[best]
     return L, gi, on_grid
+
+
+def group_columns(xval: np.ndarray, waux: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Groups (..., dims) of values and weights as (dims, n) columns, coordinate by coordinate."""
+    dims = xval.shape[-1]
+    return np.ascontiguousarray(xval.reshape(-1, dims).T), np.ascontiguousarray(waux.reshape(-1, dims).T)
 
 
 def nearest_neighbour(codes: np.ndarray, xval: np.ndarray, waux: np.ndarray, scale: np.ndarray,
                       tables: tuple) -> np.ndarray:
     """For groups off the lattice (codes (M,), xval / waux (M, dims), scale (M,)): the grid index of the
-    listed neighbour of least sum w (scale q - x)^2, added coordinate after coordinate as the reference
-    does; the first of equal ones (its strict <). The groups are sorted by the length bucket of their
-    list; each bucket's (K, m) errors come from its padded tables, read column by column."""
+    listed neighbour of least weighted error (see :func:`_neighbours`), in the groups' order."""
+    xt, wt = group_columns(xval, waux)
+    order, best = _neighbours(codes, np.arange(len(codes)), xt, wt, scale, tables)
+    out = np.empty_like(best)
+    out[order] = best
+    return out
+
+
+def _neighbours(codes: np.ndarray, cols: np.ndarray, xt: np.ndarray, wt: np.ndarray, scale: np.ndarray,
+                tables: tuple) -> tuple[np.ndarray, np.ndarray]:
+    """Off-lattice groups (codes (M,), their columns in xt / wt (dims, n), scale (M,)) -> (an order of
+    the groups, the grid index of each in that order): the listed neighbour of least sum w (scale q -
+    x)^2, added coordinate after coordinate as the reference does, the first of equal ones (its strict
+    <). The groups are sorted by the length bucket of their list; each bucket's (K, m) errors come from
+    its padded tables, read column by column."""
     bucket, row, tabs = tables[2]
     bk = bucket[codes]
     order = np.argsort(bk, kind="stable")  # a radix sort of small integers
     ends = np.cumsum(np.bincount(bk, minlength=len(tabs)))
     rows = row[codes[order]]
-    xt, wt = np.ascontiguousarray(xval[order].T), np.ascontiguousarray(waux[order].T)
-    st = scale[order]
-    best = np.empty(len(codes), dtype=np.int64)
+    cols = cols[order]
+    x, w, s = np.take(xt, cols, axis=1), np.take(wt, cols, axis=1), scale[order]
+    best = np.empty(len(codes), dtype=np.int32)
     start = 0
     for kb in np.flatnonzero(np.diff(ends, prepend=0)):
         a, b = start, ends[kb]
@@ -122,10 +144,11 @@ def nearest_neighbour(codes: np.ndarray, xval: np.ndarray, waux: np.ndarray, sca
         cands, qs = tabs[kb]
         r = rows[a:b]
         if cands.shape[0] == 1:  # a single neighbour: nothing to compare
-            best[order[a:b]] = cands[0, r]
+            best[a:b] = cands[0, r]
             continue
-        best[order[a:b]] = cands[_bucket_argmin(np.take(qs, r, axis=2), xt[:, a:b], wt[:, a:b], st[a:b]), r]
-    return best
+        pos = _bucket_argmin(np.take(qs, r, axis=2), x[:, a:b], w[:, a:b], s[a:b])
+        best[a:b] = np.take(cands.reshape(-1), pos * cands.shape[1] + r)
+    return order, best
 
 
 def _bucket_argmin(q: np.ndarray, xt: np.ndarray, wt: np.ndarray, s: np.ndarray) -> np.ndarray:
@@ -144,4 +167,11 @@ def _bucket_argmin(q: np.ndarray, xt: np.ndarray, wt: np.ndarray, s: np.ndarray)
             np.multiply(wt[i], diff, out=tmp)
             tmp *= diff
             d2 += tmp
-    return d2.argmin(0)
+    if len(d2) > 16:
+        return d2.argmin(0)
+    pos = np.zeros(d2.shape[1], dtype=np.intp)  # a running strict minimum: few candidates, long rows
+    low = d2[0].copy()
+    for k in range(1, len(d2)):
+        np.copyto(pos, k, where=d2[k] < low)
+        np.minimum(low, d2[k], out=low)
+    return pos
