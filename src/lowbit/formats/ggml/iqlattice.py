@@ -75,9 +75,20 @@ def lattice(name: str, nwant: int, values: tuple[float, ...] | None = None) -> t
 
 
 def codes_of(L: np.ndarray, tables: tuple) -> np.ndarray:
-    """Levels (..., dims) -> the lattice's code of each group, int32 (an exact small-integer product)."""
-    bits = tables[4]
-    weights = (1 << (bits * np.arange(L.shape[-1]))).astype(np.float32)
+    """Levels (..., dims) -> the lattice's code of each group (sum of l_i << bits i), int32. uint8 levels
+    of 8 x 2 bits (IQ2, IQ1) or 4 x 3 bits (IQ3) are read as one word per group, whose bytes are shifted
+    together in three (two) steps; other levels go by an exact small-integer product."""
+    bits, dims = tables[4], L.shape[-1]
+    if L.dtype == np.uint8 and L.flags.c_contiguous and (bits, dims) in ((2, 8), (3, 4)):
+        if dims == 8:
+            t = L.view(np.uint64)[..., 0]
+            t = (t | (t >> np.uint64(6))) & np.uint64(0x000F000F000F000F)  # 4 bits per 16
+            t = (t | (t >> np.uint64(12))) & np.uint64(0x000000FF000000FF)  # 8 bits per 32
+            return ((t | (t >> np.uint64(24))) & np.uint64(0xFFFF)).astype(np.int32)
+        t = L.view(np.uint32)[..., 0]
+        t = (t | (t >> np.uint32(5))) & np.uint32(0x003F003F)  # 6 bits per 16
+        return ((t | (t >> np.uint32(10))) & np.uint32(0xFFF)).astype(np.int32)
+    weights = (1 << (bits * np.arange(dims))).astype(np.float32)
     return (L.astype(np.float32) @ weights).astype(np.int32)  # codes < 2^16: exact in float32
 
 
