@@ -20,6 +20,8 @@ import numpy as np
 
 from lowbit.formats.ggml.kcommon import F32, nearest_int
 
+PREFIX = 4  # IQ2 / IQ1 (3 levels): the errors of the first 4 coordinates, all 81 sums, once per group
+PREFIX_MIN_K = 16  # ... for lists at least this long
 BUCKETS = np.array([1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 1024, 2048])
 
 
@@ -63,15 +65,18 @@ def lattice(name: str, nwant: int, values: tuple[float, ...] | None = None) -> t
     row = np.zeros(len(kmap), dtype=np.int64)
     b_of = np.searchsorted(BUCKETS, n)
     tabs = []
-    qvals = grid.astype(np.float32) if values is None else np.asarray(values, dtype=np.float32)[levels]
+    lv = (2 * np.arange(kmax) + 1).astype(np.float32) if values is None else np.asarray(values, dtype=np.float32)
+    qvals = lv[levels]
     for kb in range(len(BUCKETS)):
         sel = np.nonzero(b_of == kb)[0]
         width = int(n[sel].max()) if len(sel) else 0
         cand = np.take_along_axis(order[sel], np.minimum(np.arange(width), n[sel][:, None] - 1), 1)
         bucket[rcodes[off][sel]] = kb
         row[rcodes[off][sel]] = np.arange(len(sel))
-        tabs.append((np.ascontiguousarray(cand.T), np.ascontiguousarray(qvals[cand].transpose(2, 1, 0))))
-    return grid.astype(np.float32), kmap, (bucket, row, tabs), kmax, bits, levels.astype(np.uint8)
+        # the first PREFIX levels of each candidate as one number, l0 most significant (see _prefix_errors)
+        head = (levels[cand.T][..., :PREFIX] * kmax ** np.arange(PREFIX - 1, -1, -1)).sum(-1)
+        tabs.append((np.ascontiguousarray(cand.T), np.ascontiguousarray(qvals[cand].transpose(2, 1, 0)), head))
+    return grid.astype(np.float32), kmap, (bucket, row, tabs), kmax, bits, levels.astype(np.uint8), lv
 
 
 def codes_of(L: np.ndarray, tables: tuple) -> np.ndarray:
@@ -152,20 +157,42 @@ def _neighbours(codes: np.ndarray, cols: np.ndarray, xt: np.ndarray, wt: np.ndar
     for kb in np.flatnonzero(np.diff(ends, prepend=0)):
         a, b = start, ends[kb]
         start = b
-        cands, qs = tabs[kb]
+        cands, qs, head = tabs[kb]
         r = rows[a:b]
         if cands.shape[0] == 1:  # a single neighbour: nothing to compare
             best[a:b] = cands[0, r]
             continue
-        pos = _bucket_argmin(np.take(qs, r, axis=2), x[:, a:b], w[:, a:b], s[a:b])
+        d2, first = None, 0
+        if len(tables[6]) == 3 and qs.shape[0] == 8 and cands.shape[0] >= PREFIX_MIN_K:
+            d2, first = _prefix_errors(head, r, x[:, a:b], w[:, a:b], s[a:b], tables[6]), PREFIX
+        pos = _bucket_argmin(np.take(qs[first:], r, axis=2), x[first:, a:b], w[first:, a:b], s[a:b], d2)
         best[a:b] = np.take(cands.reshape(-1), pos * cands.shape[1] + r)
     return order, best
 
 
-def _bucket_argmin(q: np.ndarray, xt: np.ndarray, wt: np.ndarray, s: np.ndarray) -> np.ndarray:
+def _prefix_errors(head: np.ndarray, r: np.ndarray, xt: np.ndarray, wt: np.ndarray, s: np.ndarray,
+                   lv: np.ndarray) -> np.ndarray:
+    """The running sum of the first PREFIX terms (w_i * diff_i) * diff_i of every candidate (K, m), from
+    a table per group of all kmax^PREFIX sums: each coordinate's term at each level is computed once
+    per group, and the sums are built coordinate after coordinate (the reference's order), so each
+    table entry is bit for bit the candidate's partial sum. head (K, R): a candidate's entry."""
+    m = len(s)
+    table = None
+    for i in range(PREFIX):
+        diff = lv[:, None] * s  # (levels, m)
+        diff -= xt[i]
+        term = np.multiply(wt[i], diff)
+        term *= diff
+        table = term if table is None else (table[:, None, :] + term[None, :, :]).reshape(-1, m)
+    return np.take(table.reshape(-1), np.take(head, r, axis=1) * m + np.arange(m))
+
+
+def _bucket_argmin(q: np.ndarray, xt: np.ndarray, wt: np.ndarray, s: np.ndarray,
+                   d2: np.ndarray | None = None) -> np.ndarray:
     """The first candidate of least d2 = sum_i (w_i * diff_i) * diff_i, diff_i = s q_i - x_i, summed in
-    order of i: q (dims, K, m) candidate values, xt / wt (dims, m), s (m,). Returns (m,) positions."""
-    d2 = tmp = None
+    order of i: q (dims, K, m) candidate values, xt / wt (dims, m), s (m,); ``d2``: the sums of the
+    coordinates before these, if any. Returns (m,) positions."""
+    tmp = None if d2 is None else np.empty_like(d2)
     for i in range(q.shape[0]):
         diff = q[i]
         diff *= s
