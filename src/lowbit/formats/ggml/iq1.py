@@ -144,11 +144,13 @@ def _update(sumqx: np.ndarray, sumq2: np.ndarray, best: np.ndarray, scale: np.nd
     sumqx / sumq2, best = scale sumqx, and the candidate's number is kept."""
     better = sumqx * sumqx > best * sumq2
     better &= sumq2 > 0
-    ratio = sumqx / sumq2
-    np.copyto(scale, ratio, where=better)
-    ratio *= sumqx
-    np.copyto(best, ratio, where=better)
-    np.copyto(won, cand, where=better)
+    hit = np.flatnonzero(better)  # few blocks improve at any one candidate
+    if len(hit):
+        qx = sumqx[hit]
+        ratio = qx / sumq2[hit]
+        scale[hit] = ratio
+        best[hit] = ratio * qx
+        won[hit] = cand
 
 
 def _group_values(k: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
