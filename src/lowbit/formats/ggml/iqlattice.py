@@ -28,14 +28,15 @@ BUCKETS = np.array([1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256,
 @functools.lru_cache(maxsize=4)
 def lattice(name: str, nwant: int, values: tuple[float, ...] | None = None) -> tuple:
     """(grid (N, dims) float of 2l + 1, code -> grid index or -1, the neighbour tables, kmax, bits per
-    level, grid levels (N, dims) uint8). A code packs the levels l of a group, ``bits`` each; an
+    level, grid levels (N, dims) uint8, the value of each level (kmax,)). A code packs the levels l of a group, ``bits`` each; an
     off-lattice code lists every point within its ``nwant`` nearest squared distances, nearest first,
     then by index (the reference's qsort order). ``values``: what each level stands for in the
     neighbour search (default 2l + 1; IQ1's shifted -1, 0, 1).
 
     The neighbour tables are (bucket of each code, its row in that bucket, per bucket (candidates (K, R),
-    their values (dims, K, R))): the lists of one length bucket, padded to the bucket's width with
-    their last entry (a repeat never wins the strict first minimum), one list per column."""
+    their values (dims, K, R), their first PREFIX levels as one base-kmax number (K, R))): the lists of
+    one length bucket, padded to the bucket's width with their last entry (a repeat never wins the
+    strict first minimum), one list per column."""
     cls = getattr(gguf.quants, name)
     cls.init_grid()
     g = np.asarray(cls.grid, dtype=np.float32).reshape(-1, cls.grid_shape[-1])
