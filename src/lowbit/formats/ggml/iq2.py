@@ -10,13 +10,12 @@ Every step runs on all blocks of 32 at once; sums go first to last, as the refer
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable
 
-import gguf
 import numpy as np
 
 from lowbit.formats.ggml.base import GGMLType
+from lowbit.formats.ggml.iqlattice import codes_of, group_columns, lattice, to_lattice
 from lowbit.formats.ggml.kcommon import (
     F32,
     GROUP_MAX_EPS,
@@ -28,106 +27,6 @@ from lowbit.formats.ggml.kcommon import (
 )
 
 KMAXQ = 3
-BUCKETS = np.array([1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 1024, 2048])
-
-
-@functools.lru_cache(maxsize=4)
-def lattice(name: str, nwant: int, values: tuple[float, ...] | None = None) -> tuple[np.ndarray, np.ndarray, tuple, int, int]:
-    """(grid (N, 8) of 1/3/5, code -> grid index or -1 (4^8,), the neighbour tables: code -> length
-    bucket and row, and per bucket the padded candidate lists and their values by coordinate).
-    A code packs eight 2-bit levels l (value 2l + 1); an off-lattice code lists every point within its
-    ``nwant`` nearest squared distances, nearest first, then by index (the reference's qsort order).
-    ``values``: what each level stands for in the neighbour search (default 2l + 1; IQ1's shifted
-    -1, 0, 1)."""
-    cls = getattr(gguf.quants, name)
-    cls.init_grid()
-    g = np.asarray(cls.grid, dtype=np.float32).reshape(-1, cls.grid_shape[-1])
-    levels = np.searchsorted(np.asarray(cls.grid_map, dtype=np.float32), g).astype(np.int64)  # 0, 1, 2
-    grid = 2 * levels + 1
-    dims, kmax = g.shape[1], len(cls.grid_map)  # IQ2: 8 values of 3 levels; IQ3: 4 values of 8 levels
-    bits = 2 if kmax <= 4 else 3
-    codes = (levels << (bits * np.arange(dims))).sum(1)
-    kmap = np.full(1 << (bits * dims), -1, dtype=np.int64)
-    kmap[codes] = np.arange(len(grid))
-    # only codes of levels 0..kmax-1 can be asked for (the search clamps to them)
-    reach = np.array(np.meshgrid(*[np.arange(kmax)] * dims, indexing="ij")).reshape(dims, -1).T
-    rcodes = (reach << (bits * np.arange(dims))).sum(1)
-    off = kmap[rcodes] < 0
-    pos = 2 * reach[off] + 1
-    d2 = ((grid[None, :, :] - pos[:, None, :]) ** 2).sum(-1)  # (M, N) ints
-    order = np.argsort(d2, axis=1, kind="stable")  # by distance, then index
-    sd = np.take_along_axis(d2, order, 1)
-    distinct = np.sort(d2, axis=1)
-    # the nwant-th distinct distance of each row
-    first = np.ones_like(distinct, dtype=bool)
-    first[:, 1:] = distinct[:, 1:] != distinct[:, :-1]
-    rank = np.cumsum(first, axis=1)
-    limit = np.where(rank == nwant, distinct, np.iinfo(np.int64).max).min(1)
-    keep = sd <= limit[:, None]
-    n = keep.sum(1)
-    # the lists by length bucket, each padded with its last entry (a repeat is never the first minimum):
-    # per bucket the candidates (R, K) and their values coordinate by coordinate (8, R, K)
-    bucket = np.full(len(kmap), -1, dtype=np.int64)
-    row = np.zeros(len(kmap), dtype=np.int64)
-    b_of = np.searchsorted(BUCKETS, n)
-    tabs = []
-    gridf = grid.astype(np.float32)
-    qvals = gridf if values is None else np.asarray(values, dtype=np.float32)[levels]
-    for kb in range(len(BUCKETS)):
-        sel = np.nonzero(b_of == kb)[0]
-        width = int(n[sel].max()) if len(sel) else 0
-        cand = order[sel][:, :width]
-        cand = np.take_along_axis(cand, np.minimum(np.arange(width), n[sel][:, None] - 1), 1) if len(sel) else cand
-        bucket[rcodes[off][sel]] = kb
-        row[rcodes[off][sel]] = np.arange(len(sel))
-        tabs.append((np.ascontiguousarray(cand), np.ascontiguousarray(qvals[cand].transpose(2, 0, 1))))
-    return gridf, kmap, (bucket, row, tabs), kmax, bits
-
-
-def to_lattice(xval: np.ndarray, waux: np.ndarray, scale: np.ndarray, inv: np.ndarray,
-               tables: tuple) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Groups of 8 (B, G, 8) -> (levels (B, G, 8), grid index (B, G), whether the nearest levels were on
-    the lattice (B, G)): the nearest levels at ``inv`` (1 / scale, per block), or, off the lattice, the
-    listed neighbour with the least weighted error at ``scale``."""
-    grid, kmap, _, kmax, _ = tables
-    with np.errstate(invalid="ignore", over="ignore"):
-        L = np.clip(nearest_int(F32(0.5) * (inv[:, None, None] * xval - F32(1))), 0, kmax - 1)
-    codes = _codes(L, tables)
-    gi = kmap[codes]
-    on_grid = gi >= 0
-    miss = np.nonzero(~on_grid)
-    if len(miss[0]):
-        gi[miss] = best = _nearest_neighbour(codes[miss], xval[miss], waux[miss], scale[miss[0]], tables)
-        L[miss] = ((grid[best] - 1) / 2).astype(L.dtype)
-    return L, gi, on_grid
-
-
-def _nearest_neighbour(codes: np.ndarray, xval: np.ndarray, waux: np.ndarray, scale: np.ndarray,
-                       tables: tuple) -> np.ndarray:
-    """For groups off the lattice (codes (M,), xval / waux (M, 8), scale (M,)): the listed neighbour of
-    least sum w (scale q - x)^2, added coordinate after coordinate; the first of equal ones (the
-    reference's strict <). Groups go by the length bucket of their list, whose padded tables they read
-    row by row."""
-    _, _, (bucket, row, tabs), _, _ = tables
-    bk = bucket[codes]
-    xt, wt = np.ascontiguousarray(xval.T), np.ascontiguousarray(waux.T)
-    best = np.empty(len(codes), dtype=np.int64)
-    for kb in np.unique(bk):
-        sel = np.nonzero(bk == kb)[0]
-        cands, qs = tabs[kb]
-        rows = row[codes[sel]]
-        s = scale[sel][:, None]
-        d2 = np.zeros((len(sel), cands.shape[1]), dtype=F32)
-        tmp = np.empty_like(d2)
-        for i in range(len(qs)):  # d2 += w * diff * diff, diff = scale * q - x
-            diff = qs[i][rows]
-            diff *= s
-            diff -= xt[i][sel][:, None]
-            np.multiply(wt[i][sel][:, None], diff, out=tmp)
-            tmp *= diff
-            d2 += tmp
-        best[sel] = cands[rows, d2.argmin(1)]
-    return best
 
 
 def block_weights(blocks: np.ndarray, qw: np.ndarray | None, per: int, twice: bool = True,
@@ -153,16 +52,10 @@ def plain_signs(xb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def grid_indices(L: np.ndarray, dead: np.ndarray, tables: tuple, name: str) -> np.ndarray:
     """Each group's lattice index (0 for blocks with nothing to encode); every group is on the lattice."""
-    gi = np.where(dead[:, None], 0, tables[1][_codes(L, tables)])
+    gi = np.where(dead[:, None], 0, tables[1][codes_of(L, tables)])
     if (gi < 0).any():
         raise AssertionError(f"{name}: a point off the lattice survived the search")
     return gi
-
-
-def _codes(L: np.ndarray, tables: tuple) -> np.ndarray:
-    """Levels (..., dims) -> the lattice's code of each group."""
-    bits = tables[4]
-    return (L.astype(np.int64) << (bits * np.arange(L.shape[-1]))).sum(-1)
 
 
 def _scale_nibbles(scales: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -276,11 +169,12 @@ def _trials(xval: np.ndarray, weight: np.ndarray, waux: np.ndarray, tables: tupl
     nb, g = xval.shape[:2]
     wt, xt = np.ascontiguousarray(weight.T), np.ascontiguousarray(xval.reshape(nb, -1).T)
     best = np.zeros(nb, dtype=F32)
-    L = np.zeros(xval.shape, dtype=np.int64)
+    L = np.zeros(xval.shape, dtype=np.uint8)
     on = np.full((nb, g), on_init)
+    cols = group_columns(xval, waux)
     for step in steps:
         inv = (F32(2 * kmax - 1) + F32(step) * F32(delta)) / base
-        trial, _, trial_on = to_lattice(xval, waux, F32(1) / inv, inv, tables)
+        trial, _, trial_on = to_lattice(xval, waux, F32(1) / inv, inv, tables, cols)
         sumqx, sumq2 = _fit(wt, xt, trial)
         better = (sumq2 > 0) & (sumqx * sumqx > best * sumq2)
         scale = np.where(better, sumqx / sumq2, scale)
