@@ -51,10 +51,10 @@ EXPECTED = {
     "llama_gguf:gguf:retype-f32-q4_0": "{d}: tensor model.layers.0.mlp.up_proj.weight holds 64 NaN/inf value(s); pass "
                                        "--allow-nonfinite to load it anyway",
     # GGUF metadata and tensor table
-    "llama_gguf:gguf:utf8-key": NOT_GGUF + "a metadata key is not valid UTF-8 (at byte 89 of 325472)",
-    "llama_gguf:gguf:utf8-value": NOT_GGUF + "value of general.name is not valid UTF-8 (at byte 106 of 325472)",
-    "llama_gguf:gguf:utf8-tensor": NOT_GGUF + "a tensor name is not valid UTF-8 (at byte 2373 of 325472)",
-    "llama_gguf:gguf:dup-key": NOT_GGUF + "metadata key general.name appears twice (at byte 2259 of 325504)",
+    "llama_gguf:gguf:utf8-key": NOT_GGUF + "a metadata key is not valid UTF-8 (at byte 89 of 325536)",
+    "llama_gguf:gguf:utf8-value": NOT_GGUF + "value of general.name is not valid UTF-8 (at byte 106 of 325536)",
+    "llama_gguf:gguf:utf8-tensor": NOT_GGUF + "a tensor name is not valid UTF-8 (at byte 2455 of 325536)",
+    "llama_gguf:gguf:dup-key": NOT_GGUF + "metadata key general.name appears twice (at byte 2341 of 325600)",
     "llama_gguf:gguf:block_count-2^20": NOT_GGUF + "llama.block_count must be an integer from 1 to 4096, got 1048576 (type 4)",
     "llama_gguf:gguf:block_count-3": NOT_GGUF + "llama.block_count is 3, but the file holds 2 block(s) of tensors",
     "llama_gguf:gguf:rms_eps-str": NOT_GGUF + "llama.attention.layer_norm_rms_epsilon must be a number from 0 to 1, got "
