@@ -70,7 +70,7 @@ def _llama3_params(config: Any, divisors: np.ndarray, path: Path) -> dict[str, A
     """Llama 3's rope parameters that give ``divisors``: the largest is ``factor``; the ramp between
     the kept and the divided frequencies, linear in 1 / wavelength, gives the band edges (with
     ``low_freq_factor`` 1: only the edges matter). Refused if the rule does not give them back."""
-    from lowbit.formats.ggml.names import _llama3_freqs
+    from lowbit.formats.ggml.names import llama3_divisors
 
     dim = int(getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads)
     theta = float((config.rope_parameters or {}).get("rope_theta", getattr(config, "rope_theta", 10000.0)))
@@ -86,9 +86,7 @@ def _llama3_params(config: Any, divisors: np.ndarray, path: Path) -> dict[str, A
     orig = float(a / b)
     params = {"rope_type": "llama3", "factor": factor, "low_freq_factor": 1.0, "high_freq_factor": float(1 + 1 / b),
               "original_max_position_embeddings": round(orig) if abs(orig - round(orig)) < 1e-3 else orig, "rope_theta": theta}
-    probe = type("Cfg", (), {"rope_parameters": params, "head_dim": dim, "hidden_size": config.hidden_size,
-                             "num_attention_heads": config.num_attention_heads, "rope_theta": theta})()
-    if not np.allclose(_llama3_freqs(probe)["rope_freqs.weight"], divisors, rtol=1e-4):
+    if not np.allclose(llama3_divisors(params, dim, theta), divisors, rtol=1e-4):
         raise InputError(f"{path}: its rope_freqs tensor does not follow Llama 3's rope rule; lowbit cannot "
                          "evaluate it in torch as llama.cpp does")
     return params

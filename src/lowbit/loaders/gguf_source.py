@@ -113,8 +113,6 @@ def open_gguf(path: Path) -> LazyModel:
     return LazyModel(model, source, files, dtypes, kind, str(path), str(path), tokenizer, gguf_source=str(path), ties=ties)
 
 
-
-
 def _check_tensors(path: Path, model: Any, source: GGUFSource) -> None:
     """Every mapped tensor with its parameter's shape, and no tensor of the file left unmapped (renamed
     or foreign): the weights transformers would otherwise fill in at random, or ignore."""

@@ -91,7 +91,6 @@ class ReferenceLM:
         return math.exp(self.nll_sum / max(n, 1))
 
 
-@torch.inference_mode()
 def llama_perplexity_kl(rlp: torch.Tensor, lp: torch.Tensor) -> torch.Tensor:
     """KL(reference || quantized) per position as ``llama-perplexity --kl-divergence`` computes it: the
     reference log-probs as its base file stores them (16-bit steps over the 16 nats below the top token,
@@ -105,6 +104,7 @@ def llama_perplexity_kl(rlp: torch.Tensor, lp: torch.Tensor) -> torch.Tensor:
     return torch.where(base > -16, base.exp() * (base - lp), 0).sum(-1)
 
 
+@torch.inference_mode()
 def score_lm(model: nn.Module, windows: torch.Tensor, ref: ReferenceLM | None, label: str = "eval",
              logprobs: Iterator[tuple[int, torch.Tensor]] | None = None, first: int = 0,
              llama_kl: bool = False) -> LMScores:

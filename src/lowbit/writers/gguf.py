@@ -249,9 +249,10 @@ def header_bytes(handle: ModelHandle, mix: str, imatrix_kv: list[tuple[str, str 
         _write_kv(w, handle, cfg, mix, imatrix_kv)
         mods = dict(handle.model.named_modules())
         extras = extras_of(handle)
-        for name, shape in sorted([(g, _shape(handle.model, mods, hf)) for hf, g in tensor_names(handle.model)]
-                                  + [(g, a.shape) for g, a in extras.items()], key=lambda gs: order_key(gs[0])):
-            _add_tensor_info(w, name, shape, "F32")
+        for hf, g in tensor_names(handle.model):
+            _add_tensor_info(w, g, _shape(handle.model, mods, hf), "F32")
+        for g, a in extras.items():  # the table's size does not depend on its order
+            _add_tensor_info(w, g, a.shape, "F32")
         w.write_header_to_file()
         w.write_kv_data_to_file()
         w.write_ti_data_to_file()

@@ -86,14 +86,18 @@ def _llama3_freqs(cfg: Any) -> dict[str, np.ndarray]:
     ``factor``, a smooth ramp between)."""
     if _rope_type(cfg) != "llama3":
         return {}
-    p, dim = _rope_params(cfg), _head_dim(cfg)
-    freqs = 1.0 / (_rope_theta(cfg) ** (np.arange(0, dim, 2, dtype=np.float32) / np.float32(dim)))
+    return {"rope_freqs.weight": llama3_divisors(_rope_params(cfg), _head_dim(cfg), _rope_theta(cfg))}
+
+
+def llama3_divisors(p: dict[str, Any], dim: int, theta: float) -> np.ndarray:
+    """The divisors of Llama 3's rule with parameters ``p`` for a rotary size ``dim`` and base ``theta``."""
+    freqs = 1.0 / (theta ** (np.arange(0, dim, 2, dtype=np.float32) / np.float32(dim)))
     factor, lo, hi = float(p.get("factor", 8.0)), float(p.get("low_freq_factor", 1.0)), float(p.get("high_freq_factor", 4.0))
     old = float(p.get("original_max_position_embeddings", 8192))
     wavelen = 2 * np.pi / freqs.astype(np.float64)
     smooth = (old / wavelen - lo) / (hi - lo)
     out = np.where(wavelen < old / hi, 1.0, np.where(wavelen > old / lo, factor, 1 / ((1 - smooth) / factor + smooth)))
-    return {"rope_freqs.weight": out.astype(np.float32)}
+    return out.astype(np.float32)
 
 
 def _phi3_kv(w: gguf.GGUFWriter, cfg: Any) -> None:
