@@ -97,13 +97,16 @@ _BYTE = re.compile(r"<0x[0-9A-F]{2}>")
 def _prepends_space(spec: dict[str, Any]) -> bool:
     """Whether the tokenizer puts "\u2581" before the text: a Prepend normalizer (Llama 2's
     tokenizer.json) or a Metaspace pre-tokenizer that prepends (transformers' newer conversion)."""
-    def steps(part: dict[str, Any] | None, key: str) -> list[dict[str, Any]]:
-        part = part or {}
-        return part.get(key, []) if part.get("type") == "Sequence" else [part]
-    if any(n.get("type") == "Prepend" for n in steps(spec.get("normalizer"), "normalizers")):
+    if any(n.get("type") == "Prepend" for n in _steps(spec.get("normalizer"), "normalizers")):
         return True
     return any(p.get("type") == "Metaspace" and p.get("prepend_scheme", "always") != "never"
-               and p.get("add_prefix_space", True) for p in steps(spec.get("pre_tokenizer"), "pretokenizers"))
+               and p.get("add_prefix_space", True) for p in _steps(spec.get("pre_tokenizer"), "pretokenizers"))
+
+
+def _steps(part: dict[str, Any] | None, key: str) -> list[dict[str, Any]]:
+    """A normalizer's or pre-tokenizer's steps: a Sequence's own, else itself alone."""
+    part = part or {}
+    return part.get(key, []) if part.get("type") == "Sequence" else [part]
 
 
 def _tokens_and_types(tok: Any, spec: dict[str, Any]) -> tuple[list[str], list[int]]:
@@ -146,8 +149,7 @@ def _special_kv(w: gguf.GGUFWriter, tok: Any) -> None:
 def pre_tokenizer_name(spec: dict[str, Any]) -> str | None:
     """llama.cpp's name for the pre-tokenizer of a tokenizer.json ``spec`` (see the module docstring),
     or None when it has none."""
-    pre = spec.get("pre_tokenizer") or {}
-    steps = pre.get("pretokenizers", []) if pre.get("type") == "Sequence" else [pre]
+    steps = _steps(spec.get("pre_tokenizer"), "pretokenizers")
     kinds = [s.get("type") for s in steps]
     if not steps or steps[-1].get("type") != "ByteLevel" or steps[-1].get("add_prefix_space", False):
         return None
