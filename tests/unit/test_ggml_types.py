@@ -200,6 +200,36 @@ def test_iq4_level_search_is_the_references_binary_search() -> None:
         assert int(best_index(np.array([np.nan], np.float32))[0]) == 15  # all comparisons false in C
 
 
+def test_lattice_levels_and_choice_follow_the_reference() -> None:
+    """The lattice searches' shortcuts against what ggml writes out: three levels by two comparisons
+    equal nearest_int(0.5 (inv x - 1)) clamped, on the ties and one float step either side; the first
+    least error of a candidate list equals a strict ``<`` scan (ties to the first, NaN never chosen, a
+    list of all NaN gives 0), for short lists and for ones past the int8 positions."""
+    from lowbit.formats.ggml.iqlattice import first_min, nearest_levels
+    from lowbit.formats.ggml.kcommon import nearest_int
+
+    edges = np.array([-4e6, -3, -1, 0, 1, 2, 3, 4, 5, 7, 4e6], dtype=np.float32)  # ggml asserts |t / 2| < 2^22
+    t = np.concatenate([edges, np.nextafter(edges, np.float32(np.inf)), np.nextafter(edges, np.float32(-np.inf))])
+    ix = np.concatenate([t + np.float32(1), np.random.default_rng(3).uniform(-2, 8, 5000).astype(np.float32)])
+    for kmax in (3, 8):
+        want = np.clip(nearest_int(np.float32(0.5) * (ix - np.float32(1))), 0, kmax - 1)
+        assert np.array_equal(nearest_levels(ix.copy(), kmax), want.astype(np.uint8))
+
+    rng = np.random.default_rng(4)
+    for k in (2, 9, 200):
+        d2 = rng.integers(0, 6, (k, 3000)).astype(np.float32)  # many equal errors
+        d2[rng.random(d2.shape) < 0.2] = np.nan
+        d2[:, :10] = np.nan
+        want = []
+        for col in d2.T:
+            best, pos = np.inf, -1
+            for i, v in enumerate(col):
+                if v < best:
+                    best, pos = v, i
+            want.append(max(pos, 0))
+        assert first_min(d2).tolist() == want
+
+
 def test_a_forked_child_quantizes_with_its_own_pool() -> None:
     """The shared pool's threads do not survive a fork: a child that quantizes must not wait on them."""
     import os

@@ -156,7 +156,9 @@ def _even_signs(xb: np.ndarray, weight: np.ndarray) -> tuple[np.ndarray, np.ndar
 
 def _fit(wt: np.ndarray, xt: np.ndarray, L: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """sum w x q and sum w q^2 (q = 2 L + 1) per block, first to last; wt, xt: (n, B), L: (B, G, 8)."""
-    q = np.ascontiguousarray((F32(2) * L.reshape(len(L), -1).astype(F32) + F32(1)).T)
+    q = np.ascontiguousarray(L.reshape(len(L), -1).T).astype(F32)  # transposed as bytes, then widened
+    q *= F32(2)
+    q += F32(1)
     return seqdot(wt, xt, q), seqdot(wt, q, q)
 
 
@@ -179,8 +181,8 @@ def _trials(xval: np.ndarray, weight: np.ndarray, waux: np.ndarray, tables: tupl
         better = (sumq2 > 0) & (sumqx * sumqx > best * sumq2)
         scale = np.where(better, sumqx / sumq2, scale)
         best = np.where(better, scale * sumqx, best)
-        L = np.where(better[:, None, None], trial, L)
-        on = np.where(better[:, None], trial_on, on)
+        np.copyto(L, trial, where=better[:, None, None])
+        np.copyto(on, trial_on, where=better[:, None])
     return scale, L, on
 
 

@@ -22,7 +22,7 @@ from lowbit.formats.ggml.kcommon import F32, nearest_int
 
 PREFIX = 4  # IQ2 / IQ1 (3 levels): the errors of the first 4 coordinates, all 81 sums, once per group
 PREFIX_MIN_K = 16  # ... for lists at least this long
-BUCKETS = np.array([1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 1024, 2048])
+BUCKETS = np.array([1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 14, 16, 20, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 1024, 2048])
 
 
 @functools.lru_cache(maxsize=4)
@@ -106,8 +106,7 @@ def to_lattice(xval: np.ndarray, waux: np.ndarray, scale: np.ndarray, inv: np.nd
     ``cols``: xval and waux as (dims, B * G) columns, when the caller has them already."""
     kmap, kmax, glev = tables[1], tables[3], tables[5]
     g, dims = xval.shape[1:]
-    with np.errstate(invalid="ignore", over="ignore"):
-        L = np.clip(nearest_int(F32(0.5) * (inv[:, None, None] * xval - F32(1))), 0, kmax - 1).astype(np.uint8)
+    L = nearest_levels(inv[:, None, None] * xval, kmax)
     codes = codes_of(L, tables)
     gi = kmap[codes]
     on_grid = gi >= 0
@@ -120,6 +119,20 @@ def to_lattice(xval: np.ndarray, waux: np.ndarray, scale: np.ndarray, inv: np.nd
         packed = np.uint32 if dims == 4 else np.uint64  # a group's levels as one word
         L.view(packed).reshape(-1)[miss] = glev.view(packed).reshape(-1)[best]
     return L, gi, on_grid
+
+
+def nearest_levels(ix: np.ndarray, kmax: int) -> np.ndarray:
+    """The reference's level of each value: nearest_int(0.5 (inv x - 1)) clamped to 0..kmax-1, as uint8,
+    from ix = inv x (overwritten). With three levels, two comparisons give it: t = inv x - 1 above 1
+    (t / 2 = 1/2, a tie, rounds to the even 0) and from 3 (3/2 rounds to 2)."""
+    with np.errstate(invalid="ignore", over="ignore"):
+        ix -= F32(1)
+        if kmax == 3:
+            L = np.greater(ix, F32(1)).view(np.uint8)
+            L += np.greater_equal(ix, F32(3)).view(np.uint8)
+            return L
+        ix *= F32(0.5)
+        return np.clip(nearest_int(ix), 0, kmax - 1).astype(np.uint8)
 
 
 def group_columns(xval: np.ndarray, waux: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -191,26 +204,27 @@ def _prefix_errors(head: np.ndarray, r: np.ndarray, xt: np.ndarray, wt: np.ndarr
 def _bucket_argmin(q: np.ndarray, xt: np.ndarray, wt: np.ndarray, s: np.ndarray,
                    d2: np.ndarray | None = None) -> np.ndarray:
     """The first candidate of least d2 = sum_i (w_i * diff_i) * diff_i, diff_i = s q_i - x_i, summed in
-    order of i: q (dims, K, m) candidate values, xt / wt (dims, m), s (m,); ``d2``: the sums of the
-    coordinates before these, if any. Returns (m,) positions."""
-    tmp = None if d2 is None else np.empty_like(d2)
-    for i in range(q.shape[0]):
-        diff = q[i]
-        diff *= s
-        diff -= xt[i]
-        if d2 is None:
-            d2 = np.multiply(wt[i], diff)
-            d2 *= diff
-            tmp = np.empty_like(d2)
-        else:
-            np.multiply(wt[i], diff, out=tmp)
-            tmp *= diff
-            d2 += tmp
-    if len(d2) > 16:
-        return d2.argmin(0)
-    pos = np.zeros(d2.shape[1], dtype=np.intp)  # a running strict minimum: few candidates, long rows
-    low = d2[0].copy()
-    for k in range(1, len(d2)):
-        np.copyto(pos, k, where=d2[k] < low)
-        np.minimum(low, d2[k], out=low)
-    return pos
+    order of i: q (dims, K, m) candidate values (overwritten), xt / wt (dims, m), s (m,); ``d2``: the
+    sums of the coordinates before these, if any. Returns (m,) positions.
+
+    All coordinates go at once, a few calls per bucket; numpy reduces the outer axis one row after
+    another (see kcommon.seqsum), so the sum has the reference's order."""
+    diff = q
+    diff *= s
+    diff -= xt[:, None, :]
+    terms = np.multiply(wt[:, None, :], diff)
+    terms *= diff
+    if d2 is not None:
+        terms[0] += d2  # (prefix + t_0) + t_1 + ...
+    return first_min(np.add.reduce(terms, axis=0))
+
+
+def first_min(d2: np.ndarray) -> np.ndarray:
+    """(K, m) -> the first position of the least value of each column, as the reference's strict ``<``
+    scan (NaN never wins; a column of NaN gives 0)."""
+    low = np.fmin.reduce(d2, axis=0)
+    k = len(d2)
+    ks = np.arange(k, dtype=np.int8 if k < 127 else np.int16)[:, None]
+    pos = np.where(d2 == low, ks, ks.dtype.type(k)).min(0)
+    pos[pos == k] = 0
+    return pos.astype(np.intp)
