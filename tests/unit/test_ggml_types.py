@@ -213,7 +213,7 @@ def test_lattice_levels_and_choice_follow_the_reference() -> None:
     ix = np.concatenate([t + np.float32(1), np.random.default_rng(3).uniform(-2, 8, 5000).astype(np.float32)])
     for kmax in (3, 8):
         want = np.clip(nearest_int(np.float32(0.5) * (ix - np.float32(1))), 0, kmax - 1)
-        assert np.array_equal(nearest_levels(ix.copy(), kmax), want.astype(np.uint8))
+        assert np.array_equal(nearest_levels(ix, np.float32(1), kmax), want.astype(np.uint8))
 
     rng = np.random.default_rng(4)
     for k in (2, 9, 200):

@@ -141,3 +141,24 @@ def test_llamacpp_runs_rope_scaling_like_transformers(bpe_llama, tmp_path, name:
     assert torch.equal(got.argmax(-1), want.argmax(-1))
     assert (got - want).abs().max().item() < tol
     assert (want - logits(tiny_rope(name, bpe_llama.tokenizer, scaled=False).model)[0]).abs().max().item() > 20 * tol
+
+
+def test_a_gguf_source_without_factor_tensors_skips_gguf_py_s_reader(bpe_llama, tmp_path, monkeypatch) -> None:
+    """Exporting from a GGUF looks for factor tensors to carry over. Its tensor table says whether there
+    are any; gguf-py's reader (seconds on a real vocabulary: it made every smollm2 export 2-3 s slower)
+    is opened only when there are."""
+    from types import SimpleNamespace
+
+    from lowbit.writers.gguf_extra import extras_of
+
+    export_gguf(tiny("llama", bpe_llama.tokenizer), tmp_path / "plain.gguf", "F32")
+    export_gguf(tiny_rope("llama-llama3", bpe_llama.tokenizer), tmp_path / "llama3.gguf", "F32")
+
+    def refuse(*a, **k):
+        raise AssertionError("gguf-py's reader opened")
+
+    with monkeypatch.context() as m:
+        m.setattr(gguf, "GGUFReader", refuse)
+        assert extras_of(SimpleNamespace(gguf_source=tmp_path / "plain.gguf", model=None)) == {}
+    got = extras_of(SimpleNamespace(gguf_source=tmp_path / "llama3.gguf", model=None))
+    assert list(got) == ["rope_freqs.weight"] and got["rope_freqs.weight"].dtype == np.float32

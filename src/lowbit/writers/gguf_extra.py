@@ -25,6 +25,10 @@ def extras_of(handle: Any) -> dict[str, np.ndarray]:
     if handle.gguf_source:
         from gguf.quants import dequantize
 
+        from lowbit.loaders.gguf_check import tensor_table
+
+        if not any(name in NOT_PARAMETERS for name, _ in tensor_table(handle.gguf_source)):
+            return {}  # the usual case: no need for gguf-py's reader, seconds on a large vocabulary
         r = gguf.GGUFReader(str(handle.gguf_source))
         return {t.name: np.asarray(dequantize(t.data, t.tensor_type), dtype=np.float32)
                 for t in r.tensors if t.name in NOT_PARAMETERS}

@@ -106,7 +106,7 @@ def to_lattice(xval: np.ndarray, waux: np.ndarray, scale: np.ndarray, inv: np.nd
     ``cols``: xval and waux as (dims, B * G) columns, when the caller has them already."""
     kmap, kmax, glev = tables[1], tables[3], tables[5]
     g, dims = xval.shape[1:]
-    L = nearest_levels(inv[:, None, None] * xval, kmax)
+    L = nearest_levels(xval, inv[:, None, None], kmax)
     codes = codes_of(L, tables)
     gi = kmap[codes]
     on_grid = gi >= 0
@@ -121,18 +121,19 @@ def to_lattice(xval: np.ndarray, waux: np.ndarray, scale: np.ndarray, inv: np.nd
     return L, gi, on_grid
 
 
-def nearest_levels(ix: np.ndarray, kmax: int) -> np.ndarray:
-    """The reference's level of each value: nearest_int(0.5 (inv x - 1)) clamped to 0..kmax-1, as uint8,
-    from ix = inv x (overwritten). With three levels, two comparisons give it: t = inv x - 1 above 1
-    (t / 2 = 1/2, a tie, rounds to the even 0) and from 3 (3/2 rounds to 2)."""
+def nearest_levels(xval: np.ndarray, inv: np.ndarray, kmax: int) -> np.ndarray:
+    """The reference's level of each value: nearest_int(0.5 (inv x - 1)) clamped to 0..kmax-1, as uint8.
+    With three levels, two comparisons give it: t = inv x - 1 above 1 (t / 2 = 1/2, a tie, rounds to
+    the even 0) and from 3 (3/2 rounds to 2)."""
     with np.errstate(invalid="ignore", over="ignore"):
-        ix -= F32(1)
+        t = inv * xval
+        t -= F32(1)
         if kmax == 3:
-            L = np.greater(ix, F32(1)).view(np.uint8)
-            L += np.greater_equal(ix, F32(3)).view(np.uint8)
+            L = np.greater(t, F32(1)).view(np.uint8)
+            L += np.greater_equal(t, F32(3)).view(np.uint8)
             return L
-        ix *= F32(0.5)
-        return np.clip(nearest_int(ix), 0, kmax - 1).astype(np.uint8)
+        t *= F32(0.5)
+        return np.clip(nearest_int(t), 0, kmax - 1).astype(np.uint8)
 
 
 def group_columns(xval: np.ndarray, waux: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -216,7 +217,7 @@ def _bucket_argmin(q: np.ndarray, xt: np.ndarray, wt: np.ndarray, s: np.ndarray,
     terms *= diff
     if d2 is not None:
         terms[0] += d2  # (prefix + t_0) + t_1 + ...
-    return first_min(np.add.reduce(terms, axis=0))
+    return first_min(np.add.reduce(terms.reshape(len(terms), -1), axis=0).reshape(terms.shape[1:]))
 
 
 def first_min(d2: np.ndarray) -> np.ndarray:
