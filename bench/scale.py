@@ -1,14 +1,18 @@
 """Scale: peak RSS and wall time of whole `lowbit quantize` / `export` / `eval` processes on big Llamas.
 
     python bench/scale.py [--quick] [--json FILE] [--blocks 2,4,8] [--methods rtn,gptq] [--shape 7b]
-        [--parts sweep,13b,smollm2,llmc] [--llmc-blocks 22] [--workdir DIR] [--lowbit-args '--max-memory 4G']
+        [--parts sweep,13b,smollm2,llmc,cuda] [--llmc-blocks 22] [--workdir DIR] [--lowbit-args '--max-memory 4G']
+        [--device cuda] [--tokenizer DIR]
 
 Models are written tensor by tensor (random bf16, ~2 GB shards, smollm2's tokenizer) into a temp dir under
 --workdir and deleted once measured. Peak RSS: of the whole CLI process (getrusage of a wrapper whose only
 child it is). sweep: RTN W4 g128 and GPTQ (16 x 512 pydoc:calib; --quick: smallest model only) at --blocks;
 done-when: RSS < +10% per doubling, marginal seconds per block within 20%. The full run adds 13b (40
 blocks: RTN, its KL on 2 x 512 tokens, GGUF Q4_K_M; GPTQ s/block from 2 blocks), smollm2 (GPTQ) and llmc (a
-TinyLlama-shape model by lowbit GPTQ and by llm-compressor, from `make bench-reference`).
+TinyLlama-shape model by lowbit GPTQ and by llm-compressor, from `make bench-reference`). cuda (a GPU
+machine): a 2-block --cuda-shape model quantized by RTN and GPTQ on the CPU and on the GPU, the bytes
+compared, and `lowbit eval` of the GPU's output on both devices and of the CPU's on the CPU. --device: every quantize and eval
+of the other parts runs there. --tokenizer: a saved tokenizer (vocab 49152) where smollm2 is not installed.
 """
 
 from __future__ import annotations
@@ -149,13 +153,21 @@ def quantize_cmd(src: str, out: Path, method: str, extra: list[str], group: int 
 class Bench:
     """The work dir, the borrowed tokenizer and every measured run (in order, for the table and JSON)."""
 
-    def __init__(self, work: Path, console: Console, extra: list[str]) -> None:
+    def __init__(self, work: Path, console: Console, extra: list[str], tokenizer: str | None = None,
+                 device: str | None = None) -> None:
         from transformers import AutoTokenizer
 
         from lowbit.loaders.builtin import builtin_path
 
-        gguf = builtin_path("smollm2")  # its tokenizer (vocab 49152), saved into every model written
-        self.tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        if tokenizer:  # smollm2's, saved (a GPU machine without the package)
+            self.tok = AutoTokenizer.from_pretrained(tokenizer)
+        else:
+            gguf = builtin_path("smollm2")  # its tokenizer (vocab 49152), saved into every model written
+            self.tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        if len(self.tok) > VOCAB:
+            raise SystemExit(f"the tokenizer has {len(self.tok)} ids; the models written have {VOCAB}")
+        self.device = ["--device", device] if device else []
+        extra = extra + self.device
         self.work, self.console, self.extra, self.runs = work, console, extra, []
 
     def model(self, shape: str, blocks: int, out_factor: float = 0.35) -> tuple[Path, int]:
@@ -255,7 +267,7 @@ def run_13b_full(b: Bench, figs: dict, src: Path, meta: dict) -> None:
         figs["rtn_13b_output_bytes"] = ok(rtn, "output_bytes")
         if rtn["ok"]:
             cmd = [*LOWBIT, "eval", str(q), "--reference", str(src), "--windows", "2", "--seq-len", "512",
-                   "--no-speed", "--json", str(jfile)]
+                   "--no-speed", "--json", str(jfile), *b.device]
             ev = b.run(cmd, b.work / "none", method="eval KL rtn vs bf16", **meta)  # no output but the JSON
             figs["eval_13b_peak_rss_bytes"] = ok(ev, "peak_rss_bytes")
             if ev["ok"] and jfile.exists():
@@ -301,6 +313,71 @@ def run_llmc(b: Bench, figs: dict, src: Path, meta: dict) -> None:
         remove(j)
 
 
+def compare_outputs(a: Path, b: Path) -> dict:
+    """Tensor by tensor: how many tensors, and what fraction of all their bytes, are identical."""
+    from safetensors import safe_open
+
+    def tensors(d: Path) -> dict[str, Path]:
+        out = {}
+        for f in sorted(d.glob("*.safetensors")):
+            with safe_open(f, "pt") as st:
+                out.update(dict.fromkeys(st.keys(), f))
+        return out
+
+    ta, tb = tensors(a), tensors(b)
+    same = same_bytes = total = 0
+    for k in sorted(ta.keys() & tb.keys()):
+        with safe_open(ta[k], "pt") as x, safe_open(tb[k], "pt") as y:
+            u, v = x.get_tensor(k), y.get_tensor(k)
+        if u.shape != v.shape or u.dtype != v.dtype:
+            continue
+        eq = u.contiguous().view(-1).view(torch.uint8) == v.contiguous().view(-1).view(torch.uint8)
+        same += bool(eq.all())
+        same_bytes, total = same_bytes + int(eq.sum()), total + eq.numel()
+    return {"tensors": len(ta), "tensors_identical": same, "names_match": ta.keys() == tb.keys(),
+            "bytes_identical_fraction": same_bytes / total if total else None}
+
+
+def run_cuda(b: Bench, figs: dict, shape: str, blocks: int) -> None:
+    """RTN and GPTQ of one model on the CPU and on the GPU; the outputs compared, then evaluated on both."""
+    if not torch.cuda.is_available():
+        figs["reasons"]["cuda"] = "no CUDA GPU: the cuda part runs on a GPU machine"
+        b.console.print("[yellow]cuda part skipped: no CUDA GPU[/]")
+        return
+    plain = [a for a in b.extra if a not in b.device]
+    try:
+        src, size = b.model(shape, blocks)
+    except DiskError as e:
+        figs["reasons"]["cuda"] = str(e)
+        return
+    meta, res = {"part": "cuda", "shape": shape, "blocks": blocks, "source_bytes": size}, {}
+    try:
+        for method in ("rtn", "gptq"):
+            outs = {d: b.work / f"{method}-{d}" for d in ("cpu", "cuda")}
+            rows = {d: b.run(quantize_cmd(str(src), outs[d], method, [*plain, "--device", d]), outs[d], keep=True,
+                             method=f"{method} --device {d}", **meta) for d in outs}
+            r = res[method] = {f"{d}_seconds": ok(rows[d], "seconds") for d in rows}
+            r.update({f"{d}_peak_rss_bytes": ok(rows[d], "peak_rss_bytes") for d in rows})
+            if all(x["ok"] for x in rows.values()):
+                r["speedup"] = rows["cpu"]["seconds"] / rows["cuda"]["seconds"]
+                r.update(compare_outputs(outs["cpu"], outs["cuda"]))
+                for q, d in (("cuda", "cuda"), ("cuda", "cpu"), ("cpu", "cpu")):  # the GPU's file on both
+                    j = b.work / "eval.json"
+                    cmd = [*LOWBIT, "eval", str(outs[q]), "--reference", str(src), "--windows", "2", "--seq-len",
+                           "512", "--no-speed", "--json", str(j), "--device", d]
+                    ev = b.run(cmd, b.work / "none", method=f"eval {method}/{q} on {d}", **meta)
+                    if ev["ok"] and j.exists():
+                        e = json.loads(j.read_text())
+                        r[f"kl_{q}_output_on_{d}"], r[f"ppl_{q}_output_on_{d}"] = e.get("kl_mean"), e.get("ppl")
+                    remove(j)
+            for o in outs.values():
+                remove(o)
+    finally:
+        remove(src)
+    figs["cuda"] = dict(res, gpu=torch.cuda.get_device_name(0))
+    b.console.print({"cuda": figs["cuda"]})
+
+
 def table(runs: list[dict]) -> Table:
     t = Table(title="whole-process peak RSS and wall time")
     for c in ("part", "shape", "blocks", "method", "peak RSS MiB", "seconds", "output MB", "source MB"):
@@ -338,11 +415,16 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--llmc-blocks", type=int, default=22, help="blocks of the 1B model of the llmc part")
     p.add_argument("--workdir", help="where the temp models go (default /tmp)")
     p.add_argument("--lowbit-args", default="", help="appended to each `lowbit quantize` ('--max-memory 4G')")
+    p.add_argument("--device", help="cpu, cuda, cuda:N: where every `lowbit quantize` and `eval` computes")
+    p.add_argument("--cuda-shape", default="1b", choices=sorted(SHAPES), help="the width of the cuda part")
+    p.add_argument("--tokenizer", help="a saved tokenizer of at most 49152 ids (default: smollm2's, from its package)")
     return p.parse_args(argv)
 
 
 def run_parts(b: Bench, args: argparse.Namespace, out: dict) -> None:
     parts = (args.parts or ("sweep" if args.quick else "sweep,13b,smollm2,llmc")).split(",")
+    if "cuda" in parts:  # first: on a lent GPU machine it is the figure that matters most
+        run_cuda(b, out, args.cuda_shape, 2)
     if "sweep" in parts:
         blocks, methods = sorted(int(x) for x in args.blocks.split(",")), args.methods.split(",")
         for n in blocks:  # --quick: GPTQ on the smallest model only
@@ -372,10 +454,11 @@ def main(argv: list[str] | None = None) -> int:
     base = Path(args.workdir or tempfile.gettempdir())
     base.mkdir(parents=True, exist_ok=True)
     console, work = Console(width=200), Path(tempfile.mkdtemp(prefix="lowbit-scale-", dir=base))
-    b, t0 = Bench(work, console, shlex.split(args.lowbit_args)), time.perf_counter()
+    b, t0 = Bench(work, console, shlex.split(args.lowbit_args), args.tokenizer, args.device), time.perf_counter()
     out: dict = {"command": "python bench/scale.py " + shlex.join(argv if argv is not None else sys.argv[1:]),
                  "machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
-                             "torch": torch.__version__, "python": sys.version.split()[0]},
+                             "torch": torch.__version__, "python": sys.version.split()[0],
+                             "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None},
                  "date": time.strftime("%Y-%m-%d %H:%M:%S"), "lowbit_args": b.extra, "reasons": {}}
     try:
         run_parts(b, args, out)

@@ -230,30 +230,35 @@ RUNTIMES = ("torch", "llama.cpp")
 
 def evaluate_against(model: ModelHandle | nn.Module | str, settings: EvalSettings | None = None, *,
                      reference: ModelHandle | str | None = None, runtime: str = "torch",
-                     max_memory: int | str | None = None) -> tuple[EvalResult, EvalResult | None]:
+                     max_memory: int | str | None = None, device: str = "cpu") -> tuple[EvalResult, EvalResult | None]:
     """Load ``model`` (run by torch, or by llama.cpp for a .gguf file) and its full-precision
     ``reference`` (default: the model a lowbit checkpoint was quantized from), score both on
     ``settings`` (an :class:`~lowbit.metrics.run.EvalSettings`): ``lowbit eval``. A model whose float32
     weights exceed ``max_memory`` (default: half of what the machine has free) runs block by block.
+    ``device`` ("cuda", "cuda:N", "auto"): both run block by block from their files, each block computed
+    there (log-probs are scored on the CPU).
 
     Returns ``(result, reference_result)``; the second is None without a reference (PPL only)."""
     from lowbit.calib import load_corpus
     from lowbit.metrics.run import EvalSettings, Evaluator
-    from lowbit.pipeline.memory import parse_size
+    from lowbit.pipeline.memory import parse_size, resolve_device
 
     settings = settings or EvalSettings()
     load_corpus(settings.data)  # bad data fails before any model loads
     cap = _cap(parse_size(max_memory))
     if runtime not in RUNTIMES:
         raise InputError(f"--runtime {runtime!r}: use torch or llama.cpp")
+    device = resolve_device(device)
+    if device != "cpu" and runtime != "torch":
+        raise InputError(f"--device {device}: llama.cpp picks its own device; --device is for --runtime torch")
     if runtime == "llama.cpp":
         from lowbit.metrics.llamacpp import load_llamacpp
 
         handle = load_llamacpp(model, n_ctx=max(settings.seq_len, 512))
     else:
-        handle = _load_for_eval(model, cap)
+        handle = _load_for_eval(model, cap, device)
     reference = reference or handle.reference_name
-    ref = _load_for_eval(reference, cap) if reference else None
+    ref = _load_for_eval(reference, cap, device) if reference else None
     evaluator = Evaluator(ref, settings, tokenizer=(ref or handle).tokenizer)
     ref_result = evaluator.run(ref, label=f"{ref.name} (reference)") if ref is not None else None
     return evaluator.run(handle), ref_result
@@ -265,10 +270,20 @@ def _cap(cap: int | None) -> int:
     return cap if cap is not None else machine_memory() // 2  # a model and its reference side by side
 
 
-def _load_for_eval(model: ModelHandle | nn.Module | str, cap: int) -> ModelHandle:
+def _load_for_eval(model: ModelHandle | nn.Module | str, cap: int, device: str = "cpu") -> ModelHandle:
+    from lowbit.loaders.handle import CAUSAL_LM
     from lowbit.loaders.lazy import open_if_larger
 
-    return open_if_larger(model, cap) or load_model(model)
+    if device == "cpu":
+        return open_if_larger(model, cap) or load_model(model)
+    handle = open_if_larger(model, 0)  # on a GPU every model runs block by block, each block moved there
+    if handle is None or handle.kind != CAUSAL_LM:
+        name = getattr(handle, "name", None) or (model if isinstance(model, (str, Path)) else type(model).__name__)
+        raise InputError(f"--device {device}: {name} cannot be evaluated there; a causal LM given as a Hugging Face "
+                         "directory (safetensors), a lowbit checkpoint or a .gguf file runs block by block on a GPU; "
+                         "evaluate this one with --device cpu")
+    handle.lazy.to_device(device)
+    return handle
 
 
 @dataclass

@@ -30,13 +30,13 @@ def pack_codes(codes: torch.Tensor, bits: int) -> torch.Tensor:
         n = codes.numel()
         pad = (-n) % per
         c = torch.nn.functional.pad(codes, (0, pad)).view(-1, per).to(torch.int32)
-        shifts = torch.arange(per, dtype=torch.int32) * bits
+        shifts = torch.arange(per, dtype=torch.int32, device=codes.device) * bits
         return (c << shifts).sum(dim=1).to(torch.uint8)
     # general case: every 8 codes form one (8*bits)-bit little-endian word, written as `bits` bytes
     n = codes.numel()
     c = torch.nn.functional.pad(codes, (0, (-n) % 8)).view(-1, 8).to(torch.int64)
-    word = (c << (torch.arange(8, dtype=torch.int64) * bits)).sum(dim=1, keepdim=True)  # (n/8, 1)
-    out = (word >> (torch.arange(bits, dtype=torch.int64) * 8)) & 0xFF  # (n/8, bits)
+    word = (c << (torch.arange(8, dtype=torch.int64, device=c.device) * bits)).sum(dim=1, keepdim=True)  # (n/8, 1)
+    out = (word >> (torch.arange(bits, dtype=torch.int64, device=c.device) * 8)) & 0xFF  # (n/8, bits)
     return out.reshape(-1)[: packed_nbytes(n, bits)].to(torch.uint8)
 
 

@@ -33,7 +33,7 @@ def qparams(
     """
     if check and not torch.isfinite(blocks).all():
         raise ShapeError("weight holds NaN or inf values; quantizing it would spread them to whole blocks")
-    shrink = torch.as_tensor(shrink, dtype=torch.float32)
+    shrink = torch.as_tensor(shrink, dtype=torch.float32, device=blocks.device)
     if spec.symmetric:
         amax = blocks.abs().amax(dim=1) * shrink
         scale = amax / (spec.qmax / 2)

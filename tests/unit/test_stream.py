@@ -174,15 +174,75 @@ def test_resume_needs_a_partial_run_of_the_same_settings(tmp_path, tiny_tokenize
     assert (tmp_path / "q.partial" / "progress.json").is_file()  # a refused resume keeps the run it refused
 
 
+def _tensors(path):
+    from safetensors.torch import load_file
+
+    return {k: v for f in sorted(path.glob("*.safetensors")) for k, v in load_file(f).items()}
+
+
+CUDA_CASES = [  # method, options, calibrated, exact: the same bytes as the CPU's (the CPU does the math, or
+    ("rtn", {}, False, True),                # it is exact arithmetic), else the same logits within float noise
+    ("rtn", {"clip_search": True}, False, False),
+    ("hqq", {}, False, True), ("nf4", {}, False, True), ("int8", {}, False, True),
+    ("gguf", {"type": "Q8_0"}, False, True),
+    ("gptq", {}, True, False), ("gptq", {"act_order": True}, True, False), ("awq", {}, True, False),
+    ("w8a8", {"smooth": True}, True, False),
+]
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-def test_cuda_matches_cpu(tmp_path, tiny_tokenizer, text_file):
+@pytest.mark.parametrize(("method", "options", "calibrated", "exact"), CUDA_CASES,
+                         ids=[f"{c[0]}{'-' + '-'.join(c[1]) if c[1] else ''}" for c in CUDA_CASES])
+def test_cuda_matches_cpu(tmp_path, tiny_tokenizer, text_file, method, options, calibrated, exact):
+    """--device cuda: each block computed on the GPU (the method's math too, or on the CPU for methods
+    that are numpy / CPU kernels) gives the CPU's checkpoint: bit for bit where the arithmetic is exact,
+    else the same logits within float noise."""
+    from lowbit.methods import get_method
+
     src = write_model(tmp_path / "src", "llama", tiny_tokenizer)
-    config = api.make_config("gptq", api.QuantSpec(4, True, 32))
-    calib = api.CalibSettings(str(text_file), 4, 64)
+    spec = api.QuantSpec(4, True, 32) if get_method(method).takes_spec else None
+    config = api.make_config(method, spec, **options)
+    calib = api.CalibSettings(str(text_file), 4, 64) if calibrated else None
     quantize_stream(src, config, tmp_path / "cpu", calib=calib)
     quantize_stream(src, config, tmp_path / "gpu", calib=calib, device="cuda")
-    a, b = _out(load_model(str(tmp_path / "cpu"))), _out(load_model(str(tmp_path / "gpu")))
-    assert torch.allclose(a, b, rtol=1e-2, atol=1e-2)
+    a, b = _tensors(tmp_path / "cpu"), _tensors(tmp_path / "gpu")
+    assert sorted(a) == sorted(b) and all(t.device.type == "cpu" for t in b.values())
+    if exact:
+        assert all(torch.equal(a[k], b[k]) for k in a), [k for k in a if not torch.equal(a[k], b[k])]
+    x, y = _out(load_model(str(tmp_path / "cpu"))), _out(load_model(str(tmp_path / "gpu")))
+    assert torch.allclose(x, y, rtol=1e-2, atol=1e-2), float((x - y).abs().max())
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_eval_matches_cpu(tmp_path, tiny_tokenizer, text_file):
+    """`lowbit eval --device cuda`: the model and its reference block by block on the GPU, the CPU's figures."""
+    from lowbit.metrics.run import EvalSettings
+
+    src = write_model(tmp_path / "src", "llama", tiny_tokenizer)
+    quantize_stream(src, api.make_config("rtn", api.QuantSpec(4, True, 32)), tmp_path / "q")
+    settings = EvalSettings(data=str(text_file), windows=3, seq_len=48, speed=False)
+    cpu, cpu_ref = api.evaluate_against(str(tmp_path / "q"), settings, reference=str(src))
+    gpu, gpu_ref = api.evaluate_against(str(tmp_path / "q"), settings, reference=str(src), device="cuda")
+    for a, b in ((cpu, gpu), (cpu_ref, gpu_ref)):
+        assert b.ppl == pytest.approx(a.ppl, rel=1e-3)
+    assert gpu.kl_mean == pytest.approx(cpu.kl_mean, rel=2e-2, abs=1e-5)
+    assert abs(gpu.top1_agreement - cpu.top1_agreement) <= 0.02
+
+
+def test_eval_on_a_gpu_takes_what_runs_block_by_block(tmp_path, tiny_tokenizer, text_file):
+    """--device cuda evaluates a causal LM from its files; an encoder there is refused in one line, and the
+    reference log-probs a GPU computes are cached apart from the CPU's."""
+    from lowbit.loaders.lazy import open_lazy
+    from lowbit.metrics.streamed import cache_dir
+
+    bert = write_model(tmp_path / "bert", "bert", tiny_tokenizer)
+    with pytest.raises(InputError, match="cannot be evaluated there") as e:
+        api._load_for_eval(str(bert), 0, "cuda")
+    assert "\n" not in str(e.value)
+    lazy, windows = open_lazy(write_model(tmp_path / "src", "llama", tiny_tokenizer)), torch.arange(20).reshape(2, 10)
+    on_cpu = cache_dir(lazy, windows)
+    lazy.device = "cuda"
+    assert cache_dir(lazy, windows) != on_cpu
 
 
 def test_kill_then_resume_is_bit_identical(tmp_path, tiny_tokenizer, text_file):
@@ -272,6 +332,20 @@ def test_cli_streaming_errors_are_one_line_exit_2(tmp_path, tiny_tokenizer, extr
     runner = CliRunner(env={"LOWBIT_PROGRESS": "0", "COLUMNS": "200"})
     assert_user_error(runner.invoke(app, ["quantize", str(src), "--out", str(tmp_path / "q"), *extra]), needle)
     assert not any(tmp_path.glob("q*"))
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the error of a machine without a GPU")
+def test_cli_eval_on_a_missing_gpu_is_one_line_exit_2(tmp_path, tiny_tokenizer):
+    from tests.unit.test_cli import assert_user_error
+    from typer.testing import CliRunner
+
+    from lowbit.cli import app
+
+    src = write_model(tmp_path / "src", "llama", tiny_tokenizer)
+    runner = CliRunner(env={"LOWBIT_PROGRESS": "0", "COLUMNS": "200"})
+    assert_user_error(runner.invoke(app, ["eval", str(src), "--device", "cuda", "--json", str(tmp_path / "e.json")]),
+                      "no CUDA GPU")
+    assert not (tmp_path / "e.json").exists()
 
 
 def test_gguf_of_an_architecture_transformers_cannot_build(tmp_path):

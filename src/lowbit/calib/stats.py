@@ -33,6 +33,11 @@ class LayerStats:
     act_absmean: torch.Tensor | None = None  # (d,) mean |x|
     act_absmax: torch.Tensor | None = None  # (d,) max |x|
 
+    def to(self, device: torch.device | str) -> LayerStats:
+        """The same statistics on ``device``."""
+        return LayerStats(self.rows, *(None if t is None else t.to(device)
+                                       for t in (self.hessian, self.act_absmean, self.act_absmax)))
+
     def scaled(self, s: torch.Tensor) -> LayerStats:
         """The statistics of the inputs x / s (after a fold moved diag(s) into the weights)."""
         return LayerStats(
@@ -46,7 +51,10 @@ class LayerStats:
 def gram(x: torch.Tensor) -> torch.Tensor:
     """X^T X (d, d) in float32. The Hessians cost as much as the forward pass itself, and numpy computes
     ``a.T @ a`` as a symmetric rank-k update (BLAS syrk): half the flops of torch's general matmul,
-    ~1.8x faster here. (The CLI and the benches stop OpenBLAS's idle threads from spinning against torch's.)"""
+    ~1.8x faster here. (The CLI and the benches stop OpenBLAS's idle threads from spinning against torch's.)
+    On a GPU: torch's matmul, where the inputs are."""
+    if x.device.type != "cpu":
+        return x.detach().T @ x.detach()
     a = x.detach().contiguous().numpy()
     return torch.from_numpy(a.T @ a)
 

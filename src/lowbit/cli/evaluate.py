@@ -25,6 +25,8 @@ def eval_(
     runtime: Annotated[str, typer.Option(help="torch, or llama.cpp for a .gguf file (needs llama-cpp-python).")] = "torch",
     max_memory: Annotated[str | None, typer.Option(help="A model whose float32 weights exceed this (default: half "
                                                         "the free memory) runs block by block from its files.")] = None,
+    device: Annotated[str, typer.Option(help="Where the model runs: cpu, or cuda, cuda:N, auto (block by block on "
+                                              "the GPU, both the model and its reference).")] = "cpu",
 ) -> None:
     """Evaluate MODEL on your data: PPL, KL and top-1 vs the reference, size, bits/weight, speed.
 
@@ -38,7 +40,7 @@ def eval_(
                             protocol=protocol)
     _quiet_libraries()
     result, ref_result = api.evaluate_against(model, settings, reference=reference, runtime=runtime,
-                                                 max_memory=max_memory)
+                                                 max_memory=max_memory, device=device)
     results = [ref_result, result] if ref_result is not None else [result]
     out.print(results_table(results, title=f"{data}"))
     if json_out:

@@ -109,8 +109,8 @@ def clip_rtn(w: torch.Tensor, h: torch.Tensor, spec: QuantSpec, n: int, clip_min
     if spec.group_size not in (PER_CHANNEL, PER_TENSOR):
         g = spec.group_size
         hb = torch.stack([h[i : i + g, i : i + g] for i in range(0, cols, g)])  # (n_groups, g, g)
-    best_err = torch.full((nb,), float("inf"))
-    best = torch.ones(nb)
+    best_err = torch.full((nb,), float("inf"), device=w.device)
+    best = torch.ones(nb, device=w.device)
     for k in range(n):
         p = 1.0 - (1.0 - clip_min) * k / max(n - 1, 1)
         dw = _fake(w, spec, shrink=p) - w
@@ -151,7 +151,7 @@ def awq_block_transform(
 
 @register_method("awq", AWQConfig, needs=("hessian", "act_absmean"),
                  summary="AWQ: activation-aware scales folded into the previous op, then RTN (Lin et al. 2023)",
-                 transform=Transform("block", awq_block_transform))
+                 transform=Transform("block", awq_block_transform), on_device=True)
 def awq(weight: torch.Tensor, cfg: AWQConfig, stats: LayerStats | None = None) -> QuantizedTensor:
     """Quantize an (already AWQ-scaled) weight: RTN, with the output-error clipping search if enabled."""
     if stats is None or stats.hessian is None:

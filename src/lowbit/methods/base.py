@@ -103,6 +103,9 @@ class Method:
     row_independent: bool = True
     #: which modules it quantizes when not every nn.Linear (QAT's convert: the fake-quantized layers)
     selects: Callable[[Any], bool] | None = None
+    #: its math runs in torch wherever the weight is (a GPU); otherwise the weight and its statistics go to
+    #: the CPU for it (numpy, CPU kernels) and the new module comes back (pipeline/layers.py)
+    on_device: bool = False
 
     def __post_init__(self) -> None:
         assert set(self.needs) <= set(STATISTICS), self.needs
@@ -119,7 +122,7 @@ METHODS: Registry[Method] = Registry("method")
 def register_method(
     name: str, config: type[MethodConfig], needs: tuple[str, ...] = (), summary: str = "", *,
     produces: str = "tensor", calibration: str = "sequential", transform: Transform | None = None,
-    row_independent: bool = True, selects: Callable[[Any], bool] | None = None,
+    row_independent: bool = True, selects: Callable[[Any], bool] | None = None, on_device: bool = False,
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Register ``fn`` as method ``name``: ``fn(weight, cfg, stats) -> QuantizedTensor`` when it produces
     tensors, ``fn(linear, cfg, stats) -> nn.Module`` when it produces layers; ``stats`` is the layer's
@@ -128,7 +131,7 @@ def register_method(
     def deco(fn: Callable[..., Any]) -> Callable[..., Any]:
         config.method = name
         METHODS.add(name, Method(name, config, fn, needs, summary, produces, calibration, transform, row_independent,
-                                      selects))
+                                      selects, on_device))
         return fn
 
     return deco

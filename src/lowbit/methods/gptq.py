@@ -92,7 +92,7 @@ def _inverse_cholesky(flipped: torch.Tensor, mean_diag: float, cfg: GPTQConfig) 
         chol, info = torch.linalg.cholesky_ex(flipped)
         flipped.diagonal().sub_(added)
         if int(info) == 0:
-            eye = torch.eye(flipped.shape[0], dtype=flipped.dtype)
+            eye = torch.eye(flipped.shape[0], dtype=flipped.dtype, device=flipped.device)
             linv = torch.linalg.solve_triangular(chol, eye, upper=False)
             del chol, eye
             upper = linv.flip(0, 1)
@@ -127,9 +127,10 @@ def _solve_rows(wt: torch.Tensor, codes_t: torch.Tensor, hinv: torch.Tensor, dia
     loss = 0.0
     mid = float(spec.mid)
     # float copies of the grid, one contiguous row per group: (n_groups, rows)
-    scale_f = scale_g.float().t().contiguous() if static else torch.empty(cols // g, rows)
-    zero_f = (zero_g.float().t().contiguous() if static else torch.empty(cols // g, rows)) if zero_g is not None else None
-    qbuf = torch.empty(rows)
+    dev = wt.device
+    scale_f = scale_g.float().t().contiguous() if static else torch.empty(cols // g, rows, device=dev)
+    zero_f = (zero_g.float().t().contiguous() if static else torch.empty(cols // g, rows, device=dev)) if zero_g is not None else None
+    qbuf = torch.empty(rows, device=dev)
     fixed: set[int] = set()
     members: dict[int, list[int]] = {}
     for pos, gi in enumerate(groups):
@@ -161,7 +162,7 @@ def _solve_rows(wt: torch.Tensor, codes_t: torch.Tensor, hinv: torch.Tensor, dia
             torch.addcmul(x, q.sub_(z), s, value=-1, out=e).div_(diag[col])    # ~10^5 times
             if j + 1 < b1 - b0:
                 w1[j + 1 :].addr_(hinv1[j, j + 1 :], e, alpha=-1)
-        loss += 0.5 * float((err1.pow(2).sum(1) * torch.tensor(diag[b0:b1]).pow(2)).sum())
+        loss += 0.5 * float((err1.pow(2).sum(1) * torch.tensor(diag[b0:b1], device=dev).pow(2)).sum())
         wt[b0:b1] = w1  # each column as it was rounded (error-compensated); not read again by the solver
         wt[b1:] -= hinv[b0:b1, b1:].t() @ err1
     return loss
@@ -177,7 +178,7 @@ def gptq_quantize(
     spec.block_len(tuple(w.shape))  # validates the group size
     g = cols if spec.group_size in (PER_CHANNEL, PER_TENSOR) else spec.group_size
     grid.qparams(grid.as_blocks(w, spec), spec)  # NaN / inf in the weight is a clear error, once
-    h = hessian.to(torch.float32).clone()
+    h = hessian.to(w.device, torch.float32).clone()
     dead = torch.diag(h) == 0
     h[dead, dead] = 1.0
     w[:, dead] = 0.0
@@ -187,10 +188,10 @@ def gptq_quantize(
     if static:
         scale_g, zero_g = _static_qparams(w, spec, g)
     else:
-        scale_g = torch.empty(rows, cols // g, dtype=grid.scale_dtype(spec))
-        zero_g = None if spec.symmetric else torch.empty(rows, cols // g, dtype=torch.uint8)
+        scale_g = torch.empty(rows, cols // g, dtype=grid.scale_dtype(spec), device=w.device)
+        zero_g = None if spec.symmetric else torch.empty(rows, cols // g, dtype=torch.uint8, device=w.device)
 
-    perm = torch.argsort(torch.diag(h), descending=True) if cfg.act_order else torch.arange(cols)
+    perm = torch.argsort(torch.diag(h), descending=True) if cfg.act_order else torch.arange(cols, device=w.device)
     w = w[:, perm]
     h = h[perm]
     h = h[:, perm]
@@ -204,7 +205,7 @@ def gptq_quantize(
     # The column loop is ~10^5 tiny ops: it runs single-threaded (thread hand-offs inside an op cost
     # more than the work, badly so on a busy machine); the block updates are matmuls. (Splitting the
     # rows across Python threads was tried: the GIL makes it twice as slow.)
-    codes_t = torch.empty(cols, rows, dtype=torch.uint8)
+    codes_t = torch.empty(cols, rows, dtype=torch.uint8, device=w.device)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -228,7 +229,8 @@ def gptq_quantize(
     return qt, GPTQInfo(damp, retries, n_dead, loss)
 
 
-@register_method("gptq", GPTQConfig, needs=("hessian",), summary="GPTQ: Hessian-based error feedback (Frantar et al. 2022)")
+@register_method("gptq", GPTQConfig, needs=("hessian",), summary="GPTQ: Hessian-based error feedback (Frantar et al. 2022)",
+                 on_device=True)
 def gptq(weight: torch.Tensor, cfg: GPTQConfig, stats: LayerStats | None = None) -> QuantizedTensor:
     """Quantize ``weight`` with GPTQ; ``stats.hessian`` is 2 X^T X / n of its inputs."""
     if stats is None or stats.hessian is None:

@@ -42,8 +42,8 @@ class RTNConfig(GridConfig):
 def _mse_shrink(blocks: torch.Tensor, cfg: RTNConfig) -> torch.Tensor:
     """Per-block range factor in [clip_min, 1] minimizing the squared error."""
     spec = cfg.spec
-    best_err = torch.full((blocks.shape[0],), float("inf"))
-    best = torch.ones(blocks.shape[0])
+    best_err = torch.full((blocks.shape[0],), float("inf"), device=blocks.device)
+    best = torch.ones(blocks.shape[0], device=blocks.device)
     for k in range(cfg.clip_grid):
         p = 1.0 - (1.0 - cfg.clip_min) * k / max(cfg.clip_grid - 1, 1)
         scale, zero = grid.qparams(blocks, spec, shrink=p, check=k == 0)
@@ -55,7 +55,7 @@ def _mse_shrink(blocks: torch.Tensor, cfg: RTNConfig) -> torch.Tensor:
     return best
 
 
-@register_method("rtn", RTNConfig, needs=(), summary="round-to-nearest, optional MSE clipping search")
+@register_method("rtn", RTNConfig, needs=(), summary="round-to-nearest, optional MSE clipping search", on_device=True)
 def rtn(weight: torch.Tensor, cfg: RTNConfig, stats: LayerStats | None = None) -> QuantizedTensor:
     """Quantize ``weight`` (out, in) to ``cfg.spec`` by rounding to nearest.
 

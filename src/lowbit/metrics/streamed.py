@@ -73,10 +73,12 @@ def streamed_logprobs(lazy: Any, windows: torch.Tensor, label: str = "eval") -> 
 
 
 def cache_dir(lazy: Any, windows: torch.Tensor) -> Path:
-    """Where the log-probs of ``lazy`` on ``windows`` are kept: keyed by its files (size, mtime) and the ids."""
+    """Where the log-probs of ``lazy`` on ``windows`` are kept: keyed by its files (size, mtime), the ids and
+    the device (other than the CPU) they were computed on."""
     from lowbit.loaders.cache import cache_root
 
-    digest = hashlib.sha256(json.dumps(lazy.stamp()).encode() + windows.numpy().tobytes()).hexdigest()[:24]
+    key = lazy.stamp() if lazy.device == "cpu" else [lazy.stamp(), lazy.device]  # a GPU's floats differ slightly
+    digest = hashlib.sha256(json.dumps(key).encode() + windows.numpy().tobytes()).hexdigest()[:24]
     return cache_root() / "logprobs" / digest
 
 

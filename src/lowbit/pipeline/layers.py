@@ -24,9 +24,20 @@ log = logging.getLogger(__name__)
 Record = Callable[[str, nn.Module, QuantizedTensor | None], nn.Module]
 
 
+def off_device(entry: Method, mods: list[nn.Module]) -> torch.device | None:
+    """The device (a GPU) ``mods`` are on when ``entry``'s math must run on the CPU instead; None: run it
+    where they are."""
+    dev = next((p.device for m in mods for p in m.parameters()), None)
+    return dev if dev is not None and dev.type not in ("cpu", "meta") and not entry.on_device else None
+
+
 def install(entry: Method, config: MethodConfig, mod: nn.Module,
             stats: LayerStats | None) -> tuple[nn.Module, QuantizedTensor | None]:
     """The module that replaces ``mod`` under ``entry`` (and its QuantizedTensor for integer grids)."""
+    dev = off_device(entry, [mod])
+    if dev is not None:  # the method's math on the CPU (mod is being replaced: moved in place)
+        new, qt = install(entry, config, mod.to("cpu"), None if stats is None else stats.to("cpu"))
+        return new.to(dev), qt
     if entry.produces == "layer":
         return entry.fn(mod, config, stats), None
     qt = entry.fn(mod.weight.data, config, stats)
@@ -71,6 +82,9 @@ def sequential(net: nn.Module, windows: torch.Tensor, names: list[str], entry: M
     quantize them stacked (one Hessian inverse for q/k/v). A group no calibration token reached gets RTN."""
 
     def quantize_group(group: list[str], lins: list[nn.Linear], stats: LayerStats) -> list[nn.Module]:
+        dev = off_device(entry, lins)
+        if dev is not None:  # the method's math on the CPU; the block goes on running on the device
+            return [new.to(dev) for new in quantize_group(group, [m.to("cpu") for m in lins], stats.to("cpu"))]
         if stats.rows == 0:
             log.warning("%s: no calibration data reached it; quantized with RTN instead", ", ".join(group))
             rtn = get_method("rtn")
