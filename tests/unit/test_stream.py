@@ -180,26 +180,36 @@ def _tensors(path):
     return {k: v for f in sorted(path.glob("*.safetensors")) for k, v in load_file(f).items()}
 
 
-CUDA_CASES = [  # method, options, calibrated, exact: the same bytes as the CPU's (the CPU does the math, or
-    ("rtn", {}, False, True),                # it is exact arithmetic), else the same logits within float noise
+CUDA_CASES = [  # method, options, calibrated, exact (the CPU's very bytes: the CPU does the method's math, or
+    ("rtn", {}, False, True),                # its arithmetic is exact), else the same logits within float noise
     ("rtn", {"clip_search": True}, False, False),
     ("hqq", {}, False, True), ("nf4", {}, False, True), ("int8", {}, False, True),
     ("gguf", {"type": "Q8_0"}, False, True),
     ("gptq", {}, True, False), ("gptq", {"act_order": True}, True, False), ("awq", {}, True, False),
-    ("w8a8", {"smooth": True}, True, False),
+    ("w8a8", {"smooth": True, "alpha": 0.5}, True, False), ("w8a8", {"smooth": True}, True, False),
 ]
+CUDA_IDS = [f"{c[0]}{'-' + '-'.join(map(str, c[1])) if c[1] else ''}" for c in CUDA_CASES]
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-@pytest.mark.parametrize(("method", "options", "calibrated", "exact"), CUDA_CASES,
-                         ids=[f"{c[0]}{'-' + '-'.join(c[1]) if c[1] else ''}" for c in CUDA_CASES])
+@pytest.mark.parametrize(("method", "options", "calibrated", "exact"), CUDA_CASES, ids=CUDA_IDS)
 def test_cuda_matches_cpu(tmp_path, tiny_tokenizer, text_file, method, options, calibrated, exact):
     """--device cuda: each block computed on the GPU (the method's math too, or on the CPU for methods
     that are numpy / CPU kernels) gives the CPU's checkpoint: bit for bit where the arithmetic is exact,
     else the same logits within float noise."""
+    _cuda_vs_cpu(tmp_path, tiny_tokenizer, text_file, "llama", method, options, calibrated, exact)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize(("arch", "method"), [("qwen2", "gptq"), ("gemma3", "awq"), ("bert", "rtn"), ("bert", "gptq")])
+def test_cuda_matches_cpu_on_other_architectures(tmp_path, tiny_tokenizer, text_file, arch, method):
+    _cuda_vs_cpu(tmp_path, tiny_tokenizer, text_file, arch, method, {}, method != "rtn", method == "rtn")
+
+
+def _cuda_vs_cpu(tmp_path, tiny_tokenizer, text_file, arch, method, options, calibrated, exact):
     from lowbit.methods import get_method
 
-    src = write_model(tmp_path / "src", "llama", tiny_tokenizer)
+    src = write_model(tmp_path / "src", arch, tiny_tokenizer)
     spec = api.QuantSpec(4, True, 32) if get_method(method).takes_spec else None
     config = api.make_config(method, spec, **options)
     calib = api.CalibSettings(str(text_file), 4, 64) if calibrated else None

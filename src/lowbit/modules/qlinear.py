@@ -57,8 +57,8 @@ class QuantizedLinear(nn.Module):
     def from_linear(cls, linear: nn.Linear, qt: QuantizedTensor) -> QuantizedLinear:
         m = cls(linear.in_features, linear.out_features, qt.spec, bias=linear.bias is not None)
         m.load_quantized(qt)
-        if linear.bias is not None:
-            m.bias.data.copy_(linear.bias.data.float())
+        if linear.bias is not None:  # where the weight is (a GPU too)
+            m.bias = nn.Parameter(linear.bias.data.float().clone(), requires_grad=m.bias.requires_grad)
         return m
 
     def load_quantized(self, qt: QuantizedTensor) -> None:
