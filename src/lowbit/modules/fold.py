@@ -43,7 +43,8 @@ def apply_fold(producer: nn.Module, consumers: list[nn.Linear], s: torch.Tensor)
 
     def scale(p: nn.Parameter, by: torch.Tensor, divide: bool) -> None:
         old = p.data
-        p.data = old / by.to(old.dtype) if divide else old * by.to(old.dtype)
+        by = by.to(old.device, old.dtype)
+        p.data = old / by if divide else old * by
         page_out(old)
 
     scale(producer.weight, s.unsqueeze(1) if isinstance(producer, nn.Linear) else s, divide=True)
@@ -73,7 +74,7 @@ def find_fold_targets(block: nn.Module, args: tuple, kwargs: dict, groups: list[
                 continue
             trial = copy.deepcopy(block)
             tmods = dict(trial.named_modules())
-            s = torch.rand(width, generator=gen) * 1.5 + 0.5
+            s = (torch.rand(width, generator=gen) * 1.5 + 0.5).to(mods[group[0]].weight.device)  # the same on a GPU
             apply_fold(tmods[pname], [tmods[n] for n in group], s)
             out = _output(trial, args, kwargs)
             if torch.allclose(out, base, rtol=1e-3, atol=1e-4 * float(base.abs().max())):
