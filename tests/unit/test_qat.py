@@ -211,7 +211,8 @@ def test_converted_models_save_export_and_reload_identically(tiny_llama, tmp_pat
 
 
 
-@pytest.mark.parametrize("gtype,mix", [("Q8_0", "Q8_0"), ("Q5_K", "Q5_K_S")])
+@pytest.mark.parametrize("gtype,mix", [("Q8_0", "Q8_0"), ("Q5_K", "Q5_K_S"), ("IQ4_XS", "IQ4_XS"), ("IQ3_S", "IQ3_S"),
+                                       ("TQ2_0", "TQ2_0")])
 def test_gguf_grid_layers_reach_the_file_byte_for_byte(tiny_llama_factory, tmp_path, gtype, mix) -> None:
     """The trained GGML blocks are written as they are (k-quants re-quantized would drift), q/k rows
     permuted for llama.cpp like every other tensor; a checkpoint keeps them too."""
@@ -252,6 +253,13 @@ def test_conv_layers_fake_quantize_and_convert() -> None:
     fresh.model.load_state_dict(sd)
     with torch.no_grad():
         assert torch.equal(fresh.model(x), c.model(x))
+
+
+def test_a_gguf_type_that_needs_an_imatrix_is_refused_when_prepared(tiny_llama_factory) -> None:
+    ref = tiny_llama_factory(hidden_size=256, intermediate_size=512)
+    for t in ("IQ2_XXS", "IQ2_XS", "IQ1_S"):  # libggml quantizes these only with one
+        with pytest.raises(InputError, match=f"{t} only with an importance matrix"):
+            qat.prepare(ref, t)
 
 
 def test_bad_input_is_refused(tiny_llama, tiny_bert) -> None:

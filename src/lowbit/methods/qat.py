@@ -80,6 +80,10 @@ def roundtrip(qs: QATSpec, shape: tuple[int, ...]) -> RoundTrip:
 
         t = GGML_TYPES.get(qs.text)
         t.check(np.zeros((shape[0], math.prod(shape[1:])), dtype=np.float32), "weight")
+        if t.needs_imatrix:  # refused when prepared, not at the first training step
+            raise InputError(f"--spec {t.name}: llama.cpp quantizes {t.name} only with an importance matrix, which "
+                             "training against its grid does not have; train on IQ3_S, IQ4_XS or a k-quant, or "
+                             f"quantize to {t.name} after training (lowbit export --type {t.name} --imatrix)")
 
         def fn(w: torch.Tensor) -> torch.Tensor:
             x = w.reshape(shape[0], -1).numpy()
