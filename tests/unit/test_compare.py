@@ -635,3 +635,23 @@ def test_budget_section_states_its_checks_or_their_absence() -> None:
     md = "\n".join(markdown_sections([r]))
     assert "measured / predicted 1.50" in md and "is 0.900 over 4 (tensor, type) pairs" in md and "Q4_1 0.80" in md
     assert "Bytes by type: Q8_0 75%, Q4_1 25%" in md
+
+
+def test_the_i_quant_and_ternary_mixes_are_candidates_and_their_fallbacks_are_reported(tiny_llama, text_file,
+                                                                                       tmp_path) -> None:
+    """The new GGUF mixes join compare (those whose own type llama.cpp quantizes only with an importance
+    matrix ask for calibration); a tensor whose width refuses the mix's type is reported with what it took,
+    in the row and as a warning (tiny_llama is 64 wide: IQ4_XS's 256-blocks fall back to IQ4_NL)."""
+    needs = {c.id: c.needs_calib for c in candidates_for("causal-lm", [
+        "gguf-iq3_m", "gguf-iq3_xxs", "gguf-iq2_m", "gguf-iq2_xxs", "gguf-tq2_0", "gguf-iq1_m"])}
+    assert needs == {"gguf-iq3_m": False, "gguf-iq3_xxs": True, "gguf-iq2_m": True, "gguf-iq2_xxs": True,
+                     "gguf-tq2_0": False, "gguf-iq1_m": True}
+    s = CompareSettings(calib=str(text_file), eval=str(text_file), methods=["gguf-q8_0", "gguf-iq4_xs"],
+                        windows=1, seq_len=32, calib_samples=2, speed=False)
+    res = compare(tiny_llama, s, tmp_path / "rep")
+    rows = {r["id"]: r for r in res["candidates"]}
+    assert "fallbacks" not in rows["gguf-q8_0"]
+    falls = rows["gguf-iq4_xs"]["fallbacks"]
+    assert falls and all("IQ4_XS -> IQ4_NL" in f for f in falls)
+    assert any(w.startswith(f"gguf-iq4_xs: {len(falls)} tensor(s) could not take") for w in res["warnings"])
+    assert "could not take the mix's type" in (tmp_path / "rep" / "report.md").read_text()

@@ -78,21 +78,25 @@ def _gguf(mix: str) -> Build:
         imatrix = ctx.imatrix() if ctx.calib is not None and mix not in ("Q8_0", "F16") else None
         rule = {"stored": "F32", "quantized": "Q8_0"}.get(ctx.embeddings)  # gguf-rule: llama.cpp's mix decides
         kept = [f"^token_embd\\.weight$={rule}", f"^output\\.weight$={rule}"] if rule else None
-        export_gguf(ref, path, mix, imatrix=imatrix, tensor_types=kept)
+        summary = export_gguf(ref, path, mix, imatrix=imatrix, tensor_types=kept)
         kept_names = ("token_embd.weight", "output.weight") if rule == "F32" else ()  # bpw of the quantized layers
         weights = [t for t in gguf.GGUFReader(str(path)).tensors if len(t.shape) >= 2 and t.name not in kept_names]
         bpw = 8 * sum(int(t.n_bytes) for t in weights) / sum(int(t.n_elements) for t in weights)
         return Built(load_into(path, ref), path.stat().st_size, bpw, gguf_path=path,
-                     extra={"imatrix": imatrix is not None})
+                     extra={"imatrix": imatrix is not None, "fallbacks": summary["fallbacks"] or None})
 
     return build
 
 
 def _register_gguf() -> None:
+    from lowbit.writers.gguf_mix import MIXES, NEEDS_IMATRIX
+
     for mix, bits in [("Q8_0", 8), ("Q6_K", 6), ("Q5_K_M", 5), ("Q4_K_M", 4), ("IQ4_XS", 4), ("IQ4_NL", 4),
-                      ("Q3_K_M", 3), ("Q2_K", 2)]:
+                      ("Q3_K_M", 3), ("IQ3_M", 3), ("IQ3_XXS", 3), ("Q2_K", 2), ("IQ2_M", 2), ("IQ2_XXS", 2),
+                      ("TQ2_0", 2), ("IQ1_M", 1)]:
+        needs = MIXES[mix][0] in NEEDS_IMATRIX  # llama.cpp refuses the mix's own type without importance data
         register_candidate(Candidate(f"gguf-{mix.lower()}", "gguf", bits, f"GGUF {mix} (llama.cpp)", "gguf", _gguf(mix),
-                                     config=f"gguf:{mix}", default=mix in ("Q8_0", "Q4_K_M", "Q3_K_M"),
+                                     needs_calib=needs, config=f"gguf:{mix}", default=mix in ("Q8_0", "Q4_K_M", "Q3_K_M"),
                                      plan_method="gguf-q8_0" if mix == "Q8_0" else
                                      "gguf-q5_k_m" if bits >= 5 else "gguf-q4_k_m"))
 

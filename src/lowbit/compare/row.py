@@ -75,6 +75,7 @@ class Row:
     predicted_kl: float | None = None  # budget candidates: the allocation's summed prediction
     proxy: dict[str, Any] | None = None  # budget candidates: spearman, within_type, pairs (budget/validate.py)
     node: dict[str, Any] | None = None  # --cluster: the node that built and timed it (compare/cluster.py)
+    fallbacks: list[str] | None = None  # GGUF: tensors whose width refused the mix's type, and what they took
     # a labelled eval set (multiple choice, classification): accuracy, and answers changed from the reference's
     accuracy: float | None = None
     flips: int | None = None
@@ -105,6 +106,8 @@ class Row:
             names.append("axes")
         if self.allocation is not None:
             names += ["allocation", "predicted_kl", "proxy"]
+        if self.fallbacks:
+            names.append("fallbacks")
         if self.accuracy is not None:
             names += ["accuracy", "flips"] if self.is_reference else ["accuracy", "flips", "flips_to_wrong",
                                                                       "flips_to_right"]

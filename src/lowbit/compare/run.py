@@ -173,7 +173,8 @@ class Comparison:
             secs += ctx.sensitivity_seconds
         secs -= built.extra.get("check_seconds", 0.0)  # --budget-check measures the proxy; the file does not need it
         row = self._score(c, built, secs, tag)
-        row.allocation, row.predicted_kl, row.proxy = (built.extra.get(k) for k in ("allocation", "predicted_kl", "proxy"))
+        row.allocation, row.predicted_kl, row.proxy, row.fallbacks = (
+            built.extra.get(k) for k in ("allocation", "predicted_kl", "proxy", "fallbacks"))
         if built.gguf_path is not None:
             built.gguf_path.unlink(missing_ok=True)
             built.gguf_path.parent.rmdir()
@@ -254,6 +255,9 @@ class Comparison:
             if msg:
                 warnings.append(msg)
         warnings += [f"{cid} failed: {err}" for cid, err in (failed or {}).items()]
+        warnings += [f"{r.id}: {len(r.fallbacks)} tensor(s) could not take the mix's type at their width and took "
+                     f"llama.cpp's fallback (e.g. {r.fallbacks[0]}); its size and quality are of the file as written"
+                     for r in rows if r.fallbacks]
         slow = [r.id for r in rows if r.slower_than_fp32]
         if slow:
             warnings.append(f"slower than full precision on {'its node' if local_node else 'this machine'}: {', '.join(slow)} "
