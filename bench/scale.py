@@ -170,8 +170,12 @@ class Bench:
         if len(self.tok) > VOCAB:
             raise SystemExit(f"the tokenizer has {len(self.tok)} ids; the models written have {VOCAB}")
         self.device = ["--device", device] if device else []
-        extra = extra + self.device
         self.work, self.console, self.extra, self.runs = work, console, extra, []
+
+    @property
+    def args(self) -> list[str]:
+        """What every `lowbit quantize` of the parts gets: --lowbit-args, then --device."""
+        return [*self.extra, *self.device]
 
     def model(self, shape: str, blocks: int, out_factor: float = 0.35) -> tuple[Path, int]:
         """Write a model if the disk holds 1.3 x it + an output (fp32 embed/head, blocks x out_factor)."""
@@ -222,7 +226,7 @@ class Bench:
             return rows
         meta, out = {"part": part, "shape": shape, "blocks": blocks, "source_bytes": size}, self.work / "out"
         try:
-            rows = {m: self.run(quantize_cmd(str(src), out, m, self.extra), out, method=m, **meta)
+            rows = {m: self.run(quantize_cmd(str(src), out, m, self.args), out, method=m, **meta)
                     for m in methods}
             if then is not None:
                 then(src, meta)
@@ -265,7 +269,7 @@ def run_13b_full(b: Bench, figs: dict, src: Path, meta: dict) -> None:
     """RTN, the KL of its output vs the bf16 source, then GGUF Q4_K_M: one output on disk at a time."""
     q, g, jfile = b.work / "rtn13b", b.work / "13b.gguf", b.work / "eval.json"
     try:
-        rtn = b.run(quantize_cmd(str(src), q, "rtn", b.extra), q, keep=True, method="rtn", **meta)
+        rtn = b.run(quantize_cmd(str(src), q, "rtn", b.args), q, keep=True, method="rtn", **meta)
         figs["rtn_13b_peak_rss_bytes"] = ok(rtn, "peak_rss_bytes")
         figs["rtn_13b_output_bytes"] = ok(rtn, "output_bytes")
         if rtn["ok"]:
@@ -347,7 +351,6 @@ def run_cuda(b: Bench, figs: dict, shape: str, blocks: int) -> None:
         figs["reasons"]["cuda"] = "no CUDA GPU: the cuda part runs on a GPU machine"
         b.console.print("[yellow]cuda part skipped: no CUDA GPU[/]")
         return
-    plain = [a for a in b.extra if a not in b.device]
     try:
         src, size = b.model(shape, blocks)
     except DiskError as e:
@@ -357,7 +360,7 @@ def run_cuda(b: Bench, figs: dict, shape: str, blocks: int) -> None:
     try:
         for method in ("rtn", "gptq"):
             outs = {d: b.work / f"{method}-{d}" for d in ("cpu", "cuda")}
-            rows = {d: b.run(quantize_cmd(str(src), outs[d], method, [*plain, "--device", d]), outs[d], keep=True,
+            rows = {d: b.run(quantize_cmd(str(src), outs[d], method, [*b.extra, "--device", d]), outs[d], keep=True,
                              method=f"{method} --device {d}", **meta) for d in outs}
             r = res[method] = {f"{d}_seconds": ok(rows[d], "seconds") for d in rows}
             r.update({f"{d}_peak_rss_bytes": ok(rows[d], "peak_rss_bytes") for d in rows})
@@ -436,7 +439,7 @@ def run_parts(b: Bench, args: argparse.Namespace, out: dict) -> None:
     if "13b" in parts or "13b-gptq" in parts:  # 13b-gptq: only GPTQ's time per block at the 13B width
         run_13b(b, out, whole="13b" in parts)
     if "smollm2" in parts:
-        r = b.run(quantize_cmd("smollm2", b.work / "out", "gptq", b.extra, group=64), b.work / "out", part="smollm2",
+        r = b.run(quantize_cmd("smollm2", b.work / "out", "gptq", b.args, group=64), b.work / "out", part="smollm2",
                   shape="smollm2", blocks=30, method="gptq")
         out["smollm2_gptq_peak_rss_bytes"] = ok(r, "peak_rss_bytes")
     if "llmc" in parts:
@@ -462,7 +465,7 @@ def main(argv: list[str] | None = None) -> int:
                  "machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
                              "torch": torch.__version__, "python": sys.version.split()[0],
                              "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None},
-                 "date": time.strftime("%Y-%m-%d %H:%M:%S"), "lowbit_args": b.extra, "reasons": {}}
+                 "date": time.strftime("%Y-%m-%d %H:%M:%S"), "lowbit_args": b.args, "reasons": {}}
     try:
         run_parts(b, args, out)
     finally:

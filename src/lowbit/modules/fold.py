@@ -74,7 +74,7 @@ def find_fold_targets(block: nn.Module, args: tuple, kwargs: dict, groups: list[
                 continue
             trial = copy.deepcopy(block)
             tmods = dict(trial.named_modules())
-            s = (torch.rand(width, generator=gen) * 1.5 + 0.5).to(mods[group[0]].weight.device)  # the same on a GPU
+            s = torch.rand(width, generator=gen) * 1.5 + 0.5  # apply_fold moves it where the weights are
             apply_fold(tmods[pname], [tmods[n] for n in group], s)
             out = _output(trial, args, kwargs)
             if torch.allclose(out, base, rtol=1e-3, atol=1e-4 * float(base.abs().max())):
